@@ -1,0 +1,27 @@
+# Entry points. `make test` and `make demo` work on a fresh Debian machine: they install what is missing first.
+.PHONY: setup test lint unit crds demo clean
+
+VENV := .venv/bin
+
+setup:
+	@bash hack/setup
+
+lint: setup
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+
+test: lint
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest
+
+unit: setup
+	$(VENV)/pytest tests/unit
+
+crds: setup
+	$(VENV)/whm-ha crds --out crds
+
+demo: setup
+	$(VENV)/whm-ha demo
+
+clean:
+	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,168 @@
+"""The ``whm-ha`` command: one subcommand per component."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+DEFAULT_PASSWORD_ENV = "WHM_HA_DB_PASSWORD"
+
+
+def _not_built(component: str) -> Handler:
+    def handler(_: argparse.Namespace) -> int:
+        print(f"whm-ha {component}: not built yet in this version", file=sys.stderr)
+        return 2
+
+    return handler
+
+
+def _run_crds(args: argparse.Namespace) -> int:
+    from .crd.generate import write_all
+
+    for path in write_all(args.out):
+        print(path)
+    return 0
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    from .db.dsn import DSNError, parse, read_password
+    from .db.migrate import MigrationError, migrate, migrations_from
+
+    try:
+        dsn = parse(args.dsn).with_password(read_password(args.password_env, args.password_file))
+        migrations = migrations_from(args.sql_dir) if args.sql_dir else None
+        report = migrate(dsn, migrations, health_check_retention_days=args.health_check_retention_days)
+    except (DSNError, MigrationError) as exc:
+        print(f"whm-ha migrate: {exc}", file=sys.stderr)
+        return 1
+    if report.applied or report.settings_changed:
+        applied = ", ".join(f"{v:03d}" for v in report.applied) or "none"
+        changed = ", ".join(report.settings_changed) or "none"
+        print(f"migrated {dsn}: applied {applied}; settings changed: {changed}")
+    else:
+        print(f"{dsn} is up to date ({len(report.already)} migrations already applied)")
+    return 0
+
+
+def _kube_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", "-n", default=None, help="namespace to watch (default: all namespaces)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whm-ha",
+        description=(
+            "Keeps WHM web-panel nodes and their MySQL/MariaDB replication highly available on Kubernetes. "
+            "Every component finds the API server through KUBECONFIG, ~/.kube/config, "
+            "or the in-cluster service account."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"whm-ha {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    operator = sub.add_parser(
+        "operator",
+        help="run the operator (health probing, election, failover, MySQL replication)",
+        description="Run the kopf operator for WHMCluster, WHMNode and MySQLReplication.",
+    )
+    _kube_args(operator)
+    operator.add_argument("--metrics", default="0.0.0.0:9090", metavar="HOST:PORT", help="Prometheus metrics")
+    operator.add_argument("--peering", default="whm-ha", help="kopf peering name (one active operator)")
+    operator.set_defaults(handler=_not_built("operator"))
+
+    proxy = sub.add_parser(
+        "proxy",
+        help="run the HTTP load balancer in front of a WHMCluster's healthy nodes",
+        description="Route HTTP traffic to the healthy nodes of one WHMCluster.",
+    )
+    proxy.add_argument("--cluster", required=True, help="name of the WHMCluster")
+    proxy.add_argument("--namespace", "-n", default="default", help="namespace of the WHMCluster")
+    proxy.add_argument("--listen", default="0.0.0.0:8080", metavar="HOST:PORT", help="traffic address")
+    proxy.add_argument("--admin", default="127.0.0.1:8081", metavar="HOST:PORT", help="stats/metrics/reload")
+    proxy.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    proxy.set_defaults(handler=_not_built("proxy"))
+
+    shim = sub.add_parser(
+        "shim",
+        help="serve the legacy /api/ha REST API over the custom resources",
+        description="Serve the 12 legacy /api/ha endpoints, backed by the custom resources.",
+    )
+    shim.add_argument("--listen", default="0.0.0.0:4000", metavar="HOST:PORT", help="API address")
+    shim.add_argument("--cluster", default=None, help="WHMCluster to serve (default: the only one)")
+    shim.add_argument("--namespace", "-n", default="default", help="namespace of the WHMCluster")
+    shim.set_defaults(handler=_not_built("shim"))
+
+    sandbox = sub.add_parser(
+        "sandbox",
+        help="run a local Kubernetes-like API server for tests, the demo and development",
+        description="Run the sandbox Kubernetes API server (development and tests only).",
+    )
+    sandbox.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    sandbox.add_argument("--crds", type=Path, default=None, help="folder of CRD files to preinstall")
+    sandbox.add_argument("--kubeconfig-out", type=Path, default=None, help="write a kubeconfig here")
+    sandbox.add_argument("--users", type=Path, default=None, help="users and permissions file")
+    sandbox.set_defaults(handler=_not_built("sandbox"))
+
+    demo = sub.add_parser(
+        "demo",
+        help="start the whole system locally (API, MariaDB, nodes, operator, proxy, shim)",
+        description="Start everything on loopback and show what happens.",
+    )
+    demo.add_argument("--api", choices=["sandbox", "real"], default="sandbox", help="which Kubernetes API")
+    demo.add_argument("--kubeconfig", type=Path, default=None, help="use an existing cluster instead")
+    demo.add_argument("--scenario", choices=["failover"], default=None, help="run a scripted tour")
+    demo.set_defaults(handler=_not_built("demo"))
+
+    crds = sub.add_parser(
+        "crds",
+        help="write the CustomResourceDefinitions generated from the models",
+        description="Generate apiextensions.k8s.io/v1 CRDs (one file per CRD) from the pydantic models.",
+    )
+    crds.add_argument("--out", type=Path, default=Path("crds"), help="output folder (default: crds)")
+    crds.set_defaults(handler=_run_crds)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="create or upgrade the legacy SQL schema (idempotent)",
+        description=(
+            "Apply the legacy schema (tables whm_cluster_nodes, ha_failover_events, ha_sessions, ha_cache, "
+            "ha_health_checks and their cleanup events) to a MariaDB 10.6+ or MySQL 8.0+ database. "
+            "A second run changes nothing. The cleanup events run only with event_scheduler=ON."
+        ),
+    )
+    migrate.add_argument("--dsn", required=True, help="mysql://user@host:port/database (no password here)")
+    migrate.add_argument(
+        "--password-env",
+        default=DEFAULT_PASSWORD_ENV,
+        metavar="VAR",
+        help=f"environment variable holding the password (default: {DEFAULT_PASSWORD_ENV})",
+    )
+    migrate.add_argument("--password-file", type=Path, default=None, help="file whose first line is the password")
+    migrate.add_argument(
+        "--health-check-retention-days",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="how long the daily event keeps ha_health_checks rows (default on first run: 7)",
+    )
+    migrate.add_argument("--sql-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    migrate.set_defaults(handler=_run_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

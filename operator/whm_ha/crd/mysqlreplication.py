@@ -1,0 +1,163 @@
+"""MySQLReplication: a MySQL or MariaDB primary with GTID replicas, kept available by the operator."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from .common import (
+    HISTORY_LIMIT,
+    Condition,
+    CRDModel,
+    FailoverRecord,
+    LocalObjectReference,
+    Name,
+    Port,
+    RequestOutcome,
+    SecretKeySelector,
+    cel,
+    conditions_field,
+)
+
+MAX_MEMBERS = 9
+
+
+class Member(CRDModel):
+    """One database server of the replication."""
+
+    name: Name
+    """Unique name of the member."""
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
+    """Host name or IP address the operator and the replicas connect to."""
+    port: Port = 3306
+    """MySQL port."""
+    priority: int = Field(default=100, ge=0, le=1000)
+    """Tie-breaker among equally up-to-date candidates: higher wins."""
+    never_promote: bool = False
+    """Never choose this member as primary (e.g. a delayed or backup replica)."""
+
+
+class ReplicationTLS(CRDModel):
+    """TLS on the replication channel."""
+
+    enabled: bool = False
+    """Replicas connect to the primary with TLS."""
+    ca_secret: SecretKeySelector | None = None
+    """Secret key holding the CA certificate that replicas verify the primary with."""
+
+
+class MySQLReplicationSpec(CRDModel):
+    """Desired state of a replicated MySQL/MariaDB group."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.members.exists(m, m.name == self.primary)",
+                    "primary must name one of the members",
+                    ".primary",
+                ),
+                cel(
+                    "!self.members.exists(m, m.name == self.primary && m.neverPromote)",
+                    "the bootstrap primary must not be marked neverPromote",
+                    ".primary",
+                ),
+                cel(
+                    "!self.tls.enabled || has(self.tls.caSecret)",
+                    "tls.caSecret is required when tls.enabled is true",
+                    ".tls.caSecret",
+                ),
+            ]
+        }
+    }
+
+    flavor: Literal["mariadb", "mysql"] = "mariadb"
+    """Server flavor: mariadb (10.6+) or mysql (8.0+)."""
+    members: list[Member] = Field(
+        min_length=1,
+        max_length=MAX_MEMBERS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """The database servers; names are unique."""
+    primary: Name
+    """The bootstrap primary: used only when no member is primary yet."""
+    credentials_secret: LocalObjectReference
+    """Secret (keys username, password) of an administrative account on every member."""
+    replication_secret: LocalObjectReference
+    """Secret (keys username, password) of the replication account; created on the primary when missing."""
+    tls: ReplicationTLS = Field(default_factory=ReplicationTLS)
+    """TLS on the replication channel."""
+    semi_sync: bool = False
+    """Semi-synchronous replication: a commit waits for one replica, so no acknowledged write is lost."""
+    max_lag_seconds: int = Field(default=30, ge=0, le=86400)
+    """Replicas lagging more are not promoted (unless forced) and not served to readers."""
+    automatic_failover: bool = True
+    """Promote a replica automatically when the primary is confirmed dead."""
+    min_interval_seconds: int = Field(default=300, ge=0, le=86400)
+    """Minimum seconds between two automatic promotions."""
+    period_seconds: int = Field(default=5, ge=1, le=3600)
+    """How often every member is inspected."""
+    failure_threshold: int = Field(default=3, ge=1, le=100)
+    """Failed inspections of the primary in a row before it is considered down."""
+
+
+MemberRole = Literal["Primary", "Replica", "Quarantined", "Unknown"]
+
+
+class MemberStatus(CRDModel):
+    """What the operator last observed of one member."""
+
+    name: Name
+    """The member's name."""
+    role: MemberRole = "Unknown"
+    """Primary, Replica, Quarantined (errant transactions, kept out) or Unknown."""
+    reachable: bool = False
+    """The operator could connect to it."""
+    read_only: bool | None = None
+    """Whether the server refuses writes."""
+    io_running: bool | None = None
+    """Replica IO thread running."""
+    sql_running: bool | None = None
+    """Replica SQL thread running."""
+    lag_seconds: int | None = Field(default=None, ge=0)
+    """Seconds behind the primary as the replica reports it."""
+    gtid_executed: str | None = Field(default=None, max_length=65536)
+    """The executed GTID set."""
+    last_error: str | None = Field(default=None, max_length=4096)
+    """The last IO/SQL or connection error."""
+
+
+ReplicationPhase = Literal["Pending", "Healthy", "Degraded", "Promoting", "Broken"]
+
+
+class MySQLReplicationStatus(CRDModel):
+    """Observed state of the replication, written by the operator."""
+
+    phase: ReplicationPhase | None = None
+    """Pending, Healthy, Degraded, Promoting or Broken."""
+    reason: str | None = Field(default=None, max_length=4096)
+    """Why the replication is in this phase, in plain words."""
+    current_primary: str | None = Field(default=None, max_length=63)
+    """The member that is primary now."""
+    ready_replicas: int | None = Field(default=None, ge=0)
+    """Replicas with both threads running and lag within maxLagSeconds."""
+    max_observed_lag_seconds: int | None = Field(default=None, ge=0)
+    """The largest lag among the replicas."""
+    members: list[MemberStatus] = Field(
+        default_factory=list,
+        max_length=MAX_MEMBERS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """Per-member observations."""
+    conditions: list[Condition] = conditions_field()
+    """Ready, Degraded, ReplicationBroken, LagHigh, ErrantTransactions."""
+    promotion_history: list[FailoverRecord] = Field(default_factory=list, max_length=HISTORY_LIMIT)
+    """Recent promotions, newest first."""
+    last_request: RequestOutcome | None = None
+    """Outcome of the last manual promotion request."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The .metadata.generation this status reflects."""
+    last_promotion_time: datetime | None = None
+    """When the last promotion finished."""

@@ -1,0 +1,167 @@
+"""WHMCluster: a group of WHM nodes with one primary, health checking, failover and load balancing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from .common import (
+    HISTORY_LIMIT,
+    Condition,
+    CRDModel,
+    FailoverRecord,
+    LabelSelector,
+    LocalObjectReference,
+    Port,
+    RequestOutcome,
+    cel,
+    conditions_field,
+)
+
+
+class HealthCheck(CRDModel):
+    """How the operator probes each node, named as Kubernetes probes are."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.timeoutSeconds <= self.periodSeconds",
+                    "timeoutSeconds must not exceed periodSeconds",
+                    ".timeoutSeconds",
+                ),
+            ]
+        }
+    }
+
+    type: Literal["http", "tcp"] = "http"
+    """http: GET on path, healthy on a 2xx or 3xx answer; tcp: healthy when a connection opens."""
+    path: str = Field(default="/healthz", max_length=2048, pattern=r"^/")
+    """Path of the HTTP GET (http only)."""
+    port: Port | None = None
+    """Port to probe; defaults to the node's port."""
+    period_seconds: int = Field(default=5, ge=1, le=3600)
+    """How often to probe, in seconds."""
+    timeout_seconds: int = Field(default=2, ge=1, le=600)
+    """Seconds after which a probe counts as failed."""
+    failure_threshold: int = Field(default=3, ge=1, le=100)
+    """Consecutive failures after which a node is Unhealthy."""
+    success_threshold: int = Field(default=1, ge=1, le=100)
+    """Consecutive successes after which an Unhealthy node is Healthy again."""
+
+
+class Failover(CRDModel):
+    """When and how the primary node is replaced."""
+
+    automatic: bool = True
+    """Elect a new primary when the current one becomes Unhealthy."""
+    paused: bool = False
+    """Pause all automation for this cluster (manual failover still works)."""
+    min_interval_seconds: int = Field(default=60, ge=0, le=86400)
+    """Minimum seconds between two automatic failovers, against flapping."""
+    failback: bool = False
+    """Hand the role back to a higher-priority node when it recovers (default: keep a healthy primary)."""
+
+
+class StickySessions(CRDModel):
+    """Cookie-based session affinity in the proxy."""
+
+    enabled: bool = False
+    """Pin a client to the node that served it first, while that node is healthy."""
+    cookie_name: str = Field(default="WHMHA_NODE", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Name of the affinity cookie."""
+
+
+class LoadBalancer(CRDModel):
+    """How the proxy spreads requests over the healthy nodes."""
+
+    algorithm: Literal["roundRobin", "leastConnections", "weighted"] = "roundRobin"
+    """roundRobin, leastConnections, or weighted (smooth weighted round-robin on the nodes' weights)."""
+    port: Port = 8080
+    """Port the proxy listens on in the cluster."""
+    sticky_sessions: StickySessions = Field(default_factory=StickySessions)
+    """Cookie-based session affinity."""
+    retries: int = Field(default=2, ge=0, le=10)
+    """How many other nodes a failed request may be retried on."""
+
+
+class Discovery(CRDModel):
+    """Turn pods into WHMNodes automatically."""
+
+    pod_selector: LabelSelector
+    """Pods in the cluster's namespace matching this selector become WHMNodes owned by the operator."""
+    port: Port = 4000
+    """Port of the WHM service on each discovered pod."""
+    priority: int = Field(default=100, ge=0, le=1000)
+    """Priority given to discovered nodes."""
+
+
+class Database(CRDModel):
+    """The MySQL replication that holds the legacy tables of this cluster."""
+
+    replication_ref: LocalObjectReference
+    """The MySQLReplication (same namespace) whose primary holds the legacy tables."""
+    schema_name: str = Field(default="whm_ha", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")
+    """Database (schema) holding the legacy tables."""
+
+
+class Sessions(CRDModel):
+    """The shared session store in the cluster's database."""
+
+    ttl_seconds: int = Field(default=86400, ge=60, le=31536000)
+    """Lifetime of an idle session."""
+    cleanup_interval_seconds: int = Field(default=3600, ge=60, le=86400)
+    """How often the operator deletes expired sessions and cache entries."""
+
+
+class WHMClusterSpec(CRDModel):
+    """Desired state of a WHM cluster."""
+
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+    """How nodes are probed."""
+    failover: Failover = Field(default_factory=Failover)
+    """Failover policy."""
+    load_balancer: LoadBalancer = Field(default_factory=LoadBalancer)
+    """Proxy settings."""
+    discovery: Discovery | None = None
+    """Optional pod discovery; without it nodes are the WHMNodes that name this cluster."""
+    database: Database | None = None
+    """Optional database for the legacy tables (health checks, failover events, sessions, cache)."""
+    sessions: Sessions = Field(default_factory=Sessions)
+    """Shared session store settings."""
+
+
+ClusterPhase = Literal["Pending", "Healthy", "Degraded", "FailingOver", "NoPrimary"]
+
+
+class WHMClusterStatus(CRDModel):
+    """Observed state of a WHM cluster, written by the operator."""
+
+    phase: ClusterPhase | None = None
+    """Pending, Healthy, Degraded, FailingOver or NoPrimary."""
+    reason: str | None = Field(default=None, max_length=4096)
+    """Why the cluster is in this phase, in plain words."""
+    primary_node: str | None = Field(default=None, max_length=253)
+    """Name of the WHMNode that is primary."""
+    primary_since: datetime | None = None
+    """When the current primary took the role."""
+    primary_failing_since: datetime | None = None
+    """Since when the current primary has been failing its probes (absent while it is healthy)."""
+    total_nodes: int | None = Field(default=None, ge=0)
+    """Number of nodes in the cluster."""
+    healthy_nodes: int | None = Field(default=None, ge=0)
+    """Number of Healthy nodes."""
+    healthy: str | None = Field(default=None, max_length=32)
+    """healthyNodes/totalNodes, for display (e.g. 2/3)."""
+    conditions: list[Condition] = conditions_field()
+    """Ready, Degraded, FailoverInProgress and others."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The .metadata.generation this status reflects."""
+    last_failover: FailoverRecord | None = None
+    """The most recent change of primary."""
+    failover_history: list[FailoverRecord] = Field(default_factory=list, max_length=HISTORY_LIMIT)
+    """Recent changes of primary, newest first."""
+    last_request: RequestOutcome | None = None
+    """Outcome of the last manual request (failover-to, reload)."""

@@ -1,0 +1,1 @@
+"""Helpers to reach the Kubernetes API, shared by every component."""

@@ -1,0 +1,154 @@
+"""Examples pass the schema; invalid objects are rejected with their field paths."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from whm_ha.crd.generate import resource_schema
+from whm_ha.crd.resources import ALL, MYSQL_REPLICATION, WHM_CLUSTER, WHM_NODE
+from whm_ha.crd.validation import admit
+
+ROOT = Path(__file__).resolve().parents[2]
+BY_KIND = {r.kind: r for r in ALL}
+
+
+def example_objects() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((ROOT / "manifests" / "examples").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] in BY_KIND]
+    return docs
+
+
+EXAMPLES = example_objects()
+
+
+def test_examples_cover_every_kind() -> None:
+    assert {d["kind"] for d in EXAMPLES} == set(BY_KIND)
+
+
+@pytest.mark.parametrize("obj", EXAMPLES, ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_example_is_valid_and_parses_into_the_models(obj: dict[str, Any]) -> None:
+    resource = BY_KIND[obj["kind"]]
+    admitted, errors = admit(resource_schema(resource), obj)
+    assert errors == []
+    spec = resource.spec.model_validate(admitted["spec"])
+    assert spec.to_k8s() == admitted["spec"], "model and schema disagree on defaults or names"
+
+
+def _example(kind: str) -> dict[str, Any]:
+    return copy.deepcopy(next(d for d in EXAMPLES if d["kind"] == kind))
+
+
+def _set(obj: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    target: Any = obj
+    keys: list[Any] = [int(k) if k.isdigit() else k for k in path.split(".")]
+    for key in keys[:-1]:
+        target = target[key]
+    if value is DELETE:
+        del target[keys[-1]]
+    else:
+        target[keys[-1]] = value
+    return obj
+
+
+DELETE = object()
+
+INVALID = [
+    # (kind, path to change, new value, field path expected in the error, text expected in the message)
+    ("WHMNode", "spec.priority", 1001, "spec.priority", "maximum"),
+    ("WHMNode", "spec.priority", -1, "spec.priority", "minimum"),
+    ("WHMNode", "spec.port", 0, "spec.port", "minimum"),
+    ("WHMNode", "spec.port", 70000, "spec.port", "maximum"),
+    ("WHMNode", "spec.port", "http", "spec.port", "must be of type integer"),
+    ("WHMNode", "spec.cluster", DELETE, "spec.cluster", "Required value"),
+    ("WHMNode", "spec.address", DELETE, "spec.address", "Required value"),
+    ("WHMNode", "spec.maintenance", "yes", "spec.maintenance", "must be of type boolean"),
+    ("WHMNode", "spec.cluster", "Not_A_Name", "spec.cluster", "does not match"),
+    (
+        "WHMCluster",
+        "spec.loadBalancer.algorithm",
+        "random",
+        "spec.loadBalancer.algorithm",
+        "Unsupported value",
+    ),
+    ("WHMCluster", "spec.healthCheck.type", "icmp", "spec.healthCheck.type", "Unsupported value"),
+    ("WHMCluster", "spec.healthCheck.periodSeconds", 0, "spec.healthCheck.periodSeconds", "minimum"),
+    (
+        "WHMCluster",
+        "spec.healthCheck.timeoutSeconds",
+        9,
+        "spec.healthCheck.timeoutSeconds",
+        "must not exceed",
+    ),
+    ("WHMCluster", "spec.healthCheck.path", "healthz", "spec.healthCheck.path", "does not match"),
+    ("WHMCluster", "spec.loadBalancer.retries", 11, "spec.loadBalancer.retries", "maximum"),
+    ("WHMCluster", "spec.database.replicationRef", DELETE, "spec.database.replicationRef", "Required value"),
+    ("WHMCluster", "spec", DELETE, "spec", "Required value"),
+    ("MySQLReplication", "spec.members", [], "spec.members", "should be non-empty"),
+    ("MySQLReplication", "spec.members.0.port", 65536, "spec.members[0].port", "maximum"),
+    ("MySQLReplication", "spec.members.0.host", DELETE, "spec.members[0].host", "Required value"),
+    ("MySQLReplication", "spec.flavor", "postgres", "spec.flavor", "Unsupported value"),
+    ("MySQLReplication", "spec.primary", "db-9", "spec.primary", "primary must name one of the members"),
+    (
+        "MySQLReplication",
+        "spec.members.0.neverPromote",
+        True,
+        "spec.primary",
+        "must not be marked neverPromote",
+    ),
+    ("MySQLReplication", "spec.tls", {"enabled": True}, "spec.tls.caSecret", "caSecret is required"),
+    ("MySQLReplication", "spec.credentialsSecret", DELETE, "spec.credentialsSecret", "Required value"),
+    ("MySQLReplication", "spec.maxLagSeconds", "30s", "spec.maxLagSeconds", "must be of type integer"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "field", "text"), INVALID, ids=[f"{c[0]}:{c[1]}={c[2]!r}" for c in INVALID]
+)
+def test_invalid_object_is_rejected_with_field_path(kind: str, path: str, value: Any, field: str, text: str) -> None:
+    obj = _set(_example(kind), path, value)
+    _, errors = admit(resource_schema(BY_KIND[kind]), obj)
+    assert errors, f"{kind} with {path}={value!r} was accepted"
+    assert any(e.field == field and text in e.message for e in errors), [str(e) for e in errors]
+
+
+def test_unknown_fields_are_pruned() -> None:
+    obj = _example("WHMNode")
+    obj["spec"]["colour"] = "blue"
+    obj["spec"]["podRef"] = {"name": "p", "extra": 1}
+    admitted, errors = admit(resource_schema(WHM_NODE), obj)
+    assert errors == []
+    assert "colour" not in admitted["spec"]
+    assert admitted["spec"]["podRef"] == {"name": "p"}
+    assert admitted["metadata"] == obj["metadata"]
+
+
+def test_cluster_of_a_node_is_immutable() -> None:
+    old = _example("WHMNode")
+    new = _set(copy.deepcopy(old), "spec.cluster", "other")
+    schema = resource_schema(WHM_NODE)
+    _, errors = admit(schema, new, old=old)
+    assert [str(e) for e in errors] == ["spec.cluster: Invalid value: cluster is immutable"]
+    assert admit(schema, new)[1] == [], "transition rules apply only to updates"
+
+
+def test_defaults_fill_an_empty_cluster_spec() -> None:
+    admitted, errors = admit(resource_schema(WHM_CLUSTER), {"kind": "WHMCluster", "spec": {}})
+    assert errors == []
+    assert admitted["spec"]["healthCheck"]["periodSeconds"] == 5
+    assert admitted["spec"]["failover"]["automatic"] is True
+    assert admitted["spec"]["loadBalancer"]["stickySessions"]["cookieName"] == "WHMHA_NODE"
+
+
+def test_replication_defaults() -> None:
+    obj = _example("MySQLReplication")
+    del obj["spec"]["members"][1]["port"]
+    admitted, errors = admit(resource_schema(MYSQL_REPLICATION), obj)
+    assert errors == []
+    assert admitted["spec"]["members"][1]["port"] == 3306
+    assert admitted["spec"]["tls"] == {"enabled": False}

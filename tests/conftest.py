@@ -1,3 +1,3 @@
 """Shared fixtures: real MariaDB servers (more fixtures join as components are built)."""
 
-pytest_plugins = ["tests.fixtures.mariadb"]
+pytest_plugins = ["tests.fixtures.mariadb", "tests.fixtures.sandbox"]

@@ -49,6 +49,22 @@ def _run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sandbox(args: argparse.Namespace) -> int:
+    try:
+        from .sandbox.main import run
+    except ImportError as exc:
+        print(f"whm-ha sandbox: needs the sandbox extra (pip install 'whm-ha[sandbox]'): {exc}", file=sys.stderr)
+        return 1
+    return run(
+        port=args.port,
+        crds=args.crds,
+        kubeconfig_out=args.kubeconfig_out,
+        users=args.users,
+        state_file=args.state_file,
+        bookmark_interval=args.bookmark_interval,
+    )
+
+
 def _kube_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", "-n", default=None, help="namespace to watch (default: all namespaces)")
 
@@ -105,8 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     sandbox.add_argument("--crds", type=Path, default=None, help="folder of CRD files to preinstall")
     sandbox.add_argument("--kubeconfig-out", type=Path, default=None, help="write a kubeconfig here")
-    sandbox.add_argument("--users", type=Path, default=None, help="users and permissions file")
-    sandbox.set_defaults(handler=_not_built("sandbox"))
+    sandbox.add_argument(
+        "--users", type=Path, default=None, help="users and permissions file for TokenReview/SubjectAccessReview"
+    )
+    sandbox.add_argument(
+        "--state-file", type=Path, default=None, help="keep objects across restarts (saved on shutdown)"
+    )
+    sandbox.add_argument("--bookmark-interval", type=float, default=30.0, help="seconds between watch BOOKMARK events")
+    sandbox.set_defaults(handler=_run_sandbox)
 
     demo = sub.add_parser(
         "demo",

@@ -14,7 +14,6 @@ NOT_BUILT = {
     "operator": [],
     "proxy": ["--cluster", "whm"],
     "shim": [],
-    "sandbox": [],
     "demo": [],
 }
 

@@ -158,3 +158,29 @@ def admit(
             pruned[key] = obj[key]
     defaulted = apply_defaults(schema, pruned)
     return defaulted, validate(schema, defaulted, old)
+
+
+def unknown_fields(schema: JsonSchema, value: Any, path: str = "") -> list[str]:
+    """Paths of fields the schema would prune (what strict field validation reports)."""
+    found: list[str] = []
+    if isinstance(value, dict) and schema.get("type") == "object":
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return found
+        properties = schema.get("properties")
+        additional = schema.get("additionalProperties")
+        if properties is None and isinstance(additional, dict):
+            for key, sub in value.items():
+                found += unknown_fields(additional, sub, f"{path}.{key}" if path else key)
+            return found
+        if properties is None:
+            return found
+        for key, sub in value.items():
+            child = f"{path}.{key}" if path else key
+            if key not in properties:
+                found.append(child)
+            elif not (path == "" and key in _ROOT_FIELDS):
+                found += unknown_fields(properties[key], sub, child)
+    elif isinstance(value, list) and schema.get("type") == "array" and "items" in schema:
+        for index, item in enumerate(value):
+            found += unknown_fields(schema["items"], item, f"{path}[{index}]")
+    return found

@@ -1,0 +1,86 @@
+"""Server-side printing (``meta.k8s.io/v1`` Table), which ``kubectl get`` asks for."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from .catalogue import ResourceType
+
+_SEGMENT = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]")
+NAME_COLUMN = {"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0}
+AGE_COLUMN = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+def wants_table(accept: str) -> bool:
+    return "as=Table" in accept
+
+
+def json_path(obj: Any, path: str) -> Any:
+    """Evaluate the simple JSONPath of printer columns (``.a.b[0].c``)."""
+    value = obj
+    for field, index in _SEGMENT.findall(path):
+        if field:
+            value = value.get(field) if isinstance(value, dict) else None
+        else:
+            value = value[int(index)] if isinstance(value, list) and int(index) < len(value) else None
+        if value is None:
+            return None
+    return value
+
+
+def age(timestamp: str | None) -> str:
+    """Kubernetes' short human duration (e.g. 45s, 3m, 5h, 2d)."""
+    if not timestamp:
+        return "<unknown>"
+    seconds = int((datetime.now(UTC) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds())
+    seconds = max(seconds, 0)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def _cell(obj: dict[str, Any], column: dict[str, Any]) -> Any:
+    value = json_path(obj, column["jsonPath"])
+    if column["type"] == "date":
+        return age(value)
+    return value
+
+
+def table(rt: ResourceType, objects: list[dict[str, Any]], resource_version: str) -> dict[str, Any]:
+    columns = [dict(c) for c in rt.columns] if rt.columns else []
+    if not any(c.get("jsonPath") == AGE_COLUMN["jsonPath"] for c in columns):
+        columns.append(AGE_COLUMN)
+    definitions = [NAME_COLUMN] + [
+        {
+            "name": c["name"],
+            "type": "string" if c["type"] == "date" else c["type"],
+            "format": "",
+            "description": c.get("description", ""),
+            "priority": c.get("priority", 0),
+        }
+        for c in columns
+    ]
+    rows = [
+        {
+            "cells": [obj["metadata"]["name"], *(_cell(obj, c) for c in columns)],
+            "object": {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj["metadata"],
+            },
+        }
+        for obj in objects
+    ]
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": resource_version},
+        "columnDefinitions": definitions,
+        "rows": rows,
+    }

@@ -1,5 +1,5 @@
 # Entry points. `make test` and `make demo` work on a fresh Debian machine: they install what is missing first.
-.PHONY: setup test lint unit crds demo clean
+.PHONY: setup test test-real control-plane lint unit crds demo clean
 
 VENV := .venv/bin
 
@@ -11,8 +11,15 @@ lint: setup
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
 
+# WHM_HA_REAL_API=1 adds the real kube-apiserver + etcd tier (build it first: make control-plane).
 test: lint
-	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest $(if $(filter 1,$(WHM_HA_REAL_API)),--real-api)
+
+control-plane:
+	bash hack/build-control-plane
+
+test-real: control-plane
+	$(MAKE) test WHM_HA_REAL_API=1 WHM_HA_REQUIRE_REAL_API=1
 
 unit: setup
 	$(VENV)/pytest tests/unit

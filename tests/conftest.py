@@ -1,3 +1,8 @@
 """Shared fixtures: real MariaDB servers (more fixtures join as components are built)."""
 
-pytest_plugins = ["tests.fixtures.mariadb", "tests.fixtures.sandbox"]
+pytest_plugins = [
+    "tests.fixtures.mariadb",
+    "tests.fixtures.sandbox",
+    "tests.fixtures.control_plane",
+    "tests.fixtures.kube",
+]

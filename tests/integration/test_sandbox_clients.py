@@ -6,9 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +15,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.fixtures.sandbox import ROOT, SandboxProcess
-
-GROUP, VERSION = "ha.whm.io", "v1alpha1"
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.kube_helpers import GROUP, VERSION, wait_for
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")

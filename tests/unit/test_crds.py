@@ -42,7 +42,7 @@ def test_schema_is_structural_and_documented(resource: CustomResource) -> None:
     schema = crd_manifest(resource)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema, resource.kind):
         assert "type" in node, f"{path} has no type (not structural)"
-        if not path.endswith(("[]", "{}")):
+        if not path.endswith(("[]", "{}", ".metadata")):
             assert node.get("description"), f"{path} has no description (kubectl explain would be empty)"
         for forbidden in ("$ref", "anyOf", "oneOf", "allOf", "title", "$defs", "const"):
             assert forbidden not in node, f"{path} uses {forbidden}"
@@ -76,6 +76,12 @@ def test_printer_columns() -> None:
     }
 
 
+def test_metadata_schema_is_bare() -> None:
+    for resource in ALL:
+        schema = crd_manifest(resource)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        assert schema["properties"]["metadata"] == {"type": "object"}, "kube-apiserver forbids more"
+
+
 def test_names_and_short_names() -> None:
     names = {r.kind: crd_manifest(r)["spec"]["names"] for r in ALL}
     assert names["WHMCluster"]["shortNames"] == ["whmc"]
@@ -91,7 +97,14 @@ def test_names_and_short_names() -> None:
 def test_nested_objects_default_to_empty_so_their_defaults_apply() -> None:
     spec = crd_manifest(ALL[0])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     health = spec["properties"]["healthCheck"]
-    assert health["default"] == {}
+    assert health["default"] == {
+        "type": "http",
+        "path": "/healthz",
+        "periodSeconds": 5,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+        "successThreshold": 1,
+    }, "the whole default: kube-apiserver checks it against the CEL rules as it is"
     assert health["properties"]["periodSeconds"]["default"] == 5
     assert health["properties"]["timeoutSeconds"]["default"] == 2
     assert health["properties"]["failureThreshold"]["default"] == 3

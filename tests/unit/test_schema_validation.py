@@ -11,7 +11,7 @@ import yaml
 
 from whm_ha.crd.generate import resource_schema
 from whm_ha.crd.resources import ALL, MYSQL_REPLICATION, WHM_CLUSTER, WHM_NODE
-from whm_ha.crd.validation import admit
+from whm_ha.crd.validation import admit, schema_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 BY_KIND = {r.kind: r for r in ALL}
@@ -152,3 +152,33 @@ def test_replication_defaults() -> None:
     assert errors == []
     assert admitted["spec"]["members"][1]["port"] == 3306
     assert admitted["spec"]["tls"] == {"enabled": False}
+
+
+def test_our_crd_schemas_have_no_problem_kube_apiserver_would_refuse() -> None:
+    for resource in ALL:
+        assert schema_problems(resource_schema(resource)) == []
+
+
+def test_schema_problems_finds_what_kube_apiserver_refuses() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "metadata": {"type": "object", "description": "not allowed"},
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "probe": {
+                        "type": "object",
+                        "default": {},
+                        "properties": {"a": {"type": "integer", "default": 1}, "b": {"type": "integer", "default": 2}},
+                        "x-kubernetes-validations": [{"rule": "self.a <= self.b", "message": "a > b"}],
+                    }
+                },
+            },
+        },
+    }
+    fields = [p.field for p in schema_problems(schema)]
+    assert fields == [
+        "spec.validation.openAPIV3Schema.properties[metadata]",
+        "spec.validation.openAPIV3Schema.properties[spec].properties[probe].default",
+    ]

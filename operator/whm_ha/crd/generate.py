@@ -1,8 +1,9 @@
 """Generate apiextensions.k8s.io/v1 CustomResourceDefinitions from the pydantic models.
 
 pydantic's JSON schema is turned into a Kubernetes structural schema: references inlined,
-optional fields unwrapped (absent rather than null), titles dropped, nested objects defaulted
-to ``{}`` so that their own defaults apply, and no defaults in status (only the operator writes it).
+optional fields unwrapped (absent rather than null), titles dropped, nested objects given their
+whole default, metadata left bare (kube-apiserver forbids more), and no defaults in status (only the
+operator writes it).
 """
 
 from __future__ import annotations
@@ -22,12 +23,16 @@ JsonSchema = dict[str, Any]
 
 
 class _StructuralSchemaGenerator(GenerateJsonSchema):
-    """pydantic's generator, with ``{}`` as the default of nested-model fields."""
+    """pydantic's generator, with the complete default object for nested-model fields.
+
+    A bare ``{}`` would do for defaulting, but kube-apiserver checks each default against the CEL rules
+    without filling in the nested defaults first, so the default must be whole.
+    """
 
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         factory = schema.get("default_factory")
         if isinstance(factory, type) and issubclass(factory, BaseModel):
-            return {}
+            return factory().model_dump(by_alias=True, exclude_none=True, mode="json")
         default = super().get_default_value(schema)
         return NoDefault if default is None else default
 
@@ -89,7 +94,7 @@ def resource_schema(resource: CustomResource) -> JsonSchema:
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of the object (ha.whm.io/v1alpha1)."},
             "kind": {"type": "string", "description": f"Kind of the object ({resource.kind})."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {"type": "object"},
             "spec": model_schema(resource.spec),
             "status": model_schema(resource.status, with_defaults=False),
         },

@@ -184,3 +184,35 @@ def unknown_fields(schema: JsonSchema, value: Any, path: str = "") -> list[str]:
         for index, item in enumerate(value):
             found += unknown_fields(schema["items"], item, f"{path}[{index}]")
     return found
+
+
+def schema_problems(schema: JsonSchema) -> list[FieldError]:
+    """What kube-apiserver refuses in a CRD's openAPIV3Schema beyond structure: a metadata schema
+    with more than name and generateName, and defaults that fail their own schema or CEL rules
+    (checked as they are, without filling in nested defaults)."""
+    root = "spec.validation.openAPIV3Schema"
+    problems: list[FieldError] = []
+    metadata = schema.get("properties", {}).get("metadata")
+    if metadata is not None and set(metadata) - {"type"}:
+        problems.append(
+            FieldError(
+                f"{root}.properties[metadata]",
+                "FieldValueForbidden",
+                "Forbidden: must not specify anything other than name and generateName, "
+                "but metadata is implicitly specified",
+            )
+        )
+
+    def walk(node: JsonSchema, path: str) -> None:
+        if "default" in node:
+            for error in validate(node, node["default"]):
+                problems.append(
+                    FieldError(f"{path}.default", "FieldValueInvalid", f"Invalid value: {error.field}: {error.message}")
+                )
+        for name, sub in node.get("properties", {}).items():
+            walk(sub, f"{path}.properties[{name}]")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}.items")
+
+    walk(schema, root)
+    return problems

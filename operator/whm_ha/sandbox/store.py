@@ -22,7 +22,7 @@ from typing import Any
 
 import jsonpatch
 
-from ..crd.validation import admit, unknown_fields
+from ..crd.validation import admit, schema_problems, unknown_fields
 from . import errors
 from .catalogue import KOPF_PEERING_CRDS, Catalogue, CRDError, ResourceType, types_from_crd
 from .selectors import Matcher
@@ -35,10 +35,8 @@ CRD_KEY: TypeKey = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACE_KEY: TypeKey = ("", "namespaces")
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 IMMUTABLE_METADATA = ("uid", "creationTimestamp", "name", "namespace", "deletionTimestamp", "generation")
-MERGE_PATCH_TYPES = (
-    "application/merge-patch+json",
-    "application/strategic-merge-patch+json",
-)
+MERGE_PATCH_TYPE = "application/merge-patch+json"
+STRATEGIC_MERGE_PATCH_TYPE = "application/strategic-merge-patch+json"
 JSON_PATCH_TYPE = "application/json-patch+json"
 
 
@@ -189,12 +187,13 @@ class Store:
             return obj
         name = obj.get("metadata", {}).get("name", "")
         candidate = {**obj, "apiVersion": rt.api_version, "kind": rt.kind}
-        causes = []
         if strict:
-            for path in unknown_fields(rt.schema, candidate):
-                causes.append({"reason": "FieldValueInvalid", "message": f'unknown field "{path}"', "field": path})
+            unknown = unknown_fields(rt.schema, candidate)
+            if unknown:
+                listed = ", ".join(f'unknown field "{path}"' for path in unknown)
+                raise errors.bad_request(f"strict decoding error: {listed}")
         admitted, field_errors = admit(rt.schema, candidate, old)
-        causes += [{"reason": e.reason, "message": e.message, "field": e.field} for e in field_errors]
+        causes = [{"reason": e.reason, "message": e.message, "field": e.field} for e in field_errors]
         if causes:
             raise errors.invalid(rt.kind, rt.group, name, causes)
         admitted.pop("apiVersion", None)
@@ -367,7 +366,14 @@ class Store:
     ) -> Obj:
         current = self._current(rt, namespace, name)
         served = self._served(rt, current)
-        if content_type in MERGE_PATCH_TYPES:
+        if content_type == STRATEGIC_MERGE_PATCH_TYPE and rt.custom:
+            raise errors.ApiError(
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format - accepted media types include: "
+                f"{JSON_PATCH_TYPE}, {MERGE_PATCH_TYPE}, application/apply-patch+yaml",
+            )
+        if content_type in (MERGE_PATCH_TYPE, STRATEGIC_MERGE_PATCH_TYPE):
             if not isinstance(patch, dict):
                 raise errors.bad_request("a merge patch must be a JSON object")
             patched = merge_patch(served, patch)
@@ -477,7 +483,7 @@ class Store:
 
     def _accept_crd(self, crd: Obj) -> Obj:
         try:
-            types_from_crd(crd)
+            types = types_from_crd(crd)
         except CRDError as exc:
             raise errors.invalid(
                 "CustomResourceDefinition",
@@ -485,6 +491,14 @@ class Store:
                 crd.get("metadata", {}).get("name", ""),
                 [{"reason": "FieldValueInvalid", "message": str(exc), "field": "spec"}],
             ) from exc
+        problems = [p for rt in types if rt.schema is not None for p in schema_problems(rt.schema)]
+        if problems:
+            raise errors.invalid(
+                "CustomResourceDefinition",
+                "apiextensions.k8s.io",
+                crd["metadata"]["name"],
+                [{"reason": p.reason, "message": p.message, "field": p.field} for p in problems],
+            )
         names = crd["spec"]["names"]
         accepted = {
             "kind": names["kind"],

@@ -1,0 +1,76 @@
+"""Helpers shared by the tests that talk to a Kubernetes API (either tier)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+GROUP, VERSION = "ha.whm.io", "v1alpha1"
+
+
+def node(name: str, **spec: Any) -> dict[str, Any]:
+    """A WHMNode manifest."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "WHMNode",
+        "metadata": {"name": name},
+        "spec": {"cluster": "whm", "address": "10.0.0.1", **spec},
+    }
+
+
+def create_node(custom: client.CustomObjectsApi, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    result: dict[str, Any] = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "whmnodes", node(name, **spec)
+    )
+    return result
+
+
+def error_of(exc: ApiException) -> dict[str, Any]:
+    """The Status object of an API error."""
+    body: dict[str, Any] = json.loads(exc.body)
+    return body
+
+
+def raw_request(
+    api: client.ApiClient, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+) -> tuple[int, dict[str, Any]]:
+    """A request with the client's credentials but any content type; returns (status, JSON body)."""
+    configuration = api.configuration
+    headers = {"Content-Type": content_type, "Accept": "application/json"}
+    bearer = configuration.auth_settings().get("BearerToken")
+    if bearer and bearer.get("value"):
+        headers["Authorization"] = str(bearer["value"])
+    response = api.rest_client.pool_manager.request(
+        method,
+        configuration.host + path,
+        body=json.dumps(body).encode() if body is not None else None,
+        headers=headers,
+    )
+    return response.status, json.loads(response.data)
+
+
+def stream_nodes(custom: client.CustomObjectsApi, namespace: str, **kwargs: Any) -> list[tuple[str, str, str]]:
+    """(type, name, resourceVersion) of the WHMNode watch events until the server ends the watch."""
+    events = []
+    for event in watch.Watch().stream(
+        custom.list_namespaced_custom_object, GROUP, VERSION, namespace, "whmnodes", **kwargs
+    ):
+        obj = event["object"]
+        events.append((event["type"], obj["metadata"].get("name", ""), obj["metadata"]["resourceVersion"]))
+    return events
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll until condition() is truthy; fail with what was awaited after the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.control_plane",
     "tests.fixtures.kube",
+    "tests.fixtures.whm_nodes",
+    "tests.fixtures.operator_process",
 ]

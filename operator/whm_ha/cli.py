@@ -65,6 +65,18 @@ def _run_sandbox(args: argparse.Namespace) -> int:
     )
 
 
+def _run_operator(args: argparse.Namespace) -> int:
+    from .operator_runtime import run
+
+    return run(
+        namespace=args.namespace,
+        metrics=args.metrics or None,
+        peering=args.peering,
+        standalone=args.standalone,
+        verbose=args.verbose,
+    )
+
+
 def _kube_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", "-n", default=None, help="namespace to watch (default: all namespaces)")
 
@@ -87,9 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the kopf operator for WHMCluster, WHMNode and MySQLReplication.",
     )
     _kube_args(operator)
-    operator.add_argument("--metrics", default="0.0.0.0:9090", metavar="HOST:PORT", help="Prometheus metrics")
-    operator.add_argument("--peering", default="whm-ha", help="kopf peering name (one active operator)")
-    operator.set_defaults(handler=_not_built("operator"))
+    operator.add_argument(
+        "--metrics", default="0.0.0.0:9090", metavar="HOST:PORT", help="Prometheus metrics address ('' to disable)"
+    )
+    operator.add_argument("--peering", default="whm-ha", help="kopf peering name: one replica is active at a time")
+    operator.add_argument(
+        "--standalone", action="store_true", help="no peering: act even if other replicas run (tests only)"
+    )
+    operator.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    operator.set_defaults(handler=_run_operator)
 
     proxy = sub.add_parser(
         "proxy",

@@ -151,6 +151,16 @@ def test_builtin_resources_are_stored_as_plain_objects(kube_client: client.ApiCl
     assert client.CoordinationV1Api(kube_client).read_namespaced_lease("l", kube_namespace).spec.holder_identity == "me"
 
 
+def test_secret_string_data_is_stored_as_base64_data(core: client.CoreV1Api, kube_namespace: str) -> None:
+    core.create_namespaced_secret(
+        kube_namespace,
+        {"metadata": {"name": "s"}, "data": {"a": "eA=="}, "stringData": {"username": "root", "a": "y"}},
+    )
+    secret = core.read_namespaced_secret("s", kube_namespace)
+    assert secret.data == {"a": "eQ==", "username": "cm9vdA=="}, "stringData wins over data, then disappears"
+    assert secret.string_data is None
+
+
 def test_objects_in_a_missing_namespace_are_refused(core: client.CoreV1Api) -> None:
     with pytest.raises(ApiException) as refused:
         core.create_namespaced_config_map("no-such-ns", {"metadata": {"name": "cm"}})

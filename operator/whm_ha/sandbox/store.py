@@ -8,6 +8,7 @@ history, from which watches resume; a watch from before the history's start gets
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import secrets
@@ -22,9 +23,10 @@ from typing import Any
 
 import jsonpatch
 
+from ..crd.kopf_peering import PEERING_CRDS
 from ..crd.validation import admit, schema_problems, unknown_fields
 from . import errors
-from .catalogue import KOPF_PEERING_CRDS, Catalogue, CRDError, ResourceType, types_from_crd
+from .catalogue import Catalogue, CRDError, ResourceType, types_from_crd
 from .selectors import Matcher
 
 Obj = dict[str, Any]
@@ -33,6 +35,7 @@ ObjKey = tuple[str, str]  # (namespace or "", name)
 
 CRD_KEY: TypeKey = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACE_KEY: TypeKey = ("", "namespaces")
+SECRET_KEY: TypeKey = ("", "secrets")
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 IMMUTABLE_METADATA = ("uid", "creationTimestamp", "name", "namespace", "deletionTimestamp", "generation")
 MERGE_PATCH_TYPE = "application/merge-patch+json"
@@ -108,7 +111,7 @@ class Store:
         self.watchers: set[Watcher] = set()
         for name in INITIAL_NAMESPACES:
             self._insert(self._type(NAMESPACE_KEY), {"metadata": {"name": name}})
-        for crd in KOPF_PEERING_CRDS:
+        for crd in PEERING_CRDS:
             self.create(self._type(CRD_KEY), None, copy.deepcopy(crd))
 
     # -- lookups -------------------------------------------------------------------------------
@@ -182,7 +185,11 @@ class Store:
         return obj
 
     def _admit(self, rt: ResourceType, obj: Obj, old: Obj | None, strict: bool) -> Obj:
-        """Custom resources: prune, default and validate against the CRD schema."""
+        """Custom resources: prune, default and validate against the CRD schema. Secrets: stringData
+        becomes base64 data, as the real server writes it."""
+        if rt.key == SECRET_KEY and "stringData" in obj:
+            encoded = {k: base64.b64encode(str(v).encode()).decode() for k, v in (obj.pop("stringData") or {}).items()}
+            obj["data"] = {**(obj.get("data") or {}), **encoded}
         if not rt.custom or rt.schema is None:
             return obj
         name = obj.get("metadata", {}).get("name", "")

@@ -1,0 +1,1 @@
+"""WHM nodes: health probing, primary election and failover for WHMCluster and WHMNode."""

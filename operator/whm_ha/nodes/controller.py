@@ -1,0 +1,543 @@
+"""The probe-and-elect loop of one WHMCluster: probes, health, election, failover, status, roles.
+
+Decisions come from the pure functions of ``election`` and ``health``; this module only observes and
+writes. The primary is the WHMCluster's ``status.primaryNode``, written with the resourceVersion the
+decision was made on, so two operator processes can never both change it. Node roles and labels are
+derived from it (demotions first) and converge after a restart, so a failover cut short is rolled
+forward and never repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from ..crd.annotations import CLUSTER_LABEL, FAILOVER_TO, REQUEST_ID, ROLE_LABEL
+from ..crd.common import HISTORY_LIMIT
+from ..crd.conditions import now_iso, set_condition
+from ..crd.whmcluster import WHMClusterSpec
+from ..kube.client import PODS, WHMCLUSTERS, WHMNODES, ApiError, KubeClient
+from . import metrics
+from .discovery import sync_discovered_nodes
+from .election import Candidate, Decision, Policy, elect, manual
+from .health import NodeHealth, ProbeResult, heartbeat_due, status_changed
+from .legacy_tables import LegacyTables
+from .probe import probe_http, probe_tcp, url_for
+
+log = logging.getLogger(__name__)
+FINALIZER = "ha.whm.io/primary-handover"
+Obj = dict[str, Any]
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class ClusterController:
+    """State and steps of one cluster's loop. The state is what this process observed, never status."""
+
+    kube: KubeClient
+    namespace: str
+    name: str
+    health: dict[str, NodeHealth] = field(default_factory=dict)
+    written: dict[str, Obj] = field(default_factory=dict)
+    heartbeats: dict[str, float] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    legacy: LegacyTables | None = None
+    pod_roles: dict[str, str] = field(default_factory=dict)
+    _session: aiohttp.ClientSession | None = None
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def run(self, stopped: Any, cluster: Callable[[], Obj], nodes: Callable[[], list[Obj]]) -> None:
+        """Probe and decide every periodSeconds, or at once when woken (a request or a node change)."""
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+        try:
+            while not stopped:
+                started = time.monotonic()
+                try:
+                    await self.step(cluster(), nodes())
+                except ApiError as exc:
+                    log.warning("cluster %s/%s: API error, retrying next period: %s", self.namespace, self.name, exc)
+                period = float(cluster().get("spec", {}).get("healthCheck", {}).get("periodSeconds", 5))
+                self.wake.clear()
+                remaining = period - (time.monotonic() - started)
+                if remaining > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), remaining)
+        finally:
+            await self._session.close()
+
+    async def step(self, cluster: Obj, nodes: list[Obj]) -> None:
+        spec = WHMClusterSpec.model_validate(cluster.get("spec") or {})
+        status: Obj = cluster.get("status") or {}
+        if spec.discovery is not None:
+            nodes = await sync_discovered_nodes(self.kube, cluster, spec.discovery, nodes)
+        if spec.database is not None and self.legacy is None:
+            self.legacy = LegacyTables(
+                self.kube, self.namespace, self.name, spec.database.replication_ref.name, spec.database.schema_name
+            )
+        await self._ensure_finalizers(nodes)
+        live = [n for n in nodes if not n["metadata"].get("deletionTimestamp")]
+        node_ids = self._node_ids(nodes)
+        await self._probe(spec, live)
+        for gone in set(self.health) - {n["metadata"]["name"] for n in nodes}:
+            del self.health[gone]
+
+        request = self._pending_request(cluster, status)
+        if request is not None and request["handled"]:
+            await self._clear_request(cluster)  # settled before a restart: never replayed
+            request = None
+        decision = self._decide(spec, status, nodes, request)
+        primary = status.get("primaryNode")
+        if decision.changed and decision.primary != primary:
+            written = await self._switch(cluster, status, decision, request)
+            if written is None:
+                return  # someone else changed the cluster: decide again on fresh data
+            cluster, status, primary = written, written.get("status") or {}, decision.primary
+        elif request is not None:
+            await self._settle_request(cluster, request, decision)
+        await self._publish_nodes(spec, nodes, primary, node_ids)
+        await self._release_deleted(nodes, primary)
+        await self._write_summary(
+            spec=spec, cluster=cluster, status=status, nodes=live, primary=primary, decision=decision
+        )
+        if self.legacy is not None:
+            await self.legacy.flush_health_checks()
+
+    # -- observation -----------------------------------------------------------------------------
+
+    async def _probe(self, spec: WHMClusterSpec, nodes: list[Obj]) -> None:
+        check = spec.health_check
+        assert self._session is not None
+
+        async def one(node: Obj) -> tuple[str, ProbeResult]:
+            port = check.port or int(node["spec"].get("port", 4000))
+            address = node["spec"]["address"]
+            if check.type == "tcp":
+                result = await probe_tcp(address, port, check.timeout_seconds)
+            else:
+                result = await probe_http(self._session, url_for(address, port, check.path), check.timeout_seconds)  # type: ignore[arg-type]
+            return node["metadata"]["name"], result
+
+        results = await asyncio.gather(*(one(n) for n in nodes))
+        now = time.monotonic()
+        for name, result in results:
+            previous = self.health.get(name, NodeHealth())
+            self.health[name] = previous.observe(result, check.failure_threshold, check.success_threshold, now)
+            metrics.PROBES.labels(self.namespace, self.name, "success" if result.ok else "failure").inc()
+            metrics.PROBE_LATENCY.labels(self.namespace, self.name).observe(result.latency_ms / 1000)
+            if self.legacy is not None:
+                self.legacy.add_health_check(name, result.ok, result.latency_ms, result.message, time.time())
+
+    def _candidates(self, nodes: list[Obj]) -> list[Candidate]:
+        return [
+            Candidate(
+                name=n["metadata"]["name"],
+                priority=int(n["spec"].get("priority", 100)),
+                health=self.health.get(n["metadata"]["name"], NodeHealth()).health,
+                maintenance=bool(n["spec"].get("maintenance", False)),
+                deleting=bool(n["metadata"].get("deletionTimestamp")),
+            )
+            for n in nodes
+        ]
+
+    @staticmethod
+    def _node_ids(nodes: list[Obj]) -> dict[str, int]:
+        """Keep every node's id; give new nodes the smallest free ones, in name order."""
+        ids = {
+            n["metadata"]["name"]: int(n["status"]["nodeId"]) for n in nodes if (n.get("status") or {}).get("nodeId")
+        }
+        taken = set(ids.values())
+        for node in sorted(nodes, key=lambda n: n["metadata"]["name"]):
+            name = node["metadata"]["name"]
+            if name not in ids:
+                free = next(i for i in range(1, len(nodes) + len(taken) + 2) if i not in taken)
+                ids[name] = free
+                taken.add(free)
+        return ids
+
+    # -- decision --------------------------------------------------------------------------------
+
+    def _decide(self, spec: WHMClusterSpec, status: Obj, nodes: list[Obj], request: Obj | None) -> Decision:
+        candidates = self._candidates(nodes)
+        current = status.get("primaryNode")
+        if request is not None:
+            return manual(candidates, current, request["target"])
+        last_automatic = next((h for h in status.get("failoverHistory", []) if h.get("type") == "automatic"), None)
+        policy = Policy(
+            automatic=spec.failover.automatic,
+            paused=spec.failover.paused,
+            failback=spec.failover.failback,
+            min_interval_seconds=spec.failover.min_interval_seconds,
+            seconds_since_last_automatic=time.time() - _epoch(last_automatic["time"]) if last_automatic else None,
+        )
+        return elect(candidates, current, policy)
+
+    @staticmethod
+    def _pending_request(cluster: Obj, status: Obj) -> Obj | None:
+        """The failover-to request on the cluster, unless its id was already handled."""
+        annotations = cluster["metadata"].get("annotations") or {}
+        target = annotations.get(FAILOVER_TO)
+        if not target:
+            return None
+        request_id = annotations.get(REQUEST_ID) or f"failover:{target}"
+        last = status.get("lastRequest") or {}
+        return {"id": request_id, "target": target, "seen": time.monotonic(), "handled": last.get("id") == request_id}
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def _switch(self, cluster: Obj, status: Obj, decision: Decision, request: Obj | None) -> Obj | None:
+        """Record the new primary with the resourceVersion the decision was made on; None on conflict."""
+        old = status.get("primaryNode") or ""
+        new = decision.primary or ""
+        now = time.time()
+        kind = "manual" if decision.kind == "manual" else "automatic"
+        if request is not None:
+            started = request["seen"]
+        else:
+            failing = self.health.get(old, NodeHealth()).failing_since
+            started = failing if failing is not None and decision.kind == "automatic" else time.monotonic()
+        duration_ms = int((time.monotonic() - started) * 1000)
+        generation = cluster["metadata"].get("generation")
+        conditions = set_condition(
+            status.get("conditions", []),
+            "FailoverInProgress",
+            True,
+            "PrimaryChanging",
+            f"switching primary from {old or 'none'} to {new}: {decision.reason}",
+            generation=generation,
+        )
+        patch: Obj = {
+            "status": {
+                "primaryNode": new,
+                "primarySince": _iso(now),
+                "conditions": conditions,
+                "phase": "FailingOver",
+                "reason": decision.reason,
+            }
+        }
+        record = None
+        if decision.kind != "initial":
+            record = {
+                "time": _iso(now),
+                "from": old,
+                "to": new,
+                "reason": decision.reason,
+                "type": kind,
+                "durationMs": duration_ms,
+            }
+            history = [record, *status.get("failoverHistory", [])][:HISTORY_LIMIT]
+            patch["status"].update({"lastFailover": record, "failoverHistory": history, "primaryFailingSince": None})
+        if request is not None:
+            patch["status"]["lastRequest"] = self._outcome(request, "Succeeded", decision.reason)
+        try:
+            written = await self.kube.patch(
+                WHMCLUSTERS,
+                self.namespace,
+                self.name,
+                patch,
+                subresource="status",
+                resource_version=cluster["metadata"]["resourceVersion"],
+            )
+        except ApiError as exc:
+            if exc.status == 409:
+                log.info("cluster %s/%s changed while deciding; deciding again", self.namespace, self.name)
+                return None
+            raise
+        if request is not None:
+            await self._clear_request(cluster)
+        if record is not None:
+            await self._record_failover(cluster, record, kind)
+        log.info(
+            json.dumps(
+                {
+                    "event": "primary-changed",
+                    "namespace": self.namespace,
+                    "cluster": self.name,
+                    "from": old,
+                    "to": new,
+                    "type": kind if record else "initial",
+                    "reason": decision.reason,
+                    "durationMs": duration_ms,
+                }
+            )
+        )
+        return written
+
+    async def _record_failover(self, cluster: Obj, record: Obj, kind: str) -> None:
+        metrics.FAILOVERS.labels(self.namespace, self.name, kind).inc()
+        message = (
+            f"primary {record['from'] or 'none'} -> {record['to']} ({kind}, {record['durationMs']} ms): "
+            f"{record['reason']}"
+        )
+        await self._event(cluster, "Failover", message, warning=kind == "automatic")
+        if self.legacy is not None:
+            key = f"{cluster['metadata'].get('uid')}/{record['time']}/{record['to']}"
+            await self.legacy.record_failover(
+                key=key,
+                from_node=record["from"],
+                to_node=record["to"],
+                kind=kind,
+                reason=record["reason"],
+                duration_ms=record["durationMs"],
+                at=_epoch(record["time"]),
+            )
+
+    async def _event(self, cluster: Obj, reason: str, message: str, *, warning: bool = False) -> None:
+        try:
+            await self.kube.event(cluster, "WHMCluster", reason, message, warning=warning)
+        except ApiError as exc:
+            log.warning("cannot post event on %s/%s: %s", self.namespace, self.name, exc)
+
+    @staticmethod
+    def _outcome(request: Obj, result: str, reason: str) -> Obj:
+        return {
+            "id": request["id"],
+            "type": "failover",
+            "target": request["target"],
+            "result": result,
+            "reason": reason,
+            "time": now_iso(),
+        }
+
+    async def _settle_request(self, cluster: Obj, request: Obj, decision: Decision) -> None:
+        """A request that changes nothing: already primary (Succeeded) or not eligible (Refused)."""
+        result = "Succeeded" if decision.kind == "keep" else "Refused"
+        await self.kube.patch(
+            WHMCLUSTERS,
+            self.namespace,
+            self.name,
+            {"status": {"lastRequest": self._outcome(request, result, decision.reason)}},
+            subresource="status",
+        )
+        if result == "Refused":
+            await self._event(cluster, "FailoverRefused", decision.reason, warning=True)
+        await self._clear_request(cluster)
+
+    async def _clear_request(self, cluster: Obj) -> None:
+        await self.kube.patch(
+            WHMCLUSTERS, self.namespace, self.name, {"metadata": {"annotations": {FAILOVER_TO: None, REQUEST_ID: None}}}
+        )
+
+    async def _ensure_finalizers(self, nodes: list[Obj]) -> None:
+        for node in nodes:
+            meta = node["metadata"]
+            if FINALIZER not in (meta.get("finalizers") or []) and not meta.get("deletionTimestamp"):
+                try:
+                    await self.kube.patch(
+                        WHMNODES,
+                        self.namespace,
+                        meta["name"],
+                        {"metadata": {"finalizers": [*(meta.get("finalizers") or []), FINALIZER]}},
+                        resource_version=meta["resourceVersion"],
+                    )
+                except ApiError as exc:
+                    if exc.status not in (404, 409):  # changed or gone meanwhile: next period
+                        raise
+
+    async def _release_deleted(self, nodes: list[Obj], primary: str | None) -> None:
+        """A deleted node goes once it is no longer primary (the election hands the role over first)."""
+        for node in nodes:
+            meta = node["metadata"]
+            if (
+                meta.get("deletionTimestamp")
+                and meta["name"] != primary
+                and FINALIZER in (meta.get("finalizers") or [])
+            ):
+                remaining = [f for f in meta["finalizers"] if f != FINALIZER]
+                try:
+                    await self.kube.patch(
+                        WHMNODES,
+                        self.namespace,
+                        meta["name"],
+                        {"metadata": {"finalizers": remaining or None}},
+                        resource_version=meta["resourceVersion"],
+                    )
+                except ApiError as exc:
+                    if exc.status not in (404, 409):
+                        raise
+                if self.legacy is not None:
+                    await self.legacy.delete_nodes([meta["name"]])
+
+    async def _publish_nodes(
+        self, spec: WHMClusterSpec, nodes: list[Obj], primary: str | None, ids: dict[str, int]
+    ) -> None:
+        """Node statuses (on change, or a heartbeat) and role labels; demotions before the promotion."""
+        check = spec.health_check
+        now = time.monotonic()
+        ordered = sorted(nodes, key=lambda n: n["metadata"]["name"] == primary)
+        registry = []
+        for node in ordered:
+            name = node["metadata"]["name"]
+            state = self.health.get(name, NodeHealth())
+            role = "Primary" if name == primary else "Secondary"
+            new = {
+                "health": state.health,
+                "role": role,
+                "nodeId": ids[name],
+                "message": state.message,
+                "consecutiveFailures": state.failures,
+                "consecutiveSuccesses": state.successes,
+            }
+            written = self.written.get(name) or {k: (node.get("status") or {}).get(k) for k in new}
+            changed = status_changed(
+                written, new, failure_threshold=check.failure_threshold, success_threshold=check.success_threshold
+            )
+            if changed or heartbeat_due(self.heartbeats.get(name), now):
+                body = {**new, "lastProbeTime": now_iso()}
+                if state.latency_ms is not None:
+                    body["latencyMs"] = round(state.latency_ms, 2)
+                body["conditions"] = set_condition(
+                    (node.get("status") or {}).get("conditions", []),
+                    "Ready",
+                    state.health == "Healthy",
+                    state.health,
+                    state.message,
+                )
+                try:
+                    await self.kube.patch(WHMNODES, self.namespace, name, {"status": body}, subresource="status")
+                except ApiError as exc:
+                    if exc.status == 404:
+                        continue
+                    raise
+                self.written[name], self.heartbeats[name] = new, now
+                if changed:
+                    registry.append(self._registry_row(node, new, state))
+            await self._publish_role_labels(node, role)
+        if self.legacy is not None and registry:
+            await self.legacy.upsert_nodes(registry)
+
+    @staticmethod
+    def _registry_row(node: Obj, new: Obj, state: NodeHealth) -> dict[str, object]:
+        spec = node["spec"]
+        status = "maintenance" if spec.get("maintenance") else str(new["health"]).lower()
+        return {
+            "name": node["metadata"]["name"],
+            "nodeId": new["nodeId"],
+            "hostname": spec.get("hostname") or node["metadata"]["name"],
+            "address": spec["address"],
+            "port": spec.get("port", 4000),
+            "priority": spec.get("priority", 100),
+            "weight": spec.get("weight", 1),
+            "role": str(new["role"]).lower(),
+            "status": status,
+            "checkedAt": time.time(),
+        }
+
+    async def _publish_role_labels(self, node: Obj, role: str) -> None:
+        label = role.lower()
+        meta = node["metadata"]
+        labels = meta.get("labels") or {}
+        if labels.get(ROLE_LABEL) != label or labels.get(CLUSTER_LABEL) != self.name:
+            await self.kube.patch(
+                WHMNODES,
+                self.namespace,
+                meta["name"],
+                {"metadata": {"labels": {ROLE_LABEL: label, CLUSTER_LABEL: self.name}}},
+            )
+        pod_ref = node["spec"].get("podRef")
+        if pod_ref and self.pod_roles.get(pod_ref["name"]) != label:
+            try:
+                await self.kube.patch(
+                    PODS, self.namespace, pod_ref["name"], {"metadata": {"labels": {ROLE_LABEL: label}}}
+                )
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+            self.pod_roles[pod_ref["name"]] = label
+
+    async def _write_summary(
+        self,
+        *,
+        spec: WHMClusterSpec,
+        cluster: Obj,
+        status: Obj,
+        nodes: list[Obj],
+        primary: str | None,
+        decision: Decision,
+    ) -> None:
+        """Counts, phase, reason and conditions, written only when they change."""
+        total = len(nodes)
+        healthy = sum(1 for n in nodes if self.health.get(n["metadata"]["name"], NodeHealth()).health == "Healthy")
+        primary_state = self.health.get(primary or "", NodeHealth())
+        generation = cluster["metadata"].get("generation")
+        blocked = decision.kind in ("keep", "none") and (primary is None or primary_state.health != "Healthy")
+        if total == 0:
+            phase, reason = "Pending", "no nodes"
+        elif primary is None:
+            phase, reason = "NoPrimary", decision.reason
+        elif primary_state.health == "Unknown":
+            phase, reason = "Pending", f"waiting for the first probes of {primary}"
+        elif primary_state.health != "Healthy":
+            phase, reason = "Degraded", decision.reason
+        elif healthy < total:
+            phase, reason = "Degraded", f"{total - healthy} of {total} nodes unhealthy"
+        else:
+            phase, reason = "Healthy", f"{primary} is primary; all {total} nodes healthy"
+        refusals = "; ".join(f"{n}: {why}" for n, why in sorted(decision.refusals.items()))
+        conditions = status.get("conditions", [])
+        conditions = set_condition(
+            conditions,
+            "Ready",
+            phase == "Healthy" or (primary is not None and primary_state.health == "Healthy"),
+            phase,
+            reason,
+            generation=generation,
+        )
+        conditions = set_condition(
+            conditions,
+            "Degraded",
+            phase in ("Degraded", "NoPrimary"),
+            "FailoverBlocked" if blocked else phase,
+            f"{reason}" + (f" (candidates: {refusals})" if blocked and refusals else ""),
+            generation=generation,
+        )
+        conditions = set_condition(
+            conditions, "FailoverInProgress", False, "Idle", "no failover in progress", generation=generation
+        )
+        failing = primary_state.failing_since
+        summary: Obj = {
+            "phase": phase,
+            "reason": reason,
+            "totalNodes": total,
+            "healthyNodes": healthy,
+            "healthy": f"{healthy}/{total}",
+            "observedGeneration": generation,
+            "primaryFailingSince": _iso(time.time() - (time.monotonic() - failing)) if failing is not None else None,
+            "conditions": conditions,
+        }
+        current = {k: status.get(k) for k in summary}
+        if current.get("primaryFailingSince") and summary["primaryFailingSince"]:
+            summary["primaryFailingSince"] = current["primaryFailingSince"]
+        if self._same_summary(current, summary):
+            return
+        await self.kube.patch(WHMCLUSTERS, self.namespace, self.name, {"status": summary}, subresource="status")
+        metrics.HEALTHY_NODES.labels(self.namespace, self.name).set(healthy)
+        for node in nodes:
+            metrics.PRIMARY.labels(self.namespace, self.name, node["metadata"]["name"]).set(
+                1 if node["metadata"]["name"] == primary else 0
+            )
+
+    @staticmethod
+    def _same_summary(current: Obj, new: Obj) -> bool:
+        def strip(conditions: list[Obj] | None) -> list[tuple[str, str, str, str]]:
+            return sorted((c["type"], c["status"], c["reason"], c["message"]) for c in conditions or [])
+
+        return all(current.get(k) == v for k, v in new.items() if k != "conditions") and strip(
+            current.get("conditions")
+        ) == strip(new["conditions"])

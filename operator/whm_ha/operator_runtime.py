@@ -1,0 +1,102 @@
+"""``whm-ha operator``: kopf settings, peering, metrics, and the run loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from .kube.client import CLUSTER_KOPF_PEERINGS, KOPF_PEERINGS, ApiError, KubeClient
+from .kube.config import KubeConfigError, endpoint
+
+log = logging.getLogger("whm_ha.operator")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "0.0.0.0", int(port)
+
+
+async def ensure_peering(kube: KubeClient, name: str, namespace: str | None) -> None:
+    """kopf's peering object, without which replicas could not tell who is active."""
+    body = {"apiVersion": "kopf.dev/v1", "metadata": {"name": name}, "status": {}}
+    try:
+        if namespace:
+            await kube.create(KOPF_PEERINGS, namespace, {**body, "kind": "KopfPeering"})
+        else:
+            await kube.create(CLUSTER_KOPF_PEERINGS, None, {**body, "kind": "ClusterKopfPeering"})
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+
+
+def _configure(settings: kopf.OperatorSettings, peering: str, standalone: bool, namespace: str | None) -> None:
+    settings.peering.name = peering
+    settings.peering.standalone = standalone
+    settings.peering.mandatory = not standalone
+    settings.peering.clusterwide = namespace is None
+    settings.peering.priority = 100
+    settings.peering.lifetime = 10
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.posting.level = logging.WARNING
+    settings.persistence.finalizer = "ha.whm.io/kopf"
+
+
+async def _main(namespace: str | None, metrics: str | None, peering: str, standalone: bool) -> int:
+    from .nodes import handlers  # noqa: F401 - registers the handlers with kopf
+
+    try:
+        api = endpoint()
+    except KubeConfigError as exc:
+        print(f"whm-ha operator: {exc}", file=sys.stderr)
+        return 1
+    kube = KubeClient(api)
+    if not standalone:
+        try:
+            await ensure_peering(kube, peering, namespace)
+        except (ApiError, OSError) as exc:
+            print(f"whm-ha operator: cannot reach the API at {api.server}: {exc}", file=sys.stderr)
+            await kube.close()
+            return 1
+    if metrics:
+        host, port = _host_port(metrics)
+        start_http_server(port, addr=host)
+
+    @kopf.on.startup()
+    def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        _configure(settings, peering, standalone, namespace)
+        memo["kube"] = kube
+
+    try:
+        await kopf.operator(
+            clusterwide=namespace is None,
+            namespaces=[namespace] if namespace else [],
+            standalone=standalone,
+            peering_name=None if standalone else peering,
+            memo=kopf.Memo(),
+        )
+    finally:
+        await kube.close()
+    return 0
+
+
+def run(*, namespace: str | None, metrics: str | None, peering: str, standalone: bool, verbose: bool) -> int:
+    """Run until SIGTERM/SIGINT."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("kopf").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        import uvloop
+
+        return uvloop.run(_main(namespace, metrics, peering, standalone))
+    except ImportError:
+        return asyncio.run(_main(namespace, metrics, peering, standalone))

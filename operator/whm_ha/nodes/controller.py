@@ -64,25 +64,29 @@ class ClusterController:
     # -- the loop --------------------------------------------------------------------------------
 
     async def run(self, stopped: Any, cluster: Callable[[], Obj], nodes: Callable[[], list[Obj]]) -> None:
-        """Probe and decide every periodSeconds, or at once when woken (a request or a node change)."""
+        """Probe every periodSeconds; decide after each probe round and at once when woken (a request, a
+        node change, a lost write race), without probing more often than the period."""
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+        next_probe = time.monotonic()
         try:
             while not stopped:
-                started = time.monotonic()
+                self.wake.clear()
+                probe = time.monotonic() >= next_probe
+                if probe:
+                    period = float(cluster().get("spec", {}).get("healthCheck", {}).get("periodSeconds", 5))
+                    next_probe = max(next_probe + period, time.monotonic())
                 try:
-                    await self.step(cluster(), nodes())
+                    await self.step(cluster(), nodes(), probe=probe)
                 except ApiError as exc:
                     log.warning("cluster %s/%s: API error, retrying next period: %s", self.namespace, self.name, exc)
-                period = float(cluster().get("spec", {}).get("healthCheck", {}).get("periodSeconds", 5))
-                self.wake.clear()
-                remaining = period - (time.monotonic() - started)
+                remaining = next_probe - time.monotonic()
                 if remaining > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), remaining)
         finally:
             await self._session.close()
 
-    async def step(self, cluster: Obj, nodes: list[Obj]) -> None:
+    async def step(self, cluster: Obj, nodes: list[Obj], *, probe: bool = True) -> None:
         spec = WHMClusterSpec.model_validate(cluster.get("spec") or {})
         status: Obj = cluster.get("status") or {}
         if spec.discovery is not None:
@@ -94,7 +98,8 @@ class ClusterController:
         await self._ensure_finalizers(nodes)
         live = [n for n in nodes if not n["metadata"].get("deletionTimestamp")]
         node_ids = self._node_ids(nodes)
-        await self._probe(spec, live)
+        if probe:
+            await self._probe(spec, live)
         for gone in set(self.health) - {n["metadata"]["name"] for n in nodes}:
             del self.health[gone]
 
@@ -107,7 +112,8 @@ class ClusterController:
         if decision.changed and decision.primary != primary:
             written = await self._switch(cluster, status, decision, request)
             if written is None:
-                return  # someone else changed the cluster: decide again on fresh data
+                self.wake.set()  # someone else changed the cluster: decide again on fresh data
+                return
             cluster, status, primary = written, written.get("status") or {}, decision.primary
         elif request is not None:
             await self._settle_request(cluster, request, decision)
@@ -116,7 +122,7 @@ class ClusterController:
         await self._write_summary(
             spec=spec, cluster=cluster, status=status, nodes=live, primary=primary, decision=decision
         )
-        if self.legacy is not None:
+        if self.legacy is not None and probe:
             await self.legacy.flush_health_checks()
 
     # -- observation -----------------------------------------------------------------------------

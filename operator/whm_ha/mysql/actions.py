@@ -1,0 +1,209 @@
+"""Idempotent steps against live members. Each reads first and writes only what differs, and says whether it
+wrote, so reconciling a healthy topology issues no writes. Driver errors (pymysql.MySQLError) propagate."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pymysql
+
+from .dialect import REPLICATION_PRIVILEGE, SemiSyncRole, Source
+from .gtid import GtidSet
+from .member import Session
+
+AUTH_ERRNOS = frozenset({1045})
+"""IO-thread errors that mean the replication password is wrong: reconfigure, the secret may have changed."""
+
+_GLOBAL_GRANT = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.IGNORECASE)
+
+
+class PromotionError(RuntimeError):
+    """The member cannot be promoted without losing what it received."""
+
+
+@dataclass(frozen=True)
+class GtidResult:
+    """Whether the step wrote, and the member's executed GTIDs afterwards."""
+
+    changed: bool
+    gtid: GtidSet
+
+
+def _can_log_in(session: Session, user: str, password: str) -> bool:
+    """Whether ``user`` logs in to the member with ``password``: the only portable password check."""
+    try:
+        pymysql.connect(
+            host=session.conn.host,
+            port=session.conn.port,
+            user=user,
+            password=password,
+            connect_timeout=session.timeout,
+            read_timeout=session.timeout,
+        ).close()
+    except pymysql.OperationalError as exc:
+        if exc.args and exc.args[0] in AUTH_ERRNOS:
+            return False
+        raise
+    return True
+
+
+def _has_replication_grant(grants: Iterable[str]) -> bool:
+    for grant in grants:
+        match = _GLOBAL_GRANT.match(grant)
+        privileges = {p.strip().upper() for p in match.group(1).split(",")} if match else set()
+        if privileges & {REPLICATION_PRIVILEGE, "ALL PRIVILEGES"}:
+            return True
+    return False
+
+
+def ensure_replication_user(session: Session, user: str, password: str, *, host: str = "%") -> bool:
+    """Create the replication account on the primary, or fix its password and grant."""
+    dialect = session.dialect
+    changed = False
+    row = session.row(dialect.user_exists(user, host))
+    if not row or not row[0]:
+        session.execute(dialect.create_user(user, host, password))
+        changed = True
+    elif not _can_log_in(session, user, password):
+        session.execute(dialect.set_password(user, host, password))
+        changed = True
+    if not _has_replication_grant(str(r[0]) for r in session.rows(dialect.show_grants(user, host))):
+        session.execute(dialect.grant_replication(user, host))
+        changed = True
+    return changed
+
+
+def _set_read_only(session: Session, on: bool) -> bool:
+    if session.read_only() == on:
+        return False
+    for sql in session.dialect.set_read_only(on):
+        session.execute(sql)
+    return True
+
+
+def ensure_replica(session: Session, source: Source, *, read_only: bool = True) -> bool:
+    """Make the member a GTID replica of ``source``: read-only first, then reconfigure only if the settings differ
+    (or the IO thread reports a wrong password), then start stopped threads."""
+    dialect = session.dialect
+    changed = _set_read_only(session, read_only)
+    status = session.replica_status()
+    if status is None or not status.matches(source) or status.last_io_errno in AUTH_ERRNOS:
+        if status is not None:
+            session.execute(dialect.stop_replica())
+        for sql in dialect.configure_source(source):
+            session.execute(sql)
+        session.execute(dialect.start_replica())
+        return True
+    if status.io_state == "stopped" or not status.sql_running:
+        session.execute(dialect.start_replica())
+        changed = True
+    return changed
+
+
+def fence(session: Session) -> GtidResult:
+    """Make the member read-only and return what it had executed by then."""
+    changed = _set_read_only(session, True)
+    return GtidResult(changed, session.executed())
+
+
+def stop_io_threads(sessions: Iterable[Session]) -> bool:
+    """Stop receiving on every replica (their SQL threads go on applying the relay log)."""
+    changed = False
+    for session in sessions:
+        status = session.replica_status()
+        if status is not None and status.io_state != "stopped":
+            session.execute(session.dialect.stop_replica("io"))
+            changed = True
+    return changed
+
+
+def wait_applied(session: Session, gtid: GtidSet, timeout: float) -> bool:
+    """Wait until the member has executed ``gtid``; False after ``timeout`` seconds, or at once when the server
+    says it got there but its GTIDs differ (a divergent MariaDB history)."""
+    deadline = time.monotonic() + timeout
+    server_says_reached = False
+    while not session.executed().contains(gtid):
+        remaining = deadline - time.monotonic()
+        if server_says_reached or remaining <= 0:
+            return False
+        row = session.row(session.dialect.wait_for_gtid(gtid, min(remaining, session.timeout / 2)))
+        server_says_reached = row is not None and row[0] == 0
+    return True
+
+
+def promote(session: Session, *, timeout: float = 30) -> GtidResult:
+    """Make the member a writable primary: stop receiving, apply the relay log (within ``timeout``), forget the
+    source, turn read-only off. Raises PromotionError rather than discard unapplied transactions."""
+    dialect = session.dialect
+    changed = False
+    status = session.replica_status()
+    if status is not None:
+        if status.io_state != "stopped":
+            session.execute(dialect.stop_replica("io"))
+            status = session.replica_status()
+            assert status is not None
+        if not status.sql_running:
+            if status.last_sql_error:
+                raise PromotionError(f"{session.name}: its SQL thread failed: {status.last_sql_error}")
+            session.execute(dialect.start_replica("sql"))
+        if not wait_applied(session, status.retrieved, timeout):
+            missing = status.retrieved.difference(session.executed())
+            raise PromotionError(f"{session.name}: relay log not applied within {timeout:g}s, missing {missing}")
+        session.execute(dialect.stop_replica())
+        session.execute(dialect.reset_replica_all())
+        changed = True
+    changed = _set_read_only(session, False) or changed
+    return GtidResult(changed, session.executed())
+
+
+def _apply_semi_sync(session: Session, role: SemiSyncRole, enabled: bool, timeout_ms: int) -> bool:
+    dialect = session.dialect
+    wanted = dialect.semi_sync_settings(role, enabled, timeout_ms)
+    current = {str(name): str(value) for name, value in session.rows(dialect.semi_sync_variables_query())}
+    changed = False
+    if not wanted.keys() <= current.keys():
+        if not enabled:
+            return False
+        install = dialect.install_semi_sync(role)
+        if install is None:
+            raise RuntimeError(f"{session.name}: no semi-sync variables {', '.join(wanted.keys() - current.keys())}")
+        session.execute(install)
+        current = {str(name): str(value) for name, value in session.rows(dialect.semi_sync_variables_query())}
+        changed = True
+    for variable, value in wanted.items():
+        if current.get(variable, "").upper() != str(value).upper():
+            session.execute(dialect.set_global(variable, value))
+            changed = True
+    return changed
+
+
+def _reconnect_io(session: Session) -> None:
+    """A replica announces semi-sync when it connects: restart a running IO thread."""
+    status = session.replica_status()
+    if status is not None and status.io_state != "stopped":
+        session.execute(session.dialect.stop_replica("io"))
+        session.execute(session.dialect.start_replica("io"))
+
+
+def enable_semi_sync(primary: Session, replicas: Sequence[Session], timeout_ms: int) -> bool:
+    """Semi-sync, AFTER_SYNC: the primary waits up to ``timeout_ms`` for one replica to acknowledge a commit."""
+    changed = _apply_semi_sync(primary, "source", True, timeout_ms)
+    for replica in replicas:
+        if _apply_semi_sync(replica, "replica", True, timeout_ms):
+            _reconnect_io(replica)
+            changed = True
+    return changed
+
+
+def disable_semi_sync(sessions: Iterable[Session]) -> bool:
+    """Turn semi-sync off on both sides of every member."""
+    changed = False
+    for session in sessions:
+        changed = _apply_semi_sync(session, "source", False, 0) or changed
+        if _apply_semi_sync(session, "replica", False, 0):
+            _reconnect_io(session)
+            changed = True
+    return changed

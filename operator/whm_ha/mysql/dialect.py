@@ -1,0 +1,387 @@
+"""All SQL of the replication manager, per flavor: MariaDB 10.6+ and MySQL 8.0.26+.
+
+Every method returns statement text with ``%s`` placeholders and the parameters apart (`SQL`), so secrets travel
+as parameters and never appear in the text, in logs or in reprs.
+
+Choices that differ per flavor:
+
+* Executed GTIDs. MariaDB: ``@@gtid_binlog_state``: exactly what the binary log holds, so what the server sends
+  its replicas once promoted, with the last GTID of every server per domain, so divergent histories show even
+  when their seqs differ (see `gtid`). ``@@gtid_current_pos`` may include ``gtid_slave_pos`` transactions that
+  are not in the binlog (``log_slave_updates=OFF``) and keeps only one GTID per domain; replicas therefore need
+  ``log_slave_updates=ON``, as any failover does. MySQL: ``@@gtid_executed``.
+* Read-only. MySQL: ``super_read_only`` (implies ``read_only``) stops every account. MariaDB has no
+  ``super_read_only``: ``read_only=ON`` stops every account without the READ ONLY ADMIN privilege (10.5.2+;
+  since 10.11 SUPER no longer implies it, but ALL PRIVILEGES does). Application accounts must not hold it.
+* Replica position. MariaDB replicas use ``MASTER_USE_GTID=slave_pos``; before (re)configuring, ``gtid_slave_pos``
+  is set to ``@@gtid_current_pos``, so a demoted primary resumes after its own binlogged transactions and a
+  replica seeded from a backup keeps its seeded position. MySQL uses ``SOURCE_AUTO_POSITION=1``.
+* Semi-sync. MariaDB 10.3+ has it built in (``rpl_semi_sync_master_*``/``_slave_*``); MySQL 8.0.26+ needs the
+  ``rpl_semi_sync_source``/``rpl_semi_sync_replica`` plugins. Both wait ``AFTER_SYNC`` (lossless).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from .gtid import Flavor, GtidSet, MariaDBGtidSet, parse_gtid_set
+
+Thread = Literal["io", "sql"]
+SemiSyncRole = Literal["source", "replica"]
+IOState = Literal["running", "connecting", "stopped"]
+
+CONNECT_RETRY_SECONDS = 1
+HEARTBEAT_SECONDS = 1
+REPLICATION_PRIVILEGE = "REPLICATION SLAVE"
+
+
+@dataclass(frozen=True, repr=False)
+class SQL:
+    """A statement and its parameters (``%s`` placeholders, pymysql style)."""
+
+    text: str
+    params: tuple[object, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"SQL({self.text!r}, <{len(self.params)} params>)"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a replica replicates from, as whom, and whether over TLS."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)
+    tls: bool = False
+    tls_ca: str | None = None
+    """CA file on the replica's file system; when set, the source's certificate (and host name) is verified."""
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA file in effect: only with TLS, and "" means none."""
+        return (self.tls_ca or None) if self.tls else None
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One flavor-neutral row of SHOW SLAVE/REPLICA STATUS."""
+
+    source_host: str
+    source_port: int
+    source_user: str
+    auto_position: bool
+    """GTID positioning as this library configures it (MariaDB Slave_Pos, MySQL auto position)."""
+    tls: bool
+    tls_ca: str | None
+    io_state: IOState
+    sql_running: bool
+    seconds_behind: int | None
+    last_io_errno: int
+    last_io_error: str | None
+    last_sql_errno: int
+    last_sql_error: str | None
+    retrieved: GtidSet
+    """GTIDs received into the relay log (MariaDB: the position Gtid_IO_Pos)."""
+
+    @property
+    def io_running(self) -> bool:
+        return self.io_state == "running"
+
+    def matches(self, source: Source) -> bool:
+        """Whether the replica is configured for this source (the password cannot be read back)."""
+        return (
+            self.source_host == source.host
+            and self.source_port == source.port
+            and self.source_user == source.user
+            and self.auto_position
+            and self.tls == source.tls
+            and self.tls_ca == source.ca_file
+        )
+
+
+@dataclass(frozen=True)
+class SemiSyncStatus:
+    """Whether semi-sync is active now (status variables, not settings)."""
+
+    source_active: bool
+    replica_active: bool
+    source_clients: int
+
+
+def _text(value: object) -> str | None:
+    text = "" if value is None else str(value)
+    return text or None
+
+
+def _yes(value: object) -> bool:
+    return str(value).upper() in ("YES", "ON", "1")
+
+
+class Dialect(ABC):
+    """The SQL of one flavor."""
+
+    flavor: ClassVar[Flavor]
+    replica_word: ClassVar[str]
+    read_only_variable: ClassVar[str]
+    executed_variable: ClassVar[str]
+    columns: ClassVar[Mapping[str, str]]
+    """Neutral name -> this flavor's SHOW ... STATUS column."""
+    semi_sync_variables: ClassVar[Mapping[str, str]]
+    """Neutral name (source_enabled, source_timeout, source_wait_point, replica_enabled) -> variable."""
+    semi_sync_status_variables: ClassVar[Mapping[str, str]]
+    """Neutral name (source_active, replica_active, source_clients) -> status variable."""
+
+    def parse_gtid(self, text: str | None) -> GtidSet:
+        return parse_gtid_set(self.flavor, text)
+
+    # --- inspection -----------------------------------------------------------------------------------------
+
+    def server_state(self) -> SQL:
+        """One row: server id, read-only as this library enforces it, executed GTIDs."""
+        return SQL(f"SELECT @@GLOBAL.server_id, @@GLOBAL.{self.read_only_variable}, @@GLOBAL.{self.executed_variable}")
+
+    def replica_status(self) -> SQL:
+        return SQL(f"SHOW {self.replica_word} STATUS")
+
+    def normalize_replica_status(self, row: Mapping[str, Any] | None) -> ReplicaStatus | None:
+        """The neutral status, or None when no source is configured."""
+        if not row or not row.get(self.columns["source_host"]):
+            return None
+        col = {name: row.get(column) for name, column in self.columns.items()}
+        io = str(col["io_running"])
+        seconds = col["seconds_behind"]
+        return ReplicaStatus(
+            source_host=str(col["source_host"]),
+            source_port=int(col["source_port"] or 0),
+            source_user=str(col["source_user"] or ""),
+            auto_position=self._auto_position(col["auto_position"]),
+            tls=_yes(col["tls"]),
+            tls_ca=_text(col["tls_ca"]),
+            io_state="running" if io == "Yes" else "connecting" if io == "Connecting" else "stopped",
+            sql_running=_yes(col["sql_running"]),
+            seconds_behind=None if seconds is None else int(seconds),
+            last_io_errno=int(col["last_io_errno"] or 0),
+            last_io_error=_text(col["last_io_error"]),
+            last_sql_errno=int(col["last_sql_errno"] or 0),
+            last_sql_error=_text(col["last_sql_error"]),
+            retrieved=self.parse_gtid(_text(col["retrieved"])),
+        )
+
+    @abstractmethod
+    def _auto_position(self, value: object) -> bool: ...
+
+    def semi_sync_status(self) -> SQL:
+        return SQL("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync%'")
+
+    def normalize_semi_sync_status(self, values: Mapping[str, str]) -> SemiSyncStatus:
+        names = self.semi_sync_status_variables
+        return SemiSyncStatus(
+            source_active=_yes(values.get(names["source_active"])),
+            replica_active=_yes(values.get(names["replica_active"])),
+            source_clients=int(values.get(names["source_clients"]) or 0),
+        )
+
+    # --- replication ----------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def configure_source(self, source: Source) -> list[SQL]:
+        """Point a stopped replica at ``source`` with GTID positioning, 1 s connect retry and heartbeat."""
+
+    def start_replica(self, thread: Thread | None = None) -> SQL:
+        return SQL(f"START {self.replica_word}{self._thread(thread)}")
+
+    def stop_replica(self, thread: Thread | None = None) -> SQL:
+        return SQL(f"STOP {self.replica_word}{self._thread(thread)}")
+
+    def reset_replica_all(self) -> SQL:
+        return SQL(f"RESET {self.replica_word} ALL")
+
+    @staticmethod
+    def _thread(thread: Thread | None) -> str:
+        return {None: "", "io": " IO_THREAD", "sql": " SQL_THREAD"}[thread]
+
+    @abstractmethod
+    def wait_for_gtid(self, gtid: GtidSet, timeout: float) -> SQL:
+        """One row whose value is 0 once ``gtid`` is applied, non-zero after ``timeout`` seconds."""
+
+    def set_read_only(self, on: bool) -> list[SQL]:
+        value = "ON" if on else "OFF"
+        return [SQL(f"SET GLOBAL {self.read_only_variable} = {value}")]
+
+    # --- semi-sync ------------------------------------------------------------------------------------------
+
+    def semi_sync_variables_query(self) -> SQL:
+        return SQL("SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync%'")
+
+    def semi_sync_settings(self, role: SemiSyncRole, enabled: bool, timeout_ms: int) -> dict[str, str | int]:
+        """The variables (name -> value) for this role; disabling only turns the role off."""
+        names = self.semi_sync_variables
+        settings: dict[str, str | int] = {names[f"{role}_enabled"]: "ON" if enabled else "OFF"}
+        if role == "source" and enabled:
+            settings[names["source_timeout"]] = timeout_ms
+            settings[names["source_wait_point"]] = "AFTER_SYNC"
+        return settings
+
+    def set_global(self, variable: str, value: str | int) -> SQL:
+        """``SET GLOBAL``; ``variable`` must come from this class, never from input."""
+        if variable not in self.semi_sync_variables.values():
+            raise ValueError(f"not a variable this library sets: {variable}")
+        return SQL(f"SET GLOBAL {variable} = %s", (value,))
+
+    def install_semi_sync(self, role: SemiSyncRole) -> SQL | None:
+        """The statement that makes the role's variables exist, if the flavor needs one."""
+        return None
+
+    # --- accounts -------------------------------------------------------------------------------------------
+
+    def user_exists(self, user: str, host: str) -> SQL:
+        return SQL("SELECT COUNT(*) FROM mysql.user WHERE User = %s AND Host = %s", (user, host))
+
+    def create_user(self, user: str, host: str, password: str) -> SQL:
+        return SQL("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (user, host, password))
+
+    def set_password(self, user: str, host: str, password: str) -> SQL:
+        return SQL("ALTER USER %s@%s IDENTIFIED BY %s", (user, host, password))
+
+    def show_grants(self, user: str, host: str) -> SQL:
+        return SQL("SHOW GRANTS FOR %s@%s", (user, host))
+
+    def grant_replication(self, user: str, host: str) -> SQL:
+        return SQL(f"GRANT {REPLICATION_PRIVILEGE} ON *.* TO %s@%s", (user, host))
+
+
+class MariaDBDialect(Dialect):
+    """MariaDB 10.6 and later."""
+
+    flavor = "mariadb"
+    replica_word = "SLAVE"
+    read_only_variable = "read_only"
+    executed_variable = "gtid_binlog_state"
+    columns = {
+        "source_host": "Master_Host",
+        "source_port": "Master_Port",
+        "source_user": "Master_User",
+        "auto_position": "Using_Gtid",
+        "tls": "Master_SSL_Allowed",
+        "tls_ca": "Master_SSL_CA_File",
+        "io_running": "Slave_IO_Running",
+        "sql_running": "Slave_SQL_Running",
+        "seconds_behind": "Seconds_Behind_Master",
+        "last_io_errno": "Last_IO_Errno",
+        "last_io_error": "Last_IO_Error",
+        "last_sql_errno": "Last_SQL_Errno",
+        "last_sql_error": "Last_SQL_Error",
+        "retrieved": "Gtid_IO_Pos",
+    }
+    semi_sync_variables = {
+        "source_enabled": "rpl_semi_sync_master_enabled",
+        "source_timeout": "rpl_semi_sync_master_timeout",
+        "source_wait_point": "rpl_semi_sync_master_wait_point",
+        "replica_enabled": "rpl_semi_sync_slave_enabled",
+    }
+    semi_sync_status_variables = {
+        "source_active": "Rpl_semi_sync_master_status",
+        "replica_active": "Rpl_semi_sync_slave_status",
+        "source_clients": "Rpl_semi_sync_master_clients",
+    }
+
+    def _auto_position(self, value: object) -> bool:
+        return str(value) == "Slave_Pos"
+
+    def configure_source(self, source: Source) -> list[SQL]:
+        ca = source.ca_file
+        return [
+            SQL("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos"),
+            SQL(
+                "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, MASTER_PASSWORD = %s, "
+                f"MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = {CONNECT_RETRY_SECONDS}, "
+                f"MASTER_HEARTBEAT_PERIOD = {HEARTBEAT_SECONDS}, MASTER_SSL = {int(source.tls)}, "
+                f"MASTER_SSL_CA = %s, MASTER_SSL_VERIFY_SERVER_CERT = {int(ca is not None)}",
+                (source.host, source.port, source.user, source.password, ca or ""),
+            ),
+        ]
+
+    def wait_for_gtid(self, gtid: GtidSet, timeout: float) -> SQL:
+        """``MASTER_GTID_WAIT`` compares per domain seqs of ``gtid_slave_pos``: callers re-check containment."""
+        if not isinstance(gtid, MariaDBGtidSet):
+            raise TypeError("a MariaDB GTID set is needed")
+        return SQL("SELECT MASTER_GTID_WAIT(%s, %s)", (gtid.position(), timeout))
+
+
+class MySQLDialect(Dialect):
+    """MySQL 8.0.26 and later (REPLICA/SOURCE statements, new semi-sync plugin names)."""
+
+    flavor = "mysql"
+    replica_word = "REPLICA"
+    read_only_variable = "super_read_only"
+    executed_variable = "gtid_executed"
+    columns = {
+        "source_host": "Source_Host",
+        "source_port": "Source_Port",
+        "source_user": "Source_User",
+        "auto_position": "Auto_Position",
+        "tls": "Source_SSL_Allowed",
+        "tls_ca": "Source_SSL_CA_File",
+        "io_running": "Replica_IO_Running",
+        "sql_running": "Replica_SQL_Running",
+        "seconds_behind": "Seconds_Behind_Source",
+        "last_io_errno": "Last_IO_Errno",
+        "last_io_error": "Last_IO_Error",
+        "last_sql_errno": "Last_SQL_Errno",
+        "last_sql_error": "Last_SQL_Error",
+        "retrieved": "Retrieved_Gtid_Set",
+    }
+    semi_sync_variables = {
+        "source_enabled": "rpl_semi_sync_source_enabled",
+        "source_timeout": "rpl_semi_sync_source_timeout",
+        "source_wait_point": "rpl_semi_sync_source_wait_point",
+        "replica_enabled": "rpl_semi_sync_replica_enabled",
+    }
+    semi_sync_status_variables = {
+        "source_active": "Rpl_semi_sync_source_status",
+        "replica_active": "Rpl_semi_sync_replica_status",
+        "source_clients": "Rpl_semi_sync_source_clients",
+    }
+    semi_sync_plugins: ClassVar[Mapping[SemiSyncRole, tuple[str, str]]] = {
+        "source": ("rpl_semi_sync_source", "semisync_source.so"),
+        "replica": ("rpl_semi_sync_replica", "semisync_replica.so"),
+    }
+
+    def _auto_position(self, value: object) -> bool:
+        return str(value) == "1"
+
+    def configure_source(self, source: Source) -> list[SQL]:
+        ca = source.ca_file
+        return [
+            SQL(
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST = %s, SOURCE_PORT = %s, SOURCE_USER = %s, "
+                f"SOURCE_PASSWORD = %s, SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = {CONNECT_RETRY_SECONDS}, "
+                f"SOURCE_HEARTBEAT_PERIOD = {HEARTBEAT_SECONDS}, GET_SOURCE_PUBLIC_KEY = 1, "
+                f"SOURCE_SSL = {int(source.tls)}, SOURCE_SSL_CA = %s, "
+                f"SOURCE_SSL_VERIFY_SERVER_CERT = {int(ca is not None)}",
+                (source.host, source.port, source.user, source.password, ca or ""),
+            )
+        ]
+
+    def wait_for_gtid(self, gtid: GtidSet, timeout: float) -> SQL:
+        return SQL("SELECT WAIT_FOR_EXECUTED_GTID_SET(%s, %s)", (str(gtid), timeout))
+
+    def set_read_only(self, on: bool) -> list[SQL]:
+        """``super_read_only=ON`` also sets ``read_only``; turning off needs both."""
+        if on:
+            return [SQL("SET GLOBAL super_read_only = ON")]
+        return [SQL("SET GLOBAL super_read_only = OFF"), SQL("SET GLOBAL read_only = OFF")]
+
+    def install_semi_sync(self, role: SemiSyncRole) -> SQL | None:
+        name, library = self.semi_sync_plugins[role]
+        return SQL(f"INSTALL PLUGIN {name} SONAME '{library}'")
+
+
+def dialect_for(flavor: Flavor) -> Dialect:
+    """The dialect of a flavor."""
+    return MariaDBDialect() if flavor == "mariadb" else MySQLDialect()

@@ -1,0 +1,194 @@
+"""One member: an administrative session to it, and what the replication manager needs to know about it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+from .dialect import SQL, Dialect, ReplicaStatus, SemiSyncStatus
+from .gtid import GtidSet
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 2.0
+"""Seconds to connect and to wait for any one reply."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """An account on the members; the password never appears in reprs."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+class Session:
+    """An open administrative connection (autocommit) to one member, with its flavor's SQL."""
+
+    def __init__(self, name: str, conn: pymysql.Connection[Any], dialect: Dialect, timeout: float) -> None:
+        self.name = name
+        self.conn = conn
+        self.dialect = dialect
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"Session({self.name!r}, {self.conn.host}:{self.conn.port}, {self.dialect.flavor})"
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.conn.open:
+            self.conn.close()
+
+    def execute(self, sql: SQL) -> None:
+        """Run a statement that changes the server; logged as text, never with its parameters."""
+        log.info("%s: %s", self.name, sql.text)
+        with self.conn.cursor() as cur:
+            cur.execute(sql.text, sql.params or None)
+
+    def row(self, sql: SQL) -> tuple[Any, ...] | None:
+        with self.conn.cursor() as cur:
+            cur.execute(sql.text, sql.params or None)
+            row: tuple[Any, ...] | None = cur.fetchone()
+            return row
+
+    def rows(self, sql: SQL) -> tuple[tuple[Any, ...], ...]:
+        with self.conn.cursor() as cur:
+            cur.execute(sql.text, sql.params or None)
+            return tuple(cur.fetchall())
+
+    def replica_status(self) -> ReplicaStatus | None:
+        """The neutral replica status, None when no source is configured."""
+        with self.conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute(self.dialect.replica_status().text)
+            return self.dialect.normalize_replica_status(cur.fetchone())
+
+    def server_state(self) -> tuple[int, bool, GtidSet]:
+        """Server id, read-only (as the dialect enforces it), executed GTIDs."""
+        row = self.row(self.dialect.server_state())
+        assert row is not None
+        server_id, read_only, executed = row
+        return int(server_id), str(read_only).upper() not in ("0", "OFF"), self.dialect.parse_gtid(executed)
+
+    def executed(self) -> GtidSet:
+        return self.server_state()[2]
+
+    def read_only(self) -> bool:
+        return self.server_state()[1]
+
+    def semi_sync_status(self) -> SemiSyncStatus:
+        values = {str(name): str(value) for name, value in self.rows(self.dialect.semi_sync_status())}
+        return self.dialect.normalize_semi_sync_status(values)
+
+
+def connect(
+    name: str, host: str, port: int, credentials: Credentials, dialect: Dialect, *, timeout: float = DEFAULT_TIMEOUT
+) -> Session:
+    """Open a session; raises pymysql errors. Lock waits (e.g. setting read-only) end before the read timeout."""
+    conn = pymysql.connect(
+        host=host,
+        port=port,
+        user=credentials.username,
+        password=credentials.password,
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        write_timeout=timeout,
+        autocommit=True,
+        charset="utf8mb4",
+        init_command=f"SET SESSION lock_wait_timeout = {max(1, math.ceil(timeout) - 1)}",
+    )
+    return Session(name, conn, dialect, timeout)
+
+
+def describe_error(exc: BaseException, secret: str = "") -> str:
+    """One readable line for a driver error, with ``secret`` masked should the driver ever echo it."""
+    code, message = (*exc.args, None, None)[:2]
+    text = f"{message} ({code})" if isinstance(code, int) and message else str(exc) or type(exc).__name__
+    return text.replace(secret, "***") if secret else text
+
+
+@dataclass(frozen=True)
+class MemberState:
+    """What one inspection found; every field but name/host/port/reachable/error is None when unreachable."""
+
+    name: str
+    host: str
+    port: int
+    reachable: bool
+    error: str | None = None
+    """Why it could not be inspected."""
+    server_id: int | None = None
+    read_only: bool | None = None
+    is_replica: bool = False
+    """A source is configured."""
+    source_host: str | None = None
+    source_port: int | None = None
+    io_running: bool | None = None
+    io_connecting: bool = False
+    """The IO thread runs but is not connected: it is retrying to reach its source."""
+    sql_running: bool | None = None
+    seconds_behind: int | None = None
+    """None also when the IO thread is not connected: both flavors report NULL then."""
+    last_io_errno: int | None = None
+    last_io_error: str | None = None
+    last_sql_error: str | None = None
+    gtid_executed: GtidSet | None = None
+    gtid_retrieved: GtidSet | None = None
+    """Received into the relay log; None unless a replica."""
+    semi_sync: SemiSyncStatus | None = None
+
+    @classmethod
+    def unreachable(cls, name: str, host: str, port: int, error: str) -> MemberState:
+        return cls(name=name, host=host, port=port, reachable=False, error=error)
+
+
+def read_state(session: Session) -> MemberState:
+    """Inspect through an open session; raises pymysql errors."""
+    server_id, read_only, executed = session.server_state()
+    status = session.replica_status()
+    state = MemberState(
+        name=session.name,
+        host=session.conn.host,
+        port=session.conn.port,
+        reachable=True,
+        server_id=server_id,
+        read_only=read_only,
+        gtid_executed=executed,
+        semi_sync=session.semi_sync_status(),
+    )
+    if status is None:
+        return state
+    return replace(
+        state,
+        is_replica=True,
+        source_host=status.source_host,
+        source_port=status.source_port,
+        io_running=status.io_running,
+        io_connecting=status.io_state == "connecting",
+        sql_running=status.sql_running,
+        seconds_behind=status.seconds_behind,
+        last_io_errno=status.last_io_errno or None,
+        last_io_error=status.last_io_error,
+        last_sql_error=status.last_sql_error,
+        gtid_retrieved=status.retrieved,
+    )
+
+
+def inspect(
+    name: str, host: str, port: int, credentials: Credentials, dialect: Dialect, *, timeout: float = DEFAULT_TIMEOUT
+) -> MemberState:
+    """Connect, inspect and disconnect; an unreachable or failing member is reported, never raised."""
+    try:
+        with connect(name, host, port, credentials, dialect, timeout=timeout) as session:
+            return read_state(session)
+    except (pymysql.MySQLError, OSError) as exc:
+        return MemberState.unreachable(name, host, port, describe_error(exc, credentials.password))

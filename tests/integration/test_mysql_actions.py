@@ -1,0 +1,287 @@
+"""The replication actions against three real MariaDB servers: setup, inspection, failover, rejoin, semi-sync."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pymysql
+import pytest
+
+from tests.fixtures.mariadb import StartServers
+from whm_ha.crd.mysqlreplication import Member
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
+from whm_ha.mysql import actions
+from whm_ha.mysql.dialect import SQL, MariaDBDialect, Source
+from whm_ha.mysql.gtid import MariaDBGtidSet
+from whm_ha.mysql.member import Credentials, MemberState, Session, connect, inspect, read_state
+from whm_ha.mysql.topology import can_rejoin, choose_candidate, errant_transactions, primary_confirmed_dead
+
+pytestmark = pytest.mark.mariadb
+
+DIALECT = MariaDBDialect()
+ADMIN = Credentials(ADMIN_USER, ADMIN_PASSWORD)
+REPL_USER = "repl"
+REPL_PASSWORD = "repl-'secret"
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds. Driver errors count as not yet."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except pymysql.MySQLError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"not within {timeout}s: {what}")
+
+
+@dataclass
+class Cluster:
+    """Three members m0..m2 with their servers and admin sessions; m0 starts as the primary."""
+
+    servers: list[LocalMariaDB]
+    sessions: list[Session] = field(default_factory=list)
+    repl_password: str = REPL_PASSWORD
+
+    def __post_init__(self) -> None:
+        self.sessions = [self.connect(i) for i in range(len(self.servers))]
+
+    def connect(self, index: int) -> Session:
+        server = self.servers[index]
+        return connect(f"m{index}", server.host, server.port, ADMIN, DIALECT)
+
+    def reconnect(self, index: int) -> Session:
+        self.sessions[index].close()
+        self.sessions[index] = self.connect(index)
+        return self.sessions[index]
+
+    def source(self, index: int) -> Source:
+        return Source(self.servers[index].host, self.servers[index].port, REPL_USER, self.repl_password)
+
+    def members(self) -> list[Member]:
+        return [Member(name=f"m{i}", host=s.host, port=s.port) for i, s in enumerate(self.servers)]
+
+    def inspect(self, index: int) -> MemberState:
+        server = self.servers[index]
+        return inspect(f"m{index}", server.host, server.port, ADMIN, DIALECT)
+
+    def insert(self, index: int, *ids: int) -> None:
+        for row_id in ids:
+            self.sessions[index].execute(SQL("INSERT INTO app.t (id) VALUES (%s)", (row_id,)))
+
+    def ids(self, index: int) -> set[int]:
+        return {row[0] for row in self.sessions[index].rows(SQL("SELECT id FROM app.t"))}
+
+    def wait_rows(self, index: int, ids: set[int]) -> None:
+        wait_until(lambda: ids <= self.ids(index), f"rows {sorted(ids)} on m{index}")
+
+    def close(self) -> None:
+        for session in self.sessions:
+            session.close()
+
+
+def set_up(cluster: Cluster) -> None:
+    primary, *replicas = cluster.sessions
+    actions.ensure_replication_user(primary, REPL_USER, REPL_PASSWORD)
+    for replica in replicas:
+        actions.ensure_replica(replica, cluster.source(0))
+    primary.execute(SQL("CREATE DATABASE app"))
+    primary.execute(SQL("CREATE TABLE app.t (id INT PRIMARY KEY)"))
+    cluster.insert(0, 1)
+    for index in range(1, len(cluster.servers)):
+        cluster.wait_rows(index, {1})
+
+
+@pytest.fixture
+def cluster(mariadb_servers: StartServers) -> Iterator[Cluster]:
+    cluster = Cluster(mariadb_servers(3))
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def replicating(cluster: Cluster) -> Cluster:
+    set_up(cluster)
+    return cluster
+
+
+def fail_over(cluster: Cluster) -> None:
+    """m2 stops receiving, m0 writes rows 2-3 (only m1 gets them) and is killed; m1 is promoted, m2 follows it."""
+    _, m1, m2 = cluster.sessions
+    m2.execute(DIALECT.stop_replica("io"))
+    cluster.insert(0, 2, 3)
+    cluster.wait_rows(1, {2, 3})
+    cluster.servers[0].kill()
+
+    failures = 0
+    for _ in range(3):
+        primary = cluster.inspect(0)
+        failures = 0 if primary.reachable else failures + 1
+    assert failures == 3 and primary.error is not None and "(2003)" in primary.error
+    wait_until(lambda: read_state(m1).io_connecting, "m1 notices the primary is gone")
+    states = [primary, read_state(m1), read_state(m2)]
+    assert not primary_confirmed_dead(primary, 2, 3, states[1:]).dead
+    verdict = primary_confirmed_dead(primary, failures, 3, states[1:])
+    assert verdict.dead, verdict.reason
+    assert "replicas m1 lost it too" in verdict.reason
+
+    choice = choose_candidate(states, cluster.members(), 30, exclude={"m0": "the failed primary"})
+    assert choice.candidate == "m1", choice.refusals
+    assert choice.refusals["m2"].startswith("lacks transactions that others received: m1 (2: 0-1-")
+
+    assert actions.stop_io_threads([m1, m2])
+    promoted = actions.promote(m1)
+    assert promoted.changed
+    assert promoted.gtid == read_state(m1).gtid_executed
+    assert actions.promote(m1).changed is False
+    state = read_state(m1)
+    assert state.read_only is False and not state.is_replica
+
+    assert actions.ensure_replication_user(m1, REPL_USER, REPL_PASSWORD) is False, "replicated from m0"
+    assert actions.ensure_replica(m2, cluster.source(1))
+    cluster.insert(1, 4)
+    cluster.wait_rows(2, {1, 2, 3, 4})
+    assert actions.ensure_replica(m2, cluster.source(1)) is False
+
+
+def test_setup_from_scratch_replicates_and_a_second_pass_writes_nothing(cluster: Cluster) -> None:
+    primary, *replicas = cluster.sessions
+    assert actions.ensure_replication_user(primary, REPL_USER, REPL_PASSWORD)
+    assert all(actions.ensure_replica(r, cluster.source(0)) for r in replicas)
+    primary.execute(SQL("CREATE DATABASE app"))
+    primary.execute(SQL("CREATE TABLE app.t (id INT PRIMARY KEY)"))
+    cluster.insert(0, 1, 2, 3)
+    cluster.wait_rows(1, {1, 2, 3})
+    cluster.wait_rows(2, {1, 2, 3})
+    assert all(read_state(r).read_only for r in replicas)
+    assert read_state(primary).read_only is False
+
+    assert actions.ensure_replication_user(primary, REPL_USER, REPL_PASSWORD) is False
+    assert not any(actions.ensure_replica(r, cluster.source(0)) for r in replicas)
+
+
+def test_inspect_reports_threads_lag_and_gtids(replicating: Cluster) -> None:
+    primary, m1, m2 = replicating.sessions
+    replicating.insert(0, 2)
+    replicating.wait_rows(1, {2})
+    replicating.wait_rows(2, {2})
+    wait_until(lambda: read_state(m1).gtid_executed == read_state(primary).gtid_executed, "m1 caught up")
+    states = [replicating.inspect(i) for i in range(3)]
+    assert [(s.reachable, s.server_id, s.read_only, s.is_replica) for s in states] == [
+        (True, 1, False, False),
+        (True, 2, True, True),
+        (True, 3, True, True),
+    ]
+    for state in states[1:]:
+        assert (state.io_running, state.sql_running, state.seconds_behind) == (True, True, 0)
+        assert (state.source_host, state.source_port) == ("127.0.0.1", replicating.servers[0].port)
+        assert state.last_io_error is None and state.last_sql_error is None
+    executed = states[0].gtid_executed
+    assert isinstance(executed, MariaDBGtidSet)
+    assert str(executed) == "0-1-6", "user, grant, database, table, two rows"
+    assert states[1].gtid_executed == states[1].gtid_retrieved == executed
+
+    m2.execute(DIALECT.stop_replica("sql"))
+    stopped = read_state(m2)
+    assert (stopped.io_running, stopped.sql_running) == (True, False)
+
+
+def test_inspect_never_raises_and_never_shows_the_password(replicating: Cluster) -> None:
+    server = replicating.servers[0]
+    wrong = Credentials(ADMIN_USER, "not-the-password-42")
+    assert "not-the-password-42" not in repr(wrong)
+    denied = inspect("m0", server.host, server.port, wrong, DIALECT)
+    assert not denied.reachable and denied.error is not None
+    assert "Access denied" in denied.error and "not-the-password-42" not in denied.error
+    replicating.servers[2].kill()
+    gone = replicating.inspect(2)
+    assert gone == MemberState.unreachable("m2", "127.0.0.1", replicating.servers[2].port, gone.error or "")
+    assert gone.error is not None and "(2003)" in gone.error
+
+
+def test_wait_applied(replicating: Cluster) -> None:
+    primary, m1, m2 = replicating.sessions
+    m2.execute(DIALECT.stop_replica("io"))
+    replicating.insert(0, 2)
+    target = primary.executed()
+    assert actions.wait_applied(m1, target, 5)
+    started = time.monotonic()
+    assert actions.wait_applied(m2, target, 0.5) is False
+    assert time.monotonic() - started < 3
+    started = time.monotonic()
+    assert actions.wait_applied(m1, MariaDBGtidSet.parse("0-9-1"), 5) is False, "another server's GTID"
+    assert time.monotonic() - started < 3, "the server reports 0-9-1 reached by seq: no point waiting"
+
+
+def test_failover_after_the_primary_is_killed(replicating: Cluster) -> None:
+    fail_over(replicating)
+
+
+def test_old_primary_is_fenced_and_rejoins(replicating: Cluster) -> None:
+    fail_over(replicating)
+    replicating.servers[0].start()
+    old = replicating.reconnect(0)
+    new = replicating.sessions[1]
+    fenced = actions.fence(old)
+    assert fenced.changed and old.read_only()
+    assert actions.fence(old).changed is False
+    verdict = can_rejoin(fenced.gtid, new.executed())
+    assert verdict.ok, verdict.reason
+    assert actions.ensure_replica(old, replicating.source(1))
+    replicating.insert(1, 5)
+    replicating.wait_rows(0, {1, 2, 3, 4, 5})
+    wait_until(lambda: read_state(old).gtid_executed == new.executed(), "the old primary caught up")
+    assert actions.ensure_replica(old, replicating.source(1)) is False
+
+
+def test_errant_transactions_keep_the_old_primary_out(replicating: Cluster) -> None:
+    fail_over(replicating)
+    replicating.servers[0].start()
+    old = replicating.reconnect(0)
+    before = old.executed()
+    assert isinstance(before, MariaDBGtidSet)
+    replicating.insert(0, 100, 101)
+    fenced = actions.fence(old)
+    errant = errant_transactions(fenced.gtid, replicating.sessions[1].executed())
+    top = before.domains[0].top
+    assert errant == MariaDBGtidSet.parse(f"0-1-{top + 1}..{top + 2}")
+    assert errant.count == 2
+    verdict = can_rejoin(fenced.gtid, replicating.sessions[1].executed())
+    assert not verdict.ok
+    assert verdict.reason.startswith(f"2 errant transaction(s) the primary lacks: 0-1-{top + 1}..{top + 2}")
+
+
+def test_rotated_replication_password_is_applied_on_both_sides(replicating: Cluster) -> None:
+    primary, m1, _ = replicating.sessions
+    replicating.repl_password = "rotated-secret"
+    assert actions.ensure_replication_user(primary, REPL_USER, replicating.repl_password)
+    m1.execute(DIALECT.stop_replica("io"))
+    m1.execute(DIALECT.start_replica("io"))
+    wait_until(lambda: getattr(m1.replica_status(), "last_io_errno", None) == 1045, "m1 is refused")
+    assert actions.ensure_replica(m1, replicating.source(0))
+    replicating.insert(0, 7)
+    replicating.wait_rows(1, {7})
+    assert actions.ensure_replica(m1, replicating.source(0)) is False
+
+
+def test_semi_sync_on_and_off(replicating: Cluster) -> None:
+    primary, *replicas = replicating.sessions
+    assert actions.enable_semi_sync(primary, replicas, 2000)
+    wait_until(lambda: primary.semi_sync_status().source_clients == 2, "both replicas acknowledge")
+    assert primary.semi_sync_status().source_active
+    assert all(r.semi_sync_status().replica_active for r in replicas)
+    assert actions.enable_semi_sync(primary, replicas, 2000) is False
+    started = time.monotonic()
+    replicating.insert(0, 10)
+    assert time.monotonic() - started < 1, "acknowledged, not timed out"
+    assert read_state(primary).semi_sync == primary.semi_sync_status()
+
+    assert actions.disable_semi_sync(replicating.sessions)
+    wait_until(lambda: primary.semi_sync_status().source_clients == 0, "replicas reconnect without semi-sync")
+    assert not primary.semi_sync_status().source_active
+    assert not any(r.semi_sync_status().replica_active for r in replicas)
+    assert actions.disable_semi_sync(replicating.sessions) is False

@@ -1,0 +1,257 @@
+"""The SQL of both flavors, as text and parameters (only MariaDB runs in the integration tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from whm_ha.mysql.dialect import (
+    SQL,
+    Dialect,
+    MariaDBDialect,
+    MySQLDialect,
+    ReplicaStatus,
+    SemiSyncStatus,
+    Source,
+    dialect_for,
+)
+from whm_ha.mysql.gtid import MariaDBGtidSet, MySQLGtidSet
+
+MARIADB = MariaDBDialect()
+MYSQL = MySQLDialect()
+SECRET = "s3cr3t-'quote"
+SOURCE = Source(host="db-0.example", port=3307, user="repl", password=SECRET)
+TLS_SOURCE = Source(host="db-0.example", port=3307, user="repl", password=SECRET, tls=True, tls_ca="/tls/ca.crt")
+UUID = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
+
+
+def test_dialect_for_flavor() -> None:
+    assert isinstance(dialect_for("mariadb"), MariaDBDialect)
+    assert isinstance(dialect_for("mysql"), MySQLDialect)
+
+
+def test_secrets_stay_out_of_text_and_reprs() -> None:
+    statements = [
+        *MARIADB.configure_source(SOURCE),
+        *MYSQL.configure_source(TLS_SOURCE),
+        MARIADB.create_user("repl", "%", SECRET),
+        MYSQL.set_password("repl", "%", SECRET),
+    ]
+    for sql in statements:
+        assert SECRET not in sql.text
+        assert SECRET not in repr(sql)
+    assert SECRET not in repr(SOURCE)
+    assert repr(SQL("SELECT %s", (1, 2))) == "SQL('SELECT %s', <2 params>)"
+
+
+def test_mariadb_configure_source() -> None:
+    sync, change = MARIADB.configure_source(SOURCE)
+    assert sync == SQL("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos")
+    assert change.text == (
+        "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, MASTER_PASSWORD = %s, "
+        "MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, MASTER_HEARTBEAT_PERIOD = 1, MASTER_SSL = 0, "
+        "MASTER_SSL_CA = %s, MASTER_SSL_VERIFY_SERVER_CERT = 0"
+    )
+    assert change.params == ("db-0.example", 3307, "repl", SECRET, "")
+
+
+def test_mariadb_configure_source_with_tls_verifies_against_the_ca() -> None:
+    (_, change) = MARIADB.configure_source(TLS_SOURCE)
+    assert "MASTER_SSL = 1" in change.text
+    assert "MASTER_SSL_VERIFY_SERVER_CERT = 1" in change.text
+    assert change.params[-1] == "/tls/ca.crt"
+    (_, encrypted_only) = MARIADB.configure_source(Source("h", 1, "u", "p", tls=True))
+    assert "MASTER_SSL = 1" in encrypted_only.text
+    assert "MASTER_SSL_VERIFY_SERVER_CERT = 0" in encrypted_only.text
+
+
+def test_mysql_configure_source() -> None:
+    (change,) = MYSQL.configure_source(TLS_SOURCE)
+    assert change.text == (
+        "CHANGE REPLICATION SOURCE TO SOURCE_HOST = %s, SOURCE_PORT = %s, SOURCE_USER = %s, SOURCE_PASSWORD = %s, "
+        "SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = 1, SOURCE_HEARTBEAT_PERIOD = 1, GET_SOURCE_PUBLIC_KEY = 1, "
+        "SOURCE_SSL = 1, SOURCE_SSL_CA = %s, SOURCE_SSL_VERIFY_SERVER_CERT = 1"
+    )
+    assert change.params == ("db-0.example", 3307, "repl", SECRET, "/tls/ca.crt")
+
+
+@pytest.mark.parametrize(
+    ("dialect", "expected"),
+    [
+        (
+            MARIADB,
+            [
+                "START SLAVE",
+                "START SLAVE IO_THREAD",
+                "STOP SLAVE",
+                "STOP SLAVE SQL_THREAD",
+                "RESET SLAVE ALL",
+                "SHOW SLAVE STATUS",
+            ],
+        ),
+        (
+            MYSQL,
+            [
+                "START REPLICA",
+                "START REPLICA IO_THREAD",
+                "STOP REPLICA",
+                "STOP REPLICA SQL_THREAD",
+                "RESET REPLICA ALL",
+                "SHOW REPLICA STATUS",
+            ],
+        ),
+    ],
+)
+def test_replica_control_statements(dialect: Dialect, expected: list[str]) -> None:
+    produced = [
+        dialect.start_replica(),
+        dialect.start_replica("io"),
+        dialect.stop_replica(),
+        dialect.stop_replica("sql"),
+        dialect.reset_replica_all(),
+        dialect.replica_status(),
+    ]
+    assert [sql.text for sql in produced] == expected
+    assert all(sql.params == () for sql in produced)
+
+
+def test_server_state_reads_the_binlog_state_on_mariadb_and_gtid_executed_on_mysql() -> None:
+    assert MARIADB.server_state().text == "SELECT @@GLOBAL.server_id, @@GLOBAL.read_only, @@GLOBAL.gtid_binlog_state"
+    assert MYSQL.server_state().text == "SELECT @@GLOBAL.server_id, @@GLOBAL.super_read_only, @@GLOBAL.gtid_executed"
+
+
+def test_read_only_statements() -> None:
+    assert [s.text for s in MARIADB.set_read_only(True)] == ["SET GLOBAL read_only = ON"]
+    assert [s.text for s in MARIADB.set_read_only(False)] == ["SET GLOBAL read_only = OFF"]
+    assert [s.text for s in MYSQL.set_read_only(True)] == ["SET GLOBAL super_read_only = ON"]
+    assert [s.text for s in MYSQL.set_read_only(False)] == [
+        "SET GLOBAL super_read_only = OFF",
+        "SET GLOBAL read_only = OFF",
+    ]
+
+
+def test_wait_for_gtid() -> None:
+    state = MariaDBGtidSet.parse("0-1-98,0-2-105,1-3-4")
+    assert MARIADB.wait_for_gtid(state, 1.5) == SQL("SELECT MASTER_GTID_WAIT(%s, %s)", ("0-2-105,1-3-4", 1.5))
+    executed = MySQLGtidSet.parse(f"{UUID}:1-10")
+    assert MYSQL.wait_for_gtid(executed, 2) == SQL("SELECT WAIT_FOR_EXECUTED_GTID_SET(%s, %s)", (f"{UUID}:1-10", 2))
+    with pytest.raises(TypeError):
+        MARIADB.wait_for_gtid(executed, 1)
+
+
+def test_replication_account_statements_take_every_value_as_a_parameter() -> None:
+    for dialect in (MARIADB, MYSQL):
+        assert dialect.create_user("repl", "%", SECRET) == SQL(
+            "CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", ("repl", "%", SECRET)
+        )
+        assert dialect.set_password("repl", "%", SECRET).text == "ALTER USER %s@%s IDENTIFIED BY %s"
+        assert dialect.grant_replication("repl", "%") == SQL("GRANT REPLICATION SLAVE ON *.* TO %s@%s", ("repl", "%"))
+        assert dialect.show_grants("repl", "%") == SQL("SHOW GRANTS FOR %s@%s", ("repl", "%"))
+        assert dialect.user_exists("repl", "%").params == ("repl", "%")
+
+
+def test_semi_sync_settings_and_plugins() -> None:
+    assert MARIADB.semi_sync_settings("source", True, 5000) == {
+        "rpl_semi_sync_master_enabled": "ON",
+        "rpl_semi_sync_master_timeout": 5000,
+        "rpl_semi_sync_master_wait_point": "AFTER_SYNC",
+    }
+    assert MARIADB.semi_sync_settings("replica", True, 5000) == {"rpl_semi_sync_slave_enabled": "ON"}
+    assert MYSQL.semi_sync_settings("source", False, 5000) == {"rpl_semi_sync_source_enabled": "OFF"}
+    assert MYSQL.semi_sync_settings("replica", True, 0) == {"rpl_semi_sync_replica_enabled": "ON"}
+    assert MARIADB.install_semi_sync("source") is None
+    install = MYSQL.install_semi_sync("replica")
+    assert install == SQL("INSTALL PLUGIN rpl_semi_sync_replica SONAME 'semisync_replica.so'")
+    assert MYSQL.set_global("rpl_semi_sync_source_timeout", 100) == SQL(
+        "SET GLOBAL rpl_semi_sync_source_timeout = %s", (100,)
+    )
+    with pytest.raises(ValueError, match="not a variable"):
+        MARIADB.set_global("read_only", "OFF")
+
+
+def test_semi_sync_status_normalized() -> None:
+    mariadb = {"Rpl_semi_sync_master_status": "ON", "Rpl_semi_sync_master_clients": "2"}
+    assert MARIADB.normalize_semi_sync_status(mariadb) == SemiSyncStatus(True, False, 2)
+    assert MYSQL.normalize_semi_sync_status({"Rpl_semi_sync_replica_status": "ON"}) == SemiSyncStatus(False, True, 0)
+    assert MYSQL.normalize_semi_sync_status({}) == SemiSyncStatus(False, False, 0)
+
+
+MARIADB_ROW: dict[str, Any] = {
+    "Slave_IO_State": "Waiting for master to send event",
+    "Master_Host": "db-0.example",
+    "Master_User": "repl",
+    "Master_Port": 3307,
+    "Slave_IO_Running": "Connecting",
+    "Slave_SQL_Running": "Yes",
+    "Master_SSL_Allowed": "Yes",
+    "Master_SSL_CA_File": "/tls/ca.crt",
+    "Seconds_Behind_Master": None,
+    "Last_IO_Errno": 2003,
+    "Last_IO_Error": "error reconnecting to master 'repl@db-0.example:3307'",
+    "Last_SQL_Errno": 0,
+    "Last_SQL_Error": "",
+    "Using_Gtid": "Slave_Pos",
+    "Gtid_IO_Pos": "0-1-4",
+}
+MYSQL_ROW: dict[str, Any] = {
+    "Source_Host": "db-0.example",
+    "Source_User": "repl",
+    "Source_Port": 3307,
+    "Replica_IO_Running": "Connecting",
+    "Replica_SQL_Running": "Yes",
+    "Source_SSL_Allowed": "Yes",
+    "Source_SSL_CA_File": "/tls/ca.crt",
+    "Seconds_Behind_Source": None,
+    "Last_IO_Errno": 2003,
+    "Last_IO_Error": "error reconnecting to master 'repl@db-0.example:3307'",
+    "Last_SQL_Errno": 0,
+    "Last_SQL_Error": "",
+    "Auto_Position": 1,
+    "Retrieved_Gtid_Set": f"{UUID}:1-4",
+    "Executed_Gtid_Set": f"{UUID}:1-4",
+}
+
+
+@pytest.mark.parametrize(
+    ("dialect", "row", "retrieved"), [(MARIADB, MARIADB_ROW, "0-1-4"), (MYSQL, MYSQL_ROW, f"{UUID}:1-4")]
+)
+def test_replica_status_normalized_to_one_shape(dialect: Dialect, row: dict[str, Any], retrieved: str) -> None:
+    status = dialect.normalize_replica_status(row)
+    assert status == ReplicaStatus(
+        source_host="db-0.example",
+        source_port=3307,
+        source_user="repl",
+        auto_position=True,
+        tls=True,
+        tls_ca="/tls/ca.crt",
+        io_state="connecting",
+        sql_running=True,
+        seconds_behind=None,
+        last_io_errno=2003,
+        last_io_error="error reconnecting to master 'repl@db-0.example:3307'",
+        last_sql_errno=0,
+        last_sql_error=None,
+        retrieved=dialect.parse_gtid(retrieved),
+    )
+    assert not status.io_running
+    assert status.matches(TLS_SOURCE)
+    assert not status.matches(SOURCE)
+    assert not status.matches(Source("db-1.example", 3307, "repl", "x", tls=True, tls_ca="/tls/ca.crt"))
+
+
+def test_replica_status_running_and_not_configured() -> None:
+    running = MARIADB.normalize_replica_status(
+        {**MARIADB_ROW, "Slave_IO_Running": "Yes", "Seconds_Behind_Master": 3, "Using_Gtid": "Current_Pos"}
+    )
+    assert running is not None
+    assert running.io_running and running.seconds_behind == 3
+    assert not running.matches(TLS_SOURCE), "only slave_pos is what this library configures"
+    assert MARIADB.normalize_replica_status(None) is None
+    assert MYSQL.normalize_replica_status({**MYSQL_ROW, "Source_Host": ""}) is None
+
+
+def test_source_without_tls_ignores_a_ca() -> None:
+    plain = Source("h", 1, "u", "p", tls=False, tls_ca="/tls/ca.crt")
+    assert plain.ca_file is None
+    assert Source("h", 1, "u", "p", tls=True, tls_ca="").ca_file is None

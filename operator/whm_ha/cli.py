@@ -72,6 +72,7 @@ def _run_operator(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         metrics=args.metrics or None,
         peering=args.peering,
+        priority=args.peering_priority,
         standalone=args.standalone,
         verbose=args.verbose,
     )
@@ -103,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics", default="0.0.0.0:9090", metavar="HOST:PORT", help="Prometheus metrics address ('' to disable)"
     )
     operator.add_argument("--peering", default="whm-ha", help="kopf peering name: one replica is active at a time")
+    operator.add_argument(
+        "--peering-priority",
+        type=int,
+        default=None,
+        metavar="N",
+        help="this replica's peering priority; the highest alive acts (default: random, so replicas differ)",
+    )
     operator.add_argument(
         "--standalone", action="store_true", help="no peering: act even if other replicas run (tests only)"
     )

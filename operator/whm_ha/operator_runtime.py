@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sys
 from typing import Any
 
@@ -34,12 +35,15 @@ async def ensure_peering(kube: KubeClient, name: str, namespace: str | None) -> 
             raise
 
 
-def _configure(settings: kopf.OperatorSettings, peering: str, standalone: bool, namespace: str | None) -> None:
+def _configure(
+    settings: kopf.OperatorSettings, *, peering: str, priority: int, standalone: bool, namespace: str | None
+) -> None:
     settings.peering.name = peering
     settings.peering.standalone = standalone
     settings.peering.mandatory = not standalone
     settings.peering.clusterwide = namespace is None
-    settings.peering.priority = 100
+    # kopf pauses every replica when two share a priority, so each replica needs its own.
+    settings.peering.priority = priority
     settings.peering.lifetime = 10
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
@@ -47,7 +51,7 @@ def _configure(settings: kopf.OperatorSettings, peering: str, standalone: bool, 
     settings.persistence.finalizer = "ha.whm.io/kopf"
 
 
-async def _main(namespace: str | None, metrics: str | None, peering: str, standalone: bool) -> int:
+async def _main(namespace: str | None, metrics: str | None, peering: str, priority: int, standalone: bool) -> int:
     from .nodes import handlers  # noqa: F401 - registers the handlers with kopf
 
     try:
@@ -69,7 +73,7 @@ async def _main(namespace: str | None, metrics: str | None, peering: str, standa
 
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        _configure(settings, peering, standalone, namespace)
+        _configure(settings, peering=peering, priority=priority, standalone=standalone, namespace=namespace)
         memo["kube"] = kube
 
     try:
@@ -85,8 +89,12 @@ async def _main(namespace: str | None, metrics: str | None, peering: str, standa
     return 0
 
 
-def run(*, namespace: str | None, metrics: str | None, peering: str, standalone: bool, verbose: bool) -> int:
+def run(
+    *, namespace: str | None, metrics: str | None, peering: str, priority: int | None, standalone: bool, verbose: bool
+) -> int:
     """Run until SIGTERM/SIGINT."""
+    if priority is None:
+        priority = random.SystemRandom().randint(1, 1_000_000)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -97,6 +105,6 @@ def run(*, namespace: str | None, metrics: str | None, peering: str, standalone:
     try:
         import uvloop
 
-        return uvloop.run(_main(namespace, metrics, peering, standalone))
+        return uvloop.run(_main(namespace, metrics, peering, priority, standalone))
     except ImportError:
-        return asyncio.run(_main(namespace, metrics, peering, standalone))
+        return asyncio.run(_main(namespace, metrics, peering, priority, standalone))

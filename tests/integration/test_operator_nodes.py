@@ -364,13 +364,16 @@ def test_operator_restarted_during_an_outage_fails_over_once(
     assert len(status["failoverHistory"]) == 1
 
 
+@pytest.mark.parametrize("standalone", [False, True], ids=["peering", "both-active"])
 def test_two_operators_never_make_two_primaries(
-    cluster: Cluster, kube_api: KubeAPI, node_servers: StartNodes, operator_process: StartOperator
+    cluster: Cluster, kube_api: KubeAPI, node_servers: StartNodes, operator_process: StartOperator, standalone: bool
 ) -> None:
+    """With peering one replica acts; without it (both active) the resourceVersion of each decision keeps
+    them from electing two primaries."""
     cluster.create()
     servers = three_nodes(cluster, node_servers)
-    start(cluster, kube_api, operator_process, standalone=True)
-    start(cluster, kube_api, operator_process, standalone=True)
+    start(cluster, kube_api, operator_process, standalone=standalone)
+    start(cluster, kube_api, operator_process, standalone=standalone)
     cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster")
     violations: list[str] = []
     stop = threading.Event()
@@ -521,3 +524,18 @@ def test_legacy_tables_are_filled(
     )
     assert [c[0] for c in checks] == ["n1", "n2", "n3"]
     assert all(c[2] >= 2 for c in checks) and checks[0][1] < checks[0][2], "n1 has failed checks"
+
+
+def test_the_standby_operator_takes_over_when_the_active_one_dies(
+    cluster: Cluster, kube_api: KubeAPI, node_servers: StartNodes, operator_process: StartOperator
+) -> None:
+    cluster.create()
+    servers = three_nodes(cluster, node_servers)
+    active = start(cluster, kube_api, operator_process, priority=20)
+    standby = start(cluster, kube_api, operator_process, priority=10)
+    cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster")
+    active.kill()
+    servers[0].kill()
+    status = cluster.wait_primary("n2", timeout=30)
+    assert len(status["failoverHistory"]) == 1
+    assert "primary-changed" in standby.log_text()

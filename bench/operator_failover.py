@@ -79,6 +79,11 @@ class Rig:
                 },
             )
 
+    def annotate(self, name: str, annotations: dict[str, str]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "whmclusters", name, {"metadata": {"annotations": annotations}}
+        )
+
     def status(self, name: str) -> dict[str, Any]:
         obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "whmclusters", name)
         return obj.get("status") or {}
@@ -127,26 +132,12 @@ def measure_manual(rig: Rig, runs: int) -> dict[str, Any]:
     latencies, round_trips = [], []
     for run in range(runs):
         started = time.monotonic()
-        rig.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            rig.namespace,
-            "whmclusters",
-            name,
-            {"metadata": {"annotations": {"bench/round-trip": str(run)}}},
-        )
+        rig.annotate(name, {"bench/round-trip": str(run)})
         rig.status(name)
         round_trips.append(time.monotonic() - started)
         target = servers[(run + 1) % 2].name
         started = time.monotonic()
-        rig.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            rig.namespace,
-            "whmclusters",
-            name,
-            {"metadata": {"annotations": {"ha.whm.io/failover-to": target, "ha.whm.io/request-id": f"bench-{run}"}}},
-        )
+        rig.annotate(name, {"ha.whm.io/failover-to": target, "ha.whm.io/request-id": f"bench-{run}"})
         rig.wait_primary(name, target, 10)
         latencies.append(time.monotonic() - started)
     for server in servers:

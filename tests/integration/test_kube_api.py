@@ -305,27 +305,17 @@ def test_json_patch_with_failing_test_is_422(
 ) -> None:
     create_node(custom, kube_namespace, "n1")
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{kube_namespace}/whmnodes/n1"
-    status, body = raw_request(
-        kube_client,
-        "PATCH",
-        path,
-        content_type="application/json-patch+json",
-        body=[
-            {"op": "test", "path": "/spec/priority", "value": 100},
-            {"op": "replace", "path": "/spec/priority", "value": 9},
-        ],
-    )
+
+    def test_then_replace(expected: int, value: int) -> tuple[int, dict[str, Any]]:
+        ops = [
+            {"op": "test", "path": "/spec/priority", "value": expected},
+            {"op": "replace", "path": "/spec/priority", "value": value},
+        ]
+        return raw_request(kube_client, "PATCH", path, ops, content_type="application/json-patch+json")
+
+    status, body = test_then_replace(100, 9)
     assert status == 200 and body["spec"]["priority"] == 9
-    status, body = raw_request(
-        kube_client,
-        "PATCH",
-        path,
-        content_type="application/json-patch+json",
-        body=[
-            {"op": "test", "path": "/spec/priority", "value": 100},
-            {"op": "replace", "path": "/spec/priority", "value": 1},
-        ],
-    )
+    status, body = test_then_replace(100, 1)
     assert status == 422 and body["kind"] == "Status"
     assert (
         custom.get_namespaced_custom_object(GROUP, VERSION, kube_namespace, "whmnodes", "n1")["spec"]["priority"] == 9

@@ -77,8 +77,8 @@ class ClusterController:
                     next_probe = max(next_probe + period, time.monotonic())
                 try:
                     await self.step(cluster(), nodes(), probe=probe)
-                except ApiError as exc:
-                    log.warning("cluster %s/%s: API error, retrying next period: %s", self.namespace, self.name, exc)
+                except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                    log.warning("cluster %s/%s: API trouble, retrying next period: %s", self.namespace, self.name, exc)
                 remaining = next_probe - time.monotonic()
                 if remaining > 0:
                     with contextlib.suppress(TimeoutError):
@@ -112,8 +112,7 @@ class ClusterController:
         if decision.changed and decision.primary != primary:
             written = await self._switch(cluster, status, decision, request)
             if written is None:
-                self.wake.set()  # someone else changed the cluster: decide again on fresh data
-                return
+                return  # someone else changed the cluster; its watch event wakes us to decide again
             cluster, status, primary = written, written.get("status") or {}, decision.primary
         elif request is not None:
             await self._settle_request(cluster, request, decision)

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.kube",
     "tests.fixtures.whm_nodes",
     "tests.fixtures.operator_process",
+    "tests.fixtures.shim_process",
 ]

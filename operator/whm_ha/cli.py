@@ -78,6 +78,20 @@ def _run_operator(args: argparse.Namespace) -> int:
     )
 
 
+def _run_shim(args: argparse.Namespace) -> int:
+    from .shim.main import run
+
+    return run(
+        listen=args.listen,
+        namespace=args.namespace,
+        cluster=args.cluster,
+        anonymous_reads=args.anonymous_reads,
+        static_tokens_secret=args.static_tokens_secret,
+        request_timeout=args.request_timeout,
+        proxy_admins=args.proxy_admin,
+    )
+
+
 def _kube_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", "-n", default=None, help="namespace to watch (default: all namespaces)")
 
@@ -137,7 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     shim.add_argument("--listen", default="0.0.0.0:4000", metavar="HOST:PORT", help="API address")
     shim.add_argument("--cluster", default=None, help="WHMCluster to serve (default: the only one)")
     shim.add_argument("--namespace", "-n", default="default", help="namespace of the WHMCluster")
-    shim.set_defaults(handler=_not_built("shim"))
+    shim.add_argument(
+        "--anonymous-reads", action="store_true", help="allow GET requests without a token (off by default)"
+    )
+    shim.add_argument(
+        "--static-tokens-secret",
+        default=None,
+        metavar="NAME",
+        help="Secret of static tokens for tools without a Kubernetes identity (<user>: sha256:<hex>)",
+    )
+    shim.add_argument(
+        "--request-timeout", type=float, default=30.0, help="seconds to wait for the operator's answer (then 504)"
+    )
+    shim.add_argument(
+        "--proxy-admin", action="append", default=[], metavar="URL", help="a proxy's admin URL, for stats (repeat)"
+    )
+    shim.set_defaults(handler=_run_shim)
 
     sandbox = sub.add_parser(
         "sandbox",

@@ -12,7 +12,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ["operator", "proxy", "shim", "sandbox", "demo", "crds", "migrate"]
 NOT_BUILT = {
     "proxy": ["--cluster", "whm"],
-    "shim": [],
     "demo": [],
 }
 

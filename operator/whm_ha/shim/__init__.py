@@ -1,0 +1,1 @@
+"""The legacy REST API (/api/ha/...) over the custom resources, with Kubernetes auth and audit."""

@@ -1,0 +1,66 @@
+"""``whm-ha shim``: serve the legacy API until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from ..kube.client import ApiError, KubeClient
+from ..kube.config import KubeConfigError, endpoint
+from .app import ShimApp
+from .auth import Authorizer
+
+
+async def serve(
+    *,
+    listen: str,
+    namespace: str,
+    cluster: str | None,
+    anonymous_reads: bool,
+    static_tokens_secret: str | None,
+    request_timeout: float,
+    proxy_admins: list[str],
+) -> int:
+    try:
+        kube = KubeClient(endpoint())
+    except KubeConfigError as exc:
+        print(f"whm-ha shim: {exc}", file=sys.stderr)
+        return 1
+    authorizer = Authorizer(kube, namespace, anonymous_reads=anonymous_reads)
+    if static_tokens_secret:
+        try:
+            await authorizer.load_static_tokens(static_tokens_secret)
+        except ApiError as exc:
+            print(f"whm-ha shim: cannot read Secret {namespace}/{static_tokens_secret}: {exc}", file=sys.stderr)
+            await kube.close()
+            return 1
+    shim = ShimApp(kube, authorizer, namespace, cluster, request_timeout, proxy_admins)
+    runner = web.AppRunner(shim.build(), access_log=None)
+    await runner.setup()
+    host, _, port = listen.rpartition(":")
+    site = web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        print(f"whm-ha shim: cannot listen on {listen}: {exc.strerror}", file=sys.stderr)
+        await runner.cleanup()
+        await kube.close()
+        return 1
+    print(f"whm-ha shim serving on http://{listen}/api/ha (namespace {namespace})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    await kube.close()
+    return 0
+
+
+def run(**options: object) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(**options))  # type: ignore[arg-type]

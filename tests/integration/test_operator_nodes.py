@@ -17,7 +17,9 @@ from tests.fixtures.kube import KubeAPI
 from tests.fixtures.operator_process import StartOperator
 from tests.fixtures.whm_nodes import NodeServer, StartNodes
 from tests.kube_helpers import GROUP, VERSION, wait_for
+from whm_ha.db.dsn import DSN
 from whm_ha.db.local_server import ADMIN_PASSWORD, LocalMariaDB, free_port
+from whm_ha.db.migrate import migrate
 
 FAST = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
 BOUND = FAST["periodSeconds"] * FAST["failureThreshold"] + FAST["timeoutSeconds"]
@@ -488,7 +490,16 @@ def test_legacy_tables_are_filled(
     )
     cluster.create(database={"replicationRef": {"name": "db"}, "schemaName": "whm_legacy"})
     servers = three_nodes(cluster, node_servers)
-    start(cluster, kube_api, operator_process)
+    migrate(DSN("127.0.0.1", mariadb.port, "root", "whm_legacy", ADMIN_PASSWORD))
+    conn = mariadb.connect(database="whm_legacy")
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO ha_sessions (session_hash, user_id, data, expires_at) VALUES"
+            " (REPEAT('a', 64), 'u', '{}', NOW(3) - INTERVAL 1 HOUR), (REPEAT('b', 64), 'u', '{}', NOW(3) + INTERVAL 1 HOUR)"
+        )
+        cur.execute("INSERT INTO ha_cache (cache_key, value, expires_at) VALUES ('old', 'x', NOW(3) - INTERVAL 1 HOUR)")
+    conn.close()
+    operator = start(cluster, kube_api, operator_process)
     cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster")
     servers[0].kill()
     cluster.wait_primary("n2", timeout=BOUND + 10)
@@ -524,6 +535,10 @@ def test_legacy_tables_are_filled(
     )
     assert [c[0] for c in checks] == ["n1", "n2", "n3"]
     assert all(c[2] >= 2 for c in checks) and checks[0][1] < checks[0][2], "n1 has failed checks"
+    assert rows("SELECT COUNT(*) FROM ha_sessions") == [(1,)] and rows("SELECT COUNT(*) FROM ha_cache") == [(0,)]
+    assert (
+        '"event": "expired-rows-deleted"' in operator.log_text() and '"sessions": 1, "cache": 1' in operator.log_text()
+    )
 
 
 def test_the_standby_operator_takes_over_when_the_active_one_dies(

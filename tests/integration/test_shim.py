@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from kubernetes import client
 
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.shim_process import ShimProcess, StartShim
+from tests.fixtures.whm_nodes import StartNodes
 from tests.kube_helpers import GROUP, VERSION, wait_for
 from whm_ha.db.dsn import DSN
 from whm_ha.db.local_server import ADMIN_PASSWORD, LocalMariaDB
@@ -443,3 +445,50 @@ def test_openapi_document_and_fuzzing(fuzz_target: ShimProcess, kube_api: KubeAP
     assert failures == []
     assert {c.split(" ")[0] for c in calls} == {"GET", "POST", "DELETE"}
     assert len(calls) >= 12 * 3, "every operation was exercised several times"
+
+
+def test_static_tokens_and_anonymous_reads(
+    world: client.CustomObjectsApi,
+    kube_api: KubeAPI,
+    kube_client: client.ApiClient,
+    kube_namespace: str,
+    shim_process: StartShim,
+    node_servers: StartNodes,
+) -> None:
+    core = client.CoreV1Api(kube_client)
+    core.create_namespaced_secret(
+        kube_namespace,
+        {
+            "metadata": {"name": "shim-tokens"},
+            "stringData": {"tool": "sha256:" + hashlib.sha256(b"tool-secret").hexdigest()},
+        },
+    )
+    if kube_api.tier == "real":  # the sandbox's permissions file already lets "tool" read
+        client.RbacAuthorizationV1Api(kube_client).create_namespaced_role_binding(
+            kube_namespace,
+            {
+                "metadata": {"name": "tool-reads"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "whm-ha-reader"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "tool"}],
+            },
+        )
+    (stats_stand_in,) = node_servers("proxy-admin")
+    shim = shim_process(
+        kube_api.kubeconfig,
+        kube_namespace,
+        "--cluster=whm",
+        "--static-tokens-secret=shim-tokens",
+        "--anonymous-reads",
+        f"--proxy-admin=http://127.0.0.1:{stats_stand_in.port}",
+        "--proxy-admin=http://127.0.0.1:1",
+    )
+    wait_for(lambda: shim.call("GET", "/api/ha/nodes", "tool-secret")[0] == 200, 15, "the static token to read")
+    assert shim.call("POST", "/api/ha/loadbalancer/reload", "tool-secret")[0] == 403
+    assert shim.call("GET", "/api/ha/nodes", "tool-secret-wrong")[0] == 401
+    status, body = shim.call("GET", "/api/ha/status")
+    assert status == 200 and body["cluster"]["totalNodes"] == 3, "anonymous reads when enabled"
+    assert shim.call("POST", "/api/ha/loadbalancer/reload")[0] == 401, "never anonymous mutations"
+    status, body = shim.call("GET", "/api/ha/loadbalancer/stats")
+    assert status == 200
+    assert body["proxies"][0]["stats"]["node"] == "proxy-admin"
+    assert "error" in body["proxies"][1]

@@ -59,6 +59,7 @@ class ClusterController:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     legacy: LegacyTables | None = None
     pod_roles: dict[str, str] = field(default_factory=dict)
+    next_cleanup: float = 0.0
     _session: aiohttp.ClientSession | None = None
 
     # -- the loop --------------------------------------------------------------------------------
@@ -123,6 +124,30 @@ class ClusterController:
         )
         if self.legacy is not None and probe:
             await self.legacy.flush_health_checks()
+            if time.monotonic() >= self.next_cleanup:
+                await self._delete_expired(spec)
+
+    async def _delete_expired(self, spec: WHMClusterSpec) -> None:
+        """Every sessions.cleanupIntervalSeconds: expired sessions and cache entries go, counted."""
+        assert self.legacy is not None
+        deleted = await self.legacy.delete_expired()
+        if deleted is None:
+            return  # database unavailable: try again at the next probe round
+        self.next_cleanup = time.monotonic() + spec.sessions.cleanup_interval_seconds
+        sessions, cache = deleted
+        metrics.EXPIRED_DELETED.labels(self.namespace, self.name, "ha_sessions").inc(sessions)
+        metrics.EXPIRED_DELETED.labels(self.namespace, self.name, "ha_cache").inc(cache)
+        log.info(
+            json.dumps(
+                {
+                    "event": "expired-rows-deleted",
+                    "namespace": self.namespace,
+                    "cluster": self.name,
+                    "sessions": sessions,
+                    "cache": cache,
+                }
+            )
+        )
 
     # -- observation -----------------------------------------------------------------------------
 

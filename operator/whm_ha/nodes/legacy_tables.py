@@ -81,6 +81,28 @@ class LegacyTables:
             return False
         return True
 
+    async def delete_expired(self) -> tuple[int, int] | None:
+        """Delete expired sessions and cache entries (besides the SQL events); (sessions, cache) deleted."""
+        dsn = await self._target()
+        if dsn is None:
+            return None
+
+        def run() -> tuple[int, int]:
+            conn = dsn.connect(connect_timeout=2, read_timeout=30)
+            try:
+                with conn.cursor() as cur:
+                    sessions = cur.execute("DELETE FROM ha_sessions WHERE expires_at < NOW(3)")
+                    cache = cur.execute("DELETE FROM ha_cache WHERE expires_at IS NOT NULL AND expires_at < NOW(3)")
+                return int(sessions), int(cache)
+            finally:
+                conn.close()
+
+        try:
+            return await asyncio.to_thread(run)
+        except pymysql.MySQLError as exc:
+            self._problem(str(exc))
+            return None
+
     def add_health_check(self, node: str, healthy: bool, latency_ms: float | None, message: str, at: float) -> None:
         self._health_rows.append(
             (self.namespace, self.cluster, node, int(healthy), latency_ms, message[:1024], _dt(at))

@@ -14,3 +14,8 @@ HEALTHY_NODES = Gauge("whm_ha_healthy_nodes", "Healthy nodes per cluster.", ["na
 PRIMARY = Gauge(
     "whm_ha_primary_node", "1 for the current primary node of each cluster.", ["namespace", "cluster", "node"]
 )
+EXPIRED_DELETED = Counter(
+    "whm_ha_expired_rows_deleted_total",
+    "Expired rows the operator deleted from the legacy tables.",
+    ["namespace", "cluster", "table"],
+)

@@ -1,0 +1,219 @@
+"""A read/write-splitting connection pool for applications.
+
+Writes go to the current primary; reads are spread over the replicas within the lag limit, falling back
+to the primary. The topology comes from the MySQLReplication status, so the pool follows a promotion
+without a restart. Pooled connections are bounded per member, validated when taken, and dropped when their
+member changes role. A writer connection is checked to be on a writable server before it is handed out, so
+no write reaches a read-only member.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pymysql
+
+from .topology import Endpoint, Topology
+
+
+class TopologySource(Protocol):
+    def current(self, *, fresh: bool = False) -> Topology: ...
+
+
+class PoolError(RuntimeError):
+    """No member could serve the request in time."""
+
+
+@dataclass
+class _MemberPool:
+    """Idle connections to one member, and how many are lent out."""
+
+    endpoint: Endpoint
+    idle: list[pymysql.Connection[Any]] = field(default_factory=list)
+    lent: int = 0
+    generation: int = 0
+
+
+class ReadWritePool:
+    """Thread-safe; use ``with pool.writer() as conn`` and ``with pool.reader() as conn``."""
+
+    def __init__(
+        self,
+        topology: TopologySource,
+        *,
+        user: str,
+        password: str,
+        database: str | None = None,
+        max_per_member: int = 10,
+        acquire_timeout: float = 10.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self._topology = topology
+        self._credentials = (user, password)
+        self._database = database
+        self._max = max_per_member
+        self._acquire_timeout = acquire_timeout
+        self._connect_timeout = connect_timeout
+        self._members: dict[tuple[str, int], _MemberPool] = {}
+        self._roles: dict[tuple[str, int], str] = {}
+        self._lock = threading.Condition()
+        self._round_robin = itertools.count()
+
+    # -- topology --------------------------------------------------------------------------------
+
+    def _observe(self, topology: Topology) -> None:
+        """Drop the idle connections of members whose role changed; lent ones are closed on return."""
+        roles = {}
+        if topology.primary is not None:
+            roles[(topology.primary.host, topology.primary.port)] = "primary"
+        for replica in topology.replicas:
+            roles[(replica.host, replica.port)] = "replica"
+        with self._lock:
+            for key, member in self._members.items():
+                if self._roles.get(key) != roles.get(key):
+                    member.generation += 1
+                    for conn in member.idle:
+                        conn.close()
+                    member.idle.clear()
+            self._roles = roles
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _connect(self, endpoint: Endpoint) -> pymysql.Connection[Any]:
+        user, password = self._credentials
+        return pymysql.connect(
+            host=endpoint.host,
+            port=endpoint.port,
+            user=user,
+            password=password,
+            database=self._database,
+            autocommit=True,
+            connect_timeout=self._connect_timeout,
+            read_timeout=30,
+            write_timeout=30,
+            charset="utf8mb4",
+        )
+
+    def _take(self, endpoint: Endpoint) -> tuple[_MemberPool, pymysql.Connection[Any], int]:
+        key = (endpoint.host, endpoint.port)
+        deadline = time.monotonic() + self._acquire_timeout
+        with self._lock:
+            member = self._members.setdefault(key, _MemberPool(endpoint))
+            while not member.idle and member.lent >= self._max:
+                if not self._lock.wait(deadline - time.monotonic()):
+                    raise PoolError(f"no free connection to {endpoint.name} within {self._acquire_timeout:g}s")
+            conn = member.idle.pop() if member.idle else None
+            member.lent += 1
+            generation = member.generation
+        try:
+            if conn is None:
+                conn = self._connect(endpoint)
+            else:
+                conn.ping(reconnect=False)
+        except pymysql.MySQLError:
+            if conn is not None:
+                conn.close()
+            self._give_back(member, None, generation)
+            raise
+        return member, conn, generation
+
+    def _give_back(self, member: _MemberPool, conn: pymysql.Connection[Any] | None, generation: int) -> None:
+        with self._lock:
+            member.lent -= 1
+            if conn is not None and conn.open and generation == member.generation:
+                member.idle.append(conn)
+            elif conn is not None:
+                conn.close()
+            self._lock.notify()
+
+    @contextmanager
+    def _hold(
+        self, member: _MemberPool, conn: pymysql.Connection[Any], generation: int
+    ) -> Iterator[pymysql.Connection[Any]]:
+        """Lend a taken connection; a connection that failed is closed rather than pooled again."""
+        healthy = True
+        try:
+            yield conn
+        except pymysql.OperationalError:
+            healthy = False
+            raise
+        finally:
+            if not healthy:
+                conn.close()
+            self._give_back(member, conn if healthy else None, generation)
+
+    def _try_take(self, endpoint: Endpoint) -> tuple[_MemberPool, pymysql.Connection[Any], int] | None:
+        try:
+            return self._take(endpoint)
+        except pymysql.OperationalError:
+            return None
+
+    def _writable_primary(self, topology: Topology) -> tuple[_MemberPool, pymysql.Connection[Any], int] | None:
+        """A taken connection to the primary, if it answers and is writable."""
+        if topology.primary is None:
+            return None
+        taken = self._try_take(topology.primary)
+        if taken is None:
+            return None
+        member, conn, generation = taken
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@global.read_only")
+                row = cur.fetchone()
+        except pymysql.OperationalError:
+            conn.close()
+            self._give_back(member, None, generation)
+            return None
+        if not row or int(row[0]) != 0:
+            self._give_back(member, conn, generation)
+            return None
+        return taken
+
+    @contextmanager
+    def writer(self) -> Iterator[pymysql.Connection[Any]]:
+        """A connection to the current primary, checked to be writable."""
+        deadline = time.monotonic() + self._acquire_timeout
+        fresh = False
+        while True:
+            topology = self._topology.current(fresh=fresh)
+            self._observe(topology)
+            taken = self._writable_primary(topology)
+            if taken is not None:
+                with self._hold(*taken) as conn:
+                    yield conn
+                return
+            if time.monotonic() > deadline:
+                raise PoolError("no writable primary within the acquire timeout")
+            fresh = True
+            time.sleep(0.1)  # a promotion is under way: look again shortly
+
+    @contextmanager
+    def reader(self) -> Iterator[pymysql.Connection[Any]]:
+        """A connection to a replica within the lag limit, round-robin; the primary when there is none."""
+        topology = self._topology.current()
+        self._observe(topology)
+        replicas = list(topology.replicas)
+        if replicas:
+            start = next(self._round_robin) % len(replicas)
+            replicas = replicas[start:] + replicas[:start]
+        for endpoint in replicas:
+            taken = self._try_take(endpoint)
+            if taken is not None:
+                with self._hold(*taken) as conn:
+                    yield conn
+                return
+        with self.writer() as conn:
+            yield conn
+
+    def close(self) -> None:
+        with self._lock:
+            for member in self._members.values():
+                for conn in member.idle:
+                    conn.close()
+                member.idle.clear()

@@ -481,6 +481,17 @@ def test_static_tokens_and_anonymous_reads(
         "--anonymous-reads",
         f"--proxy-admin=http://127.0.0.1:{stats_stand_in.port}",
         "--proxy-admin=http://127.0.0.1:1",
+        f"--proxy-pods=app=proxy:{stats_stand_in.port}",
+    )
+    core.create_namespaced_pod(
+        kube_namespace,
+        {
+            "metadata": {"name": "proxy-0", "labels": {"app": "proxy"}},
+            "spec": {"containers": [{"name": "p", "image": "whm-ha"}]},
+        },
+    )
+    core.patch_namespaced_pod_status(
+        "proxy-0", kube_namespace, {"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}}
     )
     wait_for(lambda: shim.call("GET", "/api/ha/nodes", "tool-secret")[0] == 200, 15, "the static token to read")
     assert shim.call("POST", "/api/ha/loadbalancer/reload", "tool-secret")[0] == 403
@@ -492,3 +503,4 @@ def test_static_tokens_and_anonymous_reads(
     assert status == 200
     assert body["proxies"][0]["stats"]["node"] == "proxy-admin"
     assert "error" in body["proxies"][1]
+    assert body["proxies"][2]["stats"]["node"] == "proxy-admin", "a replica found as a pod"

@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..crd.annotations import FAILOVER_TO, FORCE, PROMOTE, RELOAD, REQUEST_ID
 from ..db.cluster_database import DatabaseUnavailable, primary_dsn
-from ..kube.client import MYSQLREPLICATIONS, WHMCLUSTERS, WHMNODES, ApiError, KubeClient
+from ..kube.client import MYSQLREPLICATIONS, PODS, WHMCLUSTERS, WHMNODES, ApiError, KubeClient
 from . import errors
 from .auth import ANONYMOUS, Authorizer, Caller, Permission
 from .openapi import document
@@ -86,6 +86,8 @@ class ShimApp:
     cluster_name: str | None = None
     request_timeout: float = 30.0
     proxy_admins: list[str] = field(default_factory=list)
+    proxy_pods: str | None = None
+    """``<label selector>:<admin port>``: the proxy replicas, found as pods (in a cluster)."""
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._errors], client_max_size=1024 * 1024)
@@ -384,8 +386,13 @@ class ShimApp:
             except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
                 return {"url": url, "error": f"{exc.__class__.__name__}: {exc}"}
 
+        urls = list(self.proxy_admins)
+        if self.proxy_pods:
+            selector, _sep, port = self.proxy_pods.rpartition(":")
+            pods = (await self.kube.list(PODS, self.namespace, label_selector=selector))["items"]
+            urls += [f"http://{p['status']['podIP']}:{port}" for p in pods if (p.get("status") or {}).get("podIP")]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
-            proxies = await asyncio.gather(*(one(session, url) for url in self.proxy_admins))
+            proxies = await asyncio.gather(*(one(session, url) for url in urls))
         return _ok({"proxies": list(proxies)})
 
     async def reload(self, request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ async def serve(
     static_tokens_secret: str | None,
     request_timeout: float,
     proxy_admins: list[str],
+    proxy_pods: str | None,
 ) -> int:
     try:
         kube = KubeClient(endpoint())
@@ -38,7 +39,7 @@ async def serve(
             print(f"whm-ha shim: cannot read Secret {namespace}/{static_tokens_secret}: {exc}", file=sys.stderr)
             await kube.close()
             return 1
-    shim = ShimApp(kube, authorizer, namespace, cluster, request_timeout, proxy_admins)
+    shim = ShimApp(kube, authorizer, namespace, cluster, request_timeout, proxy_admins, proxy_pods)
     runner = web.AppRunner(shim.build(), access_log=None)
     await runner.setup()
     host, _, port = listen.rpartition(":")

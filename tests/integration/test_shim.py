@@ -12,8 +12,10 @@ import pytest
 from kubernetes import client
 
 from tests.fixtures.kube import KubeAPI
+from tests.fixtures.operator_process import StartOperator
 from tests.fixtures.shim_process import ShimProcess, StartShim
 from tests.fixtures.whm_nodes import StartNodes
+from tests.integration.test_operator_nodes import Cluster, three_nodes
 from tests.kube_helpers import GROUP, VERSION, wait_for
 from whm_ha.db.dsn import DSN
 from whm_ha.db.local_server import ADMIN_PASSWORD, LocalMariaDB
@@ -504,3 +506,30 @@ def test_static_tokens_and_anonymous_reads(
     assert body["proxies"][0]["stats"]["node"] == "proxy-admin"
     assert "error" in body["proxies"][1]
     assert body["proxies"][2]["stats"]["node"] == "proxy-admin", "a replica found as a pod"
+
+
+def test_failover_through_the_real_operator(
+    kube_api: KubeAPI,
+    kube_client: client.ApiClient,
+    kube_namespace: str,
+    shim_process: StartShim,
+    node_servers: StartNodes,
+    operator_process: StartOperator,
+) -> None:
+    cluster = Cluster(kube_client, kube_namespace)
+    cluster.create()
+    three_nodes(cluster, node_servers)
+    operator_process(kube_api.kubeconfig, kube_namespace)
+    cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster")
+    shim = shim_process(kube_api.kubeconfig, kube_namespace, "--cluster=whm", "--request-timeout=10")
+    started = time.monotonic()
+    status, body = shim.call("POST", "/api/ha/failover", kube_api.tokens["admin"], {"targetNodeId": "n3"})
+    assert status == 200 and body["primaryNode"] == "n3", body
+    assert time.monotonic() - started < 5
+    status, body = shim.call("POST", "/api/ha/failover", kube_api.tokens["admin"], {"targetNodeId": 99})
+    assert status == 404
+    cluster.patch_node("n2", {"maintenance": True})
+    status, body = shim.call("POST", "/api/ha/failover", kube_api.tokens["admin"], {"targetNodeId": "n2"})
+    assert status == 422 and "in maintenance" in body["error"]["message"]
+    status, body = shim.call("GET", "/api/ha/failover/history", kube_api.tokens["admin"])
+    assert body["history"][0]["to"] == "n3" and body["history"][0]["type"] == "manual"

@@ -71,6 +71,7 @@ def _run_operator(args: argparse.Namespace) -> int:
     return run(
         namespace=args.namespace,
         metrics=args.metrics or None,
+        health=args.health or None,
         peering=args.peering,
         priority=args.peering_priority,
         standalone=args.standalone,
@@ -181,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     _kube_args(operator)
     operator.add_argument(
         "--metrics", default="0.0.0.0:9090", metavar="HOST:PORT", help="Prometheus metrics address ('' to disable)"
+    )
+    operator.add_argument(
+        "--health", default="", metavar="HOST:PORT", help="liveness endpoint (/healthz), e.g. 0.0.0.0:8082"
     )
     operator.add_argument("--peering", default="whm-ha", help="kopf peering name: one replica is active at a time")
     operator.add_argument(

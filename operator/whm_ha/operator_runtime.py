@@ -51,8 +51,11 @@ def _configure(
     settings.persistence.finalizer = "ha.whm.io/kopf"
 
 
-async def _main(namespace: str | None, metrics: str | None, peering: str, priority: int, standalone: bool) -> int:
+async def _main(
+    namespace: str | None, metrics: str | None, health: str | None, peering: str, priority: int, standalone: bool
+) -> int:
     from .nodes import handlers  # noqa: F401 - registers the handlers with kopf
+    from .replication import handlers as _replication  # noqa: F401 - likewise
 
     try:
         api = endpoint()
@@ -83,6 +86,7 @@ async def _main(namespace: str | None, metrics: str | None, peering: str, priori
             standalone=standalone,
             peering_name=None if standalone else peering,
             memo=kopf.Memo(),
+            liveness_endpoint=f"http://{health}/healthz" if health else None,
         )
     finally:
         await kube.close()
@@ -90,7 +94,14 @@ async def _main(namespace: str | None, metrics: str | None, peering: str, priori
 
 
 def run(
-    *, namespace: str | None, metrics: str | None, peering: str, priority: int | None, standalone: bool, verbose: bool
+    *,
+    namespace: str | None,
+    metrics: str | None,
+    health: str | None,
+    peering: str,
+    priority: int | None,
+    standalone: bool,
+    verbose: bool,
 ) -> int:
     """Run until SIGTERM/SIGINT."""
     if priority is None:
@@ -105,6 +116,6 @@ def run(
     try:
         import uvloop
 
-        return uvloop.run(_main(namespace, metrics, peering, priority, standalone))
+        return uvloop.run(_main(namespace, metrics, health, peering, priority, standalone))
     except ImportError:
-        return asyncio.run(_main(namespace, metrics, peering, priority, standalone))
+        return asyncio.run(_main(namespace, metrics, health, peering, priority, standalone))

@@ -113,9 +113,11 @@ def test_initial_election_status_and_roles(
 ) -> None:
     cluster.create()
     three_nodes(cluster, node_servers)
-    start(cluster, kube_api, operator_process)
+    operator = start(cluster, kube_api, operator_process)
     status = cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster")
     assert status["primaryNode"] == "n1"
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5) as liveness:
+        assert liveness.status == 200
     assert (status["totalNodes"], status["healthyNodes"], status["healthy"]) == (3, 3, "3/3")
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "Ready": "True",

@@ -1,5 +1,5 @@
 # Entry points. `make test` and `make demo` work on a fresh Debian machine: they install what is missing first.
-.PHONY: setup test test-real control-plane lint unit crds demo clean
+.PHONY: setup test test-real control-plane lint unit crds demo e2e-kind clean
 
 VENV := .venv/bin
 
@@ -26,9 +26,15 @@ unit: setup
 
 crds: setup
 	$(VENV)/whm-ha crds --out crds
+	rm -f charts/whm-ha/crds/*.yaml && cp crds/*.yaml charts/whm-ha/crds/ && rm charts/whm-ha/crds/kustomization.yaml
+	$(VENV)/python hack/render_manifests.py
 
 demo: setup
 	$(VENV)/whm-ha demo
+
+# Needs Docker and kind (not on the development machines): builds the image, installs the chart on kind.
+e2e-kind: setup
+	$(VENV)/pytest tests/e2e -m e2e -v
 
 clean:
 	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -52,7 +52,7 @@ def _configure(
 
 
 async def _main(
-    namespace: str | None, metrics: str | None, health: str | None, peering: str, priority: int, standalone: bool
+    *, namespace: str | None, metrics: str | None, health: str | None, peering: str, priority: int, standalone: bool
 ) -> int:
     from .nodes import handlers  # noqa: F401 - registers the handlers with kopf
     from .replication import handlers as _replication  # noqa: F401 - likewise
@@ -113,9 +113,21 @@ def run(
     )
     logging.getLogger("kopf").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    runner: Any
     try:
         import uvloop
 
-        return uvloop.run(_main(namespace, metrics, health, peering, priority, standalone))
+        runner = uvloop.run
     except ImportError:
-        return asyncio.run(_main(namespace, metrics, health, peering, priority, standalone))
+        runner = asyncio.run
+    code: int = runner(
+        _main(
+            namespace=namespace,
+            metrics=metrics,
+            health=health,
+            peering=peering,
+            priority=priority,
+            standalone=standalone,
+        )
+    )
+    return code

@@ -26,7 +26,7 @@ unit: setup
 
 crds: setup
 	$(VENV)/whm-ha crds --out crds
-	rm -f charts/whm-ha/crds/*.yaml && cp crds/*.yaml charts/whm-ha/crds/ && rm charts/whm-ha/crds/kustomization.yaml
+	rm -f charts/whm-ha/crds/*.yaml && cp crds/*.yaml charts/whm-ha/crds/
 	$(VENV)/python hack/render_manifests.py
 
 demo: setup

@@ -163,12 +163,6 @@ def all_files() -> dict[str, str]:
     for crd in PEERING_CRDS:
         spec = crd["spec"]
         files[f"{spec['group']}_{spec['names']['plural']}.yaml"] = HEADER + yaml.safe_dump(crd, sort_keys=False)
-    kustomization = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": sorted(files),
-    }
-    files["kustomization.yaml"] = HEADER + yaml.safe_dump(kustomization, sort_keys=False)
     return files
 
 

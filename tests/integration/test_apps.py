@@ -265,7 +265,7 @@ def test_sessions_from_concurrent_app_nodes(replicated: Replicated) -> None:
         thread.join()
     assert failures == []
     assert len(set(created)) == 100
-    assert stores[0].stats()["active"] == 100
+    wait_for(lambda: stores[0].stats()["active"] == 100, 10, "the replicas (stats read there) to catch up")
     assert all(stores[3].get(sid) is not None for sid in created[:10]), "written on one node, read on another"
     for pool in pools:
         pool.close()

@@ -34,8 +34,8 @@ def chart_rbac(component: str) -> tuple[dict[str, Any] | None, dict[str, Any] | 
 
 
 def grant(plane: ControlPlane, component: str, namespace: str) -> None:
-    """Bind the chart's rules of a component to that component's identity in the token file."""
-    user = IDENTITIES[component][0]
+    """Bind the chart's rules of a component to its chart-<component> identity in the token file."""
+    user = IDENTITIES[f"chart-{component}"][0]
     subject = [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}]
     cluster_role, role = chart_rbac(component)
     with plane.api_client() as api:
@@ -97,7 +97,7 @@ def test_operator_with_only_the_chart_rbac(
     cluster = Cluster(admin, namespace)
     cluster.create()
     servers = three_nodes(cluster, node_servers)
-    operator = operator_process(real_control_plane.kubeconfigs["operator"], namespace)
+    operator = operator_process(real_control_plane.kubeconfigs["chart-operator"], namespace)
     cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster")
     servers[0].kill()
     status = cluster.wait_primary("n2", timeout=BOUND + 10)
@@ -122,10 +122,10 @@ def test_shim_with_only_the_chart_rbac(
     cluster = Cluster(admin, namespace)
     cluster.create()
     three_nodes(cluster, node_servers)
-    operator_process(real_control_plane.kubeconfigs["operator"], namespace)
+    operator_process(real_control_plane.kubeconfigs["chart-operator"], namespace)
     cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster")
     shim = shim_process(
-        real_control_plane.kubeconfigs["shim"],
+        real_control_plane.kubeconfigs["chart-shim"],
         namespace,
         "--cluster=whm",
         "--request-timeout=10",

@@ -135,6 +135,7 @@ def test_chart_crds_are_the_generated_ones() -> None:
 def test_plain_manifests_are_rendered_from_the_chart_and_crds() -> None:
     assert render_manifests.OUT.read_text() == render_manifests.render(), "stale: run make crds"
     assert render_manifests.CRDS_OUT.read_text() == render_manifests.render_crds(), "stale: run make crds"
+    assert render_manifests.EXAMPLES_OUT.read_text() == render_manifests.render_examples(), "stale: run make crds"
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for its built-in kustomize) not installed")

@@ -112,14 +112,9 @@ def run(
     )
     logging.getLogger("kopf").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    runner: Any
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    code: int = runner(
+    # The standard event loop, not uvloop: under uvloop kopf's watch-stream cancellation (on a peering
+    # pause) fails an assertion in a loop callback.
+    return asyncio.run(
         _main(
             namespace=namespace,
             metrics=metrics,
@@ -129,4 +124,3 @@ def run(
             standalone=standalone,
         )
     )
-    return code

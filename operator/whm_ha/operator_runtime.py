@@ -55,6 +55,7 @@ async def _main(
     *, namespace: str | None, metrics: str | None, health: str | None, peering: str, priority: int, standalone: bool
 ) -> int:
     from .nodes import handlers  # noqa: F401 - registers the handlers with kopf
+    from .replication import handlers as _replication  # noqa: F401 - likewise
 
     try:
         api = endpoint()

@@ -17,7 +17,9 @@ from tests.fixtures.control_plane import IDENTITIES, ControlPlane
 from tests.fixtures.operator_process import StartOperator
 from tests.fixtures.shim_process import StartShim
 from tests.fixtures.whm_nodes import StartNodes
+from tests.fixtures.mariadb import StartServers
 from tests.integration.test_operator_nodes import BOUND, Cluster, three_nodes
+from tests.integration.test_operator_replication import SERVER_ARGS, Replication, member_host
 from tests.kube_helpers import wait_for
 
 pytestmark = pytest.mark.real_api
@@ -105,6 +107,28 @@ def test_operator_with_only_the_chart_rbac(
     wait_for(lambda: cluster.events("Failover"), 10, "the Failover event")
     cluster.annotate({"ha.whm.io/failover-to": "n3", "ha.whm.io/request-id": "rbac"})
     cluster.wait_primary("n3", timeout=10)
+    log = operator.log_text()
+    assert "403" not in log and "Forbidden" not in log, log[-3000:]
+
+
+def test_replication_with_only_the_chart_rbac(
+    real_control_plane: ControlPlane,
+    admin: client.ApiClient,
+    namespace: str,
+    mariadb_servers: StartServers,
+    operator_process: StartOperator,
+) -> None:
+    grant(real_control_plane, "operator", namespace)
+    host = member_host("real")
+    servers = mariadb_servers(2, extra_args=(*SERVER_ARGS, f"--bind-address=127.0.0.1,{host}"))
+    replication = Replication(admin, namespace, servers, host)
+    replication.create()
+    operator = operator_process(real_control_plane.kubeconfigs["chart-operator"], namespace)
+    replication.wait(lambda s: s.get("phase") == "Healthy", 60, "a Healthy replication")
+    core = client.CoreV1Api(admin)
+    wait_for(lambda: core.read_namespaced_service("db-primary", namespace), 30, "the -primary Service")
+    slices = client.DiscoveryV1Api(admin).list_namespaced_endpoint_slice(namespace).items
+    assert slices, "EndpointSlices for the Services"
     log = operator.log_text()
     assert "403" not in log and "Forbidden" not in log, log[-3000:]
 

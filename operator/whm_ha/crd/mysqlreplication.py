@@ -132,6 +132,29 @@ class MemberStatus(CRDModel):
 ReplicationPhase = Literal["Pending", "Healthy", "Degraded", "Promoting", "Broken"]
 
 
+class PromotionProgress(CRDModel):
+    """A promotion recorded before any server is touched, so that a restarted operator finishes it."""
+
+    from_: str = Field(default="", alias="from", max_length=63)
+    """The primary being replaced."""
+    to: str = Field(min_length=1, max_length=63)
+    """The member being promoted."""
+    type: Literal["automatic", "manual"]
+    """Whether the operator decided it or a user asked for it."""
+    planned: bool = False
+    """A switchover: the old primary answered, so it is fenced and caught up with before the promotion."""
+    step: Literal["Preparing", "Promoting"] = "Preparing"
+    """Preparing: nothing irreversible done, the promotion may be abandoned; Promoting: it is only finished."""
+    reason: str = Field(default="", max_length=4096)
+    """Why the primary changes."""
+    force: bool = False
+    """The request allowed a candidate beyond maxLagSeconds."""
+    request_id: str | None = Field(default=None, max_length=253)
+    """The id of the manual request, reported in lastRequest at the end."""
+    detected_at: datetime
+    """When the primary was first seen failing, or the request first seen; durations count from here."""
+
+
 class MySQLReplicationStatus(CRDModel):
     """Observed state of the replication, written by the operator."""
 
@@ -161,3 +184,5 @@ class MySQLReplicationStatus(CRDModel):
     """The .metadata.generation this status reflects."""
     last_promotion_time: datetime | None = None
     """When the last promotion finished."""
+    promotion: PromotionProgress | None = None
+    """The promotion in progress, if any."""

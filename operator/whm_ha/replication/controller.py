@@ -1,0 +1,597 @@
+"""The loop of one MySQLReplication: inspect the members, decide (`plan`), act (`procedures`, in worker threads),
+record the outcome in status, Events, logs, metrics, Services and the legacy table.
+
+The primary is ``status.currentPrimary`` (``spec.primary`` until the bootstrap primary is recorded). A promotion is
+first recorded in ``status.promotion``, with the resourceVersion it was decided on, before any server is touched:
+two operator processes can never start two, and a restarted operator finishes the recorded one instead of
+deciding anew (step ``Preparing`` may still be abandoned, ``Promoting`` is only ever finished). The old primary is
+fenced before any promotion and every other member is fenced before it joins, so no two members accept writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from ..crd.annotations import FORCE, PROMOTE, REQUEST_ID
+from ..crd.common import HISTORY_LIMIT
+from ..crd.conditions import now_iso, set_condition
+from ..crd.mysqlreplication import MySQLReplicationSpec, PromotionProgress
+from ..db.cluster_database import DatabaseUnavailable, secret_credentials
+from ..db.dsn import DSN
+from ..db.migrate import MigrationError
+from ..kube.client import MYSQLREPLICATIONS, ApiError, KubeClient
+from ..mysql.actions import PromotionError
+from ..mysql.dialect import dialect_for
+from ..mysql.member import Credentials, MemberState
+from . import metrics, procedures
+from .legacy import SCHEMA, PromotionRow, record_promotion
+from .plan import Failover, Summary, converge_plan, decide_failover, decide_request, summarize
+from .procedures import Access, DatabaseError
+from .services import ServicePublisher
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True)
+class Request:
+    """A promote annotation; ``handled`` when status.lastRequest already carries its id."""
+
+    id: str
+    target: str
+    force: bool
+    handled: bool
+
+
+@dataclass
+class ReplicationController:
+    """State and steps of one replication's loop. The state is what this process observed, never status."""
+
+    kube: KubeClient
+    namespace: str
+    name: str
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    states: dict[str, MemberState] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed inspections in a row, per member."""
+    failing_since: dict[str, float] = field(default_factory=dict)
+    """Wall-clock time of the first failed inspection of the current run, per member."""
+    quarantined: dict[str, str] = field(default_factory=dict)
+    """Members with errant transactions, and why; seeded from status on the first step."""
+    seeded: bool = False
+    generation: int | None = None
+    period: float = 5.0
+    full: bool = True
+    """Check everything at the next reconcile: after a start, a spec or credentials change, a promotion."""
+    inspect_now: bool = False
+    deferred: bool = False
+    """The last step changed the topology and left status alone; the next one writes it whatever happens."""
+    blocked: str = ""
+    """The cause of the last FailoverBlocked Event, so that it is posted once."""
+    credentials: tuple[str, ...] = ()
+    services: ServicePublisher = field(init=False)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.services = ServicePublisher(self.kube, self.namespace, self.name)
+
+    def notice(self, generation: int | None, annotations: dict[str, str]) -> None:
+        """Wake for a request or a spec change, not for the status writes of this controller."""
+        if PROMOTE in annotations or generation != self.generation:
+            self.wake.set()
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    async def run(self, stopped: Any) -> None:
+        """Inspect every periodSeconds; decide after each inspection and at once when woken, without inspecting
+        more often than the period (but right after a promotion, to reconfigure the others at once)."""
+        inspected = float("-inf")
+        try:
+            while not stopped:
+                self.wake.clear()
+                inspect = self.inspect_now or time.monotonic() >= inspected + self.period
+                if inspect:
+                    self.inspect_now, inspected = False, time.monotonic()
+                try:
+                    await self.step(inspect=inspect)
+                except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                    log.warning("replication %s/%s: API error, retrying: %s", self.namespace, self.name, exc)
+                remaining = inspected + self.period - time.monotonic()
+                if remaining > 0 and not self.inspect_now:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), remaining)
+        finally:
+            if self.tasks:
+                await asyncio.wait(self.tasks, timeout=5)
+
+    async def step(self, *, inspect: bool) -> None:
+        obj = await self.kube.get(MYSQLREPLICATIONS, self.namespace, self.name)
+        spec = MySQLReplicationSpec.model_validate(obj.get("spec") or {})
+        status: Obj = obj.get("status") or {}
+        self.period = float(spec.period_seconds)
+        generation = obj["metadata"].get("generation")
+        if generation != self.generation:
+            self.generation, self.full = generation, True
+        if not self.seeded:
+            self.seeded = True
+            self.quarantined = {
+                m["name"]: m.get("lastError", "") for m in status.get("members", []) if m.get("role") == "Quarantined"
+            }
+        try:
+            access = await self._access(spec)
+        except DatabaseUnavailable as exc:
+            await self._write_summary(obj, summarize(spec, None, {}, quarantined=self.quarantined, pending=str(exc)))
+            return
+        if inspect:
+            await self._inspect(spec, access, status)
+        if not self.states:
+            return
+        if status.get("promotion"):
+            await self._promote(obj, spec, access, PromotionProgress.model_validate(status["promotion"]))
+            return
+        members = {m.name: m for m in spec.members}
+        self.quarantined = {name: why for name, why in self.quarantined.items() if name in members}
+        primary = status.get("currentPrimary")
+        if not primary:
+            if await self._bootstrap(obj, spec):
+                self.wake.set()  # go on from the new resourceVersion
+            return
+        if primary not in members:
+            pending = f"the current primary {primary} is no longer a member"
+            await self._write_summary(obj, summarize(spec, None, {}, quarantined=self.quarantined, pending=pending))
+            return
+        request = self._request(obj, status)
+        if request is not None:
+            await self._handle(obj, spec, access, primary, request)
+            return
+        failover = self._failover(spec, status, primary)
+        if failover is not None and failover.candidate is not None:
+            detected = self.failing_since.get(primary, time.time())
+            record = PromotionProgress(
+                from_=primary,
+                to=failover.candidate,
+                type="automatic",
+                reason=failover.reason,
+                detected_at=datetime.fromtimestamp(detected, UTC),
+            )
+            await self._start(obj, spec, access, record)
+            return
+        await self._announce(obj, primary, failover)
+        if await self._reconcile(obj, spec, access, primary) and not self.deferred:
+            # The inspection predates these changes: status and the replicas Service wait for the next one.
+            self.deferred = True
+            await self.services.publish(obj, members[primary], None)
+            return
+        self.deferred = False
+        summary = summarize(spec, primary, self.states, quarantined=self.quarantined, failover=failover)
+        await self._write_summary(obj, summary)
+        await self.services.publish(obj, members[primary], [members[n] for n in summary.ready])
+
+    # -- observation -----------------------------------------------------------------------------------------
+
+    async def _access(self, spec: MySQLReplicationSpec) -> Access:
+        """Credentials from the Secrets only; a change of them checks everything again."""
+        secrets = []
+        for ref in (spec.credentials_secret, spec.replication_secret):
+            try:
+                secrets.append(await secret_credentials(self.kube, self.namespace, ref.name))
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                raise DatabaseUnavailable(f"Secret {self.namespace}/{ref.name} not found") from exc
+        (admin_user, admin_password), (repl_user, repl_password) = secrets
+        if (key := (admin_user, admin_password, repl_user, repl_password)) != self.credentials:
+            self.credentials, self.full = key, True
+        return Access(
+            members={m.name: m for m in spec.members},
+            admin=Credentials(admin_user, admin_password),
+            replication=Credentials(repl_user, repl_password),
+            dialect=dialect_for(spec.flavor),
+            tls=spec.tls.enabled,
+        )
+
+    async def _inspect(self, spec: MySQLReplicationSpec, access: Access, status: Obj) -> None:
+        """Every member at once, each in a worker thread; count failures in a row."""
+        states = await asyncio.gather(*(asyncio.to_thread(access.inspect, m.name) for m in spec.members))
+        now = time.time()
+        self.states = {s.name: s for s in states}
+        for gone in set(self.failures) - set(self.states):
+            del self.failures[gone]
+        labels = (self.namespace, self.name)
+        metrics.INSPECTIONS.labels(*labels).inc()
+        for state in states:
+            if state.reachable:
+                self.failures[state.name] = 0
+                self.failing_since.pop(state.name, None)
+            else:
+                self.failures[state.name] = self.failures.get(state.name, 0) + 1
+                self.failing_since.setdefault(state.name, now)
+            metrics.MEMBER_UP.labels(*labels, state.name).set(1 if state.reachable else 0)
+            replicating = state.reachable and state.is_replica
+            for thread, running in (("io", state.io_running), ("sql", state.sql_running)):
+                if replicating:
+                    metrics.REPLICA_THREAD.labels(*labels, state.name, thread).set(1 if running else 0)
+                else:
+                    with contextlib.suppress(KeyError):
+                        metrics.REPLICA_THREAD.remove(*labels, state.name, thread)
+            if replicating and state.seconds_behind is not None:
+                metrics.REPLICA_LAG.labels(*labels, state.name).set(state.seconds_behind)
+            else:
+                with contextlib.suppress(KeyError):
+                    metrics.REPLICA_LAG.remove(*labels, state.name)
+        if status.get("lastPromotionTime"):
+            metrics.SINCE_PROMOTION.labels(*labels).set(now - _epoch(status["lastPromotionTime"]))
+
+    def _failover(self, spec: MySQLReplicationSpec, status: Obj, primary: str) -> Failover | None:
+        if primary not in self.states:
+            return None
+        history = status.get("promotionHistory", [])
+        last = next((h for h in history if h.get("type") == "automatic"), None)
+        since = time.time() - _epoch(last["time"]) if last else None
+        return decide_failover(
+            spec,
+            primary,
+            self.states,
+            failures=self.failures.get(primary, 0),
+            seconds_since_automatic=since,
+            quarantined=self.quarantined,
+        )
+
+    @staticmethod
+    def _request(obj: Obj, status: Obj) -> Request | None:
+        annotations = obj["metadata"].get("annotations") or {}
+        target = annotations.get(PROMOTE)
+        if not target:
+            return None
+        request_id = annotations.get(REQUEST_ID) or f"promote:{target}"
+        handled = (status.get("lastRequest") or {}).get("id") == request_id
+        return Request(request_id, target, annotations.get(FORCE, "").lower() == "true", handled)
+
+    # -- decisions that write ----------------------------------------------------------------------------------
+
+    async def _bootstrap(self, obj: Obj, spec: MySQLReplicationSpec) -> bool:
+        """Record spec.primary as the primary once it answers and replicates from nobody; whether it was."""
+        head = self.states.get(spec.primary)
+        if head is None or not head.reachable or head.is_replica:
+            if head is None:
+                why = "not inspected yet"
+            elif not head.reachable:
+                why = head.error or "unreachable"
+            else:
+                why = f"it replicates from {head.source_host}:{head.source_port}"
+            pending = f"waiting for the bootstrap primary {spec.primary}: {why}"
+            await self._write_summary(
+                obj, summarize(spec, None, self.states, quarantined=self.quarantined, pending=pending)
+            )
+            return False
+        if await self._patch_status(obj, {"currentPrimary": spec.primary}) is None:
+            return False
+        log.info(
+            json.dumps(
+                {"event": "bootstrap", "namespace": self.namespace, "replication": self.name, "primary": spec.primary}
+            )
+        )
+        return True
+
+    async def _handle(
+        self, obj: Obj, spec: MySQLReplicationSpec, access: Access, primary: str, request: Request
+    ) -> None:
+        """A promote annotation: settled once per id, then removed; never replayed."""
+        if request.handled:
+            await self._clear_request()
+            self.wake.set()
+            return
+        decision = decide_request(
+            spec,
+            primary,
+            self.states,
+            self.failures.get(primary, 0),
+            request.target,
+            force=request.force,
+            quarantined=self.quarantined,
+        )
+        if decision.action != "promote":
+            result = "Succeeded" if decision.action == "keep" else "Refused"
+            await self.kube.patch(
+                MYSQLREPLICATIONS,
+                self.namespace,
+                self.name,
+                {"status": {"lastRequest": self._outcome(request.id, request.target, result, decision.reason)}},
+                subresource="status",
+            )
+            if result == "Refused":
+                await self._event(obj, "PromotionRefused", f"promote {request.target}: {decision.reason}", warning=True)
+            await self._clear_request()
+            self.wake.set()
+            return
+        record = PromotionProgress(
+            from_=primary,
+            to=request.target,
+            type="manual",
+            planned=decision.planned,
+            reason=decision.reason,
+            force=request.force,
+            request_id=request.id,
+            detected_at=datetime.now(UTC),
+        )
+        await self._start(obj, spec, access, record)
+
+    async def _start(self, obj: Obj, spec: MySQLReplicationSpec, access: Access, record: PromotionProgress) -> None:
+        """Record the promotion with the resourceVersion it was decided on, then run it."""
+        patch = {
+            "promotion": record.to_k8s(),
+            "phase": "Promoting",
+            "reason": f"promoting {record.to}: {record.reason}",
+        }
+        written = await self._patch_status(obj, patch)
+        if written is None:
+            return
+        self._log("promotion-started", record)
+        await self._promote(written, spec, access, record)
+
+    async def _promote(self, obj: Obj, spec: MySQLReplicationSpec, access: Access, record: PromotionProgress) -> None:
+        """Drive the recorded promotion: prepare (abandoned on failure), then promote (retried until done)."""
+        if record.to not in access.members or (record.from_ and record.from_ not in access.members):
+            await self._abandon(obj, record, "a member of the promotion was removed from spec.members")
+            return
+        try:
+            if record.step == "Preparing":
+                await asyncio.to_thread(
+                    procedures.prepare, access, record, spec.members, spec.max_lag_seconds, self.quarantined
+                )
+                record = record.model_copy(update={"step": "Promoting"})
+                written = await self._patch_record(obj, {"promotion": record.to_k8s()}, record)
+                if written is None:
+                    return
+                obj = written
+            await asyncio.to_thread(procedures.finish, access, record)
+        except PromotionError as exc:
+            await self._abandon(obj, record, access.mask(str(exc)))
+            return
+        except DatabaseError as exc:
+            if record.step == "Preparing":
+                await self._abandon(obj, record, access.describe(exc))
+            else:
+                why = f"promoting {record.to}, not finished, retrying: {access.describe(exc)}"
+                log.warning("replication %s/%s: %s", self.namespace, self.name, why)
+                if (obj.get("status") or {}).get("reason") != why:
+                    await self._patch_record(obj, {"reason": why}, record)
+            return
+        await self._complete(obj, access, record)
+
+    async def _complete(self, obj: Obj, access: Access, record: PromotionProgress) -> None:
+        now = datetime.now(UTC)
+        duration_ms = max(0, int((now - record.detected_at).total_seconds() * 1000))
+        entry = {
+            "time": now_iso(),
+            "from": record.from_,
+            "to": record.to,
+            "reason": record.reason,
+            "type": record.type,
+            "durationMs": duration_ms,
+        }
+        status = obj.get("status") or {}
+        patch: Obj = {
+            "currentPrimary": record.to,
+            "promotion": None,
+            "promotionHistory": [entry, *status.get("promotionHistory", [])][:HISTORY_LIMIT],
+            "lastPromotionTime": entry["time"],
+            "phase": "Degraded",
+            "reason": f"{record.to} promoted; reconfiguring the other members",
+        }
+        if record.request_id:
+            patch["lastRequest"] = self._outcome(record.request_id, record.to, "Succeeded", record.reason)
+        written = await self._patch_record(obj, patch, record)
+        if written is None:
+            return
+        self.full, self.inspect_now = True, True  # reconfigure the others right away
+        metrics.PROMOTIONS.labels(self.namespace, self.name, record.type).inc()
+        kind = f"{record.type}, planned" if record.planned else record.type
+        message = f"primary {record.from_ or 'none'} -> {record.to} ({kind}, {duration_ms} ms): {record.reason}"
+        await self._event(written, "Promoted", message, warning=record.type == "automatic")
+        self._log("promoted", record, durationMs=duration_ms)
+        member = access.members[record.to]
+        dsn = DSN(member.host, member.port, access.admin.username, SCHEMA, access.admin.password)
+        row = PromotionRow(
+            key=f"{written['metadata'].get('uid')}/{record.detected_at.isoformat()}/{record.to}",
+            namespace=self.namespace,
+            replication=self.name,
+            from_member=record.from_,
+            to_member=record.to,
+            kind=record.type,
+            reason=record.reason,
+            duration_ms=duration_ms,
+            at=now,
+        )
+        task = asyncio.create_task(self._legacy_row(access, dsn, row))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _legacy_row(self, access: Access, dsn: DSN, row: PromotionRow) -> None:
+        """In the background: with semi-sync the new primary may wait for its first replica before it commits."""
+        try:
+            await asyncio.to_thread(record_promotion, dsn, row)
+        except (MigrationError, *DatabaseError) as exc:
+            log.warning(
+                "replication %s/%s: no legacy failover row: %s", self.namespace, self.name, access.mask(str(exc))
+            )
+
+    async def _abandon(self, obj: Obj, record: PromotionProgress, why: str) -> None:
+        """Nothing irreversible was done: forget the promotion (a fenced primary is reopened by the next pass)."""
+        patch: Obj = {"promotion": None, "phase": "Degraded", "reason": f"promotion of {record.to} abandoned: {why}"}
+        if record.request_id:
+            patch["lastRequest"] = self._outcome(record.request_id, record.to, "Failed", why)
+        written = await self._patch_record(obj, patch, record)
+        if written is None:
+            return
+        await self._event(written, "PromotionFailed", f"promotion of {record.to} abandoned: {why}", warning=True)
+        self._log("promotion-abandoned", record, why=why)
+
+    # -- reconcile -----------------------------------------------------------------------------------------------
+
+    async def _reconcile(self, obj: Obj, spec: MySQLReplicationSpec, access: Access, primary: str) -> bool:
+        """Apply the fixes the last inspection calls for; Events for members fenced or quarantined. Whether
+        anything changed."""
+        quarantined = self.quarantined
+        plan = converge_plan(primary, self.states, semi_sync=spec.semi_sync, full=self.full, quarantined=quarantined)
+        if not plan:
+            return False
+        outcome = await asyncio.to_thread(procedures.reconcile, access, primary, plan)
+        self.full = self.full and bool(outcome.errors)
+        for name in outcome.joined:
+            quarantined.pop(name, None)
+        for name, why in outcome.quarantined.items():
+            if quarantined.get(name) != why:
+                await self._event(obj, "Quarantined", f"{name} kept out of replication: {why}", warning=True)
+            quarantined[name] = why
+        for name in outcome.fenced:
+            await self._event(obj, "Fenced", f"{name} was writable and is now read-only; {primary} is primary")
+        if outcome.changes:
+            log.info("replication %s/%s: %s", self.namespace, self.name, "; ".join(outcome.changes))
+        for error in outcome.errors:
+            log.warning("replication %s/%s: %s", self.namespace, self.name, error)
+        return bool(outcome.changes)
+
+    async def _announce(self, obj: Obj, primary: str, failover: Failover | None) -> None:
+        """One FailoverBlocked Event per cause, naming each candidate and why it was refused."""
+        cause = failover.blocked_by if failover is not None else ""
+        if cause and cause != self.blocked and failover is not None:
+            refusals = "; ".join(f"{n}: {why}" for n, why in sorted(failover.refusals.items()))
+            message = f"primary {primary} is down, not promoting: {cause}" + (
+                f" (candidates: {refusals})" if refusals else ""
+            )
+            await self._event(obj, "FailoverBlocked", message, warning=True)
+        self.blocked = cause
+
+    # -- writes --------------------------------------------------------------------------------------------------
+
+    async def _patch_status(self, obj: Obj, patch: Obj) -> Obj | None:
+        """A status patch with the resourceVersion the decision was made on; None (and decide again) on conflict."""
+        try:
+            written: Obj = await self.kube.patch(
+                MYSQLREPLICATIONS,
+                self.namespace,
+                self.name,
+                {"status": patch},
+                subresource="status",
+                resource_version=obj["metadata"]["resourceVersion"],
+            )
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            log.info("replication %s/%s changed while deciding; deciding again", self.namespace, self.name)
+            self.wake.set()
+            return None
+        return written
+
+    async def _patch_record(self, obj: Obj, patch: Obj, record: PromotionProgress) -> Obj | None:
+        """A status patch during our own promotion: on a conflict (say, a new annotation), again on the fresh
+        object as long as it still records this promotion."""
+        for _ in range(3):
+            try:
+                written: Obj = await self.kube.patch(
+                    MYSQLREPLICATIONS,
+                    self.namespace,
+                    self.name,
+                    {"status": patch},
+                    subresource="status",
+                    resource_version=obj["metadata"]["resourceVersion"],
+                )
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                obj = await self.kube.get(MYSQLREPLICATIONS, self.namespace, self.name)
+                current = (obj.get("status") or {}).get("promotion")
+                if not current or not _same_promotion(PromotionProgress.model_validate(current), record):
+                    log.info("replication %s/%s: promotion taken over elsewhere", self.namespace, self.name)
+                    return None
+                continue
+            return written
+        self.wake.set()
+        return None
+
+    async def _write_summary(self, obj: Obj, summary: Summary) -> None:
+        """Phase, reason, members, counts and conditions, written only when they change."""
+        status = obj.get("status") or {}
+        generation = obj["metadata"].get("generation")
+        conditions = status.get("conditions", [])
+        for c in summary.conditions:
+            conditions = set_condition(conditions, c.type, c.status, c.reason, c.message, generation=generation)
+        new: Obj = {
+            "phase": summary.phase,
+            "reason": summary.reason[:4096],
+            "members": summary.members,
+            "readyReplicas": len(summary.ready),
+            "maxObservedLagSeconds": summary.max_lag,
+            "observedGeneration": generation,
+            "conditions": conditions,
+        }
+        if not _same_summary(status, new):
+            await self._patch_status(obj, new)
+
+    async def _clear_request(self) -> None:
+        await self.kube.patch(
+            MYSQLREPLICATIONS,
+            self.namespace,
+            self.name,
+            {"metadata": {"annotations": {PROMOTE: None, FORCE: None, REQUEST_ID: None}}},
+        )
+
+    async def _event(self, obj: Obj, reason: str, message: str, *, warning: bool = False) -> None:
+        try:
+            await self.kube.event(obj, "MySQLReplication", reason, message, warning=warning)
+        except ApiError as exc:
+            log.warning("cannot post event on %s/%s: %s", self.namespace, self.name, exc)
+
+    @staticmethod
+    def _outcome(request_id: str, target: str, result: str, reason: str) -> Obj:
+        return {
+            "id": request_id,
+            "type": "promote",
+            "target": target,
+            "result": result,
+            "reason": reason[:4096],
+            "time": now_iso(),
+        }
+
+    def _log(self, event: str, record: PromotionProgress, **extra: object) -> None:
+        """One JSON line per promotion event."""
+        line = {
+            "event": event,
+            "namespace": self.namespace,
+            "replication": self.name,
+            "from": record.from_,
+            "to": record.to,
+            "type": record.type,
+            "planned": record.planned,
+            "step": record.step,
+            "reason": record.reason,
+            **extra,
+        }
+        log.info(json.dumps(line))
+
+
+def _same_promotion(a: PromotionProgress, b: PromotionProgress) -> bool:
+    return (a.from_, a.to, a.detected_at) == (b.from_, b.to, b.detected_at)
+
+
+def _same_summary(current: Obj, new: Obj) -> bool:
+    def strip(conditions: list[Obj] | None) -> list[tuple[str, str, str, str]]:
+        return sorted((c["type"], c["status"], c["reason"], c["message"]) for c in conditions or [])
+
+    return all(current.get(k) == v for k, v in new.items() if k != "conditions") and strip(
+        current.get("conditions")
+    ) == strip(new["conditions"])

@@ -1,0 +1,354 @@
+"""Pure decisions of the replication controller, on top of `whm_ha.mysql.topology`: what a reconcile pass fixes,
+whether and whom to promote, and the status summary. No I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..crd.mysqlreplication import Member, MySQLReplicationSpec
+from ..mysql.actions import AUTH_ERRNOS
+from ..mysql.member import MemberState
+from ..mysql.topology import Problem, choose_candidate, primary_confirmed_dead, replica_health
+
+# -- reconcile -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The fixes of one reconcile pass, applied in this order. Empty for a healthy topology."""
+
+    fence: tuple[str, ...] = ()
+    """Writable members other than the primary: made read-only first."""
+    ensure_user: bool = False
+    """Create or repair the replication account on the primary."""
+    join: tuple[str, ...] = ()
+    """Members to (re)attach to the primary: fenced, checked for errant transactions, then made replicas."""
+    open_primary: bool = False
+    """Turn read-only off on the primary, once every other member answering is read-only."""
+    semi_sync: bool = False
+    """Enable semi-sync on the primary and on ``replicas``."""
+    replicas: tuple[str, ...] = ()
+    """The reachable members that are to replicate (for semi-sync)."""
+    source_off: tuple[str, ...] = ()
+    """Members whose source side of semi-sync must be off (replicas; the primary when semi-sync is not wanted)."""
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.fence or self.ensure_user or self.join or self.open_primary or self.semi_sync or self.source_off
+        )
+
+
+def in_order(state: MemberState, primary: MemberState) -> bool:
+    """A replica that needs nothing: read-only, replicating from the primary with threads running (or retrying).
+    A SQL thread stopped on an error is left to a human: starting it again would only fail again."""
+    return (
+        state.is_replica
+        and (state.source_host, state.source_port) == (primary.host, primary.port)
+        and state.read_only is True
+        and state.last_io_errno not in AUTH_ERRNOS
+        and (state.io_running is True or state.io_connecting)
+        and (state.sql_running is True or bool(state.last_sql_error))
+    )
+
+
+def converge_plan(
+    primary: str,
+    states: Mapping[str, MemberState],
+    *,
+    semi_sync: bool,
+    full: bool = False,
+    quarantined: Collection[str] = (),
+) -> Plan:
+    """What to fix, from the last inspection. ``full`` checks everything (after a start, a spec or Secret change,
+    a promotion): each action reads first, so that costs reads, never needless writes."""
+    head = states.get(primary)
+    others = [s for name, s in states.items() if name != primary and s.reachable]
+    fence = tuple(s.name for s in others if s.read_only is False)
+    if head is None or not head.reachable or head.is_replica:
+        return Plan(fence=fence)
+    join = tuple(s.name for s in others if full or s.name in quarantined or not in_order(s, head))
+    replicas = tuple(s.name for s in others)
+    replica_off = [s for s in others if full or (s.semi_sync is not None and s.semi_sync.source_active)]
+    head_semi = head.semi_sync
+    wants_semi = semi_sync and (
+        full
+        or head_semi is None
+        or not head_semi.source_active
+        or any(s.semi_sync is None or not s.semi_sync.replica_active for s in others if s.name not in quarantined)
+    )
+    head_off = not semi_sync and (full or (head_semi is not None and head_semi.source_active))
+    return Plan(
+        fence=fence,
+        ensure_user=full or any(s.last_io_errno in AUTH_ERRNOS for s in others),
+        join=join,
+        open_primary=head.read_only is True,
+        semi_sync=wants_semi,
+        replicas=replicas,
+        source_off=tuple(s.name for s in replica_off) + ((primary,) if head_off else ()),
+    )
+
+
+# -- failover and requests --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failover:
+    """What to do about the primary: promote ``candidate``, or nothing (``reason`` says why). ``blocked_by`` is set
+    when the primary is confirmed dead and yet nobody is promoted; ``refusals`` name each member and why."""
+
+    candidate: str | None
+    reason: str
+    dead: bool = False
+    blocked_by: str = ""
+    refusals: Mapping[str, str] = field(default_factory=dict)
+
+
+def exclusions(primary: str, quarantined: Mapping[str, str]) -> dict[str, str]:
+    """Members that are never candidates: the failed primary and the quarantined."""
+    return {primary: "the failed primary", **{name: f"quarantined: {why}" for name, why in quarantined.items()}}
+
+
+def decide_failover(
+    spec: MySQLReplicationSpec,
+    primary: str,
+    states: Mapping[str, MemberState],
+    *,
+    failures: int,
+    seconds_since_automatic: float | None,
+    quarantined: Mapping[str, str],
+) -> Failover:
+    """Promote only when the primary is confirmed dead (by the operator and by the replicas), automatic failover
+    is on, the last automatic promotion is old enough, and a candidate has everything any replica received."""
+    replicas = [s for name, s in states.items() if name != primary]
+    verdict = primary_confirmed_dead(states[primary], failures, spec.failure_threshold, replicas)
+    if not verdict.dead:
+        return Failover(None, verdict.reason)
+    if not spec.automatic_failover:
+        return Failover(None, verdict.reason, True, "automaticFailover is off")
+    if seconds_since_automatic is not None and seconds_since_automatic < spec.min_interval_seconds:
+        return Failover(
+            None,
+            verdict.reason,
+            True,
+            f"the last automatic promotion was {seconds_since_automatic:.0f}s ago, "
+            f"minIntervalSeconds is {spec.min_interval_seconds}",
+        )
+    choice = choose_candidate(
+        list(states.values()), spec.members, spec.max_lag_seconds, exclude=exclusions(primary, quarantined)
+    )
+    if choice.candidate is None:
+        return Failover(None, verdict.reason, True, "no member can take over", choice.refusals)
+    return Failover(choice.candidate, verdict.reason, True, refusals=choice.refusals)
+
+
+def only_candidate(members: list[Member], target: str) -> list[Member]:
+    """The members with all but ``target`` marked neverPromote: compared with, never chosen."""
+    return [m if m.name == target else m.model_copy(update={"never_promote": True}) for m in members]
+
+
+@dataclass(frozen=True)
+class RequestDecision:
+    """A manual promotion: refused, already satisfied (keep), or a promotion, planned when the primary answers."""
+
+    action: Literal["refuse", "keep", "promote"]
+    reason: str
+    planned: bool = False
+
+
+def decide_request(
+    spec: MySQLReplicationSpec,
+    primary: str,
+    states: Mapping[str, MemberState],
+    failures: int,
+    target: str,
+    *,
+    force: bool,
+    quarantined: Mapping[str, str],
+) -> RequestDecision:
+    """A requested promotion is not limited by minIntervalSeconds, and ``force`` only lifts the lag limit. With the
+    primary answering it is a planned switchover; without, the replicas must confirm the primary is gone (else
+    promoting would leave two primaries) and the target must hold everything any replica received."""
+    members = {m.name: m for m in spec.members}
+    if target not in members:
+        return RequestDecision("refuse", f"{target} is not a member")
+    if target == primary:
+        return RequestDecision("keep", f"{target} is already the primary")
+    if target in quarantined:
+        return RequestDecision("refuse", f"{target} is quarantined: {quarantined[target]}")
+    head, wanted = states.get(primary), states.get(target)
+    if head is None or wanted is None:
+        return RequestDecision("refuse", "the members have not been inspected yet")
+    if head.reachable:
+        choice = choose_candidate([wanted], [members[target]], spec.max_lag_seconds, force=force)
+        if choice.candidate is None:
+            return RequestDecision("refuse", f"{target}: {choice.refusals[target]}")
+        if (wanted.source_host, wanted.source_port) != (head.host, head.port) or not wanted.io_running:
+            return RequestDecision("refuse", f"{target}: not receiving from the primary {primary}")
+        return RequestDecision("promote", f"switchover from {primary} to {target} requested", planned=True)
+    replicas = [s for name, s in states.items() if name != primary]
+    verdict = primary_confirmed_dead(head, max(failures, 1), 1, replicas)
+    if not verdict.dead:
+        return RequestDecision("refuse", f"the primary {primary} may still be alive: {verdict.reason}")
+    choice = choose_candidate(
+        list(states.values()),
+        only_candidate(spec.members, target),
+        spec.max_lag_seconds,
+        force=force,
+        exclude=exclusions(primary, quarantined),
+    )
+    if choice.candidate != target:
+        return RequestDecision("refuse", f"{target}: {choice.refusals[target]}")
+    return RequestDecision("promote", f"promotion of {target} requested: {verdict.reason}")
+
+
+# -- status ----------------------------------------------------------------------------------------------------
+
+Phase = Literal["Pending", "Healthy", "Degraded", "Broken"]
+
+
+@dataclass(frozen=True)
+class ConditionValue:
+    """One condition to set: type, status, reason, message."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The status the last inspection supports, and the replicas fit to serve reads."""
+
+    phase: Phase
+    reason: str
+    members: list[dict[str, Any]]
+    ready: tuple[str, ...]
+    max_lag: int | None
+    conditions: tuple[ConditionValue, ...]
+
+
+def _member_status(member: Member, state: MemberState | None, role: str, quarantine: str | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": member.name, "role": role, "reachable": bool(state and state.reachable)}
+    if state is not None and state.reachable:
+        entry.update(
+            readOnly=state.read_only,
+            ioRunning=state.io_running,
+            sqlRunning=state.sql_running,
+            lagSeconds=state.seconds_behind,
+            gtidExecuted=str(state.gtid_executed) if state.gtid_executed is not None else None,
+        )
+    error = quarantine or (state and (state.error or state.last_sql_error or state.last_io_error))
+    if error:
+        entry["lastError"] = error[:4096]
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+def _role(name: str, primary: str | None, state: MemberState | None, quarantined: Mapping[str, str]) -> str:
+    if name == primary:
+        return "Primary"
+    if name in quarantined:
+        return "Quarantined"
+    return "Replica" if state is not None and state.reachable else "Unknown"
+
+
+def summarize(
+    spec: MySQLReplicationSpec,
+    primary: str | None,
+    states: Mapping[str, MemberState],
+    *,
+    quarantined: Mapping[str, str],
+    failover: Failover | None = None,
+    pending: str = "",
+) -> Summary:
+    """Phase, reason, members, ready replicas, conditions. ``pending`` explains a missing primary (bootstrap)."""
+    members = [
+        _member_status(
+            m, states.get(m.name), _role(m.name, primary, states.get(m.name), quarantined), quarantined.get(m.name)
+        )
+        for m in spec.members
+    ]
+    head = states.get(primary) if primary else None
+    problems: list[Problem] = []
+    ready: list[str] = []
+    lags: list[int] = []
+    for member in spec.members:
+        state = states.get(member.name)
+        if member.name == primary or member.name in quarantined or state is None:
+            continue
+        found = replica_health(state, spec.max_lag_seconds, (head.host, head.port) if head else None)
+        problems += found
+        if not found:
+            ready.append(member.name)
+        if state.seconds_behind is not None:
+            lags.append(state.seconds_behind)
+    writable = head is not None and head.reachable and not head.is_replica and head.read_only is False
+    issues = [p.message for p in problems] + [f"{name}: quarantined: {why}" for name, why in quarantined.items()]
+    replicas = len(spec.members) - 1
+    blocked = failover.blocked_by if failover is not None else ""
+    phase: Phase
+    if primary is None or head is None:
+        phase, reason = "Pending", pending or "waiting for the first inspection"
+    elif not head.reachable:
+        phase = "Broken" if blocked else "Degraded"
+        reason = failover.reason if failover is not None else f"the operator cannot reach the primary {primary}"
+        if blocked:
+            reason += f"; not promoting: {blocked}"
+    elif head.is_replica:
+        phase, reason = "Broken", f"the primary {primary} replicates from {head.source_host}:{head.source_port}"
+    elif not writable:
+        phase, reason = "Pending", f"the primary {primary} is read-only: being set up"
+    elif issues:
+        phase, reason = "Degraded", f"{len(ready)} of {replicas} replicas ready: " + "; ".join(issues)
+    else:
+        phase, reason = "Healthy", f"{primary} is primary; {len(ready)} of {replicas} replicas ready"
+
+    def about(kind: str) -> list[str]:
+        return [p.message for p in problems if p.condition == kind]
+
+    broken, lagging = about("ReplicationBroken"), about("LagHigh")
+    refusals = "; ".join(f"{n}: {why}" for n, why in sorted((failover.refusals if failover else {}).items()))
+    unreachable = head is not None and not head.reachable
+    conditions = (
+        ConditionValue(
+            "Ready",
+            writable,
+            "PrimaryWritable" if writable else phase,
+            f"{primary} accepts writes" if writable else reason,
+        ),
+        ConditionValue(
+            "Degraded",
+            phase != "Healthy",
+            "FailoverBlocked" if blocked else phase,
+            reason + (f" (candidates: {refusals})" if blocked and refusals else ""),
+        ),
+        ConditionValue(
+            "ReplicationBroken",
+            bool(broken),
+            "ReplicationBroken" if broken else "Replicating",
+            "; ".join(broken) or "every replica replicates from the primary",
+        ),
+        ConditionValue(
+            "LagHigh",
+            bool(lagging),
+            "LagHigh" if lagging else "WithinLimit",
+            "; ".join(lagging) or f"every replica within maxLagSeconds {spec.max_lag_seconds}",
+        ),
+        ConditionValue(
+            "ErrantTransactions",
+            bool(quarantined),
+            "Quarantined" if quarantined else "None",
+            "; ".join(f"{n}: {why}" for n, why in sorted(quarantined.items())) or "no member has errant transactions",
+        ),
+        ConditionValue(
+            "PrimaryUnreachable",
+            unreachable,
+            ("ConfirmedDead" if failover is not None and failover.dead else "Unreachable")
+            if unreachable
+            else "Reachable",
+            (failover.reason if failover is not None else "") if unreachable else "the operator reaches the primary",
+        ),
+    )
+    return Summary(phase, reason, members, tuple(ready), max(lags) if lags else None, conditions)

@@ -1,0 +1,255 @@
+"""Blocking sequences against the members, run in worker threads (``asyncio.to_thread``): reconcile, prepare a
+promotion, promote. They are built from the idempotent steps of `whm_ha.mysql.actions`, so running one again
+after an interruption is safe."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pymysql
+
+from ..crd.mysqlreplication import Member, PromotionProgress
+from ..mysql import actions
+from ..mysql.actions import GtidResult, PromotionError
+from ..mysql.dialect import Dialect, Source
+from ..mysql.member import Credentials, MemberState, Session, connect, describe_error, inspect, read_state
+from ..mysql.topology import CONNECTION_ERRNOS, can_rejoin, choose_candidate
+from .plan import Plan, exclusions, only_candidate
+
+SEMI_SYNC_TIMEOUT_MS = 10_000
+"""How long a primary waits for a replica to acknowledge a commit before it falls back to asynchronous."""
+CATCH_UP_SECONDS = 10.0
+"""How long a switchover waits for the candidate to apply what the fenced primary had."""
+RELAY_LOG_SECONDS = 30.0
+"""How long a promotion waits for the candidate to apply its relay log."""
+
+DatabaseError = (pymysql.MySQLError, OSError)
+
+
+@dataclass(frozen=True, eq=False)
+class Access:
+    """How to reach the members and as whom; passwords never appear in reprs or messages."""
+
+    members: Mapping[str, Member]
+    admin: Credentials
+    replication: Credentials
+    dialect: Dialect
+    tls: bool = False
+
+    def connect(self, name: str) -> Session:
+        member = self.members[name]
+        return connect(name, member.host, member.port, self.admin, self.dialect)
+
+    def inspect(self, name: str) -> MemberState:
+        member = self.members[name]
+        state = inspect(name, member.host, member.port, self.admin, self.dialect)
+        if state.error is None:
+            return state
+        return MemberState.unreachable(name, state.host, state.port, self.mask(state.error))
+
+    def source(self, primary: str) -> Source:
+        member = self.members[primary]
+        return Source(member.host, member.port, self.replication.username, self.replication.password, tls=self.tls)
+
+    def mask(self, text: str) -> str:
+        for secret in (self.admin.password, self.replication.password):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def describe(self, exc: BaseException) -> str:
+        return self.mask(describe_error(exc))
+
+
+@dataclass
+class Outcome:
+    """What a reconcile pass did and found."""
+
+    changes: list[str] = field(default_factory=list)
+    fenced: list[str] = field(default_factory=list)
+    """Members that were writable and are now read-only."""
+    joined: list[str] = field(default_factory=list)
+    """Members checked and found free of errant transactions."""
+    quarantined: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    unsafe: set[str] = field(default_factory=set)
+    """Members that may still accept writes: the primary is not opened while there are any."""
+
+
+class _Sessions:
+    """Sessions opened on demand during one pass, all closed at the end."""
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
+        self.open: dict[str, Session] = {}
+
+    def __getitem__(self, name: str) -> Session:
+        if name not in self.open:
+            self.open[name] = self.access.connect(name)
+        return self.open[name]
+
+    def __enter__(self) -> _Sessions:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for session in self.open.values():
+            session.close()
+
+
+def _source_semi_sync_off(session: Session) -> bool:
+    """Turn the source side of semi-sync off (a replica must not wait for acknowledgements)."""
+    variable = session.dialect.semi_sync_variables["source_enabled"]
+    values = {
+        str(name): str(value).upper() for name, value in session.rows(session.dialect.semi_sync_variables_query())
+    }
+    if values.get(variable) != "ON":
+        return False
+    session.execute(session.dialect.set_global(variable, "OFF"))
+    return True
+
+
+def reconcile(access: Access, primary: str, plan: Plan) -> Outcome:
+    """Apply ``plan``. A member that fails is reported and skipped; the primary is opened for writes only when
+    every member the plan touched is known to be read-only."""
+    outcome = Outcome()
+    with _Sessions(access) as sessions:
+
+        def attempt(name: str, what: str) -> Session | None:
+            try:
+                return sessions[name]
+            except DatabaseError as exc:
+                outcome.errors.append(f"{name}: {what}: {access.describe(exc)}")
+                outcome.unsafe.add(name)
+                return None
+
+        for name in plan.fence:
+            session = attempt(name, "fence")
+            try:
+                if session is not None and actions.fence(session).changed:
+                    outcome.fenced.append(name)
+                    outcome.changes.append(f"{name}: made read-only")
+            except DatabaseError as exc:
+                outcome.errors.append(f"{name}: fence: {access.describe(exc)}")
+                outcome.unsafe.add(name)
+        needs_primary = plan.ensure_user or plan.join or plan.open_primary or plan.semi_sync
+        head = attempt(primary, "connect") if needs_primary else None
+        if head is None:
+            return outcome
+        try:
+            if plan.ensure_user and actions.ensure_replication_user(
+                head, access.replication.username, access.replication.password
+            ):
+                outcome.changes.append(f"{primary}: replication account {access.replication.username} set up")
+        except DatabaseError as exc:
+            outcome.errors.append(f"{primary}: replication account: {access.describe(exc)}")
+        for name in plan.join:
+            _join(access, sessions, head, name, outcome)
+        try:
+            if plan.open_primary and not outcome.unsafe and actions.promote(head).changed:
+                outcome.changes.append(f"{primary}: accepts writes")
+            if plan.semi_sync:
+                wanted = [n for n in plan.replicas if n not in outcome.quarantined and n not in outcome.unsafe]
+                replicas = [s for n in wanted if (s := attempt(n, "semi-sync")) is not None]
+                if actions.enable_semi_sync(head, replicas, SEMI_SYNC_TIMEOUT_MS):
+                    outcome.changes.append("semi-sync enabled")
+        except DatabaseError as exc:
+            outcome.errors.append(f"{primary}: {access.describe(exc)}")
+        for name in plan.source_off:
+            try:
+                session = attempt(name, "semi-sync")
+                if session is not None and _source_semi_sync_off(session):
+                    outcome.changes.append(f"{name}: semi-sync source side off")
+            except DatabaseError as exc:
+                outcome.errors.append(f"{name}: semi-sync: {access.describe(exc)}")
+    return outcome
+
+
+def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome: Outcome) -> None:
+    """Fence the member, then make it a replica of the primary unless it has transactions the primary lacks."""
+    try:
+        session = sessions[name]
+        fenced = actions.fence(session)
+    except DatabaseError as exc:
+        outcome.errors.append(f"{name}: fence: {access.describe(exc)}")
+        outcome.unsafe.add(name)
+        return
+    if fenced.changed:
+        outcome.fenced.append(name)
+        outcome.changes.append(f"{name}: made read-only")
+    try:
+        verdict = can_rejoin(fenced.gtid, head.executed())
+        if not verdict.ok:
+            outcome.quarantined[name] = verdict.reason
+            return
+        outcome.joined.append(name)
+        if actions.ensure_replica(session, access.source(head.name)):
+            outcome.changes.append(f"{name}: replicates from {head.name}")
+    except DatabaseError as exc:
+        outcome.errors.append(f"{name}: join: {access.describe(exc)}")
+
+
+def fence_if_reachable(access: Access, name: str) -> GtidResult | None:
+    """Make the member read-only if it answers; None when it cannot be connected to at all (it takes no writes).
+    Any other failure raises: a member that answers but could not be fenced must not be outlived by a promotion."""
+    try:
+        session = access.connect(name)
+    except pymysql.MySQLError as exc:
+        if exc.args and exc.args[0] in CONNECTION_ERRNOS:
+            return None
+        raise
+    with session:
+        return actions.fence(session)
+
+
+def prepare(
+    access: Access,
+    record: PromotionProgress,
+    members: list[Member],
+    max_lag_seconds: int,
+    quarantined: Mapping[str, str],
+) -> None:
+    """Everything before the point of no return; raises PromotionError (or a driver error) to abandon.
+
+    Switchover: fence the old primary, wait until the candidate applied all it had. Failover: fence the old primary
+    should it answer, stop every replica receiving, and check on fresh states that the candidate is still the one
+    to promote (nothing can arrive any more)."""
+    if record.planned:
+        with access.connect(record.from_) as old, access.connect(record.to) as candidate:
+            fenced = actions.fence(old)
+            if not actions.wait_applied(candidate, fenced.gtid, CATCH_UP_SECONDS):
+                raise PromotionError(
+                    f"{record.to} did not apply {record.from_}'s transactions {fenced.gtid} "
+                    f"within {CATCH_UP_SECONDS:g}s"
+                )
+        return
+    fence_if_reachable(access, record.from_)
+    states: list[MemberState] = []
+    with _Sessions(access) as sessions:
+        reachable = []
+        for name in access.members:
+            if name == record.from_:
+                continue
+            try:
+                reachable.append(sessions[name])
+            except DatabaseError as exc:
+                states.append(MemberState.unreachable(name, "", 0, access.describe(exc)))
+        actions.stop_io_threads(reachable)
+        states += [read_state(s) for s in reachable]
+    candidates = members if record.type == "automatic" else only_candidate(members, record.to)
+    choice = choose_candidate(
+        states, candidates, max_lag_seconds, force=record.force, exclude=exclusions(record.from_, quarantined)
+    )
+    if choice.candidate != record.to:
+        why = choice.refusals.get(record.to, f"{choice.candidate} ranks first now")
+        raise PromotionError(f"{record.to} is no longer the member to promote: {why}")
+
+
+def finish(access: Access, record: PromotionProgress) -> GtidResult:
+    """The point of no return: every other member that answers is made read-only, the old primary first, then the
+    candidate is promoted."""
+    for name in [record.from_, *(n for n in access.members if n not in (record.from_, record.to))]:
+        if name:
+            fence_if_reachable(access, name)
+    with access.connect(record.to) as session:
+        return actions.promote(session, timeout=RELAY_LOG_SECONDS)

@@ -1,0 +1,617 @@
+"""``whm-ha operator`` for MySQLReplication, end to end: a real operator process, three real ``mariadbd`` and the
+Kubernetes API of either tier.
+
+Every server starts as the deployment requires: read-only (``--read-only=ON``), so that only the operator makes a
+member writable, and ``--init-rpl-role=SLAVE``, so that a crashed semi-sync primary drops at recovery the
+transactions no replica acknowledged (nor any client: AFTER_SYNC) instead of coming back with errant ones.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pymysql
+import pytest
+from kubernetes import client
+
+from tests.fixtures.kube import KubeAPI
+from tests.fixtures.mariadb import StartServers
+from tests.fixtures.operator_process import OperatorProcess, StartOperator
+from tests.kube_helpers import GROUP, VERSION, wait_for
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
+
+pytestmark = pytest.mark.mariadb
+
+SERVER_ARGS = ("--read-only=ON", "--init-rpl-role=SLAVE")
+FAST = {"periodSeconds": 1, "failureThreshold": 2, "minIntervalSeconds": 0}
+APP_USER, APP_PASSWORD = "app", "app-secret"
+REPL_PASSWORD = "repl-'secret"
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status.get("conditions", [])}
+
+
+def condition_is(status: dict[str, Any], kind: str, value: str) -> bool:
+    return conditions(status).get(kind, {}).get("status") == value
+
+
+class Replication:
+    """One MySQLReplication ``db`` over three servers m0..m2 (m0 the bootstrap primary), and helpers."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, servers: list[LocalMariaDB], host: str) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.discovery = client.DiscoveryV1Api(api)
+        self.namespace = namespace
+        self.servers = servers
+        self.host = host
+        """The address of every member for the operator, the replicas and the Services."""
+        self.name = "db"
+
+    # -- the custom resource ----------------------------------------------------------------------------
+
+    def secret(self, name: str, username: str, password: str) -> None:
+        self.core.create_namespaced_secret(
+            self.namespace,
+            {
+                "metadata": {"name": name},
+                "type": "kubernetes.io/basic-auth",
+                "stringData": {"username": username, "password": password},
+            },
+        )
+
+    def create(self, admin: tuple[str, str] = (ADMIN_USER, ADMIN_PASSWORD), **spec: Any) -> None:
+        self.secret("db-admin", *admin)
+        self.secret("db-repl", "repl", REPL_PASSWORD)
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "MySQLReplication",
+            "metadata": {"name": self.name},
+            "spec": {
+                "primary": "m0",
+                "members": self.members(),
+                "credentialsSecret": {"name": "db-admin"},
+                "replicationSecret": {"name": "db-repl"},
+                **FAST,
+                **spec,
+            },
+        }
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "mysqlreplications", body)
+
+    def members(self) -> list[dict[str, Any]]:
+        return [{"name": f"m{i}", "host": self.host, "port": s.port} for i, s in enumerate(self.servers)]
+
+    def get(self) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "mysqlreplications", self.name
+        )
+        return obj
+
+    def status(self) -> dict[str, Any]:
+        return self.get().get("status") or {}
+
+    def wait(self, predicate: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> dict[str, Any]:
+        status: dict[str, Any] = wait_for(lambda: (s := self.status()) and predicate(s) and s, timeout, what)
+        return status
+
+    def healthy(self, timeout: float = 30) -> dict[str, Any]:
+        return self.wait(lambda s: s.get("phase") == "Healthy" and s.get("readyReplicas") == 2, timeout, "Healthy")
+
+    def annotate(self, annotations: dict[str, str]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "mysqlreplications", self.name, {"metadata": {"annotations": annotations}}
+        )
+
+    def roles(self, status: dict[str, Any] | None = None) -> dict[str, str]:
+        return {m["name"]: m["role"] for m in (status or self.status()).get("members", [])}
+
+    def events(self, reason: str) -> list[str]:
+        return [e.message for e in self.core.list_namespaced_event(self.namespace).items if e.reason == reason]
+
+    def endpoints(self, service: str) -> list[int]:
+        """The ports of the endpoints of a Service (all members share one address)."""
+        slices = self.discovery.list_namespaced_endpoint_slice(
+            self.namespace, label_selector=f"kubernetes.io/service-name={service}"
+        ).items
+        assert all(a == self.host for s in slices for e in s.endpoints or [] for a in e.addresses)
+        return sorted(p.port for s in slices for p in s.ports or [] for _ in s.endpoints or [])
+
+    # -- the servers ------------------------------------------------------------------------------------
+
+    def port(self, member: str) -> int:
+        return self.servers[int(member[1:])].port
+
+    def index(self, member: str) -> int:
+        return int(member[1:])
+
+    def sql(self, member: str, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = self.servers[self.index(member)].connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement, params or None)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def variable(self, member: str, name: str) -> Any:
+        return self.sql(member, f"SELECT @@GLOBAL.{name}")[0][0]
+
+    def source_port(self, member: str) -> int | None:
+        conn = self.servers[self.index(member)].connect()
+        try:
+            with conn.cursor(pymysql.cursors.DictCursor) as cur:
+                cur.execute("SHOW SLAVE STATUS")
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        return int(row["Master_Port"]) if row else None
+
+    def replicates_from(self, member: str, source: str) -> bool:
+        return self.source_port(member) == self.port(source) and self.variable(member, "read_only") == 1
+
+    def ids(self, member: str) -> set[int]:
+        return {r[0] for r in self.sql(member, "SELECT id FROM app.t")}
+
+    def create_app(self, primary: str = "m0") -> None:
+        """The application schema and an account without READ ONLY ADMIN: read-only members refuse it."""
+        for statement in (
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY)",
+            f"CREATE USER '{APP_USER}'@'%' IDENTIFIED BY '{APP_PASSWORD}'",
+            f"GRANT SELECT, INSERT ON app.* TO '{APP_USER}'@'%'",
+        ):
+            self.sql(primary, statement)
+
+
+def member_host(tier: str) -> str:
+    """127.0.0.1; on the real API tier, which refuses loopback endpoints, this machine's outbound address."""
+    if tier == "sandbox":
+        return "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.123", 9))  # sends nothing: only picks the source address
+            address = str(probe.getsockname()[0])
+    except OSError:
+        address = "127.0.0.1"
+    if address.startswith("127."):
+        pytest.skip("no non-loopback address for the members: kube-apiserver refuses loopback endpoints")
+    return address
+
+
+@pytest.fixture
+def replication(
+    kube_api: KubeAPI, kube_client: client.ApiClient, kube_namespace: str, mariadb_servers: StartServers
+) -> Replication:
+    host = member_host(kube_api.tier)
+    bind = () if host == "127.0.0.1" else (f"--bind-address=127.0.0.1,{host}",)
+    return Replication(kube_client, kube_namespace, mariadb_servers(3, extra_args=SERVER_ARGS + bind), host)
+
+
+def start(replication: Replication, kube_api: KubeAPI, operator_process: StartOperator) -> OperatorProcess:
+    return operator_process(kube_api.kubeconfig, replication.namespace)
+
+
+def metric(operator: OperatorProcess, name: str) -> float:
+    """The sum of a metric's samples."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+
+
+def wait_inspections(operator: OperatorProcess, rounds: int) -> None:
+    """Let the operator inspect every member ``rounds`` more times."""
+    target = metric(operator, "whm_ha_mysql_inspections_total") + rounds
+    wait_for(lambda: metric(operator, "whm_ha_mysql_inspections_total") >= target, rounds * 3 + 5, "inspections")
+
+
+class Writer(threading.Thread):
+    """Inserts ids 1, 2, ... into app.t on one server as the application account and records each acknowledged
+    insert, until an insert fails (the server died or became read-only) or stop()."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.acked: list[int] = []
+        self.error: str = ""
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        conn = pymysql.connect(
+            host="127.0.0.1", port=self.port, user=APP_USER, password=APP_PASSWORD, autocommit=True, read_timeout=30
+        )
+        try:
+            with conn.cursor() as cur:
+                for row_id in range(1, 10**6):
+                    if self._halt.is_set():
+                        return
+                    try:
+                        cur.execute("INSERT INTO app.t (id) VALUES (%s)", (row_id,))
+                    except pymysql.MySQLError as exc:
+                        self.error = str(exc)
+                        return
+                    self.acked.append(row_id)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(30)
+
+
+class WritableSampler(threading.Thread):
+    """Reads @@read_only on every running member every 50 ms and records each moment two were writable."""
+
+    def __init__(self, servers: list[LocalMariaDB]) -> None:
+        super().__init__(daemon=True)
+        self.servers = servers
+        self.violations: list[str] = []
+        self.samples = 0
+        self._halt = threading.Event()
+        self._conns: dict[int, Any] = {}
+
+    def _writable(self, index: int) -> bool:
+        try:
+            if index not in self._conns:
+                self._conns[index] = self.servers[index].connect(connect_timeout=1)
+            with self._conns[index].cursor() as cur:
+                cur.execute("SELECT @@GLOBAL.read_only")
+                return bool(cur.fetchone()[0] == 0)
+        except pymysql.MySQLError:
+            self._conns.pop(index, None)
+            return False
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            writable = [f"m{i}" for i in range(len(self.servers)) if self._writable(i)]
+            if len(writable) > 1:
+                self.violations.append(f"{time.monotonic():.3f}: {writable}")
+            self.samples += 1
+            time.sleep(0.05)
+
+    def stop(self) -> list[str]:
+        self._halt.set()
+        self.join(10)
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+        return self.violations
+
+
+@pytest.fixture
+def sampler(replication: Replication) -> Iterator[WritableSampler]:
+    sampler = WritableSampler(replication.servers)
+    sampler.start()
+    yield sampler
+    sampler.stop()
+
+
+def counters(replication: Replication, member: str) -> dict[str, Any]:
+    """What would move if the operator wrote anything: statement counters, GTIDs, settings."""
+    names = ("Com_change_master", "Com_start_slave", "Com_stop_slave", "Com_create_user", "Com_grant", "Com_alter_user")
+    rows = replication.sql(member, "SHOW GLOBAL STATUS WHERE Variable_name IN (" + ", ".join(["%s"] * 6) + ")", names)
+    found: dict[str, Any] = dict(rows)
+    for variable in ("gtid_binlog_state", "read_only", "rpl_semi_sync_master_enabled", "rpl_semi_sync_slave_enabled"):
+        found[variable] = replication.variable(member, variable)
+    return found
+
+
+def test_setup_from_scratch_then_a_healthy_topology_gets_no_writes(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    replication.create(semiSync=True)
+    started = time.monotonic()
+    operator = start(replication, kube_api, operator_process)
+    status = replication.healthy()
+    print(f"setup from scratch: {time.monotonic() - started:.1f}s")
+    assert status["currentPrimary"] == "m0"
+    assert replication.roles(status) == {"m0": "Primary", "m1": "Replica", "m2": "Replica"}
+    assert {k: c["status"] for k, c in conditions(status).items()} == {
+        "Ready": "True",
+        "Degraded": "False",
+        "ReplicationBroken": "False",
+        "LagHigh": "False",
+        "ErrantTransactions": "False",
+        "PrimaryUnreachable": "False",
+    }
+    assert status["maxObservedLagSeconds"] == 0 and status["observedGeneration"] == 1
+    assert [replication.variable(m, "read_only") for m in ("m0", "m1", "m2")] == [0, 1, 1]
+    assert replication.replicates_from("m1", "m0") and replication.replicates_from("m2", "m0")
+    assert replication.variable("m0", "rpl_semi_sync_master_enabled") == 1
+    wait_for(
+        lambda: replication.sql("m0", "SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")[0][1] == "2", 10, "2 acks"
+    )
+
+    replication.create_app()
+    replication.sql("m0", "INSERT INTO app.t VALUES (1), (2)")
+    wait_for(lambda: replication.ids("m1") == replication.ids("m2") == {1, 2}, 10, "rows on both replicas")
+
+    wait_for(lambda: replication.endpoints("db-primary") == [replication.port("m0")], 10, "the primary Service")
+    wait_for(
+        lambda: replication.endpoints("db-replicas") == sorted([replication.port("m1"), replication.port("m2")]),
+        10,
+        "the replicas Service",
+    )
+    service = replication.core.read_namespaced_service("db-primary", replication.namespace)
+    assert service.spec.selector is None and service.spec.ports[0].name == "mysql"
+    owner = service.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.uid) == ("MySQLReplication", "db", replication.get()["metadata"]["uid"])
+    slices = replication.discovery.list_namespaced_endpoint_slice(
+        replication.namespace, label_selector="kubernetes.io/service-name=db-replicas"
+    ).items
+    assert {s.address_type for s in slices} == {"IPv4"} and all(s.ports[0].name == "mysql" for s in slices)
+
+    wait_for(
+        lambda: len({replication.variable(m, "gtid_binlog_state") for m in ("m0", "m1", "m2")}) == 1, 10, "caught up"
+    )
+    wait_inspections(operator, 1)
+    before = {m: counters(replication, m) for m in ("m0", "m1", "m2")}
+    version = replication.get()["metadata"]["resourceVersion"]
+    wait_inspections(operator, 4)
+    assert {m: counters(replication, m) for m in ("m0", "m1", "m2")} == before, "no writes to a healthy topology"
+    assert replication.get()["metadata"]["resourceVersion"] == version, "no status write either"
+    assert metric(operator, "whm_ha_mysql_replica_thread_running") == 4
+    assert metric(operator, "whm_ha_mysql_replica_lag_seconds") == 0
+
+
+def test_a_replica_whose_sql_thread_stopped_is_reported_broken(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    replication.create()
+    operator = start(replication, kube_api, operator_process)
+    replication.healthy()
+    replication.create_app()
+    wait_for(lambda: replication.sql("m2", "SHOW TABLES FROM app"), 10, "the table on m2")
+    conn = replication.servers[2].connect()
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION sql_log_bin = 0")
+        cur.execute("INSERT INTO app.t VALUES (7)")
+    conn.close()
+    replication.sql("m0", "INSERT INTO app.t VALUES (7)")
+    status = replication.wait(lambda s: condition_is(s, "ReplicationBroken", "True"), 15, "ReplicationBroken")
+    broken = conditions(status)["ReplicationBroken"]["message"]
+    assert broken.startswith("m2: SQL thread stopped: ") and "Duplicate entry '7'" in broken, broken
+    assert status["phase"] == "Degraded" and status["readyReplicas"] == 1
+    m2 = next(m for m in status["members"] if m["name"] == "m2")
+    assert (m2["role"], m2["ioRunning"], m2["sqlRunning"]) == ("Replica", True, False)
+    wait_for(lambda: replication.endpoints("db-replicas") == [replication.port("m1")], 10, "m2 out of the Service")
+    wait_inspections(operator, 2)
+    assert condition_is(replication.status(), "ReplicationBroken", "True"), "a failed SQL thread is left to a human"
+
+    replication.sql("m1", "STOP SLAVE SQL_THREAD")
+    wait_for(lambda: _sql_running(replication, "m1"), 10, "m1's SQL thread started again")
+
+
+def _sql_running(replication: Replication, member: str) -> bool:
+    conn = replication.servers[replication.index(member)].connect()
+    try:
+        with conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute("SHOW SLAVE STATUS")
+            return bool(cur.fetchone()["Slave_SQL_Running"] == "Yes")
+    finally:
+        conn.close()
+
+
+def test_primary_killed_under_writes_loses_no_acknowledged_row_and_rejoins(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, sampler: WritableSampler
+) -> None:
+    replication.create(semiSync=True)
+    operator = start(replication, kube_api, operator_process)
+    replication.healthy()
+    replication.create_app()
+    writer = Writer(replication.port("m0"))
+    writer.start()
+    wait_for(lambda: len(writer.acked) >= 300, 20, "300 acknowledged inserts")
+    killed = time.monotonic()
+    replication.servers[0].kill()
+    writer.join(30)
+    status = replication.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 20, "a new primary")
+    elapsed = time.monotonic() - killed
+    new = status["currentPrimary"]
+    other = ({"m1", "m2"} - {new}).pop()
+    record = status["promotionHistory"][0]
+    print(
+        f"kill -9 to new primary recorded: {elapsed:.2f}s; durationMs {record['durationMs']}; {len(writer.acked)} rows"
+    )
+    assert (record["from"], record["to"], record["type"]) == ("m0", new, "automatic")
+    assert 0 < record["durationMs"] < 10_000 and elapsed < 10
+    assert set(writer.acked) <= replication.ids(new), "every acknowledged insert survived"
+    assert replication.variable(new, "read_only") == 0
+
+    replication.sql(new, "INSERT INTO app.t VALUES (-1)")
+    wait_for(lambda: replication.replicates_from(other, new) and -1 in replication.ids(other), 15, f"{other} follows")
+    wait_for(lambda: replication.endpoints("db-primary") == [replication.port(new)], 10, "the primary Service moved")
+
+    replication.servers[0].start()
+    assert replication.variable("m0", "read_only") == 1, "the old primary comes back read-only"
+    status = replication.wait(
+        lambda s: s.get("phase") == "Healthy" and replication.roles(s)["m0"] == "Replica", 20, "m0 to rejoin"
+    )
+    assert replication.replicates_from("m0", new)
+    wait_for(lambda: -1 in replication.ids("m0"), 10, "m0 replicates from the new primary")
+    assert len(status["promotionHistory"]) == 1 and status["lastPromotionTime"]
+    assert any(f"m0 -> {new}" in e for e in replication.events("Promoted"))
+    rows = wait_for(
+        lambda: _rows(
+            replication, new, "SELECT scope, from_node, to_node, failover_type FROM whm_ha.ha_failover_events"
+        ),
+        15,
+        "the legacy failover row",
+    )
+    assert rows == [("database", "m0", new, "automatic")]
+    assert metric(operator, "whm_ha_mysql_promotions_total") == 1
+    assert sampler.stop() == [] and sampler.samples > 50, "never two writable members"
+
+
+def _rows(replication: Replication, member: str, statement: str) -> list[tuple[Any, ...]]:
+    try:
+        return replication.sql(member, statement)
+    except pymysql.MySQLError:
+        return []
+
+
+def test_operator_cut_off_from_a_live_primary_does_not_promote(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    """The operator's own account is locked on the primary only (not replicated): the replicas, which use the
+    replication account, still replicate, so the primary is not confirmed dead."""
+    for member in ("m0", "m1", "m2"):
+        conn = replication.servers[replication.index(member)].connect()
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION sql_log_bin = 0")
+            cur.execute("CREATE USER 'operator'@'%' IDENTIFIED BY 'op-secret'")
+            cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'operator'@'%' WITH GRANT OPTION")
+        conn.close()
+    replication.create(admin=("operator", "op-secret"))
+    operator = start(replication, kube_api, operator_process)
+    replication.healthy()
+    conn = replication.servers[0].connect()
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION sql_log_bin = 0")
+        cur.execute("ALTER USER 'operator'@'%' ACCOUNT LOCK")
+    conn.close()
+    status = replication.wait(
+        lambda s: "still replicate" in conditions(s)["PrimaryUnreachable"]["message"], 15, "PrimaryUnreachable"
+    )
+    unreachable = conditions(status)["PrimaryUnreachable"]
+    assert unreachable["status"] == "True" and unreachable["reason"] == "Unreachable"
+    assert unreachable["message"].startswith(
+        "the operator cannot reach the primary (Access denied, this account is locked"
+    )
+    assert status["phase"] == "Degraded"
+    wait_inspections(operator, FAST["failureThreshold"] + 3)
+    status = replication.status()
+    assert status["currentPrimary"] == "m0" and not status.get("promotionHistory")
+    assert "replicas m1, m2 still replicate" in conditions(status)["PrimaryUnreachable"]["message"]
+    assert replication.replicates_from("m1", "m0") and replication.variable("m0", "read_only") == 0
+
+    conn = replication.servers[0].connect()
+    with conn.cursor() as cur:
+        cur.execute("SET SESSION sql_log_bin = 0")
+        cur.execute("ALTER USER 'operator'@'%' ACCOUNT UNLOCK")
+    conn.close()
+    status = replication.healthy()
+    assert condition_is(status, "PrimaryUnreachable", "False")
+
+
+def test_manual_promotion_switches_over_without_losing_writes_and_refuses_explicitly(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, sampler: WritableSampler
+) -> None:
+    members = replication.members()
+    members[2]["neverPromote"] = True
+    replication.create(semiSync=True, members=members)
+    start(replication, kube_api, operator_process)
+    replication.healthy()
+    for target, request_id, why in (("nope", "r-1", "nope is not a member"), ("m2", "r-2", "marked neverPromote")):
+        replication.annotate({"ha.whm.io/promote": target, "ha.whm.io/request-id": request_id})
+        status = replication.wait(lambda s, r=request_id: (s.get("lastRequest") or {}).get("id") == r, 10, request_id)
+        assert status["lastRequest"]["result"] == "Refused" and why in status["lastRequest"]["reason"]
+    wait_for(lambda: len(replication.events("PromotionRefused")) == 2, 10, "two PromotionRefused events")
+    assert "marked neverPromote" in " ".join(replication.events("PromotionRefused"))
+
+    replication.create_app()
+    writer = Writer(replication.port("m0"))
+    writer.start()
+    wait_for(lambda: len(writer.acked) >= 200, 20, "200 acknowledged inserts")
+    requested = time.monotonic()
+    replication.annotate({"ha.whm.io/promote": "m1", "ha.whm.io/request-id": "switch-1"})
+    status = replication.wait(lambda s: s.get("currentPrimary") == "m1", 15, "m1 to be primary")
+    elapsed = time.monotonic() - requested
+    writer.join(10)
+    assert "read-only" in writer.error or "--read-only" in writer.error, writer.error
+    record = status["promotionHistory"][0]
+    print(f"switchover: {elapsed:.2f}s from the request; durationMs {record['durationMs']}")
+    assert (record["from"], record["to"], record["type"]) == ("m0", "m1", "manual")
+    assert status["lastRequest"]["id"] == "switch-1" and status["lastRequest"]["result"] == "Succeeded"
+    assert set(writer.acked) <= replication.ids("m1"), "no acknowledged write lost"
+    status = replication.healthy()
+    assert replication.roles(status) == {"m0": "Replica", "m1": "Primary", "m2": "Replica"}
+    assert replication.replicates_from("m0", "m1") and replication.replicates_from("m2", "m1")
+    assert replication.variable("m0", "rpl_semi_sync_master_enabled") == 0, "a replica waits for no one"
+    wait_for(lambda: "ha.whm.io/promote" not in (replication.get()["metadata"].get("annotations") or {}), 10, "removal")
+
+    replication.annotate({"ha.whm.io/promote": "m0", "ha.whm.io/request-id": "switch-1"})
+    wait_for(lambda: "ha.whm.io/promote" not in (replication.get()["metadata"].get("annotations") or {}), 10, "removal")
+    status = replication.status()
+    assert status["currentPrimary"] == "m1" and len(status["promotionHistory"]) == 1, "an id is never replayed"
+    assert sampler.stop() == [], "never two writable members"
+
+
+def test_errant_transactions_on_the_old_primary_quarantine_it(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    replication.create()
+    start(replication, kube_api, operator_process)
+    replication.healthy()
+    replication.create_app()
+    replication.annotate({"ha.whm.io/promote": "m1"})
+    replication.wait(lambda s: s.get("currentPrimary") == "m1" and s.get("phase") == "Healthy", 15, "m1 primary")
+    assert replication.replicates_from("m0", "m1")
+    conn = replication.servers[0].connect()
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO app.t VALUES (99)")  # the admin account may write on a read-only server
+        cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        (errant,) = cur.fetchone()
+        cur.execute("STOP SLAVE")
+        cur.execute("RESET SLAVE ALL")
+    conn.close()
+    status = replication.wait(lambda s: replication.roles(s).get("m0") == "Quarantined", 15, "m0 quarantined")
+    errant_condition = conditions(status)["ErrantTransactions"]
+    assert errant_condition["status"] == "True" and errant_condition["reason"] == "Quarantined"
+    assert errant_condition["message"].startswith(f"m0: 1 errant transaction(s) the primary lacks: {errant}")
+    assert status["phase"] == "Degraded" and status["readyReplicas"] == 1
+    assert replication.variable("m0", "read_only") == 1 and replication.source_port("m0") is None
+    assert 99 not in replication.ids("m1"), "nothing was discarded or copied silently"
+    wait_for(lambda: replication.endpoints("db-replicas") == [replication.port("m2")], 10, "m0 out of the Service")
+    wait_for(lambda: replication.events("Quarantined"), 10, "a Quarantined event")
+
+
+def test_operator_killed_mid_promotion_converges_with_one_promotion(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, sampler: WritableSampler
+) -> None:
+    replication.create(semiSync=True)
+    first = start(replication, kube_api, operator_process)
+    replication.healthy()
+    replication.annotate({"ha.whm.io/promote": "m1", "ha.whm.io/request-id": "kill-1"})
+    wait_for(lambda: replication.status().get("phase") == "Promoting", 10, "the promotion to be recorded")
+    first.kill()
+    second = start(replication, kube_api, operator_process)
+    status = replication.wait(lambda s: s.get("currentPrimary") == "m1" and s.get("phase") == "Healthy", 30, "m1")
+    assert [(h["from"], h["to"]) for h in status["promotionHistory"]] == [("m0", "m1")], "one promotion"
+    assert status["lastRequest"]["id"] == "kill-1" and status["lastRequest"]["result"] == "Succeeded"
+    assert replication.replicates_from("m0", "m1") and replication.replicates_from("m2", "m1")
+
+    # What an operator killed just after promoting m2 leaves behind: m1 fenced, m2 writable, the record in status.
+    second.kill()
+    replication.sql("m1", "SET GLOBAL read_only = ON")
+    for statement in ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = OFF"):
+        replication.sql("m2", statement)
+    obj = replication.get()
+    record = {
+        "from": "m1",
+        "to": "m2",
+        "type": "manual",
+        "step": "Promoting",
+        "reason": "test",
+        "requestId": "kill-2",
+        "detectedAt": "2026-01-01T00:00:00Z",
+    }
+    replication.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        replication.namespace,
+        "mysqlreplications",
+        replication.name,
+        {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": {"promotion": record}},
+    )
+    start(replication, kube_api, operator_process)
+    status = replication.wait(lambda s: s.get("currentPrimary") == "m2" and s.get("phase") == "Healthy", 30, "m2")
+    assert [(h["from"], h["to"]) for h in status["promotionHistory"]] == [("m1", "m2"), ("m0", "m1")]
+    assert "promotion" not in status and status["lastRequest"]["id"] == "kill-2"
+    assert replication.replicates_from("m0", "m2") and replication.replicates_from("m1", "m2")
+    assert sampler.stop() == [], "never two writable members"

@@ -1,0 +1,397 @@
+"""The replication controller's pure decisions: what to fix, whether and whom to promote, the status summary."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from whm_ha.crd.mysqlreplication import MySQLReplicationSpec
+from whm_ha.mysql.dialect import SemiSyncStatus
+from whm_ha.mysql.gtid import MariaDBGtidSet
+from whm_ha.mysql.member import MemberState
+from whm_ha.replication.plan import (
+    Plan,
+    converge_plan,
+    decide_failover,
+    decide_request,
+    summarize,
+)
+
+LOST = "error reconnecting to master 'repl@m0.db:3306' - message: Connection refused"
+SEMI = SemiSyncStatus(source_active=False, replica_active=True, source_clients=0)
+DEAD = MemberState.unreachable("m0", "m0.db", 3306, "Can't connect to server on 'm0.db' (2003)")
+
+
+def primary(**changes: Any) -> MemberState:
+    """A writable primary with semi-sync on and two clients."""
+    state = MemberState(
+        name="m0",
+        host="m0.db",
+        port=3306,
+        reachable=True,
+        server_id=1,
+        read_only=False,
+        gtid_executed=MariaDBGtidSet.parse("0-1-10"),
+        semi_sync=SemiSyncStatus(source_active=True, replica_active=False, source_clients=2),
+    )
+    return replace(state, **changes)
+
+
+def replica(name: str, executed: str = "0-1-10", **changes: Any) -> MemberState:
+    """A healthy, caught-up, read-only replica of m0 with semi-sync on."""
+    state = MemberState(
+        name=name,
+        host=f"{name}.db",
+        port=3306,
+        reachable=True,
+        server_id=int(name[1:]) + 1,
+        read_only=True,
+        is_replica=True,
+        source_host="m0.db",
+        source_port=3306,
+        io_running=True,
+        sql_running=True,
+        seconds_behind=0,
+        gtid_executed=MariaDBGtidSet.parse(executed),
+        gtid_retrieved=MariaDBGtidSet.parse(executed),
+        semi_sync=SEMI,
+    )
+    return replace(state, **changes)
+
+
+def lost(state: MemberState) -> MemberState:
+    return replace(
+        state, io_running=False, io_connecting=True, last_io_errno=2003, last_io_error=LOST, seconds_behind=None
+    )
+
+
+def topology(*states: MemberState) -> dict[str, MemberState]:
+    return {s.name: s for s in states}
+
+
+def healthy() -> dict[str, MemberState]:
+    return topology(primary(), replica("m1"), replica("m2"))
+
+
+def spec(**fields: Any) -> MySQLReplicationSpec:
+    members = fields.pop("members", [{"name": f"m{i}", "host": f"m{i}.db"} for i in range(3)])
+    return MySQLReplicationSpec.model_validate(
+        {
+            "primary": "m0",
+            "members": members,
+            "credentialsSecret": {"name": "admin"},
+            "replicationSecret": {"name": "repl"},
+            **fields,
+        }
+    )
+
+
+# --- converge_plan -----------------------------------------------------------------------------------------------
+
+
+def test_a_healthy_topology_needs_nothing() -> None:
+    plan = converge_plan("m0", healthy(), semi_sync=True)
+    assert not plan
+    assert plan == Plan(replicas=("m1", "m2"))
+
+
+def test_a_full_pass_checks_everything() -> None:
+    plan = converge_plan("m0", healthy(), semi_sync=True, full=True)
+    assert plan.ensure_user and plan.semi_sync
+    assert plan.join == ("m1", "m2") and plan.source_off == ("m1", "m2")
+    assert not plan.fence and not plan.open_primary
+    assert converge_plan("m0", healthy(), semi_sync=False, full=True).source_off == ("m1", "m2", "m0")
+
+
+def test_bootstrap_fences_joins_and_opens_the_primary() -> None:
+    fresh = [replace(replica(n), is_replica=False, source_host=None, source_port=None) for n in ("m1", "m2")]
+    writable = replace(fresh[1], read_only=False)
+    plan = converge_plan("m0", topology(primary(read_only=True), fresh[0], writable), semi_sync=False)
+    assert plan.fence == ("m2",) and plan.join == ("m1", "m2") and plan.open_primary
+
+
+def test_replicas_out_of_order_are_joined_and_a_failed_sql_thread_is_left_alone() -> None:
+    states = topology(
+        primary(),
+        replica("m1", source_port=3307),
+        replica("m2", sql_running=False),
+        replica("m3", sql_running=False, last_sql_error="Duplicate entry"),
+        replica("m4", io_running=False),
+        lost(replica("m5")),
+        replica("m6", read_only=False),
+    )
+    plan = converge_plan("m0", states, semi_sync=False)
+    assert plan.join == ("m1", "m2", "m4", "m6") and plan.fence == ("m6",)
+    assert not plan.ensure_user
+
+
+def test_an_auth_error_repairs_the_replication_account() -> None:
+    plan = converge_plan(
+        "m0", topology(primary(), replica("m1", io_running=False, last_io_errno=1045)), semi_sync=False
+    )
+    assert plan.ensure_user and plan.join == ("m1",)
+
+
+def test_semi_sync_is_enabled_where_inactive_and_turned_off_where_unwanted() -> None:
+    inactive = replica("m2", semi_sync=replace(SEMI, replica_active=False))
+    assert converge_plan("m0", topology(primary(), replica("m1"), inactive), semi_sync=True).semi_sync
+    plan = converge_plan(
+        "m0", topology(primary(), replica("m1", semi_sync=replace(SEMI, source_active=True))), semi_sync=True
+    )
+    assert plan.source_off == ("m1",)
+    assert converge_plan("m0", healthy(), semi_sync=False).source_off == ("m0",)
+
+
+def test_quarantined_members_are_checked_again_every_pass() -> None:
+    assert converge_plan("m0", healthy(), semi_sync=True, quarantined={"m2"}).join == ("m2",)
+
+
+def test_without_a_reachable_primary_only_fencing() -> None:
+    plan = converge_plan("m0", topology(DEAD, lost(replica("m1")), replica("m2", read_only=False)), semi_sync=True)
+    assert plan == Plan(fence=("m2",))
+    assert converge_plan("m0", topology(primary(is_replica=True), replica("m1")), semi_sync=True) == Plan()
+
+
+member_state = st.builds(
+    lambda name, reachable, read_only, is_replica, port, io, sql, error: (
+        replica(
+            name,
+            read_only=read_only,
+            is_replica=is_replica,
+            source_port=port,
+            io_running=io,
+            sql_running=sql,
+            last_sql_error=error,
+        )
+        if reachable
+        else MemberState.unreachable(name, f"{name}.db", 3306, "down")
+    ),
+    st.sampled_from(["m1", "m2", "m3"]),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([3306, 3307]),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([None, "boom"]),
+)
+
+
+@given(
+    head=st.sampled_from([primary(), primary(read_only=True), DEAD, primary(is_replica=True)]),
+    others=st.lists(member_state, max_size=3, unique_by=lambda s: s.name),
+    full=st.booleans(),
+    semi=st.booleans(),
+)
+def test_plans_never_touch_the_primary_as_a_replica_and_fence_every_writable_member(
+    head: MemberState, others: list[MemberState], full: bool, semi: bool
+) -> None:
+    states = topology(head, *others)
+    plan = converge_plan("m0", states, semi_sync=semi, full=full)
+    writable = {s.name for s in others if s.reachable and s.read_only is False}
+    assert set(plan.fence) == writable
+    assert "m0" not in plan.fence + plan.join + plan.replicas
+    assert set(plan.join) <= {s.name for s in others if s.reachable}
+    usable = head.reachable and not head.is_replica
+    if not usable:
+        assert plan == Plan(fence=plan.fence)
+    assert plan.open_primary == (usable and head.read_only is True)
+
+
+# --- decide_failover -------------------------------------------------------------------------------------------
+
+
+def dead_topology() -> dict[str, MemberState]:
+    return topology(DEAD, lost(replica("m1")), lost(replica("m2", "0-1-9")))
+
+
+def failover(states: dict[str, MemberState], *, since: float | None = None, **fields: Any) -> Any:
+    return decide_failover(spec(**fields), "m0", states, failures=3, seconds_since_automatic=since, quarantined={})
+
+
+def test_a_live_primary_is_kept() -> None:
+    decision = failover(healthy())
+    assert decision.candidate is None and not decision.dead and decision.reason == "the primary answers"
+
+
+def test_a_dead_primary_is_replaced_by_the_most_advanced_replica() -> None:
+    decision = failover(dead_topology())
+    assert decision.candidate == "m1" and decision.dead and not decision.blocked_by
+    assert "replicas m1, m2 lost it too" in decision.reason
+
+
+def test_replicas_that_still_replicate_veto_the_promotion() -> None:
+    decision = failover(topology(DEAD, replica("m1"), lost(replica("m2"))))
+    assert decision.candidate is None and not decision.dead
+    assert "replicas m1 still replicate from it" in decision.reason
+
+
+def test_automatic_failover_off_or_too_soon_blocks() -> None:
+    off = failover(dead_topology(), automaticFailover=False)
+    assert (off.candidate, off.blocked_by) == (None, "automaticFailover is off")
+    soon = failover(dead_topology(), since=10, minIntervalSeconds=300)
+    assert soon.candidate is None
+    assert soon.blocked_by == "the last automatic promotion was 10s ago, minIntervalSeconds is 300"
+    assert failover(dead_topology(), since=301, minIntervalSeconds=300).candidate == "m1"
+
+
+def test_no_candidate_blocks_and_names_each_member() -> None:
+    states = topology(DEAD, lost(replica("m1", "0-1-9")), lost(replica("m2", "0-1-10")))
+    members = [
+        {"name": "m0", "host": "m0.db"},
+        {"name": "m1", "host": "m1.db"},
+        {"name": "m2", "host": "m2.db", "neverPromote": True},
+    ]
+    decision = failover(states, members=members)
+    assert decision.candidate is None and decision.blocked_by == "no member can take over"
+    assert decision.refusals["m0"] == "the failed primary"
+    assert decision.refusals["m2"] == "marked neverPromote"
+    assert decision.refusals["m1"].startswith("lacks transactions that others received: m2")
+
+
+def test_quarantined_members_are_never_candidates() -> None:
+    decision = decide_failover(
+        spec(), "m0", dead_topology(), failures=3, seconds_since_automatic=None, quarantined={"m1": "errant"}
+    )
+    assert decision.candidate == "m2" and decision.refusals["m1"] == "quarantined: errant"
+
+
+# --- decide_request --------------------------------------------------------------------------------------------
+
+
+def request(states: dict[str, MemberState], target: str, *, force: bool = False, **fields: Any) -> Any:
+    quarantined = fields.pop("q", {})
+    return decide_request(spec(**fields), "m0", states, 0, target, force=force, quarantined=quarantined)
+
+
+def test_requests_for_strangers_the_primary_and_the_quarantined() -> None:
+    assert (request(healthy(), "m9").action, request(healthy(), "m9").reason) == ("refuse", "m9 is not a member")
+    assert request(healthy(), "m0").action == "keep"
+    assert request(healthy(), "m1", q={"m1": "errant"}).reason == "m1 is quarantined: errant"
+
+
+def test_a_live_primary_means_a_planned_switchover() -> None:
+    decision = request(healthy(), "m2")
+    assert (decision.action, decision.planned) == ("promote", True)
+    assert decision.reason == "switchover from m0 to m2 requested"
+
+
+def test_a_switchover_needs_a_receiving_replica_within_the_lag() -> None:
+    lagging = topology(primary(), replica("m1", seconds_behind=60))
+    assert request(lagging, "m1").reason == "m1: lag 60s exceeds maxLagSeconds 30"
+    assert request(lagging, "m1", force=True).action == "promote", "force lifts the lag limit"
+    elsewhere = topology(primary(), replica("m1", source_port=3307))
+    assert request(elsewhere, "m1").reason == "m1: not receiving from the primary m0"
+    members = [{"name": "m0", "host": "m0.db"}, {"name": "m1", "host": "m1.db", "neverPromote": True}]
+    assert request(topology(primary(), replica("m1")), "m1", members=members).reason == "m1: marked neverPromote"
+
+
+def test_with_the_primary_unreachable_the_replicas_must_confirm() -> None:
+    alive = topology(DEAD, replica("m1"), replica("m2"))
+    decision = request(alive, "m1")
+    assert decision.action == "refuse" and decision.reason.startswith("the primary m0 may still be alive: ")
+    assert request(dead_topology(), "m2").reason.startswith("m2: lacks transactions that others received: m1")
+    decision = request(dead_topology(), "m1")
+    assert (decision.action, decision.planned) == ("promote", False)
+
+
+# --- summarize -------------------------------------------------------------------------------------------------
+
+
+def condition_map(summary: Any) -> dict[str, tuple[bool, str]]:
+    return {c.type: (c.status, c.reason) for c in summary.conditions}
+
+
+def test_a_healthy_summary() -> None:
+    summary = summarize(spec(), "m0", healthy(), quarantined={})
+    assert (summary.phase, summary.reason) == ("Healthy", "m0 is primary; 2 of 2 replicas ready")
+    assert summary.ready == ("m1", "m2") and summary.max_lag == 0
+    assert condition_map(summary) == {
+        "Ready": (True, "PrimaryWritable"),
+        "Degraded": (False, "Healthy"),
+        "ReplicationBroken": (False, "Replicating"),
+        "LagHigh": (False, "WithinLimit"),
+        "ErrantTransactions": (False, "None"),
+        "PrimaryUnreachable": (False, "Reachable"),
+    }
+    assert summary.members[0] == {
+        "name": "m0",
+        "role": "Primary",
+        "reachable": True,
+        "readOnly": False,
+        "gtidExecuted": "0-1-10",
+    }
+    assert summary.members[1]["role"] == "Replica" and summary.members[1]["lagSeconds"] == 0
+
+
+def test_broken_lagging_and_quarantined_replicas_degrade() -> None:
+    states = topology(
+        primary(), replica("m1", sql_running=False, last_sql_error="Duplicate entry"), replica("m2", seconds_behind=99)
+    )
+    summary = summarize(spec(), "m0", states, quarantined={})
+    assert summary.phase == "Degraded" and summary.ready == () and summary.max_lag == 99
+    assert summary.reason == (
+        "0 of 2 replicas ready: m1: SQL thread stopped: Duplicate entry; m2: lag 99s exceeds maxLagSeconds 30"
+    )
+    assert condition_map(summary)["ReplicationBroken"] == (True, "ReplicationBroken")
+    assert condition_map(summary)["LagHigh"] == (True, "LagHigh")
+    assert summary.members[1]["lastError"] == "Duplicate entry"
+
+    quarantined = summarize(spec(), "m0", healthy(), quarantined={"m2": "1 errant transaction(s): 0-3-4..4"})
+    assert quarantined.ready == ("m1",) and quarantined.members[2]["role"] == "Quarantined"
+    errant = next(c for c in quarantined.conditions if c.type == "ErrantTransactions")
+    assert errant.status and errant.message == "m2: 1 errant transaction(s): 0-3-4..4"
+
+
+def test_an_unreachable_primary_is_degraded_until_confirmed_dead_and_blocked() -> None:
+    alive = topology(DEAD, replica("m1"), replica("m2"))
+    decision = failover(alive)
+    summary = summarize(spec(), "m0", alive, quarantined={}, failover=decision)
+    assert summary.phase == "Degraded" and condition_map(summary)["PrimaryUnreachable"] == (True, "Unreachable")
+    assert condition_map(summary)["Ready"][0] is False
+    blocked = failover(dead_topology(), automaticFailover=False)
+    summary = summarize(spec(), "m0", dead_topology(), quarantined={}, failover=blocked)
+    assert summary.phase == "Broken" and summary.reason.endswith("; not promoting: automaticFailover is off")
+    assert condition_map(summary)["PrimaryUnreachable"] == (True, "ConfirmedDead")
+    members = [{"name": "m0", "host": "m0.db"}, {"name": "m1", "host": "m1.db", "neverPromote": True}]
+    alone = topology(DEAD, lost(replica("m1")))
+    summary = summarize(spec(members=members), "m0", alone, quarantined={}, failover=failover(alone, members=members))
+    degraded = next(c for c in summary.conditions if c.type == "Degraded")
+    assert degraded.reason == "FailoverBlocked"
+    assert degraded.message.endswith(
+        "not promoting: no member can take over (candidates: m0: the failed primary; m1: marked neverPromote)"
+    )
+
+
+def test_pending_without_a_primary_or_while_it_is_read_only() -> None:
+    assert summarize(spec(), None, {}, quarantined={}, pending="waiting").phase == "Pending"
+    summary = summarize(spec(), "m0", topology(primary(read_only=True), replica("m1")), quarantined={})
+    assert (summary.phase, summary.reason) == ("Pending", "the primary m0 is read-only: being set up")
+
+
+@given(
+    others=st.lists(member_state, min_size=1, max_size=3, unique_by=lambda s: s.name),
+    quarantined=st.sets(st.sampled_from(["m1", "m2", "m3"])),
+)
+def test_summaries_serve_only_healthy_replicas(others: list[MemberState], quarantined: set[str]) -> None:
+    names = ["m0", *(s.name for s in others)]
+    states = topology(primary(), *others)
+    summary = summarize(
+        spec(members=[{"name": n, "host": f"{n}.db"} for n in names]),
+        "m0",
+        states,
+        quarantined={q: "errant" for q in quarantined if q in names},
+    )
+    ready = set(summary.ready)
+    assert "m0" not in ready and not ready & quarantined
+    for name in ready:
+        state = states[name]
+        assert state.reachable and state.sql_running and state.io_running and state.read_only
+        assert state.source_port == 3306
+    assert [m["role"] for m in summary.members].count("Primary") == 1
+    assert (summary.phase == "Healthy") == (len(ready) == len(others))
+    if summary.phase == "Healthy":
+        assert all(not c.status for c in summary.conditions if c.type != "Ready")

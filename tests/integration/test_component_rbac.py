@@ -14,10 +14,10 @@ import yaml
 from kubernetes import client
 
 from tests.fixtures.control_plane import IDENTITIES, ControlPlane
+from tests.fixtures.mariadb import StartServers
 from tests.fixtures.operator_process import StartOperator
 from tests.fixtures.shim_process import StartShim
 from tests.fixtures.whm_nodes import StartNodes
-from tests.fixtures.mariadb import StartServers
 from tests.integration.test_operator_nodes import BOUND, Cluster, three_nodes
 from tests.integration.test_operator_replication import SERVER_ARGS, Replication, member_host
 from tests.kube_helpers import wait_for

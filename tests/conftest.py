@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.fixtures.kube",
     "tests.fixtures.whm_nodes",
     "tests.fixtures.operator_process",
+    "tests.fixtures.proxy_process",
     "tests.fixtures.shim_process",
 ]

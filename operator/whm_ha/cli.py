@@ -94,6 +94,34 @@ def _run_shim(args: argparse.Namespace) -> int:
     )
 
 
+def _run_proxy(args: argparse.Namespace) -> int:
+    from whm_ha_proxy.options import ProxyOptions, parse_address
+    from whm_ha_proxy.supervisor import run
+
+    try:
+        listen, admin = parse_address(args.listen), parse_address(args.admin)
+    except ValueError as exc:
+        print(f"whm-ha proxy: {exc}", file=sys.stderr)
+        return 2
+    return run(
+        ProxyOptions(
+            cluster=args.cluster,
+            namespace=args.namespace,
+            listen=listen,
+            admin=admin,
+            workers=args.workers,
+            eject_after=args.eject_after,
+            eject_seconds=args.eject_seconds,
+            eject_max_seconds=args.eject_max_seconds,
+            connect_timeout=args.connect_timeout,
+            header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
+            resync_seconds=args.resync_seconds,
+            drain_seconds=args.drain_seconds,
+        )
+    )
+
+
 def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     proxy = sub.add_parser(
         "proxy",
@@ -127,7 +155,7 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     proxy.add_argument(
         "--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long requests in flight may take"
     )
-    proxy.set_defaults(handler=_not_built("proxy"))
+    proxy.set_defaults(handler=_run_proxy)
 
 
 def _kube_args(parser: argparse.ArgumentParser) -> None:

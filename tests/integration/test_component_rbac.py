@@ -5,6 +5,7 @@ chart rendered with its default values (a unit test keeps the two identical)."""
 from __future__ import annotations
 
 import copy
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from kubernetes import client
 from tests.fixtures.control_plane import IDENTITIES, ControlPlane
 from tests.fixtures.mariadb import StartServers
 from tests.fixtures.operator_process import StartOperator
+from tests.fixtures.proxy_process import Cluster as ProxyCluster
+from tests.fixtures.proxy_process import StartProxy
 from tests.fixtures.shim_process import StartShim
 from tests.fixtures.whm_nodes import StartNodes
 from tests.integration.test_operator_nodes import BOUND, Cluster, three_nodes
@@ -170,3 +173,22 @@ def test_shim_with_only_the_chart_rbac(
         status, answer = shim.call(method, path, token, body)
         assert status == expected, (method, path, answer)
     assert "403" not in shim.log_text() and "API trouble" not in shim.log_text(), shim.log_text()[-3000:]
+
+
+def test_proxy_with_only_the_chart_rbac(
+    real_control_plane: ControlPlane,
+    admin: client.ApiClient,
+    namespace: str,
+    node_servers: StartNodes,
+    proxy_process: StartProxy,
+) -> None:
+    grant(real_control_plane, "proxy", namespace)
+    cluster = ProxyCluster(admin, namespace)
+    cluster.create()
+    (node,) = node_servers("n1")
+    cluster.add_node("n1", node.host, node.port)
+    proxy = proxy_process(real_control_plane.kubeconfigs["chart-proxy"], namespace)
+    wait_for(lambda: proxy.routable() == ["n1"], 30, "the proxy to route to n1")
+    with urllib.request.urlopen(proxy.url + "/", timeout=10) as response:
+        assert response.headers["X-WHM-Node"] == "n1"
+    assert "403" not in proxy.log_text() and "Forbidden" not in proxy.log_text(), proxy.log_text()[-3000:]

@@ -11,7 +11,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ["operator", "proxy", "shim", "sandbox", "demo", "crds", "migrate"]
 NOT_BUILT = {
-    "proxy": ["--cluster", "whm"],
     "demo": [],
 }
 

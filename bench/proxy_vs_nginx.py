@@ -1,0 +1,317 @@
+"""Benchmark of the proxy against nginx as an equivalent round-robin reverse proxy, in the same run.
+
+    PYTHONPATH=. .venv/bin/python -m bench.proxy_vs_nginx [--quick]
+
+Everything runs on loopback: three nginx backends (one process each, a static 1 KB answer), the
+sandbox API, ``whm-ha proxy`` and a reference nginx proxy (round-robin, keep-alive upstreams, the
+same number of workers). wrk (installed from Debian when missing, as is nginx) drives the load:
+
+* throughput: ``wrk -t2 -c64`` for a fixed time through each proxy; req/s and the ratio proxy/nginx;
+* added latency: wrk at half the proxy's maximum rate, through the proxy and straight to a backend;
+  wrk has no rate option, so a Lua ``delay()`` paces each connection (closed loop with think time:
+  rate ≈ connections x 1000 / (delay_ms + latency_ms)); the achieved rates are printed;
+* node death: GET load through each proxy while one backend is killed; failed requests are non-2xx
+  answers plus socket errors as wrk counts them.
+
+Each figure is printed beside its reference and goal, and appended to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes import client
+from tests.fixtures.proxy_process import Cluster, ProxyProcess
+from tests.fixtures.sandbox import SandboxProcess
+from tests.kube_helpers import wait_for
+
+from whm_ha.db.local_server import free_port
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+WORKERS = 2
+BODY = "x" * 1023 + "\n"
+
+
+def ensure_tools() -> None:
+    """Install wrk and nginx from Debian when either is missing."""
+    if all(shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists() for tool in ("wrk", "nginx")):
+        return
+    print("installing wrk and nginx from Debian")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk", "nginx"], check=True, env=env)
+
+
+def nginx_binary() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@dataclass
+class Nginx:
+    """One nginx (master and workers) from a generated configuration, stopped by killing its group."""
+
+    workdir: Path
+    http_block: str
+    workers: int = 1
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, port: int) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(
+            f"worker_processes {self.workers};\ndaemon off;\npid {self.workdir}/nginx.pid;\n"
+            f"error_log {self.workdir}/error.log warn;\nevents {{ worker_connections 16384; }}\n"
+            f"http {{\n access_log off;\n keepalive_requests 1000000;\n"
+            f" client_body_temp_path {self.workdir};\n proxy_temp_path {self.workdir};\n"
+            f" default_type text/plain;\n{self.http_block}\n}}\n"
+        )
+        self.process = subprocess.Popen(
+            [nginx_binary(), "-p", str(self.workdir), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_port(port)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+
+def wait_port(port: int, timeout: float = 15) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    failed: int
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk_command(url: str, seconds: float, connections: int, script: Path, threads: int = 2) -> list[str]:
+    return [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "--timeout", "5s",
+        "-s", str(script), url,
+    ]  # fmt: skip
+
+
+def parse(out: str) -> Load:
+    """wrk's figures; failed requests are non-2xx/3xx answers plus socket errors."""
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return Load(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
+        p99_ms=_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),  # type: ignore[union-attr]
+        requests=int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        failed=(int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, errors.groups())) if errors else 0),
+    )
+
+
+def lua(workdir: Path, delay_ms: int = 0) -> Path:
+    """A wrk script; with delay_ms, each connection waits that long between its requests."""
+    script = workdir / f"delay-{delay_ms}.lua"
+    script.write_text(f"function delay()\n  return {delay_ms}\nend\n" if delay_ms else "")
+    return script
+
+
+def wrk(url: str, seconds: float, connections: int, workdir: Path, delay_ms: int = 0) -> Load:
+    command = wrk_command(url, seconds, connections, lua(workdir, delay_ms))
+    return parse(subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout)
+
+
+class Rig:
+    """Backends, the sandbox API, the proxy and the nginx reference proxy."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.backend_ports = [free_port() for _ in range(3)]
+        self.backends = [
+            Nginx(
+                workdir / f"backend-{i}",
+                f' server {{ listen 127.0.0.1:{port}; location / {{ return 200 "{BODY}"; }} }}',
+            )
+            for i, port in enumerate(self.backend_ports)
+        ]
+        self.sandbox = SandboxProcess(workdir / "sandbox")
+        self.proxy: ProxyProcess | None = None
+        self.nginx_port = free_port()
+        servers = "".join(f" server 127.0.0.1:{port};" for port in self.backend_ports)
+        self.nginx = Nginx(
+            workdir / "nginx-proxy",
+            f" upstream nodes {{{servers} keepalive 256; }}\n"
+            f" server {{ listen 127.0.0.1:{self.nginx_port}; location / {{ proxy_pass http://nodes;"
+            ' proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host;'
+            " proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; } }",
+            workers=WORKERS,
+        )
+
+    def start(self) -> None:
+        for backend, port in zip(self.backends, self.backend_ports, strict=True):
+            backend.start(port)
+        self.sandbox.workdir.mkdir(parents=True)
+        self.sandbox.start()
+        api = self.sandbox.api_client()
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": "bench"}})
+        cluster = Cluster(api, "bench")
+        cluster.create(retries=2)
+        for i, port in enumerate(self.backend_ports):
+            cluster.add_node(f"node-{i}", "127.0.0.1", port)
+        self.proxy = ProxyProcess(self.sandbox.kubeconfig, "bench", "whm", self.workdir / "proxy.log", workers=WORKERS)
+        self.proxy.start()
+        wait_for(self.proxy.ready, 15, "proxy ready")
+        self.nginx.start(self.nginx_port)
+
+    def restart_backend(self, index: int) -> None:
+        self.backends[index].kill()
+        self.backends[index].start(self.backend_ports[index])
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+        self.nginx.kill()
+        for backend in self.backends:
+            backend.kill()
+        self.sandbox.stop()
+
+
+def paced(url: str, rate: float, seconds: float, workdir: Path, connections: int = 20) -> Load:
+    """wrk paced to about ``rate`` req/s: each connection waits between requests."""
+    return wrk(url, seconds, connections, workdir, delay_ms=max(1, round(connections * 1000 / rate)))
+
+
+def during_kill(rig: Rig, url: str, seconds: float, index: int) -> Load:
+    """GET load through a proxy; one backend is killed a third of the way in, then started again."""
+    command = wrk_command(url, seconds, 16, lua(rig.workdir))
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as runner:
+        time.sleep(seconds / 3)
+        rig.backends[index].kill()
+        stdout, _ = runner.communicate(timeout=seconds + 60)
+    rig.backends[index].start(rig.backend_ports[index])
+    return parse(stdout)
+
+
+@dataclass
+class Figures:
+    seconds: float
+    proxy_max: Load
+    nginx_max: Load
+    rate: float
+    direct: Load
+    proxied: Load
+    proxy_kill: Load
+    nginx_kill: Load
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    args = parser.parse_args()
+    seconds = 5.0 if args.quick else 10.0
+    ensure_tools()
+    with tempfile.TemporaryDirectory(prefix="whm-bench-") as tmp:
+        workdir = Path(tmp)
+        rig = Rig(workdir)
+        try:
+            rig.start()
+            assert rig.proxy is not None
+            proxy_url, nginx_url = rig.proxy.url + "/", f"http://127.0.0.1:{rig.nginx_port}/"
+            direct_url = f"http://127.0.0.1:{rig.backend_ports[0]}/"
+            wrk(proxy_url, 2, 64, workdir)  # warm up pools and caches
+            wrk(nginx_url, 2, 64, workdir)
+            proxy_max = wrk(proxy_url, seconds, 64, workdir)
+            nginx_max = wrk(nginx_url, seconds, 64, workdir)
+            rate = proxy_max.rps / 2
+            figures = Figures(
+                seconds,
+                proxy_max,
+                nginx_max,
+                rate,
+                direct=paced(direct_url, rate, seconds, workdir),
+                proxied=paced(proxy_url, rate, seconds, workdir),
+                proxy_kill=during_kill(rig, proxy_url, seconds, 1),
+                nginx_kill=during_kill(rig, nginx_url, seconds, 2),
+            )
+        finally:
+            rig.close()
+    report(figures)
+
+
+def report(f: Figures) -> None:
+    ratio = f.proxy_max.rps / f.nginx_max.rps
+    added50, added99 = f.proxied.p50_ms - f.direct.p50_ms, f.proxied.p99_ms - f.direct.p99_ms
+    rows = [
+        (
+            "throughput (wrk -t2 -c64, 1 KB GET, 3 backends)",
+            f"{f.proxy_max.rps:,.0f} req/s",
+            f"nginx {f.nginx_max.rps:,.0f} req/s (ratio {ratio:.2f})",
+            "≥ 10,000 req/s; ratio ≥ 0.40",
+        ),
+        (
+            f"added latency p50 / p99 at half load (target {f.rate:,.0f} req/s)",
+            f"{added50:.2f} ms / {added99:.2f} ms",
+            f"direct {f.direct.p50_ms:.2f} / {f.direct.p99_ms:.2f} ms at {f.direct.rps:,.0f} req/s; "
+            f"proxied {f.proxied.p50_ms:.2f} / {f.proxied.p99_ms:.2f} ms at {f.proxied.rps:,.0f} req/s",
+            "p99 ≤ 2 ms",
+        ),
+        (
+            "failed GETs while a node is killed (wrk -c16)",
+            f"{f.proxy_kill.failed} of {f.proxy_kill.requests:,}",
+            f"nginx {f.nginx_kill.failed} of {f.nginx_kill.requests:,}",
+            "0",
+        ),
+    ]
+    print()
+    for figure, measured, reference, goal in rows:
+        print(f"{figure}\n    measured: {measured}\n    reference: {reference}\n    goal: {goal}")
+    section = [
+        "",
+        f"## Proxy vs nginx ({datetime.date.today().isoformat()})",
+        "",
+        f"{WORKERS} workers each, nginx {nginx_version()}, runs of {f.seconds:.0f} s. Half load is paced by a wrk "
+        "Lua `delay()` per connection (closed loop with think time, 20 connections), as wrk has no rate option.",
+        "",
+        "| figure | measured | reference (same run) | goal |",
+        "|---|---|---|---|",
+        *(f"| {figure} | {measured} | {reference} | {goal} |" for figure, measured, reference, goal in rows),
+    ]
+    with RESULTS.open("a") as out:
+        out.write("\n".join(section) + "\n")
+    print(f"\nappended to {RESULTS}")
+
+
+def nginx_version() -> str:
+    result = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True, check=False)
+    return result.stderr.strip().rsplit("/", 1)[-1]
+
+
+if __name__ == "__main__":
+    main()

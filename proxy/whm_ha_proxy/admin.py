@@ -1,0 +1,90 @@
+"""The admin port: /stats (JSON), /metrics (Prometheus), /healthz, /readyz and POST /reload."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .stats import CLASSES, StatsCollector
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+
+def _totals(nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    totals: dict[str, Any] = {key: 0 for key in ("active", "requests", "errors", "retries", "ejections")}
+    totals["responses"] = dict.fromkeys(CLASSES, 0)
+    for node in nodes.values():
+        for key in ("active", "requests", "errors", "retries", "ejections"):
+            totals[key] += node[key]
+        for cls, count in node["responses"].items():
+            totals["responses"][cls] += count
+    return totals
+
+
+def build_app(supervisor: Supervisor) -> web.Application:
+    options = supervisor.options
+    latest: dict[str, Any] = {"nodes": {}, "unrouted": 0}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(lambda: latest, {"namespace": options.namespace, "cluster": options.cluster}))
+
+    async def stats(_: web.Request) -> web.Response:
+        merged = await supervisor.stats()
+        config = supervisor.config
+        ready, reason = supervisor.readiness()
+        return web.json_response(
+            {
+                "cluster": options.cluster,
+                "namespace": options.namespace,
+                "ready": ready,
+                "reason": reason,
+                "config": None
+                if config is None
+                else {
+                    "algorithm": config.algorithm,
+                    "retries": config.retries,
+                    "stickyCookie": config.sticky_cookie,
+                    "generation": config.generation,
+                    "nodes": [{**asdict(node), "routable": node.routable} for node in config.nodes],
+                },
+                "api": {"lists": supervisor.watcher.lists, "reloads": supervisor.watcher.reloads},
+                "workers": merged["workers"],
+                "totals": {**_totals(merged["nodes"]), "unrouted": merged["unrouted"]},
+                "nodes": merged["nodes"],
+            }
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        latest.update(await supervisor.stats())
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready, reason = supervisor.readiness()
+        return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+    async def reload(_: web.Request) -> web.Response:
+        try:
+            config = await supervisor.reload()
+        except TimeoutError:
+            return web.json_response({"error": "the API did not answer in time"}, status=503)
+        return web.json_response(
+            {
+                "reloaded": True,
+                "generation": config.generation if config else None,
+                "routable": config.routable if config else [],
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/reload", reload)
+    return app

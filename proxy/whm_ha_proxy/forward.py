@@ -1,0 +1,399 @@
+"""Forwarding requests to the chosen node: streaming, header hygiene, retries, timeouts, WebSocket tunnels.
+
+Bodies stream both ways without buffering (flow control on each side bounds memory); encodings pass
+through untouched. A request is retried on another node when no connection could be made (nothing
+was sent), and after other failures only when it is idempotent, has no body and nothing was sent to
+the client yet. An upgrade request (WebSocket) is passed to a node and, from its answer on, the two
+connections are joined byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .balancer import Backend, Balancer
+from .config import ProxyConfig
+from .server import ClientGone, Request
+from .stats import NodeStats
+from .upstream import HOP_BY_HOP, ConnectFailed, Connection, Pool, Response, UpstreamClosed, UpstreamError
+
+HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+SET_BY_PROXY = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"expect"})
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+SMALL_BODY = 65536
+"""Response bodies of a known length up to this size are relayed in one write."""
+JSON = [("Content-Type", "application/json")]
+REASONS = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Upstream timeouts in seconds."""
+
+    connect: float = 5.0
+    header: float = 60.0
+    """From the end of the request to the response's headers."""
+    idle: float = 60.0
+    """Between two reads of a response body (and for idle keep-alive connections)."""
+
+
+class Outgoing:
+    """What the node is sent, derived once per request."""
+
+    __slots__ = ("chunked", "cookies", "expect_continue", "has_body", "head", "host")
+
+    def __init__(self, head: bytes, *, host: bool, chunked: bool, has_body: bool, expect: bool, cookies: bytes) -> None:
+        self.head = head
+        """Request line and headers, ending with the blank line unless ``host`` is False."""
+        self.host = host
+        """Whether the client sent Host (otherwise the node's address is used)."""
+        self.chunked = chunked
+        """Whether the body goes chunk-encoded (the client sent it so)."""
+        self.has_body = has_body
+        self.expect_continue = expect
+        self.cookies = cookies
+
+
+NOTICED = HOP_BY_HOP_BYTES | SET_BY_PROXY | {b"host", b"content-length", b"cookie"}
+"""Header names that need more than copying (looked up once per header)."""
+
+
+def outgoing(request: Request, *, upgrade: bool = False) -> Outgoing:
+    """The request as the node gets it.
+
+    Hop-by-hop headers (and those named in Connection, and any ``Proxy-*``) are dropped, except
+    that an upgrade keeps ``Upgrade`` and ``Connection: Upgrade``; X-Forwarded-For is appended to,
+    X-Forwarded-Proto and -Host set.
+    """
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.path)]
+    append = lines.append
+    chunked = has_body = expect = False
+    host = cookies = b""
+    forwarded: list[bytes] = []
+    named: set[bytes] = set()
+    for name, value in request.headers:
+        lower = name.lower()
+        if lower in NOTICED:
+            if lower == b"host":
+                host = value
+            elif lower == b"content-length":
+                has_body = value.strip() not in (b"0", b"")
+            elif lower == b"cookie":
+                cookies = value
+            elif lower == b"x-forwarded-for":
+                forwarded.append(value)
+                continue
+            elif lower == b"expect":
+                expect = value.lower() == b"100-continue"
+                continue
+            elif lower == b"transfer-encoding":
+                chunked = has_body = True
+                continue
+            elif lower == b"connection":
+                named.update(token.strip().lower() for token in value.split(b","))
+                continue
+            elif lower != b"upgrade" or not upgrade:
+                continue
+        elif lower[:6] == b"proxy-":
+            continue
+        append(name + b": " + value)
+    named -= {b"keep-alive", b"close", b"upgrade"}
+    if named:  # rare: drop the headers the client named in Connection
+        lines = [lines[0], *(line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named)]
+        append = lines.append
+    peer = request.peer.encode()
+    append(b"X-Forwarded-For: " + (b", ".join([*forwarded, peer]) if forwarded else peer))
+    append(b"X-Forwarded-Proto: http")
+    if host:
+        append(b"X-Forwarded-Host: " + host)
+    if upgrade:
+        append(b"Connection: Upgrade")
+    if chunked:
+        lines = [line for line in lines if line[:15].lower() != b"content-length:"]
+        lines.append(b"Transfer-Encoding: chunked")
+    lines.append(b"\r\n" if host else b"")
+    return Outgoing(
+        b"\r\n".join(lines), host=bool(host), chunked=chunked, has_body=has_body, expect=expect, cookies=cookies
+    )
+
+
+def cookie(cookies: bytes, name: str) -> str | None:
+    """The value of cookie ``name`` in a Cookie header."""
+    wanted = name.encode() + b"="
+    for part in cookies.split(b";"):
+        pair = part.strip()
+        if pair.startswith(wanted):
+            return pair[len(wanted) :].decode("latin-1")
+    return None
+
+
+def error(request: Request, status: int, message: str, **details: object) -> None:
+    """A small JSON error: 503 no healthy node, 502 upstream failure, 504 upstream timeout."""
+    request.respond(status, REASONS[status], JSON, json.dumps({"error": message, **details}).encode())
+
+
+class Forwarder:
+    """The request handler of a worker: picks a node and relays the exchange."""
+
+    def __init__(self, balancer: Balancer, timeouts: Timeouts) -> None:
+        self.balancer = balancer
+        self.timeouts = timeouts
+        self.pool = Pool(timeouts.connect, timeouts.idle)
+        self.config: ProxyConfig | None = None
+        self.stats: dict[str, NodeStats] = {}
+        self.unrouted = 0
+        self._loop = asyncio.get_running_loop()
+
+    def configure(self, config: ProxyConfig | None) -> None:
+        """Apply a new configuration in place (in-flight requests keep their nodes)."""
+        previous = self.config
+        self.config = config
+        nodes = config.nodes if config is not None else ()
+        self.balancer.configure(config.algorithm if config is not None else "roundRobin", nodes)
+        for node in nodes:
+            self.stats.setdefault(node.name, NodeStats())
+        if config is not None and previous is not None and config.generation != previous.generation:
+            self.balancer.reset_ejections()
+
+    def snapshot(self) -> dict[str, object]:
+        backends = self.balancer.backends
+        return {
+            "nodes": {
+                name: stats.snapshot(backends[name].active if name in backends else 0)
+                for name, stats in self.stats.items()
+            },
+            "unrouted": self.unrouted,
+        }
+
+    def _unavailable(self, request: Request) -> None:
+        self.unrouted += 1
+        config = self.config
+        nodes = len(config.nodes) if config is not None else 0
+        error(request, 503, "no healthy node", cluster_configured=config is not None, nodes=nodes)
+
+    def _failed(self, backend: Backend, stats: NodeStats, *, refused: bool = False) -> None:
+        stats.errors += 1
+        if self.balancer.failed(backend, self._loop.time(), refused=refused):
+            stats.ejections += 1
+
+    async def __call__(self, request: Request) -> None:
+        config = self.config
+        if config is None:
+            return self._unavailable(request)
+        if request.upgrade:
+            return await self._tunnel(request, config)
+        out = outgoing(request)
+        name = config.sticky_cookie
+        sticky = cookie(out.cookies, name) if name is not None and out.cookies else None
+        if out.expect_continue and out.has_body:
+            request.continue_()
+        replayable = not out.has_body and request.method in IDEMPOTENT
+        tried: list[Backend] = []
+        failure: tuple[int, str, str] | None = None
+        while True:
+            backend = self.balancer.pick(self._loop.time(), sticky=sticky, exclude=tried)
+            if backend is None:
+                if failure is None:
+                    return self._unavailable(request)
+                return error(request, failure[0], failure[1], node=failure[2])
+            stats = self.stats[backend.name]
+            if tried:
+                self.stats[tried[-1].name].retries += 1
+            tried.append(backend)
+            stats.requests += 1
+            started = self._loop.time()
+            backend.active += 1
+            try:
+                try:
+                    head = out.head
+                    if not out.host:
+                        head += b"Host: " + backend.authority + b"\r\n\r\n"
+                    connection, response = await self._exchange(request, backend, head, out)
+                except ConnectFailed as exc:
+                    self._failed(backend, stats, refused=True)
+                    message = "upstream connect timeout" if exc.timed_out else "upstream connection failed"
+                    failure = (504 if exc.timed_out else 502, message, backend.name)
+                    if len(tried) <= config.retries:
+                        continue
+                    return error(request, failure[0], failure[1], node=backend.name)
+                except UpstreamError as exc:
+                    if request.body.error is not None:
+                        raise ClientGone("client left during the upload") from exc
+                    self._failed(backend, stats)
+                    timed_out = isinstance(exc, TimeoutError)
+                    message = "upstream timeout" if timed_out else "upstream failure"
+                    failure = (504 if timed_out else 502, message, backend.name)
+                    if replayable and len(tried) <= config.retries:
+                        continue
+                    return error(request, failure[0], failure[1], node=backend.name)
+                set_cookie = name if name is not None and sticky != backend.name else None
+                return await self._relay(
+                    request,
+                    connection=connection,
+                    response=response,
+                    backend=backend,
+                    stats=stats,
+                    started=started,
+                    set_cookie=set_cookie,
+                )
+            finally:
+                backend.active -= 1
+
+    async def _exchange(
+        self, request: Request, backend: Backend, head: bytes, out: Outgoing
+    ) -> tuple[Connection, Response]:
+        """Send the request to a node and wait for the response head.
+
+        A reused keep-alive connection that the node closed before answering is replaced by a fresh
+        one, once, for requests without a body (nothing else could have been sent twice).
+        """
+        for attempt in (0, 1):
+            connection = await self.pool.acquire(backend.name, backend.spec.address, backend.spec.port)
+            connection.begin(head, method_head=request.method == "HEAD")
+            if out.has_body:
+                writer = asyncio.ensure_future(connection.send_body(request.body.chunks(), chunked=out.chunked))
+                writer.add_done_callback(_abort_on_failure(connection))
+            try:
+                return connection, await connection.response(self.timeouts.header)
+            except UpstreamClosed:
+                connection.abort()
+                if out.has_body or attempt or not connection.reused or connection.received:
+                    raise
+            except BaseException:
+                connection.abort()
+                raise
+        raise AssertionError("unreachable")
+
+    async def _relay(
+        self,
+        request: Request,
+        *,
+        connection: Connection,
+        response: Response,
+        backend: Backend,
+        stats: NodeStats,
+        started: float,
+        set_cookie: str | None,
+    ) -> None:
+        """Send the node's response to the client as it arrives."""
+        status = response.status
+        if status >= 500:
+            self._failed(backend, stats)
+        else:
+            self.balancer.succeeded(backend)
+        headers = response.headers
+        if set_cookie is not None:
+            headers.append(("Set-Cookie", f"{set_cookie}={backend.name}; Path=/; HttpOnly; SameSite=Lax"))
+        length = response.length
+        idle = self.timeouts.idle
+        try:
+            if request.method == "HEAD" or status in (204, 304):
+                request.respond_bodiless(status, response.reason, headers, length if request.method == "HEAD" else None)
+            elif length is not None and length <= SMALL_BODY:
+                body = await connection.read(idle)
+                while len(body) < length and (more := await connection.read(idle)):
+                    body += more
+                if await connection.read(idle):
+                    raise UpstreamClosed("more body than announced")
+                request.respond(status, response.reason, headers, body)
+            else:
+                request.start(status, response.reason, headers, length)
+                while piece := await connection.read(idle):
+                    await request.write(piece)
+                request.finish()
+        except UpstreamError:
+            connection.abort()
+            self._failed(backend, stats)
+            if not request.responded:
+                return error(request, 502, "upstream failure", node=backend.name)
+            request.downstream.close()  # the client sees a cut response, never a complete-looking one
+            return None
+        except BaseException:
+            connection.abort()  # the client went away (or we are cancelled): the connection is not reusable
+            raise
+        self.pool.release(connection)
+        stats.answered(status, self._loop.time() - started)
+        return None
+
+    async def _tunnel(self, request: Request, config: ProxyConfig) -> None:
+        """Pass an upgrade request to a node, then join the two connections byte for byte."""
+        out = outgoing(request, upgrade=True)
+        tried: list[Backend] = []
+        while True:
+            backend = self.balancer.pick(self._loop.time(), exclude=tried)
+            if backend is None:
+                if tried:
+                    return error(request, 502, "upstream connection failed", node=tried[-1].name)
+                return self._unavailable(request)
+            tried.append(backend)
+            stats = self.stats[backend.name]
+            stats.requests += 1
+            address, port = backend.spec.address, backend.spec.port
+            try:
+                transport, peer = await asyncio.wait_for(
+                    self._loop.create_connection(lambda: TunnelPeer(request), address, port), self.timeouts.connect
+                )
+                break
+            except (OSError, TimeoutError):
+                self._failed(backend, stats, refused=True)
+                if len(tried) > config.retries:
+                    return error(request, 502, "upstream connection failed", node=backend.name)
+        started = self._loop.time()
+        backend.active += 1
+        try:
+            head = out.head if out.host else out.head + b"Host: " + backend.authority + b"\r\n\r\n"
+            transport.write(head)
+            peer.attach(request.tunnel(transport))
+            await peer.closed
+            request.downstream.close()
+            stats.answered(peer.status, self._loop.time() - started)
+        finally:
+            backend.active -= 1
+            transport.close()
+
+
+class TunnelPeer(asyncio.Protocol):
+    """The node's side of a tunnel: its bytes go to the client as they come."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.status = 502
+        self._to_client: Callable[[bytes], None] | None = None
+        self._early = bytearray()
+
+    def attach(self, to_client: Callable[[bytes], None]) -> None:
+        """Start passing the node's bytes to the client (any that came early first)."""
+        self._to_client = to_client
+        if self._early:
+            self.data_received(bytes(self._early))
+            self._early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._to_client is None:
+            self._early += data
+            return
+        if self.status == 502 and data.startswith(b"HTTP/1."):
+            self.status = int(data[9:12])
+        self._to_client(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.request.downstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.request.downstream.resume_reading()
+
+
+def _abort_on_failure(connection: Connection) -> Callable[[asyncio.Future[None]], None]:
+    def done(task: asyncio.Future[None]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            connection.abort()
+
+    return done

@@ -1,0 +1,417 @@
+"""A lean HTTP/1.1 client for talking to the nodes: pooled keep-alive connections on asyncio protocols.
+
+aiohttp's client costs several times more per request than the rest of the proxy, so the hot path
+uses this instead: one ``Connection`` protocol per upstream socket parses the response head and
+frames the body (Content-Length, chunked or until close) without decoding it; body bytes are
+handed out as they arrive, with flow control both ways. Errors say whether anything could have
+reached the node: ``ConnectFailed`` means nothing was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterable
+from typing import cast
+
+HEAD_LIMIT = 65536
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
+)
+"""Headers that describe one connection; never forwarded, nor any ``Proxy-*`` header."""
+NOTICED = HOP_BY_HOP | {"content-length"}
+COMMON_TOKENS = frozenset({"keep-alive", "close", "upgrade"})
+HIGH_WATER = 262144
+"""Buffered response bytes above which reading from the node pauses."""
+
+
+class UpstreamError(Exception):
+    """The exchange with a node failed."""
+
+
+class ConnectFailed(UpstreamError):
+    """No connection could be made (refused, unreachable or timed out): nothing was sent."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    """The node did not answer (headers) or went silent (body) in time."""
+
+
+class UpstreamClosed(UpstreamError):
+    """The node closed the connection or broke the protocol."""
+
+
+class Response:
+    """A response head with its end-to-end headers (no hop-by-hop ones, no Content-Length); the body is
+    read with ``Connection.read``."""
+
+    __slots__ = ("headers", "length", "reason", "status")
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.length = length
+        """Body length when known (Content-Length, or 0 for bodiless answers); None when chunked or until close."""
+
+
+_HEAD, _BODY, _DONE = 0, 1, 2
+_CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS = 0, 1, 2, 3
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection to a node, carrying one exchange at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: str) -> None:
+        self.loop = loop
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.reused = False
+        self.reusable = True
+        self.received = False
+        """Whether any byte of the current response has arrived."""
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self._state = _DONE
+        self._head = bytearray()
+        self._method_head = False
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._remaining = 0
+        self._framing = 0  # 0 length, 1 chunked, 2 until close
+        self._chunk_state = _CHUNK_SIZE
+        self._line = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._response: Response | None = None
+        self._error: Exception | None = None
+        self._paused_reading = False
+        self._drain: asyncio.Future[None] | None = None
+        self._closed = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.reusable = False
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        if self._state == _BODY and self._framing == 2:
+            self._state = _DONE
+        elif self._state != _DONE:
+            self._error = UpstreamClosed(f"connection closed by the node{f': {exc}' if exc else ''}")
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(UpstreamClosed("connection closed while sending"))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        if self._drain is None or self._drain.done():
+            self._drain = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        if self._state == _BODY:
+            self._feed(data)
+        elif self._state == _HEAD:
+            if self._head:
+                self._head += data
+                data = bytes(self._head)
+                self._head.clear()
+            self._parse_head(data)
+        else:
+            self.reusable = False  # bytes nobody asked for
+            self._close()
+
+    # -- one exchange -------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def begin(self, head: bytes, *, method_head: bool) -> None:
+        """Send a request head and expect a response."""
+        assert self.transport is not None
+        self._state = _HEAD
+        self._head.clear()
+        self._response = None
+        self._error = None
+        self._method_head = method_head
+        self.received = False
+        self.transport.write(head)
+
+    async def send_body(self, body: AsyncIterable[bytes], *, chunked: bool) -> None:
+        """Stream a request body (chunk-encoded when ``chunked``), respecting the node's pace."""
+        assert self.transport is not None
+        write = self.transport.write
+        async for chunk in body:
+            if self._closed:
+                raise UpstreamClosed("connection closed while sending")
+            if chunked:
+                write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            else:
+                write(chunk)
+            if self._drain is not None and not self._drain.done():
+                await self._drain
+        if chunked:
+            write(b"0\r\n\r\n")
+
+    async def response(self, timeout: float) -> Response:
+        """Wait for the response head (at most ``timeout`` seconds)."""
+        while self._response is None:
+            if self._error is not None:
+                raise self._error
+            await self._wait(timeout, "no response headers")
+        return self._response
+
+    async def read(self, timeout: float) -> bytes:
+        """The next piece of the body; b"" at its end."""
+        while not self._chunks:
+            if self._state == _DONE:
+                return b""
+            if self._error is not None:
+                raise self._error
+            await self._wait(timeout, "response body stalled")
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._paused_reading and self._buffered < HIGH_WATER // 2 and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        return chunk
+
+    def complete(self) -> bool:
+        """Whether the whole response has been read, so the connection may carry another exchange."""
+        return self._state == _DONE and not self._chunks and self._error is None
+
+    def abort(self) -> None:
+        self.reusable = False
+        self._close()
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    async def _wait(self, timeout: float, what: str) -> None:
+        waiter = self._waiter = self.loop.create_future()
+        handle = self.loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        except UpstreamTimeout:
+            self.abort()
+            raise UpstreamTimeout(f"{what} after {timeout:g}s") from None
+        finally:
+            handle.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
+    def _parse_head(self, data: bytes) -> None:
+        while True:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self._head += data
+                if len(self._head) > HEAD_LIMIT:
+                    self._fail("response head too large")
+                return
+            try:
+                response = self._head_of(data[:end])
+            except ValueError as exc:
+                self._fail(f"bad response head: {exc}")
+                return
+            data = data[end + 4 :]
+            if response is None:  # an interim 1xx answer: the real one follows
+                continue
+            self._response = response
+            self._state = _DONE if self._framing == 0 and self._remaining == 0 else _BODY
+            if data:
+                self._feed(data)
+            self._wake()
+            return
+
+    def _head_of(self, head: bytes) -> Response | None:
+        lines = head.decode("latin-1").split("\r\n")
+        version, _, status_reason = lines[0].partition(" ")
+        if not version.startswith("HTTP/1."):
+            raise ValueError(repr(lines[0][:80]))
+        code, _, reason = status_reason.partition(" ")
+        status = int(code)
+        if 100 <= status < 200 and status != 101:
+            return None
+        headers: list[tuple[str, str]] = []
+        append = headers.append
+        length: int | None = None
+        chunked = False
+        close = version == "HTTP/1.0"
+        hop: set[str] | None = None
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise ValueError("header line without a colon")
+            lower = name.lower()
+            if lower in NOTICED:
+                if lower == "content-length":
+                    length = int(value)
+                elif lower == "transfer-encoding":
+                    chunked = "chunked" in value.lower()
+                elif lower == "connection":
+                    tokens = {token.strip() for token in value.lower().split(",")}
+                    close = "close" in tokens or (close and "keep-alive" not in tokens)
+                    hop = tokens if hop is None else hop | tokens
+                continue
+            if lower[:6] == "proxy-":
+                continue
+            append((name, value.strip()))
+        if hop and (hop := hop - COMMON_TOKENS):  # rare: drop the headers the node named in Connection
+            headers = [(name, value) for name, value in headers if name.lower() not in hop]
+        if close:
+            self.reusable = False
+        if self._method_head or status in (204, 304):
+            self._framing, self._remaining = 0, 0
+            return Response(status, reason, headers, length if self._method_head else 0)
+        if chunked:
+            self._framing, self._chunk_state = 1, _CHUNK_SIZE
+            self._line.clear()
+            return Response(status, reason, headers, None)
+        if length is not None:
+            self._framing, self._remaining = 0, length
+            return Response(status, reason, headers, length)
+        self._framing = 2
+        self.reusable = False
+        return Response(status, reason, headers, None)
+
+    def _feed(self, data: bytes) -> None:
+        if self._framing == 0:
+            if len(data) > self._remaining:
+                self.reusable = False
+                data = data[: self._remaining]
+            self._remaining -= len(data)
+            self._push(data)
+            if self._remaining == 0:
+                self._state = _DONE
+        elif self._framing == 1:
+            self._feed_chunked(data)
+        else:
+            self._push(data)
+        self._wake()
+
+    def _feed_chunked(self, data: bytes) -> None:
+        position, size = 0, len(data)
+        while position < size and self._state == _BODY:
+            state = self._chunk_state
+            if state == _CHUNK_DATA:
+                take = min(self._remaining, size - position)
+                self._push(data[position : position + take])
+                position += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._chunk_state = _CHUNK_CRLF
+                continue
+            end = data.find(b"\n", position)
+            if end < 0:
+                self._line += data[position:]
+                if len(self._line) > HEAD_LIMIT:
+                    self._fail("chunk line too long")
+                return
+            self._line += data[position:end]
+            position = end + 1
+            line = bytes(self._line).rstrip(b"\r")
+            self._line.clear()
+            if state == _CHUNK_SIZE:
+                try:
+                    self._remaining = int(line.split(b";", 1)[0], 16)
+                except ValueError:
+                    self._fail("bad chunk size")
+                    return
+                self._chunk_state = _CHUNK_DATA if self._remaining else _TRAILERS
+            elif state == _CHUNK_CRLF:
+                self._chunk_state = _CHUNK_SIZE
+            elif not line:  # the empty line after the (ignored) trailers
+                self._state = _DONE
+        if position < size:
+            self.reusable = False
+
+    def _push(self, data: bytes) -> None:
+        if not data:
+            return
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if not self._paused_reading and self._buffered > HIGH_WATER and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    def _fail(self, message: str) -> None:
+        self._error = UpstreamClosed(message)
+        self.abort()
+        self._wake()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout())
+
+
+class Pool:
+    """Idle keep-alive connections per node address, closed after ``keepalive`` idle seconds."""
+
+    def __init__(self, connect_timeout: float, keepalive: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        self._idle: dict[str, list[Connection]] = {}
+
+    async def acquire(self, key: str, host: str, port: int) -> Connection:
+        """An idle connection to ``host:port`` if one is open, else a new one."""
+        idle = self._idle.get(key)
+        while idle:
+            connection = idle.pop()
+            if connection.idle_handle is not None:
+                connection.idle_handle.cancel()
+                connection.idle_handle = None
+            if not connection.closed:
+                connection.reused = True
+                return connection
+        try:
+            _, protocol = await asyncio.wait_for(
+                self.loop.create_connection(lambda: Connection(self.loop, key), host, port), self.connect_timeout
+            )
+        except TimeoutError:
+            raise ConnectFailed(f"connect to {host}:{port} timed out", timed_out=True) from None
+        except OSError as exc:
+            raise ConnectFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        return protocol
+
+    def release(self, connection: Connection) -> None:
+        """Take a connection back: kept if its exchange completed cleanly, closed otherwise."""
+        if not connection.reusable or connection.closed or not connection.complete():
+            connection.abort()
+            return
+        self._idle.setdefault(connection.key, []).append(connection)
+        connection.idle_handle = self.loop.call_later(self.keepalive, self._expire, connection)
+
+    def _expire(self, connection: Connection) -> None:
+        idle = self._idle.get(connection.key)
+        if idle is not None and connection in idle:
+            idle.remove(connection)
+        connection.abort()
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.abort()
+        self._idle.clear()

@@ -1,0 +1,79 @@
+"""A worker process: serves traffic on its own SO_REUSEPORT socket with configuration from the parent.
+
+Started by the parent as ``python -m whm_ha_proxy.worker OPTIONS_JSON FD``, where FD is the worker's
+end of a socket pair. Messages in: ``{"id", "config"}`` (apply a configuration), ``{"id", "stats"}``
+(report counters). Each is answered with ``{"id", ...}``. SIGTERM, or the parent going away, drains:
+stop accepting, let requests in flight finish (up to the drain time), exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+
+import uvloop
+
+from .balancer import Balancer
+from .channel import Channel
+from .config import ProxyConfig
+from .forward import Forwarder
+from .options import ProxyOptions
+from .server import Server
+
+
+def listen_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket bound with SO_REUSEPORT, so every worker binds the same port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(4096)
+        sock.setblocking(False)
+    return sock
+
+
+async def serve(options: ProxyOptions, channel_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the parent decides; Ctrl-C reaches it too
+    channel = await Channel.open(socket.socket(fileno=channel_fd))
+    forwarder = Forwarder(Balancer(policy=options.policy), options.timeouts)
+    server = Server(forwarder, options.idle_timeout)
+    listener = await loop.create_server(server, sock=listen_socket(*options.listen), backlog=4096)
+    answering = asyncio.create_task(_answer(channel, forwarder, stop))
+    await stop.wait()
+    listener.close()
+    await server.drain(options.drain_seconds)
+    answering.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await answering
+    forwarder.pool.close()
+    channel.close()
+
+
+async def _answer(channel: Channel, forwarder: Forwarder, stop: asyncio.Event) -> None:
+    while (message := await channel.receive()) is not None:
+        if "config" in message:
+            data = message["config"]
+            forwarder.configure(ProxyConfig.from_json(data) if data is not None else None)
+            channel.send({"id": message["id"]})
+        elif "stats" in message:
+            channel.send({"id": message["id"], "stats": forwarder.snapshot()})
+    stop.set()  # the parent is gone
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
+    options = ProxyOptions.from_json(sys.argv[1])
+    uvloop.run(serve(options, int(sys.argv[2])))
+
+
+if __name__ == "__main__":
+    main()

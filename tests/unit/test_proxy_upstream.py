@@ -1,0 +1,147 @@
+"""The proxy's upstream HTTP/1.1 client: response framing survives any split of the bytes on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from whm_ha_proxy.upstream import Connection, UpstreamClosed, UpstreamTimeout
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def splits(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    pieces, start = [], 0
+    for point in [*points, len(data)]:
+        if point > start:
+            pieces.append(data[start:point])
+            start = point
+    return pieces
+
+
+async def exchange(wire: bytes, cuts: list[int], *, method_head: bool = False) -> tuple[Connection, Any, bytes]:
+    connection = Connection(asyncio.get_running_loop(), "n")
+    transport: Any = FakeTransport()
+    connection.connection_made(transport)
+    connection.begin(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", method_head=method_head)
+    for piece in splits(wire, cuts):
+        connection.data_received(piece)
+    response = await connection.response(1)
+    body = bytearray()
+    while piece := await connection.read(1):
+        body += piece
+    return connection, response, bytes(body)
+
+
+def chunked(body: bytes, sizes: list[int]) -> bytes:
+    out, position = bytearray(), 0
+    for size in [*sizes, len(body)]:
+        piece = body[position : position + max(size, 1)]
+        if not piece:
+            break
+        out += b"%x;ext=1\r\n" % len(piece) + piece + b"\r\n"
+        position += len(piece)
+    return bytes(out + b"0\r\nX-Trailer: t\r\n\r\n")
+
+
+bodies = st.binary(max_size=3000)
+cuts = st.lists(st.integers(min_value=0, max_value=4000), max_size=12)
+
+
+@settings(max_examples=200)
+@given(bodies, cuts)
+async def test_content_length_framing(body: bytes, cut: list[int]) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-A: 1\r\nConnection: keep-alive, X-A\r\n\r\n" % len(body)
+    connection, response, received = await exchange(head + body, cut)
+    assert received == body and response.length == len(body)
+    assert response.headers == [], "Content-Length, Connection and the headers it names are not end-to-end"
+    assert connection.complete() and connection.reusable
+
+
+@settings(max_examples=200)
+@given(bodies, st.lists(st.integers(min_value=1, max_value=700), max_size=6), cuts)
+async def test_chunked_framing(body: bytes, sizes: list[int], cut: list[int]) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n\r\n"
+    connection, response, received = await exchange(head + chunked(body, sizes), cut)
+    assert received == body and response.length is None
+    assert response.headers == [("Content-Encoding", "gzip")]
+    assert connection.complete() and connection.reusable
+
+
+@given(bodies, cuts)
+async def test_until_close_framing(body: bytes, cut: list[int]) -> None:
+    connection = Connection(asyncio.get_running_loop(), "n")
+    connection.connection_made(FakeTransport())  # type: ignore[arg-type]
+    connection.begin(b"GET / HTTP/1.1\r\n\r\n", method_head=False)
+    for piece in splits(b"HTTP/1.0 200 OK\r\n\r\n" + body, cut):
+        connection.data_received(piece)
+    connection.connection_lost(None)
+    await connection.response(1)
+    received = bytearray()
+    while piece := await connection.read(1):
+        received += piece
+    assert received == body and not connection.reusable
+
+
+async def test_interim_answers_are_skipped_and_head_has_no_body() -> None:
+    wire = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    connection, response, body = await exchange(wire, [], method_head=True)
+    assert response.status == 200 and response.length == 5 and body == b"" and connection.complete()
+    connection, response, body = await exchange(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", [])
+    assert response.length == 0 and body == b"" and connection.complete()
+
+
+async def test_a_node_closing_mid_body_or_silent_is_an_error() -> None:
+    connection = Connection(asyncio.get_running_loop(), "n")
+    connection.connection_made(FakeTransport())  # type: ignore[arg-type]
+    connection.begin(b"GET / HTTP/1.1\r\n\r\n", method_head=False)
+    connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    await connection.response(1)
+    assert await connection.read(1) == b"abc"
+    connection.connection_lost(None)
+    with pytest.raises(UpstreamClosed):
+        await connection.read(1)
+
+    silent = Connection(asyncio.get_running_loop(), "n")
+    silent.connection_made(FakeTransport())  # type: ignore[arg-type]
+    silent.begin(b"GET / HTTP/1.1\r\n\r\n", method_head=False)
+    with pytest.raises(UpstreamTimeout):
+        await silent.response(0.05)
+
+
+async def test_reading_pauses_above_the_high_water_mark() -> None:
+    connection = Connection(asyncio.get_running_loop(), "n")
+    transport = FakeTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    connection.begin(b"GET / HTTP/1.1\r\n\r\n", method_head=False)
+    size = 1 << 20
+    connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+    for _ in range(size // 65536):
+        connection.data_received(b"x" * 65536)
+    assert transport.paused
+    total = 0
+    while piece := await connection.read(1):
+        total += len(piece)
+    assert total == size and not transport.paused

@@ -13,14 +13,6 @@ Handler = Callable[[argparse.Namespace], int]
 DEFAULT_PASSWORD_ENV = "WHM_HA_DB_PASSWORD"
 
 
-def _not_built(component: str) -> Handler:
-    def handler(_: argparse.Namespace) -> int:
-        print(f"whm-ha {component}: not built yet in this version", file=sys.stderr)
-        return 2
-
-    return handler
-
-
 def _run_crds(args: argparse.Namespace) -> int:
     from .crd.generate import write_all
 
@@ -158,6 +150,18 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     proxy.set_defaults(handler=_run_proxy)
 
 
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo.main import run
+
+    return run(
+        api=args.api,
+        kubeconfig=args.kubeconfig,
+        scenario=args.scenario,
+        proxy_port=args.proxy_port,
+        shim_port=args.shim_port,
+    )
+
+
 def _kube_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", "-n", default=None, help="namespace to watch (default: all namespaces)")
 
@@ -258,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--api", choices=["sandbox", "real"], default="sandbox", help="which Kubernetes API")
     demo.add_argument("--kubeconfig", type=Path, default=None, help="use an existing cluster instead")
     demo.add_argument("--scenario", choices=["failover"], default=None, help="run a scripted tour")
-    demo.set_defaults(handler=_not_built("demo"))
+    demo.add_argument("--proxy-port", type=int, default=8080, help="the proxy's port on 127.0.0.1")
+    demo.add_argument("--shim-port", type=int, default=4000, help="the shim's port on 127.0.0.1")
+    demo.set_defaults(handler=_run_demo)
 
     crds = sub.add_parser(
         "crds",

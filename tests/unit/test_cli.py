@@ -10,9 +10,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ["operator", "proxy", "shim", "sandbox", "demo", "crds", "migrate"]
-NOT_BUILT = {
-    "demo": [],
-}
 
 
 def whm_ha(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -39,14 +36,6 @@ def test_subcommand_help(name: str) -> None:
     assert result.returncode == 0
     assert f"usage: whm-ha {name}" in result.stdout
     assert "--" in result.stdout.split("options:", 1)[1], "help lists no options"
-
-
-@pytest.mark.parametrize("name", sorted(NOT_BUILT))
-def test_unbuilt_subcommand_says_so_and_exits_2(name: str) -> None:
-    result = whm_ha(name, *NOT_BUILT[name])
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert result.stderr.strip() == f"whm-ha {name}: not built yet in this version"
 
 
 def test_crds_writes_one_file_per_crd(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""``whm-ha demo``: the whole system on one machine, on loopback, with a narrated failover tour."""

@@ -1,0 +1,117 @@
+"""``whm-ha demo``: start everything, show it, optionally run the tour, and stop everything on Ctrl-C."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from kubernetes import client, config
+
+from .stack import ADMIN_TOKEN, NAMESPACE, DemoError, Stack
+from .tour import tour
+from .view import Observer
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _apply(api: client.ApiClient, docs: list[dict[str, Any]]) -> None:
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            core.create_namespaced_secret(NAMESPACE, cast(Any, doc))
+        else:
+            group, version = doc["apiVersion"].split("/")
+            plural = {"WHMCluster": "whmclusters", "WHMNode": "whmnodes", "MySQLReplication": "mysqlreplications"}
+            custom.create_namespaced_custom_object(group, version, NAMESPACE, plural[doc["kind"]], doc)
+
+
+def _healthy(observer: Observer) -> bool:
+    cluster = observer.cluster().get("status") or {}
+    replication = observer.replication().get("status") or {}
+    return cluster.get("phase") == "Healthy" and replication.get("phase") == "Healthy"
+
+
+def _start(stack: Stack, api: str, kubeconfig: Path | None) -> client.ApiClient:
+    stack.check_ports()
+    say("Starting the Kubernetes API (sandbox) with the CRDs ...")
+    stack.start_api(api, kubeconfig)
+    say("Starting three MariaDB servers ...")
+    stack.start_databases()
+    say("Starting three WHM nodes ...")
+    for name in ("whm-node-1", "whm-node-2", "whm-node-3"):
+        stack.start_node(name)
+    api_client = config.new_client_from_config(config_file=str(stack.kubeconfig))  # type: ignore[no-untyped-call]
+    _apply(api_client, stack.resources())
+    say("Starting the operator, the proxy and the shim ...")
+    stack.start_services()
+    return cast(client.ApiClient, api_client)
+
+
+def _watch(observer: Observer) -> None:
+    """Print what changes, until Ctrl-C."""
+    say("Press Ctrl-C to stop everything.")
+    shown: list[str] = []
+    while True:
+        stats = observer.proxy_stats() or {}
+        totals = stats.get("totals") or {}
+        traffic = f"{totals.get('requests', 0)} requests through the proxy" if stats else "proxy not answering"
+        lines = [ln for ln in observer.lines(traffic) if ln]
+        if [ln[11:] for ln in lines] != [ln[11:] for ln in shown]:
+            for line in lines:
+                say(line)
+            shown = lines
+        time.sleep(1)
+
+
+def run(*, api: str, kubeconfig: Path | None, scenario: str | None, proxy_port: int, shim_port: int) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="whm-ha-demo-"))
+    stack = Stack(workdir, proxy_port=proxy_port, shim_port=shim_port)
+    keep_logs = False
+    try:
+        api_client = _start(stack, api, kubeconfig)
+        observer = Observer(api_client, stack.admin_port)
+        deadline = time.monotonic() + 90
+        while not _healthy(observer):
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"the cluster and the replication did not become Healthy within 90s; see the logs in {workdir}"
+                )
+            time.sleep(0.5)
+        say("")
+        say(f"  kubeconfig  export KUBECONFIG={stack.kubeconfig}   (then: kubectl get whmc,whmn,myrepl)")
+        say(f"  proxy       http://127.0.0.1:{stack.proxy_port}/")
+        say(f"  shim        http://127.0.0.1:{stack.shim_port}/api/ha/status   (Authorization: Bearer {ADMIN_TOKEN})")
+        say(
+            f"  metrics     http://127.0.0.1:{stack.metrics_port}/metrics  (operator), "
+            f"http://127.0.0.1:{stack.admin_port}/metrics  (proxy)"
+        )
+        say(f"  logs        {workdir}")
+        say("")
+        for line in observer.lines():
+            if line:
+                say(line)
+        if scenario == "failover":
+            return 0 if tour(stack, api_client, say) else 1
+        _watch(observer)
+        return 0
+    except DemoError as exc:
+        print(f"whm-ha demo: {exc}", file=sys.stderr)
+        keep_logs = True
+        return 1
+    except KeyboardInterrupt:
+        say("")
+        return 0
+    finally:
+        say("Stopping everything ...")
+        stack.stop()
+        if keep_logs:
+            say(f"Stopped. The logs are in {workdir}.")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+            say("Stopped.")

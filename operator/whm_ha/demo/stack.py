@@ -1,0 +1,266 @@
+"""Start and stop every part of the demo as processes on loopback: a Kubernetes API, three MariaDB servers,
+three stand-in WHM nodes, the operator, the proxy and the shim."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..crd.generate import write_all
+from ..db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB, LocalServerError, free_port, init_template
+
+NAMESPACE = "default"
+CLUSTER = "whm"
+REPLICATION = "whm-db"
+ADMIN_TOKEN = "demo-admin-token"
+FAST_HEALTH = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start; the message is one line saying why."""
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Stack:
+    """The demo's processes and where they listen."""
+
+    workdir: Path
+    proxy_port: int = 8080
+    shim_port: int = 4000
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    databases: list[LocalMariaDB] = field(default_factory=list)
+    nodes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    node_ports: dict[str, int] = field(default_factory=dict)
+    kubeconfig: Path | None = None
+    admin_port: int = 0
+    metrics_port: int = 0
+    db_period_seconds: int = 1
+    db_failure_threshold: int = 2
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
+        self.processes.append((name, process))
+        return process
+
+    def _whm_ha(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        env = {"KUBECONFIG": str(self.kubeconfig)} if self.kubeconfig else {}
+        return self._spawn(name, [sys.executable, "-m", "whm_ha", *args], env)
+
+    @staticmethod
+    def _wait_http(url: str, what: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise DemoError(f"{what} exited at start; see its log")
+            try:
+                with urllib.request.urlopen(url, timeout=1):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers
+            except OSError:
+                time.sleep(0.1)
+        raise DemoError(f"{what} did not answer on {url} within {timeout:g}s")
+
+    # -- parts ------------------------------------------------------------------------------------
+
+    def check_ports(self) -> None:
+        for port, what in ((self.proxy_port, "proxy"), (self.shim_port, "shim")):
+            if not _port_free(port):
+                raise DemoError(f"port {port} for the {what} is busy: pass --{what}-port with a free one")
+
+    def start_api(self, api: str, kubeconfig: Path | None) -> None:
+        if kubeconfig is not None:
+            if not kubeconfig.exists():
+                raise DemoError(f"kubeconfig {kubeconfig} does not exist")
+            self.kubeconfig = kubeconfig
+            return
+        if api == "real":
+            raise DemoError(
+                "--api real needs the control plane of the tests: run hack/build-control-plane and "
+                "the tests' fixture, or pass --kubeconfig of a cluster"
+            )
+        crds = self.workdir / "crds"
+        write_all(crds)
+        users = self.workdir / "users.yaml"
+        users.write_text(
+            yaml.safe_dump({"users": [{"name": "demo-admin", "token": ADMIN_TOKEN, "groups": ["system:masters"]}]})
+        )
+        self.kubeconfig = self.workdir / "kubeconfig"
+        port = free_port()
+        process = self._spawn(
+            "sandbox",
+            [
+                sys.executable,
+                "-m",
+                "whm_ha",
+                "sandbox",
+                f"--port={port}",
+                f"--crds={crds}",
+                f"--kubeconfig-out={self.kubeconfig}",
+                f"--users={users}",
+            ],
+        )
+        self._wait_http(f"http://127.0.0.1:{port}/readyz", "the sandbox API", process)
+
+    def start_databases(self) -> None:
+        if shutil.which("mariadbd") is None and not Path("/usr/sbin/mariadbd").exists():
+            raise DemoError("mariadbd not found: install MariaDB (apt-get install mariadb-server)")
+        try:
+            template = init_template(self.workdir / "mariadb-template")
+            for index in range(3):
+                server = LocalMariaDB.from_template(
+                    template,
+                    self.workdir / f"mariadb-{index}",
+                    index + 1,
+                    extra_args=("--read-only=ON", "--init-rpl-role=SLAVE"),
+                )
+                server.start()
+                self.databases.append(server)
+        except LocalServerError as exc:
+            raise DemoError(str(exc)) from exc
+
+    def start_node(self, name: str) -> None:
+        port = self.node_ports.setdefault(name, free_port())
+        self.nodes[name] = self._spawn(
+            name, [sys.executable, "-m", "whm_ha.demo_node", "--name", name, "--port", str(port)]
+        )
+        self._wait_http(f"http://127.0.0.1:{port}/healthz", f"node {name}", self.nodes[name])
+
+    def kill_node(self, name: str) -> None:
+        process = self.nodes.pop(name)
+        process.kill()
+        process.wait()
+
+    def resources(self) -> list[dict[str, Any]]:
+        """The custom resources and Secrets the demo applies."""
+        replication_password = secrets.token_urlsafe(12)
+        docs: list[dict[str, Any]] = [
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "whm-db-admin"},
+                "type": "kubernetes.io/basic-auth",
+                "stringData": {"username": ADMIN_USER, "password": ADMIN_PASSWORD},
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "whm-db-replication"},
+                "type": "kubernetes.io/basic-auth",
+                "stringData": {"username": "repl", "password": replication_password},
+            },
+            {
+                "apiVersion": "ha.whm.io/v1alpha1",
+                "kind": "MySQLReplication",
+                "metadata": {"name": REPLICATION},
+                "spec": {
+                    "primary": "db-0",
+                    "semiSync": True,
+                    "periodSeconds": self.db_period_seconds,
+                    "failureThreshold": self.db_failure_threshold,
+                    "minIntervalSeconds": 0,
+                    "members": [
+                        {"name": f"db-{i}", "host": s.host, "port": s.port} for i, s in enumerate(self.databases)
+                    ],
+                    "credentialsSecret": {"name": "whm-db-admin"},
+                    "replicationSecret": {"name": "whm-db-replication"},
+                },
+            },
+            {
+                "apiVersion": "ha.whm.io/v1alpha1",
+                "kind": "WHMCluster",
+                "metadata": {"name": CLUSTER},
+                "spec": {
+                    "healthCheck": FAST_HEALTH,
+                    "failover": {"minIntervalSeconds": 0},
+                    "loadBalancer": {"algorithm": "roundRobin", "port": self.proxy_port},
+                    "database": {"replicationRef": {"name": REPLICATION}},
+                },
+            },
+        ]
+        for name, priority in (("whm-node-1", 100), ("whm-node-2", 50), ("whm-node-3", 10)):
+            docs.append(
+                {
+                    "apiVersion": "ha.whm.io/v1alpha1",
+                    "kind": "WHMNode",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "cluster": CLUSTER,
+                        "hostname": name,
+                        "address": "127.0.0.1",
+                        "port": self.node_ports[name],
+                        "priority": priority,
+                    },
+                }
+            )
+        return docs
+
+    def start_services(self) -> None:
+        self.metrics_port, self.admin_port = free_port(), free_port()
+        operator = self._whm_ha(
+            "operator", "operator", f"--namespace={NAMESPACE}", f"--metrics=127.0.0.1:{self.metrics_port}"
+        )
+        proxy = self._whm_ha(
+            "proxy",
+            "proxy",
+            f"--cluster={CLUSTER}",
+            f"--namespace={NAMESPACE}",
+            f"--listen=127.0.0.1:{self.proxy_port}",
+            f"--admin=127.0.0.1:{self.admin_port}",
+            "--workers=1",
+        )
+        shim = self._whm_ha(
+            "shim",
+            "shim",
+            f"--listen=127.0.0.1:{self.shim_port}",
+            f"--namespace={NAMESPACE}",
+            f"--cluster={CLUSTER}",
+            f"--proxy-admin=http://127.0.0.1:{self.admin_port}",
+        )
+        self._wait_http(f"http://127.0.0.1:{self.metrics_port}/metrics", "the operator", operator)
+        self._wait_http(f"http://127.0.0.1:{self.admin_port}/healthz", "the proxy", proxy)
+        self._wait_http(f"http://127.0.0.1:{self.shim_port}/healthz", "the shim", shim)
+
+    def stop(self) -> None:
+        """Stop everything, newest first; nothing is left running."""
+        for _, process in reversed(self.processes):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _, process in reversed(self.processes):
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for server in self.databases:
+            server.kill()

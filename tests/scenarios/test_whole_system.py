@@ -1,0 +1,162 @@
+"""The whole system as subprocesses, as `whm-ha demo` starts it: sandbox API, three MariaDB servers, three
+WHM nodes, the operator, the proxy and the shim."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from whm_ha.db.local_server import free_port
+from whm_ha.demo.main import _apply, _healthy
+from whm_ha.demo.stack import ADMIN_TOKEN, Stack
+from whm_ha.demo.tour import Traffic, database_failover, node_failover
+from whm_ha.demo.view import Observer
+
+pytestmark = pytest.mark.mariadb
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[tuple[Stack, client.ApiClient, Observer]]:
+    stack = Stack(tmp_path, proxy_port=free_port(), shim_port=free_port())
+    try:
+        stack.start_api("sandbox", None)
+        stack.start_databases()
+        for name in ("whm-node-1", "whm-node-2", "whm-node-3"):
+            stack.start_node(name)
+        api = config.new_client_from_config(config_file=str(stack.kubeconfig))
+        _apply(api, stack.resources())
+        stack.start_services()
+        observer = Observer(api, stack.admin_port)
+        deadline = time.monotonic() + 90
+        while not _healthy(observer):
+            assert time.monotonic() < deadline, "the system did not become Healthy"
+            time.sleep(0.2)
+        yield stack, api, observer
+    finally:
+        stack.stop()
+    for log in tmp_path.glob("*.log"):
+        assert "Traceback" not in log.read_text(errors="replace"), f"{log.name}: {log.read_text()[-3000:]}"
+
+
+def test_get_traffic_survives_the_primary_node_dying(system: tuple[Stack, client.ApiClient, Observer]) -> None:
+    stack, _, observer = system
+    traffic = Traffic(f"http://127.0.0.1:{stack.proxy_port}/")
+    thread = threading.Thread(target=traffic.run)
+    thread.start()
+    try:
+        assert node_failover(stack, observer, traffic, print), "a new primary within the bound, no GET failed"
+    finally:
+        traffic.stop.set()
+        thread.join()
+    assert traffic.failed == 0 and traffic.ok > 20
+
+
+def test_no_acknowledged_write_is_lost_when_the_mysql_primary_dies(
+    system: tuple[Stack, client.ApiClient, Observer],
+) -> None:
+    stack, api, observer = system
+    assert database_failover(stack, api, observer, print), "promotion, writer resumes, nothing lost"
+
+
+def _operator(stack: Stack) -> subprocess.Popen[bytes]:
+    return next(p for name, p in stack.processes if name == "operator" and p.poll() is None)
+
+
+def test_operator_restarted_mid_failover_never_fails_over_twice(
+    system: tuple[Stack, client.ApiClient, Observer],
+) -> None:
+    stack, _, observer = system
+    violations: list[str] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            primaries = [
+                n["metadata"]["name"] for n in observer.nodes() if (n.get("status") or {}).get("role") == "Primary"
+            ]
+            writable = []
+            for index, server in enumerate(stack.databases):
+                if not server.running:
+                    continue
+                try:
+                    conn = server.connect(connect_timeout=1)
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT @@global.read_only")
+                        row = cur.fetchone()
+                    conn.close()
+                except Exception:  # a server going down answers nothing: it cannot be writable
+                    continue
+                if row and int(row[0]) == 0:
+                    writable.append(index)
+            if len(primaries) > 1 or len(writable) > 1:
+                violations.append(f"nodes {primaries} writable databases {writable}")
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        node_primary = observer.cluster()["status"]["primaryNode"]
+        db_primary = observer.replication()["status"]["currentPrimary"]
+        stack.kill_node(node_primary)
+        stack.databases[int(db_primary.rsplit("-", 1)[1])].kill()
+        _operator(stack).kill()  # in the middle of both failovers
+        stack._whm_ha("operator", "operator", "--namespace=default", f"--metrics=127.0.0.1:{free_port()}")
+        deadline = time.monotonic() + 60
+        while True:
+            cluster = observer.cluster()["status"]
+            replication = observer.replication().get("status") or {}
+            if (
+                cluster.get("primaryNode") not in (None, node_primary)
+                and replication.get("currentPrimary") not in (None, db_primary)
+                and replication.get("phase") != "Promoting"
+            ):
+                break
+            assert time.monotonic() < deadline, f"no convergence: {cluster.get('primaryNode')} {replication}"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        sampler.join()
+    assert violations == []
+    assert len(observer.cluster()["status"]["failoverHistory"]) == 1, "one node failover"
+    assert len(observer.replication()["status"]["promotionHistory"]) == 1, "one promotion"
+
+
+def _readme_curl_calls() -> list[str]:
+    text = README.read_text()
+    block = text.split("## Legacy REST API (shim)", 1)[1].split("```sh", 2)[2].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip().startswith("curl")]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_readme_curl_calls(system: tuple[Stack, client.ApiClient, Observer]) -> None:
+    stack, _, _ = system
+    calls = _readme_curl_calls()
+    assert len(calls) == 12, calls
+    env = {
+        "API": f"http://127.0.0.1:{stack.shim_port}/api/ha",
+        "AUTH": f"Authorization: Bearer {ADMIN_TOKEN}",
+        "JSON": "Content-Type: application/json",
+        "PATH": "/usr/bin:/bin",
+    }
+    for written in calls:
+        # The demo's members all live on 127.0.0.1: name the replica to promote rather than its host.
+        call = written.replace('"slaveHost": "10.0.0.22"', '"slaveHost": "db-1"')
+        result = subprocess.run(
+            ["bash", "-c", call + " -w '\\n%{http_code}'"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        body, _, code = result.stdout.rpartition("\n")
+        assert code in ("200", "201"), f"{call}\n{result.stdout}{result.stderr}"
+        assert '"success": true' in body.replace('"success":true', '"success": true'), body

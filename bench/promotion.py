@@ -17,15 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kubernetes import config
-
 from whm_ha.apps.pool import ReadWritePool
 from whm_ha.apps.topology import KubernetesTopology
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, free_port
-from whm_ha.demo.main import _apply, _healthy
+from whm_ha.demo.main import start_system
 from whm_ha.demo.stack import NAMESPACE, REPLICATION, Stack
 from whm_ha.demo.tour import Writer
-from whm_ha.demo.view import Observer
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SETTINGS = {"fast": (1, 2), "default": (5, 3)}
@@ -55,19 +52,7 @@ def one_run(period: int, threshold: int) -> dict[str, Any]:
             db_failure_threshold=threshold,
         )
         try:
-            stack.start_api("sandbox", None)
-            stack.start_databases()
-            for name in ("whm-node-1", "whm-node-2", "whm-node-3"):
-                stack.start_node(name)
-            api = config.new_client_from_config(config_file=str(stack.kubeconfig))
-            _apply(api, stack.resources())
-            stack.start_services()
-            observer = Observer(api, stack.admin_port)
-            deadline = time.monotonic() + 120
-            while not _healthy(observer):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the stack did not become healthy")
-                time.sleep(0.2)
+            api, observer = start_system(stack, say=lambda _: None)
             conn = stack.databases[0].connect()
             with conn.cursor() as cur:
                 cur.execute("CREATE DATABASE IF NOT EXISTS demo")

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from whm_ha.db.local_server import free_port
-from whm_ha.demo.main import _apply, _healthy
+from whm_ha.demo.main import start_system
 from whm_ha.demo.stack import ADMIN_TOKEN, Stack
 from whm_ha.demo.tour import Traffic, database_failover, node_failover
 from whm_ha.demo.view import Observer
@@ -27,18 +27,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def system(tmp_path: Path) -> Iterator[tuple[Stack, client.ApiClient, Observer]]:
     stack = Stack(tmp_path, proxy_port=free_port(), shim_port=free_port())
     try:
-        stack.start_api("sandbox", None)
-        stack.start_databases()
-        for name in ("whm-node-1", "whm-node-2", "whm-node-3"):
-            stack.start_node(name)
-        api = config.new_client_from_config(config_file=str(stack.kubeconfig))
-        _apply(api, stack.resources())
-        stack.start_services()
-        observer = Observer(api, stack.admin_port)
-        deadline = time.monotonic() + 90
-        while not _healthy(observer):
-            assert time.monotonic() < deadline, "the system did not become Healthy"
-            time.sleep(0.2)
+        api, observer = start_system(stack, say=lambda _: None)
         yield stack, api, observer
     finally:
         stack.stop()

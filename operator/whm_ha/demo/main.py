@@ -6,6 +6,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,7 +38,10 @@ def _healthy(observer: Observer) -> bool:
     return cluster.get("phase") == "Healthy" and replication.get("phase") == "Healthy"
 
 
-def _start(stack: Stack, api: str, kubeconfig: Path | None) -> client.ApiClient:
+def start_system(
+    stack: Stack, *, api: str = "sandbox", kubeconfig: Path | None = None, say: Callable[[str], None] = say
+) -> tuple[client.ApiClient, Observer]:
+    """Start every part, apply the resources, and wait until the cluster and the replication are Healthy."""
     stack.check_ports()
     say("Starting the Kubernetes API (sandbox) with the CRDs ...")
     stack.start_api(api, kubeconfig)
@@ -46,11 +50,22 @@ def _start(stack: Stack, api: str, kubeconfig: Path | None) -> client.ApiClient:
     say("Starting three WHM nodes ...")
     for name in ("whm-node-1", "whm-node-2", "whm-node-3"):
         stack.start_node(name)
-    api_client = config.new_client_from_config(config_file=str(stack.kubeconfig))  # type: ignore[no-untyped-call]
+    api_client = cast(
+        client.ApiClient,
+        config.new_client_from_config(config_file=str(stack.kubeconfig)),  # type: ignore[no-untyped-call]
+    )
     _apply(api_client, stack.resources())
     say("Starting the operator, the proxy and the shim ...")
     stack.start_services()
-    return cast(client.ApiClient, api_client)
+    observer = Observer(api_client, stack.admin_port)
+    deadline = time.monotonic() + 90
+    while not _healthy(observer):
+        if time.monotonic() > deadline:
+            raise DemoError(
+                f"the cluster and the replication did not become Healthy within 90s; see the logs in {stack.workdir}"
+            )
+        time.sleep(0.2)
+    return api_client, observer
 
 
 def _watch(observer: Observer) -> None:
@@ -74,15 +89,7 @@ def run(*, api: str, kubeconfig: Path | None, scenario: str | None, proxy_port: 
     stack = Stack(workdir, proxy_port=proxy_port, shim_port=shim_port)
     keep_logs = False
     try:
-        api_client = _start(stack, api, kubeconfig)
-        observer = Observer(api_client, stack.admin_port)
-        deadline = time.monotonic() + 90
-        while not _healthy(observer):
-            if time.monotonic() > deadline:
-                raise DemoError(
-                    f"the cluster and the replication did not become Healthy within 90s; see the logs in {workdir}"
-                )
-            time.sleep(0.5)
+        api_client, observer = start_system(stack, api=api, kubeconfig=kubeconfig)
         say("")
         say(f"  kubeconfig  export KUBECONFIG={stack.kubeconfig}   (then: kubectl get whmc,whmn,myrepl)")
         say(f"  proxy       http://127.0.0.1:{stack.proxy_port}/")

@@ -10,8 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+import yaml
 from kubernetes import client, config
 
+from ..crd.generate import all_files
 from .stack import ADMIN_TOKEN, NAMESPACE, DemoError, Stack
 from .tour import tour
 from .view import Observer
@@ -32,6 +34,28 @@ def _apply(api: client.ApiClient, docs: list[dict[str, Any]]) -> None:
             custom.create_namespaced_custom_object(group, version, NAMESPACE, plural[doc["kind"]], doc)
 
 
+def _install_crds(api: client.ApiClient) -> None:
+    """An existing cluster gets our CRDs (and kopf's) when it lacks them."""
+    extensions = client.ApiextensionsV1Api(api)
+    for text in all_files().values():
+        crd = yaml.safe_load(text)
+        try:
+            extensions.create_custom_resource_definition(crd)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise DemoError(f"cannot install CRD {crd['metadata']['name']}: {exc.reason}") from exc
+    deadline = time.monotonic() + 60
+    custom = client.CustomObjectsApi(api)
+    while True:
+        try:
+            custom.list_namespaced_custom_object("ha.whm.io", "v1alpha1", NAMESPACE, "whmclusters")
+            return
+        except client.ApiException:
+            if time.monotonic() > deadline:
+                raise DemoError("the CRDs were not served within 60s") from None
+            time.sleep(0.5)
+
+
 def _healthy(observer: Observer) -> bool:
     cluster = observer.cluster().get("status") or {}
     replication = observer.replication().get("status") or {}
@@ -43,7 +67,7 @@ def start_system(
 ) -> tuple[client.ApiClient, Observer]:
     """Start every part, apply the resources, and wait until the cluster and the replication are Healthy."""
     stack.check_ports()
-    say("Starting the Kubernetes API (sandbox) with the CRDs ...")
+    say(f"Starting the Kubernetes API ({'an existing cluster' if kubeconfig else api}) with the CRDs ...")
     stack.start_api(api, kubeconfig)
     say("Starting three MariaDB servers ...")
     stack.start_databases()
@@ -54,6 +78,8 @@ def start_system(
         client.ApiClient,
         config.new_client_from_config(config_file=str(stack.kubeconfig)),  # type: ignore[no-untyped-call]
     )
+    if kubeconfig is not None:
+        _install_crds(api_client)
     _apply(api_client, stack.resources())
     say("Starting the operator, the proxy and the shim ...")
     stack.start_services()
@@ -93,7 +119,8 @@ def run(*, api: str, kubeconfig: Path | None, scenario: str | None, proxy_port: 
         say("")
         say(f"  kubeconfig  export KUBECONFIG={stack.kubeconfig}   (then: kubectl get whmc,whmn,myrepl)")
         say(f"  proxy       http://127.0.0.1:{stack.proxy_port}/")
-        say(f"  shim        http://127.0.0.1:{stack.shim_port}/api/ha/status   (Authorization: Bearer {ADMIN_TOKEN})")
+        token = "a token of that cluster" if kubeconfig else ADMIN_TOKEN
+        say(f"  shim        http://127.0.0.1:{stack.shim_port}/api/ha/status   (Authorization: Bearer {token})")
         say(
             f"  metrics     http://127.0.0.1:{stack.metrics_port}/metrics  (operator), "
             f"http://127.0.0.1:{stack.admin_port}/metrics  (proxy)"

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ..control_plane import ControlPlaneError, find_bin_dir, running
 from ..crd.generate import write_all
 from ..db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB, LocalServerError, free_port, init_template
 
@@ -60,6 +61,7 @@ class Stack:
     metrics_port: int = 0
     db_period_seconds: int = 1
     db_failure_threshold: int = 2
+    resources_to_stop: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
@@ -102,10 +104,8 @@ class Stack:
             self.kubeconfig = kubeconfig
             return
         if api == "real":
-            raise DemoError(
-                "--api real needs the control plane of the tests: run hack/build-control-plane and "
-                "the tests' fixture, or pass --kubeconfig of a cluster"
-            )
+            self._start_real_api()
+            return
         crds = self.workdir / "crds"
         write_all(crds)
         users = self.workdir / "users.yaml"
@@ -128,6 +128,18 @@ class Stack:
             ],
         )
         self._wait_http(f"http://127.0.0.1:{port}/readyz", "the sandbox API", process)
+
+    def _start_real_api(self) -> None:
+        """kube-apiserver + etcd built by hack/build-control-plane, as the tests' real tier runs them."""
+        bin_dir = find_bin_dir()
+        if bin_dir is None:
+            raise DemoError("--api real needs kube-apiserver and etcd: run hack/build-control-plane first")
+        identities = {"admin": (ADMIN_TOKEN, "demo-admin", "system:masters")}
+        try:
+            plane = self.resources_to_stop.enter_context(running(bin_dir, self.workdir / "control-plane", identities))
+        except ControlPlaneError as exc:
+            raise DemoError(f"the real control plane did not start: {str(exc).splitlines()[0]}") from exc
+        self.kubeconfig = plane.kubeconfigs["admin"]
 
     def start_databases(self) -> None:
         if shutil.which("mariadbd") is None and not Path("/usr/sbin/mariadbd").exists():
@@ -264,3 +276,4 @@ class Stack:
                 process.wait()
         for server in self.databases:
             server.kill()
+        self.resources_to_stop.close()

@@ -478,17 +478,22 @@ class ReplicationController:
 
     # -- writes --------------------------------------------------------------------------------------------------
 
+    async def _status_on(self, obj: Obj, patch: Obj) -> Obj:
+        """A status patch with the resourceVersion of ``obj``: ApiError 409 when the object has changed since."""
+        written: Obj = await self.kube.patch(
+            MYSQLREPLICATIONS,
+            self.namespace,
+            self.name,
+            {"status": patch},
+            subresource="status",
+            resource_version=obj["metadata"]["resourceVersion"],
+        )
+        return written
+
     async def _patch_status(self, obj: Obj, patch: Obj) -> Obj | None:
         """A status patch with the resourceVersion the decision was made on; None (and decide again) on conflict."""
         try:
-            written: Obj = await self.kube.patch(
-                MYSQLREPLICATIONS,
-                self.namespace,
-                self.name,
-                {"status": patch},
-                subresource="status",
-                resource_version=obj["metadata"]["resourceVersion"],
-            )
+            written = await self._status_on(obj, patch)
         except ApiError as exc:
             if exc.status != 409:
                 raise
@@ -502,14 +507,7 @@ class ReplicationController:
         object as long as it still records this promotion."""
         for _ in range(3):
             try:
-                written: Obj = await self.kube.patch(
-                    MYSQLREPLICATIONS,
-                    self.namespace,
-                    self.name,
-                    {"status": patch},
-                    subresource="status",
-                    resource_version=obj["metadata"]["resourceVersion"],
-                )
+                return await self._status_on(obj, patch)
             except ApiError as exc:
                 if exc.status != 409:
                     raise
@@ -518,8 +516,6 @@ class ReplicationController:
                 if not current or not _same_promotion(PromotionProgress.model_validate(current), record):
                     log.info("replication %s/%s: promotion taken over elsewhere", self.namespace, self.name)
                     return None
-                continue
-            return written
         self.wake.set()
         return None
 

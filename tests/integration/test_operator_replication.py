@@ -9,7 +9,7 @@ transactions no replica acknowledged (nor any client: AFTER_SYNC) instead of com
 from __future__ import annotations
 
 import re
-import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -174,12 +174,9 @@ def member_host(tier: str) -> str:
     """127.0.0.1; on the real API tier, which refuses loopback endpoints, this machine's outbound address."""
     if tier == "sandbox":
         return "127.0.0.1"
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("192.0.2.123", 9))  # sends nothing: only picks the source address
-            address = str(probe.getsockname()[0])
-    except OSError:
-        address = "127.0.0.1"
+    # The machine's own addresses, as `hostname -I` lists them: nothing is sent anywhere to find one.
+    listed = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10, check=False).stdout.split()
+    address = next((a for a in listed if "." in a and not a.startswith("127.")), "127.0.0.1")
     if address.startswith("127."):
         pytest.skip("no non-loopback address for the members: kube-apiserver refuses loopback endpoints")
     return address

@@ -34,6 +34,8 @@ from .db.local_server import free_port
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-control-plane"
 STOP_TIMEOUT = 20.0
+AUDIT_LOG = "audit.log"
+"""kube-apiserver's audit log, in the data dir: one JSON event per request."""
 POLL_INTERVAL = 0.1
 
 
@@ -203,6 +205,10 @@ def _start_apiserver(
     token_file = data_dir / "tokens.csv"
     token_file.write_text("".join(f'{token},{user},{user},"{group}"\n' for token, user, group in identities.values()))
     token_file.chmod(0o600)
+    policy = data_dir / "audit-policy.yaml"
+    policy.write_text(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: Metadata\n    omitStages: [RequestReceived]\n"
+    )
     port = free_port()
     argv = [
         str(bin_dir / "kube-apiserver"),
@@ -220,6 +226,9 @@ def _start_apiserver(
         "--service-cluster-ip-range=10.96.0.0/12",
         # No controller-manager creates the "default" ServiceAccount, which this plugin requires for pods.
         "--disable-admission-plugins=ServiceAccount",
+        # Who did what (Metadata level: user, verb, resource; no bodies), e.g. to check RBAC against use.
+        f"--audit-policy-file={policy}",
+        f"--audit-log-path={data_dir / AUDIT_LOG}",
     ]
     return _Process("kube-apiserver", argv, data_dir / "kube-apiserver.log"), f"https://127.0.0.1:{port}"
 
@@ -295,6 +304,7 @@ class Running:
     tokens: dict[str, str]
     kubeconfigs: dict[str, Path]
     processes: list[_Process]
+    audit_log: Path
 
 
 @contextmanager
@@ -327,4 +337,5 @@ def running(
             tokens={name: token for name, (token, _, _) in identities.items()},
             kubeconfigs=kubeconfigs,
             processes=processes,
+            audit_log=data_dir / AUDIT_LOG,
         )

@@ -5,11 +5,13 @@ chart rendered with its default values (a unit test keeps the two identical)."""
 from __future__ import annotations
 
 import copy
+import json
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 from kubernetes import client
@@ -24,14 +26,18 @@ from tests.fixtures.whm_nodes import StartNodes
 from tests.integration.test_operator_nodes import BOUND, Cluster, three_nodes
 from tests.integration.test_operator_replication import SERVER_ARGS, Replication, member_host
 from tests.kube_helpers import wait_for
+from whm_ha.db.local_server import free_port
 
 pytestmark = pytest.mark.real_api
-RENDERED = Path(__file__).resolve().parents[2] / "manifests" / "base" / "whm-ha.yaml"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "whm-ha"
 
 
-def chart_rbac(component: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The chart's ClusterRole and Role of one component (either may be absent)."""
-    docs = [d for d in yaml.safe_load_all(RENDERED.read_text()) if d]
+def chart_rbac(component: str, namespace: str = "rbac-check") -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The chart's ClusterRole and Role of one component, rendered in single-namespace mode for ``namespace``
+    (the components run namespaced in these tests, as the chart then runs them)."""
+    with helm.Chart.load(str(CHART)) as chart:
+        files = chart.render({"watchNamespace": namespace}, name="whm-ha", namespace=namespace)
+    docs = [d for name, text in files.items() if name.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
     name = f"whm-ha-{component}"
     cluster_role = next((d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == name), None)
     role = next((d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == name), None)
@@ -42,7 +48,7 @@ def grant(plane: ControlPlane, component: str, namespace: str) -> None:
     """Bind the chart's rules of a component to its chart-<component> identity in the token file."""
     user = IDENTITIES[f"chart-{component}"][0]
     subject = [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}]
-    cluster_role, role = chart_rbac(component)
+    cluster_role, role = chart_rbac(component, namespace)
     with plane.api_client() as api:
         rbac = client.RbacAuthorizationV1Api(api)
         if cluster_role is not None:
@@ -110,6 +116,25 @@ def test_operator_with_only_the_chart_rbac(
     wait_for(lambda: cluster.events("Failover"), 10, "the Failover event")
     cluster.annotate({"ha.whm.io/failover-to": "n3", "ha.whm.io/request-id": "rbac"})
     cluster.wait_primary("n3", timeout=10)
+    # Pod discovery: a matching pod becomes a WHMNode, and goes with its pod.
+    port = free_port()
+    (pod_node,) = node_servers("pod-node", host="127.0.0.5", port=port)
+    discovered = Cluster(admin, namespace, "disc")
+    discovered.create(discovery={"podSelector": {"matchLabels": {"app": "whm-disc"}}, "port": port})
+    core = client.CoreV1Api(admin)
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": "pod-node", "labels": {"app": "whm-disc"}},
+            "spec": {"containers": [{"name": "whm", "image": "whm:demo"}]},
+        },
+    )
+    core.patch_namespaced_pod_status(
+        "pod-node", namespace, {"status": {"podIP": pod_node.host, "podIPs": [{"ip": pod_node.host}]}}
+    )
+    discovered.wait(lambda s: s.get("phase") == "Healthy", 30, "the discovered node to serve")
+    core.delete_namespaced_pod("pod-node", namespace, grace_period_seconds=0)
+    discovered.wait(lambda s: s.get("totalNodes") == 0, 30, "the node of the deleted pod to go")
     log = operator.log_text()
     assert "Forbidden" not in log, log[-3000:]
 
@@ -132,6 +157,23 @@ def test_replication_with_only_the_chart_rbac(
     wait_for(lambda: core.read_namespaced_service("db-primary", namespace), 30, "the -primary Service")
     slices = client.DiscoveryV1Api(admin).list_namespaced_endpoint_slice(namespace).items
     assert slices, "EndpointSlices for the Services"
+    client.CustomObjectsApi(admin).patch_namespaced_custom_object(
+        "ha.whm.io",
+        "v1alpha1",
+        namespace,
+        "mysqlreplications",
+        "db",
+        {"metadata": {"annotations": {"ha.whm.io/promote": "m1", "ha.whm.io/request-id": "rbac"}}},
+    )
+    replication.wait(lambda s: s.get("currentPrimary") == "m1" and s.get("phase") == "Healthy", 60, "m1 promoted")
+
+    def primary_points_at_m1() -> bool:
+        for piece in client.DiscoveryV1Api(admin).list_namespaced_endpoint_slice(namespace).items:
+            if piece.metadata.labels.get("kubernetes.io/service-name") == "db-primary":
+                return any(str(servers[1].port) == str(p.port) for p in piece.ports or [])
+        return False
+
+    wait_for(primary_points_at_m1, 30, "the -primary EndpointSlice to follow the promotion")
     log = operator.log_text()
     assert "Forbidden" not in log, log[-3000:]
 
@@ -147,16 +189,33 @@ def test_shim_with_only_the_chart_rbac(
     grant(real_control_plane, "operator", namespace)
     grant(real_control_plane, "shim", namespace)
     cluster = Cluster(admin, namespace)
-    cluster.create()
+    cluster.create(database={"replicationRef": {"name": "db"}})
     three_nodes(cluster, node_servers)
+    client.CoreV1Api(admin).create_namespaced_secret(
+        namespace, {"metadata": {"name": "db-admin"}, "stringData": {"username": "root", "password": "x"}}
+    )
+    members = [{"name": f"m{i}", "host": "127.0.0.1", "port": free_port()} for i in range(2)]
+    client.CustomObjectsApi(admin).create_namespaced_custom_object(
+        "ha.whm.io",
+        "v1alpha1",
+        namespace,
+        "mysqlreplications",
+        {
+            "apiVersion": "ha.whm.io/v1alpha1",
+            "kind": "MySQLReplication",
+            "metadata": {"name": "db"},
+            "spec": {
+                "primary": "m0",
+                "members": members,
+                "credentialsSecret": {"name": "db-admin"},
+                "replicationSecret": {"name": "db-admin"},
+            },
+        },
+    )
     operator_process(real_control_plane.kubeconfigs["chart-operator"], namespace)
     cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster")
     shim = shim_process(
-        real_control_plane.kubeconfigs["chart-shim"],
-        namespace,
-        "--cluster=whm",
-        "--request-timeout=10",
-        "--proxy-pods=app=proxy:1",
+        real_control_plane.kubeconfigs["chart-shim"], namespace, "--request-timeout=3", "--proxy-pods=app=proxy:1"
     )
     token = real_control_plane.tokens["admin"]
     calls = [
@@ -168,10 +227,13 @@ def test_shim_with_only_the_chart_rbac(
         ("GET", "/api/ha/failover/history", None, 200),
         ("GET", "/api/ha/loadbalancer/stats", None, 200),
         ("POST", "/api/ha/loadbalancer/reload", None, 200),
+        ("GET", "/api/ha/database/replication", None, 200),
+        ("POST", "/api/ha/database/promote", {"slaveHost": "m1"}, None),  # whatever the operator answers
+        ("GET", "/api/ha/sessions/stats", None, 503),  # the Secret is read; no database listens
     ]
     for method, path, body, expected in calls:
         status, answer = shim.call(method, path, token, body)
-        assert status == expected, (method, path, answer)
+        assert status == expected or (expected is None and status != 403), (method, path, answer)
     assert "Forbidden" not in shim.log_text() and "API trouble" not in shim.log_text(), shim.log_text()[-3000:]
 
 
@@ -192,3 +254,48 @@ def test_proxy_with_only_the_chart_rbac(
     with urllib.request.urlopen(proxy.url + "/", timeout=10) as response:
         assert response.headers["X-WHM-Node"] == "n1"
     assert "Forbidden" not in proxy.log_text(), proxy.log_text()[-3000:]
+
+
+# Grants the code needs on paths these tests do not take, each with the path.
+NOT_EXERCISED = {
+    "operator": {
+        ("", "services", "delete"): "a Service of a member address type that no longer exists is removed",
+        ("discovery.k8s.io", "endpointslices", "delete"): "stale EndpointSlices are removed after a change",
+        ("", "services", "patch"): "a Service is updated when someone has changed it",
+        ("discovery.k8s.io", "endpointslices", "patch"): "a slice is updated in place when its port stays the same",
+    },
+    "shim": {},
+    "proxy": {},
+}
+
+
+def _granted(component: str) -> set[tuple[str, str, str]]:
+    grants = set()
+    for doc in chart_rbac(component):
+        for rule in (doc or {}).get("rules", []):
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    grants |= {(group, resource, verb) for verb in rule["verbs"]}
+    return grants
+
+
+def _used(audit_log: Path, user: str) -> set[tuple[str, str, str]]:
+    used = set()
+    for line in audit_log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if event.get("user", {}).get("username") != user or not ref.get("resource"):
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        used.add((ref.get("apiGroup", ""), resource, event["verb"]))
+    return used
+
+
+@pytest.mark.parametrize("component", ["operator", "shim", "proxy"])
+def test_chart_grants_only_what_the_code_uses(real_control_plane: ControlPlane, component: str) -> None:
+    """Runs after the tests above (file order): every grant of the chart was used by them, or is listed with
+    the path that needs it. With the tests above proving the grants suffice, the RBAC is exactly the code's."""
+    used = _used(real_control_plane.audit_log, IDENTITIES[f"chart-{component}"][0])
+    assert used, "the component tests above must run first"
+    unused = _granted(component) - used - set(NOT_EXERCISED[component])
+    assert unused == set(), f"{component}: granted but never used: {sorted(unused)}"

@@ -234,6 +234,7 @@ class Figures:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = parser.parse_args()
     seconds = 5.0 if args.quick else 10.0
     ensure_tools()
@@ -262,10 +263,10 @@ def main() -> None:
             )
         finally:
             rig.close()
-    report(figures)
+    report(figures, write=not args.no_write)
 
 
-def report(f: Figures) -> None:
+def report(f: Figures, *, write: bool) -> None:
     ratio = f.proxy_max.rps / f.nginx_max.rps
     added50, added99 = f.proxied.p50_ms - f.direct.p50_ms, f.proxied.p99_ms - f.direct.p99_ms
     rows = [
@@ -303,9 +304,11 @@ def report(f: Figures) -> None:
         "|---|---|---|---|",
         *(f"| {figure} | {measured} | {reference} | {goal} |" for figure, measured, reference, goal in rows),
     ]
-    with RESULTS.open("a") as out:
-        out.write("\n".join(section) + "\n")
-    print(f"\nappended to {RESULTS}")
+    print("\n".join(section))
+    if write:
+        with RESULTS.open("a") as out:
+            out.write("\n".join(section) + "\n")
+        print(f"\nappended to {RESULTS}")
 
 
 def nginx_version() -> str:

@@ -142,10 +142,13 @@ def run(*, api: str, kubeconfig: Path | None, scenario: str | None, proxy_port: 
         say("")
         return 0
     finally:
-        say("Stopping everything ...")
+        started = bool(stack.processes or stack.databases)
+        if started:
+            say("Stopping everything ...")
         stack.stop()
-        if keep_logs:
+        if keep_logs and started:
             say(f"Stopped. The logs are in {workdir}.")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-            say("Stopped.")
+            if started:
+                say("Stopped.")

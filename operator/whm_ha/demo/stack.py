@@ -64,10 +64,10 @@ class Stack:
     resources_to_stop: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
-        )
+        with (self.workdir / f"{name}.log").open("ab") as log:  # the child keeps its own copy
+            process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+            )
         self.processes.append((name, process))
         return process
 

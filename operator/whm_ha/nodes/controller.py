@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from ..crd.annotations import CLUSTER_LABEL, FAILOVER_TO, REQUEST_ID, ROLE_LABEL
+from ..crd.annotations import CLUSTER_LABEL, FAILOVER_TO, REQUEST_ID, ROLE_LABEL, pending_request
 from ..crd.common import HISTORY_LIMIT
 from ..crd.conditions import now_iso, set_condition
 from ..crd.whmcluster import WHMClusterSpec
@@ -221,13 +221,13 @@ class ClusterController:
     @staticmethod
     def _pending_request(cluster: Obj, status: Obj) -> Obj | None:
         """The failover-to request on the cluster, unless its id was already handled."""
-        annotations = cluster["metadata"].get("annotations") or {}
-        target = annotations.get(FAILOVER_TO)
-        if not target:
+        found = pending_request(
+            cluster["metadata"].get("annotations") or {}, status.get("lastRequest") or {}, FAILOVER_TO, "failover"
+        )
+        if found is None:
             return None
-        request_id = annotations.get(REQUEST_ID) or f"failover:{target}"
-        last = status.get("lastRequest") or {}
-        return {"id": request_id, "target": target, "seen": time.monotonic(), "handled": last.get("id") == request_id}
+        request_id, target, handled = found
+        return {"id": request_id, "target": target, "seen": time.monotonic(), "handled": handled}
 
     # -- writes ----------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from ..crd.annotations import FORCE, PROMOTE, REQUEST_ID
+from ..crd.annotations import FORCE, PROMOTE, REQUEST_ID, pending_request
 from ..crd.common import HISTORY_LIMIT
 from ..crd.conditions import now_iso, set_condition
 from ..crd.mysqlreplication import MySQLReplicationSpec, PromotionProgress
@@ -253,11 +253,10 @@ class ReplicationController:
     @staticmethod
     def _request(obj: Obj, status: Obj) -> Request | None:
         annotations = obj["metadata"].get("annotations") or {}
-        target = annotations.get(PROMOTE)
-        if not target:
+        found = pending_request(annotations, status.get("lastRequest") or {}, PROMOTE, "promote")
+        if found is None:
             return None
-        request_id = annotations.get(REQUEST_ID) or f"promote:{target}"
-        handled = (status.get("lastRequest") or {}).get("id") == request_id
+        request_id, target, handled = found
         return Request(request_id, target, annotations.get(FORCE, "").lower() == "true", handled)
 
     # -- decisions that write ----------------------------------------------------------------------------------

@@ -74,3 +74,32 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def create_replication(
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    members: list[dict[str, Any]],
+    *,
+    credentials: str,
+    replication: str,
+    name: str = "db",
+) -> None:
+    """A MySQLReplication whose bootstrap primary is the first member."""
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "mysqlreplications",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "MySQLReplication",
+            "metadata": {"name": name},
+            "spec": {
+                "primary": members[0]["name"],
+                "members": members,
+                "credentialsSecret": {"name": credentials},
+                "replicationSecret": {"name": replication},
+            },
+        },
+    )

@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 
 from tests.fixtures.mariadb import StartServers
-from tests.kube_helpers import GROUP, VERSION, wait_for
+from tests.kube_helpers import GROUP, VERSION, create_replication, wait_for
 from whm_ha.apps.cache import CacheError, SharedCache
 from whm_ha.apps.pool import PoolError, ReadWritePool
 from whm_ha.apps.sessions import MAX_PAYLOAD_BYTES, SessionError, SessionStore
@@ -92,23 +92,8 @@ def replicated(mariadb_servers: StartServers, sandbox_client: client.ApiClient, 
         cur.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, CREATE ON whm_ha.* TO {APP_USER}@'%'")
         cur.execute("CREATE TABLE whm_ha.writes (id INT PRIMARY KEY, server_id INT NOT NULL)")
     conn.close()
-    custom.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        "mysqlreplications",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "MySQLReplication",
-            "metadata": {"name": "db"},
-            "spec": {
-                "primary": "db-0",
-                "members": [{"name": f"db-{i}", "host": s.host, "port": s.port} for i, s in enumerate(servers)],
-                "credentialsSecret": {"name": "admin"},
-                "replicationSecret": {"name": "repl"},
-            },
-        },
-    )
+    members = [{"name": f"db-{i}", "host": s.host, "port": s.port} for i, s in enumerate(servers)]
+    create_replication(custom, namespace, members, credentials="admin", replication="repl")
     world.publish(0, {})
 
     def replicated_everywhere() -> bool:

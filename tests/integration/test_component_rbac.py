@@ -25,7 +25,7 @@ from tests.fixtures.shim_process import StartShim
 from tests.fixtures.whm_nodes import StartNodes
 from tests.integration.test_operator_nodes import BOUND, Cluster, three_nodes
 from tests.integration.test_operator_replication import SERVER_ARGS, Replication, member_host
-from tests.kube_helpers import wait_for
+from tests.kube_helpers import create_replication, wait_for
 from whm_ha.db.local_server import free_port
 
 pytestmark = pytest.mark.real_api
@@ -195,22 +195,8 @@ def test_shim_with_only_the_chart_rbac(
         namespace, {"metadata": {"name": "db-admin"}, "stringData": {"username": "root", "password": "x"}}
     )
     members = [{"name": f"m{i}", "host": "127.0.0.1", "port": free_port()} for i in range(2)]
-    client.CustomObjectsApi(admin).create_namespaced_custom_object(
-        "ha.whm.io",
-        "v1alpha1",
-        namespace,
-        "mysqlreplications",
-        {
-            "apiVersion": "ha.whm.io/v1alpha1",
-            "kind": "MySQLReplication",
-            "metadata": {"name": "db"},
-            "spec": {
-                "primary": "m0",
-                "members": members,
-                "credentialsSecret": {"name": "db-admin"},
-                "replicationSecret": {"name": "db-admin"},
-            },
-        },
+    create_replication(
+        client.CustomObjectsApi(admin), namespace, members, credentials="db-admin", replication="db-admin"
     )
     operator_process(real_control_plane.kubeconfigs["chart-operator"], namespace)
     cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster")

@@ -16,7 +16,7 @@ from kubernetes.client.rest import ApiException
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.operator_process import StartOperator
 from tests.fixtures.whm_nodes import NodeServer, StartNodes
-from tests.kube_helpers import GROUP, VERSION, wait_for
+from tests.kube_helpers import GROUP, VERSION, create_replication, wait_for
 from whm_ha.db.dsn import DSN
 from whm_ha.db.local_server import ADMIN_PASSWORD, LocalMariaDB, free_port
 from whm_ha.db.migrate import migrate
@@ -473,23 +473,8 @@ def test_legacy_tables_are_filled(
             "stringData": {"username": "root", "password": ADMIN_PASSWORD},
         },
     )
-    cluster.custom.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        cluster.namespace,
-        "mysqlreplications",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "MySQLReplication",
-            "metadata": {"name": "db"},
-            "spec": {
-                "primary": "db-0",
-                "members": [{"name": "db-0", "host": "127.0.0.1", "port": mariadb.port}],
-                "credentialsSecret": {"name": "db-admin"},
-                "replicationSecret": {"name": "db-admin"},
-            },
-        },
-    )
+    members = [{"name": "db-0", "host": "127.0.0.1", "port": mariadb.port}]
+    create_replication(cluster.custom, cluster.namespace, members, credentials="db-admin", replication="db-admin")
     cluster.create(database={"replicationRef": {"name": "db"}, "schemaName": "whm_legacy"})
     servers = three_nodes(cluster, node_servers)
     migrate(DSN("127.0.0.1", mariadb.port, "root", "whm_legacy", ADMIN_PASSWORD))

@@ -16,7 +16,7 @@ from tests.fixtures.operator_process import StartOperator
 from tests.fixtures.shim_process import ShimProcess, StartShim
 from tests.fixtures.whm_nodes import StartNodes
 from tests.integration.test_operator_nodes import Cluster, three_nodes
-from tests.kube_helpers import GROUP, VERSION, wait_for
+from tests.kube_helpers import GROUP, VERSION, create_replication, wait_for
 from whm_ha.db.dsn import DSN
 from whm_ha.db.local_server import ADMIN_PASSWORD, LocalMariaDB
 from whm_ha.db.migrate import migrate
@@ -105,26 +105,8 @@ def add_replication(custom: client.CustomObjectsApi, namespace: str, core: clien
     core.create_namespaced_secret(
         namespace, {"metadata": {"name": "db-admin"}, "stringData": {"username": "root", "password": ADMIN_PASSWORD}}
     )
-    custom.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        "mysqlreplications",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "MySQLReplication",
-            "metadata": {"name": "db"},
-            "spec": {
-                "primary": "db-0",
-                "members": [
-                    {"name": "db-0", "host": "127.0.0.1", "port": port},
-                    {"name": "db-1", "host": "127.0.0.2", "port": port},
-                ],
-                "credentialsSecret": {"name": "db-admin"},
-                "replicationSecret": {"name": "db-admin"},
-            },
-        },
-    )
+    members = [{"name": "db-0", "host": "127.0.0.1", "port": port}, {"name": "db-1", "host": "127.0.0.2", "port": port}]
+    create_replication(custom, namespace, members, credentials="db-admin", replication="db-admin")
     custom.patch_namespaced_custom_object_status(
         GROUP,
         VERSION,

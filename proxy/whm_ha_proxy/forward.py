@@ -3,8 +3,8 @@
 Bodies stream both ways without buffering (flow control on each side bounds memory); encodings pass
 through untouched. A request is retried on another node when no connection could be made (nothing
 was sent), and after other failures only when it is idempotent, has no body and nothing was sent to
-the client yet. An upgrade request (WebSocket) is passed to a node and, from its answer on, the two
-connections are joined byte for byte.
+the client yet. An upgrade request (WebSocket) goes to a node like any other; only a 101 answer
+joins the two connections byte for byte, any other answer is relayed and HTTP goes on.
 """
 
 from __future__ import annotations
@@ -43,54 +43,48 @@ class Timeouts:
 class Outgoing:
     """What the node is sent, derived once per request."""
 
-    __slots__ = ("chunked", "cookies", "expect_continue", "has_body", "head", "host")
+    __slots__ = ("cookies", "expect_continue", "head", "host")
 
-    def __init__(self, head: bytes, *, host: bool, chunked: bool, has_body: bool, expect: bool, cookies: bytes) -> None:
+    def __init__(self, head: bytes, *, host: bool, expect: bool, cookies: bytes) -> None:
         self.head = head
         """Request line and headers, ending with the blank line unless ``host`` is False."""
         self.host = host
         """Whether the client sent Host (otherwise the node's address is used)."""
-        self.chunked = chunked
-        """Whether the body goes chunk-encoded (the client sent it so)."""
-        self.has_body = has_body
         self.expect_continue = expect
         self.cookies = cookies
 
 
-NOTICED = HOP_BY_HOP_BYTES | SET_BY_PROXY | {b"host", b"content-length", b"cookie"}
+NOTICED = HOP_BY_HOP_BYTES | SET_BY_PROXY | {b"cookie"}
 """Header names that need more than copying (looked up once per header)."""
+KEPT_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 
-def outgoing(request: Request, *, upgrade: bool = False) -> Outgoing:
+def outgoing(request: Request) -> Outgoing:
     """The request as the node gets it.
 
     Hop-by-hop headers (and those named in Connection, and any ``Proxy-*``) are dropped, except
     that an upgrade keeps ``Upgrade`` and ``Connection: Upgrade``; X-Forwarded-For is appended to,
-    X-Forwarded-Proto and -Host set.
+    X-Forwarded-Proto and -Host set. The framing (Host, Content-Length or Transfer-Encoding) is the
+    proxy's own, from what the parser found and what is forwarded: no client header can remove or
+    change it.
     """
     lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.path)]
     append = lines.append
-    chunked = has_body = expect = False
-    host = cookies = b""
+    upgrade = request.upgrade
+    expect = False
+    cookies = b""
     forwarded: list[bytes] = []
     named: set[bytes] = set()
     for name, value in request.headers:
         lower = name.lower()
         if lower in NOTICED:
-            if lower == b"host":
-                host = value
-            elif lower == b"content-length":
-                has_body = value.strip() not in (b"0", b"")
-            elif lower == b"cookie":
+            if lower == b"cookie":
                 cookies = value
             elif lower == b"x-forwarded-for":
                 forwarded.append(value)
                 continue
             elif lower == b"expect":
                 expect = value.lower() == b"100-continue"
-                continue
-            elif lower == b"transfer-encoding":
-                chunked = has_body = True
                 continue
             elif lower == b"connection":
                 named.update(token.strip().lower() for token in value.split(b","))
@@ -100,24 +94,28 @@ def outgoing(request: Request, *, upgrade: bool = False) -> Outgoing:
         elif lower[:6] == b"proxy-":
             continue
         append(name + b": " + value)
-    named -= {b"keep-alive", b"close", b"upgrade"}
-    if named:  # rare: drop the headers the client named in Connection
+    named -= KEPT_CONNECTION_TOKENS
+    if named:  # rare: drop the headers the client named in Connection (the proxy's own come after)
         lines = [lines[0], *(line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named)]
         append = lines.append
     peer = request.peer.encode()
     append(b"X-Forwarded-For: " + (b", ".join([*forwarded, peer]) if forwarded else peer))
     append(b"X-Forwarded-Proto: http")
+    host = request.host
     if host:
         append(b"X-Forwarded-Host: " + host)
     if upgrade:
         append(b"Connection: Upgrade")
-    if chunked:
-        lines = [line for line in lines if line[:15].lower() != b"content-length:"]
-        lines.append(b"Transfer-Encoding: chunked")
-    lines.append(b"\r\n" if host else b"")
-    return Outgoing(
-        b"\r\n".join(lines), host=bool(host), chunked=chunked, has_body=has_body, expect=expect, cookies=cookies
-    )
+    if request.chunked:
+        append(b"Transfer-Encoding: chunked")
+    elif request.length is not None:
+        append(b"Content-Length: %d" % request.length)
+    if host:
+        append(b"Host: " + host)
+        append(b"\r\n")
+    else:
+        append(b"")
+    return Outgoing(b"\r\n".join(lines), host=bool(host), expect=expect, cookies=cookies)
 
 
 def cookie(cookies: bytes, name: str) -> str | None:
@@ -183,14 +181,13 @@ class Forwarder:
         config = self.config
         if config is None:
             return self._unavailable(request)
-        if request.upgrade:
-            return await self._tunnel(request, config)
         out = outgoing(request)
         name = config.sticky_cookie
         sticky = cookie(out.cookies, name) if name is not None and out.cookies else None
-        if out.expect_continue and out.has_body:
+        has_body = request.has_body
+        if out.expect_continue and has_body:
             request.continue_()
-        replayable = not out.has_body and request.method in IDEMPOTENT
+        replayable = not has_body and request.method in IDEMPOTENT
         tried: list[Backend] = []
         failure: tuple[int, str, str] | None = None
         while True:
@@ -211,7 +208,7 @@ class Forwarder:
                     head = out.head
                     if not out.host:
                         head += b"Host: " + backend.authority + b"\r\n\r\n"
-                    connection, response = await self._exchange(request, backend, head, out)
+                    connection, response = await self._exchange(request, backend, head)
                 except ConnectFailed as exc:
                     self._failed(backend, stats, refused=True)
                     message = "upstream connect timeout" if exc.timed_out else "upstream connection failed"
@@ -229,6 +226,8 @@ class Forwarder:
                     if replayable and len(tried) <= config.retries:
                         continue
                     return error(request, failure[0], failure[1], node=backend.name)
+                if response.status == 101:
+                    return await self._switch(request, connection, response, stats, started)
                 set_cookie = name if name is not None and sticky != backend.name else None
                 return await self._relay(
                     request,
@@ -242,9 +241,7 @@ class Forwarder:
             finally:
                 backend.active -= 1
 
-    async def _exchange(
-        self, request: Request, backend: Backend, head: bytes, out: Outgoing
-    ) -> tuple[Connection, Response]:
+    async def _exchange(self, request: Request, backend: Backend, head: bytes) -> tuple[Connection, Response]:
         """Send the request to a node and wait for the response head.
 
         A reused keep-alive connection that the node closed before answering is replaced by a fresh
@@ -253,14 +250,14 @@ class Forwarder:
         for attempt in (0, 1):
             connection = await self.pool.acquire(backend.name, backend.spec.address, backend.spec.port)
             connection.begin(head, method_head=request.method == "HEAD")
-            if out.has_body:
-                writer = asyncio.ensure_future(connection.send_body(request.body.chunks(), chunked=out.chunked))
+            if request.has_body:
+                writer = asyncio.ensure_future(connection.send_body(request.body.chunks(), chunked=request.chunked))
                 writer.add_done_callback(_abort_on_failure(connection))
             try:
                 return connection, await connection.response(self.timeouts.header)
             except UpstreamClosed:
                 connection.abort()
-                if out.has_body or attempt or not connection.reused or connection.received:
+                if request.has_body or attempt or not connection.reused or connection.received:
                     raise
             except BaseException:
                 connection.abort()
@@ -318,77 +315,23 @@ class Forwarder:
         stats.answered(status, self._loop.time() - started)
         return None
 
-    async def _tunnel(self, request: Request, config: ProxyConfig) -> None:
-        """Pass an upgrade request to a node, then join the two connections byte for byte."""
-        out = outgoing(request, upgrade=True)
-        tried: list[Backend] = []
-        while True:
-            backend = self.balancer.pick(self._loop.time(), exclude=tried)
-            if backend is None:
-                if tried:
-                    return error(request, 502, "upstream connection failed", node=tried[-1].name)
-                return self._unavailable(request)
-            tried.append(backend)
-            stats = self.stats[backend.name]
-            stats.requests += 1
-            address, port = backend.spec.address, backend.spec.port
-            try:
-                transport, peer = await asyncio.wait_for(
-                    self._loop.create_connection(lambda: TunnelPeer(request), address, port), self.timeouts.connect
-                )
-                break
-            except (OSError, TimeoutError):
-                self._failed(backend, stats, refused=True)
-                if len(tried) > config.retries:
-                    return error(request, 502, "upstream connection failed", node=backend.name)
-        started = self._loop.time()
-        backend.active += 1
+    async def _switch(
+        self, request: Request, connection: Connection, response: Response, stats: NodeStats, started: float
+    ) -> None:
+        """The node answered 101: join the two connections byte for byte until either side closes."""
+        if not request.upgrade:  # a 101 nobody asked for: the node broke the protocol
+            connection.abort()
+            return error(request, 502, "upstream failure", node=connection.key)
+        assert connection.transport is not None
+        request.switch(response.headers, response.upgrade, connection.transport)
+        downstream = request.downstream
+        assert downstream.transport is not None
         try:
-            head = out.head if out.host else out.head + b"Host: " + backend.authority + b"\r\n\r\n"
-            transport.write(head)
-            peer.attach(request.tunnel(transport))
-            await peer.closed
-            request.downstream.close()
-            stats.answered(peer.status, self._loop.time() - started)
+            await connection.tunnel(downstream.transport.write, downstream.pause_reading, downstream.resume_reading)
         finally:
-            backend.active -= 1
-            transport.close()
-
-
-class TunnelPeer(asyncio.Protocol):
-    """The node's side of a tunnel: its bytes go to the client as they come."""
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.status = 502
-        self._to_client: Callable[[bytes], None] | None = None
-        self._early = bytearray()
-
-    def attach(self, to_client: Callable[[bytes], None]) -> None:
-        """Start passing the node's bytes to the client (any that came early first)."""
-        self._to_client = to_client
-        if self._early:
-            self.data_received(bytes(self._early))
-            self._early.clear()
-
-    def data_received(self, data: bytes) -> None:
-        if self._to_client is None:
-            self._early += data
-            return
-        if self.status == 502 and data.startswith(b"HTTP/1."):
-            self.status = int(data[9:12])
-        self._to_client(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.request.downstream.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.request.downstream.resume_reading()
+            connection.abort()
+            downstream.close()
+        stats.answered(101, self._loop.time() - started)
 
 
 def _abort_on_failure(connection: Connection) -> Callable[[asyncio.Future[None]], None]:

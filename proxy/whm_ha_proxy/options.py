@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 
 from .balancer import EjectionPolicy
 from .forward import Timeouts
+from .server import ClientLimits
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -36,6 +39,7 @@ class ProxyOptions:
     idle_timeout: float = 60.0
     resync_seconds: float = 300.0
     drain_seconds: float = 30.0
+    limits: ClientLimits = field(default_factory=ClientLimits)
 
     @property
     def worker_count(self) -> int:
@@ -55,4 +59,97 @@ class ProxyOptions:
     @classmethod
     def from_json(cls, text: str) -> ProxyOptions:
         data = json.loads(text)
-        return cls(**{**data, "listen": tuple(data["listen"]), "admin": tuple(data["admin"])})
+        return cls(
+            **{
+                **data,
+                "listen": tuple(data["listen"]),
+                "admin": tuple(data["admin"]),
+                "limits": ClientLimits(**data["limits"]),
+            }
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ProxyOptions:
+        """The options parsed by a parser that ``add_arguments`` filled; ValueError on a bad address."""
+        simple = {f.name for f in fields(cls)} - {"listen", "admin", "limits"}
+        return cls(
+            listen=parse_address(args.listen),
+            admin=parse_address(args.admin),
+            limits=ClientLimits(**{f.name: getattr(args, f.name) for f in fields(ClientLimits)}),
+            **{name: getattr(args, name) for name in simple},
+        )
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: ``kind`` of the text, refused unless above zero."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+CLIENT_LIMITS = {
+    "client_header_timeout": ("seconds a client may take to send a request head, then 408", "client_header_timeout"),
+    "client_body_timeout": ("seconds a request body may stay silent, then 408", "client_body_timeout"),
+    "keepalive_timeout": ("seconds a client connection may stay open with no request", "keepalive_timeout"),
+    "max_request_line": ("longest request target in bytes, then 414", "large_client_header_buffers"),
+    "max_header_line": ("longest header line in bytes, then 431", "large_client_header_buffers"),
+    "max_header_bytes": ("all header lines of a request in bytes, then 431", "large_client_header_buffers 4 8k"),
+    "max_headers": ("header lines per request, then 431", ""),
+    "max_connections": ("client connections per worker; further ones are closed", "worker_connections"),
+}
+"""Flag help and the equivalent nginx directive, per ClientLimits field (the defaults are its defaults)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``whm-ha proxy`` flags (nginx's equivalent directive in brackets where there is one)."""
+    seconds = _positive(float)
+    add = parser.add_argument
+    add("--cluster", required=True, help="name of the WHMCluster")
+    add("--namespace", "-n", default="default", help="namespace of the WHMCluster")
+    add("--listen", default="0.0.0.0:8080", metavar="HOST:PORT", help="traffic address")
+    add(
+        "--admin",
+        default="127.0.0.1:8081",
+        metavar="HOST:PORT",
+        help="stats/metrics/health address: loopback by default, the pod IP to be scraped (POST /reload "
+        "answers loopback clients only)",
+    )
+    add("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    add(
+        "--eject-after",
+        type=int,
+        default=5,
+        metavar="N",
+        help="consecutive 5xx answers that eject a node for a while (a refused connection ejects at once)",
+    )
+    add("--eject-seconds", type=float, default=5.0, help="first ejection's length; repeated ejections double it")
+    add("--eject-max-seconds", type=float, default=300.0, help="longest ejection")
+    add("--connect-timeout", type=seconds, default=5.0, help="seconds to connect to a node [proxy_connect_timeout]")
+    add(
+        "--header-timeout",
+        type=seconds,
+        default=60.0,
+        help="seconds from a sent request to the node's response headers [proxy_read_timeout]",
+    )
+    add(
+        "--idle-timeout",
+        type=seconds,
+        default=60.0,
+        help="seconds a response body may stay silent; idle node connections close after it [proxy_read_timeout]",
+    )
+    add("--resync-seconds", type=float, default=300.0, help="re-read everything this often")
+    add("--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long requests in flight may take")
+    for limit in fields(ClientLimits):
+        text, directive = CLIENT_LIMITS[limit.name]
+        default = getattr(ClientLimits, limit.name)
+        add(
+            "--" + limit.name.replace("_", "-"),
+            type=_positive(type(default)),
+            default=default,
+            help=f"{text} (default {default})" + (f" [{directive}]" if directive else ""),
+        )

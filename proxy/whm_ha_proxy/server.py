@@ -4,16 +4,23 @@ One ``Downstream`` protocol per client connection parses requests and hands them
 in order, to the handler (an ``async`` callable taking a ``Request``), which answers through the
 request: ``respond`` for a whole answer in one write, or ``start``/``write``/``finish`` to stream.
 Request bodies stream in with flow control (reading from the client pauses while too much is
-buffered). An upgrade request (WebSocket) becomes a byte tunnel once the handler calls ``tunnel``.
+buffered). An upgrade request (WebSocket) becomes a byte tunnel only once the node has answered 101.
+
+Every byte from a client is hostile until parsed: the head is bounded (request line, each header
+line, all header bytes, header count), slow heads and stalled bodies time out, and anything the
+proxy cannot frame unambiguously is answered with a 4xx/5xx and the connection closed. A refused
+request never reaches a node; an upload refused half-way is cut, so the node's connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import cast
 
 import httptools
@@ -22,10 +29,61 @@ log = logging.getLogger("whm_ha_proxy.server")
 HIGH_WATER = 262144
 """Buffered request-body bytes above which reading from the client pauses."""
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
+"""After refusing a request, how long and how much of what the client still sends is read and dropped,
+so that the answer is not lost to a reset (nginx's lingering close)."""
+ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
+VERSION_ERRORS = frozenset({"Invalid HTTP version", "Invalid major version", "Invalid minor version", "Expected dot"})
+"""llhttp's reasons for a version it cannot parse (HTTP/1.2, HTTP/3): answered 505, not 400."""
+POLICED_LENGTHS = frozenset({len(b"host"), len(b"content-length"), len(b"transfer-encoding")})
+REASONS = {
+    400: "Bad Request",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    501: "Not Implemented",
+    505: "HTTP Version Not Supported",
+}
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What one client connection may send, and how slowly (nginx's equivalents in the README)."""
+
+    max_request_line: int = 8192
+    max_header_line: int = 8192
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    client_header_timeout: float = 60.0
+    """From the first byte of a request head to its end."""
+    client_body_timeout: float = 60.0
+    """Between two reads of a request body."""
+    keepalive_timeout: float = 75.0
+    """How long a connection with no request in progress stays open."""
+    max_connections: int = 4096
+    """Client connections per worker; more are closed at once."""
+
+    @property
+    def shortest_timeout(self) -> float:
+        return min(self.client_header_timeout, self.client_body_timeout, self.keepalive_timeout)
 
 
 class ClientGone(ConnectionError):
     """The client closed its connection."""
+
+
+class Refused(Exception):
+    """A request the proxy will not forward: answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, message: str, headers: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+        """Extra header lines, each ending with CRLF."""
 
 
 class Body:
@@ -58,7 +116,7 @@ class Body:
             self._waiter.set_result(None)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body's bytes as they arrive; raises ClientGone if the client leaves before the end."""
+        """The body's bytes as they arrive; raises ClientGone if the client leaves (or is refused) before the end."""
         while True:
             if self._chunks:
                 chunk = self._chunks.popleft()
@@ -77,18 +135,46 @@ class Body:
 
 
 class Request:
-    """One parsed request (headers as raw bytes, as the client sent them)."""
+    """One parsed request: end-to-end headers as the client sent them, framing as the parser found it."""
 
-    __slots__ = ("body", "downstream", "headers", "http10", "keep_alive", "method", "path", "responded", "upgrade")
+    __slots__ = (
+        "body",
+        "chunked",
+        "downstream",
+        "headers",
+        "host",
+        "http10",
+        "keep_alive",
+        "length",
+        "method",
+        "path",
+        "responded",
+        "upgrade",
+    )
 
     def __init__(
-        self, downstream: Downstream, method: str, path: bytes, headers: list[tuple[bytes, bytes]], *, http10: bool
+        self,
+        downstream: Downstream,
+        method: str,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        http10: bool,
+        host: bytes,
+        length: int | None,
+        chunked: bool,
     ) -> None:
         self.downstream = downstream
         self.method = method
         self.path = path
         self.headers = headers
+        """Every header line but the framing ones (Host, Content-Length, Transfer-Encoding)."""
         self.http10 = http10
+        self.host = host
+        """The one Host header's value (b"" when an HTTP/1.0 client sent none)."""
+        self.length = length
+        """The body's Content-Length, None when absent or chunked."""
+        self.chunked = chunked
         self.keep_alive = True
         self.upgrade = False
         self.body = Body(downstream)
@@ -97,6 +183,10 @@ class Request:
     @property
     def peer(self) -> str:
         return self.downstream.peer
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.length)
 
     def respond(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
         """Send a whole answer in one write."""
@@ -130,11 +220,14 @@ class Request:
         """Tell a client that sent ``Expect: 100-continue`` to send its body."""
         self.downstream.send(CONTINUE)
 
-    def tunnel(self, upstream: asyncio.Transport) -> Callable[[bytes], None]:
-        """Turn the connection into a byte tunnel to ``upstream``; returns the writer towards the client."""
+    def switch(self, headers: list[tuple[str, str]], protocol: str, upstream: asyncio.Transport) -> None:
+        """Answer 101 (the node switched protocols) and turn the connection into a byte tunnel to ``upstream``."""
         self.responded = True
         self.keep_alive = False
-        return self.downstream.start_tunnel(upstream)
+        lines = ["HTTP/1.1 101 Switching Protocols", *(f"{name}: {value}" for name, value in headers)]
+        lines += ["Connection: Upgrade", f"Upgrade: {protocol}", "\r\n"]
+        self.downstream.send("\r\n".join(lines).encode("latin-1"))
+        self.downstream.start_tunnel(upstream)
 
     def _head(self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None) -> bytes:
         lines = [f"HTTP/1.1 {status} {reason}"]
@@ -161,22 +254,37 @@ class Downstream(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.loop = server.loop
+        self.limits = server.limits
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.chunked = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._host: bytes | None = None
+        self._hosts = 0
+        self._length: bytes | None = None
+        self._coding: bytes | None = None
+        self._room = server.limits.max_header_bytes
+        """Bytes the current head (or, in a chunked body, framing and trailers) may still take on the wire."""
+        self._heads = 0
+        self._body_bytes = False
         self._parsing: Request | None = None
         self._queue: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._closed = False
-        self._idle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_started: float | None = None
+        self._body_read: float | None = None
+        self._idle_since: float | None = None
         self._tunnel: asyncio.Transport | None = None
         self._upgraded = bytearray()
         self._upgrading = False
+        self._refused: Refused | None = None
+        self._dropped = 0
 
     @property
     def busy(self) -> bool:
@@ -186,16 +294,20 @@ class Downstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if not self.server.admit(self):
+            self._closed = True
+            self.transport.abort()
+            return
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
-        self.server.connections.add(self)
-        self._arm_idle()
+        self._idle_since = self.loop.time()
+        self._timer = self.loop.call_later(self.limits.shortest_timeout, self._check_time)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.server.forget(self)
-        if self._idle is not None:
-            self._idle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         for request in (self._parsing, *self._queue):
             if request is not None and not request.body.done:
                 request.body.finish(ClientGone("client closed the connection"))
@@ -207,22 +319,18 @@ class Downstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
             self._tunnel.write(data)
-            return
-        if self._upgrading:
+        elif self._upgrading:
             self._upgraded += data
-            return
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrading = True
-            self._upgraded += data[exc.args[0] :]
-        except httptools.HttpParserError:
-            if self.transport is not None and not self.busy:
-                self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            self.close()
+            if len(self._upgraded) > HIGH_WATER:
+                self.pause_reading()
+        elif self._refused is not None:  # lingering: read and dropped
+            self._dropped += len(data)
+            if self._dropped > LINGER_BYTES:
+                self.close()
+        elif self._parsing is None:
+            self._feed_head(data)
+        else:
+            self._feed_body(data)
 
     def pause_writing(self) -> None:
         if self._tunnel is not None:
@@ -236,29 +344,147 @@ class Downstream(asyncio.Protocol):
         elif self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
+    # -- feeding the parser -------------------------------------------------------------------------
+
+    def _feed_head(self, data: bytes) -> None:
+        """Bytes that start in a request head, which may take only ``_room`` more bytes."""
+        if self._head_started is None:
+            self._head_started = self.loop.time()
+            self._idle_since = None
+        heads = self._heads
+        room = self._room
+        if len(data) <= room:
+            self._feed(data)
+            if self._heads == heads:
+                self._room -= len(data)
+            return
+        if room > 0:
+            self._feed(data[:room])
+        if self._heads != heads:  # the head ended within the limit: the rest is body or what follows
+            if self._refused is None:
+                self.data_received(data[room:])
+            return
+        line_done = self._headers or b"\n" in data[:room]
+        self._refuse(Refused(431, "request header fields too large") if line_done else Refused(414, "URI too long"))
+
+    def _feed_body(self, data: bytes) -> None:
+        """Bytes that start in a request body; in a chunked one, framing and trailers share the head's bound."""
+        request = self._parsing
+        self._body_read = self.loop.time()
+        self._body_bytes = False
+        self._feed(data)
+        if not self._body_bytes and self._parsing is request and request is not None:
+            self._room -= len(data)
+            if self._room < 0:
+                self._refuse(Refused(400, "chunk framing or trailers too large"))
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrading = True
+            self._upgraded += data[exc.args[0] :]
+        except httptools.HttpParserError as exc:
+            refused = exc.__context__
+            if not isinstance(refused, Refused):
+                reason = str(exc)
+                refused = (
+                    Refused(505, "HTTP version not supported") if reason in VERSION_ERRORS else Refused(400, reason)
+                )
+            self._refuse(refused)
+
     # -- httptools callbacks ------------------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.limits.max_request_line:
+            raise Refused(414, "URI too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.limits
+        size = len(name) + len(value)
+        if size + 2 > limits.max_header_line:
+            raise Refused(431, "request header field too large")
+        self._header_bytes += size + 4
+        if self._header_bytes > limits.max_header_bytes:
+            raise Refused(431, "request header fields too large")
+        if self._parsing is not None:
+            return  # a trailer of a chunked body: bounded, then dropped
+        if len(self._headers) >= limits.max_headers:
+            raise Refused(431, "too many request header fields")
+        if len(name) in POLICED_LENGTHS:
+            lower = name.lower()
+            if lower == b"host":
+                self._host = value
+                self._hosts += 1
+                return
+            if lower == b"content-length":
+                self._length = value
+                return
+            if lower == b"transfer-encoding":
+                self._coding = value
+                return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        request = Request(
-            self, parser.get_method().decode(), self._url, self._headers, http10=parser.get_http_version() == "1.0"
-        )
+        request = self._request(parser)
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
+        if request.upgrade and request.has_body:
+            raise Refused(400, "an upgrade request cannot carry a body")
+        self._heads += 1
         self._url = b""
         self._headers = []
+        self._header_bytes = 0
+        self._host = self._length = self._coding = None
+        self._hosts = 0
+        self._room = self.limits.max_header_bytes
+        self._head_started = None
+        self._body_read = self.loop.time() if request.has_body else None
         self._parsing = request
         self._queue.append(request)
         if self._task is None:
             self._task = self.loop.create_task(self._serve())
 
+    def _request(self, parser: httptools.HttpRequestParser) -> Request:
+        """The request just parsed, once it is known to be unambiguous; Refused otherwise."""
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            if version == "0.9":
+                raise Refused(400, "HTTP/0.9 is not supported")
+            raise Refused(505, "HTTP version not supported")
+        method = parser.get_method()
+        if method in REFUSED_METHODS:
+            raise Refused(405, "method not allowed", f"Allow: {ALLOWED_METHODS}\r\n")
+        http10 = version == "1.0"
+        if self._hosts > 1 or (self._hosts == 0 and not http10):
+            raise Refused(400, "exactly one Host header is required")
+        chunked = False
+        if self._coding is not None:
+            if http10:
+                raise Refused(400, "Transfer-Encoding in an HTTP/1.0 request")
+            codings = self._coding.lower().split(b",")
+            if codings[-1].strip(b" \t") != b"chunked":  # RFC 9112 6.3: the length cannot be known
+                raise Refused(400, "a request's last transfer coding must be chunked")
+            if len(codings) > 1:
+                raise Refused(501, "only the chunked transfer coding is implemented")
+            chunked = True
+        length = int(self._length) if self._length is not None else None  # llhttp checked its digits
+        return Request(
+            self,
+            method.decode(),
+            self._url,
+            self._headers,
+            http10=http10,
+            host=self._host or b"",
+            length=length,
+            chunked=chunked,
+        )
+
     def on_body(self, body: bytes) -> None:
+        self._body_bytes = True
+        self._room = self.limits.max_header_bytes
         if self._parsing is not None:
             self._parsing.body.feed(body)
 
@@ -266,6 +492,78 @@ class Downstream(asyncio.Protocol):
         if self._parsing is not None:
             self._parsing.body.finish()
             self._parsing = None
+            self._header_bytes = 0
+            self._room = self.limits.max_header_bytes
+            self._body_read = None
+
+    # -- refusing -----------------------------------------------------------------------------------
+
+    def _refuse(self, refused: Refused) -> None:
+        """Stop parsing: requests before the refused one are still answered, the refused one is never
+        forwarded (or its upload is cut), then the refusal is answered and the connection closed."""
+        if self._refused is not None:
+            return
+        self._refused = refused
+        self._head_started = self._body_read = None
+        broken, self._parsing = self._parsing, None
+        if broken is not None:
+            if broken in self._queue:
+                self._queue.remove(broken)
+            else:
+                broken.body.finish(ClientGone(refused.message))
+        if self._task is None:
+            self._answer_refusal()
+
+    def _answer_refusal(self) -> None:
+        refused = self._refused
+        if refused is None or self._closed or self.transport is None:
+            return
+        body = json.dumps({"error": refused.message}).encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n%s\r\n%s"
+            % (refused.status, REASONS[refused.status].encode(), len(body), refused.headers.encode("latin-1"), body)
+        )
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close our side now and the connection once the client has closed its side (or after a while)."""
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        self.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.close)
+
+    # -- timeouts -----------------------------------------------------------------------------------
+
+    def _check_time(self) -> None:
+        """The connection's one timer: fires at the next deadline, or within the shortest timeout after
+        being armed, so that state changes never need to re-arm it."""
+        if self._closed:
+            return
+        now = self.loop.time()
+        limits = self.limits
+        if self._head_started is not None:
+            deadline = self._head_started + limits.client_header_timeout
+            if now >= deadline:
+                self._refuse(Refused(408, "request header timeout"))
+                return
+        elif self._body_read is not None:
+            if self._reading_paused:  # the node is slow, not the client
+                self._body_read = now
+            deadline = self._body_read + limits.client_body_timeout
+            if now >= deadline:
+                self._refuse(Refused(408, "request body timeout"))
+                return
+        elif self._idle_since is not None:
+            deadline = self._idle_since + limits.keepalive_timeout
+            if now >= deadline:
+                self.close()
+                return
+        else:
+            deadline = now + limits.shortest_timeout
+        self._timer = self.loop.call_at(min(deadline, now + limits.shortest_timeout), self._check_time)
 
     # -- serving ------------------------------------------------------------------------------------
 
@@ -275,7 +573,8 @@ class Downstream(asyncio.Protocol):
             try:
                 await self.server.handler(request)
             except ClientGone:
-                return
+                if self._refused is None:
+                    return
             except Exception:
                 log.exception("request handler failed")
                 request.keep_alive = False
@@ -283,11 +582,35 @@ class Downstream(asyncio.Protocol):
                     request.respond(500, "Internal Server Error", [("Content-Type", "application/json")], b"{}")
             if self._tunnel is not None:
                 return
-            if request.upgrade or not request.keep_alive or not request.body.done or self.server.draining:
+            if self._refused is not None and request.body.error is not None:  # its upload was refused
+                self._task = None
+                if request.responded:
+                    self.close()
+                else:
+                    self._answer_refusal()
+                return
+            if request.upgrade:  # the node did not switch protocols: HTTP goes on
+                self._resume_http()
+            if not request.keep_alive or not request.body.done or self.server.draining:
                 self.close()
                 return
         self._task = None
-        self._arm_idle()
+        if self._refused is not None:
+            self._answer_refusal()
+        elif self.server.draining:
+            self.close()
+        elif self._head_started is None:
+            self._idle_since = self.loop.time()
+
+    def _resume_http(self) -> None:
+        """Parse again what the client sent after an upgrade request that was answered without 101."""
+        self._upgrading = False
+        self.parser = httptools.HttpRequestParser(self)
+        pending = bytes(self._upgraded)
+        self._upgraded.clear()
+        self.resume_reading()
+        if pending:
+            self.data_received(pending)
 
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self._closed:
@@ -313,45 +636,54 @@ class Downstream(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def start_tunnel(self, upstream: asyncio.Transport) -> Callable[[bytes], None]:
-        """Pass every further byte from the client to ``upstream``; returns the writer towards the client."""
+    def start_tunnel(self, upstream: asyncio.Transport) -> None:
+        """Pass every further byte from the client to ``upstream``."""
         self._tunnel = upstream
         self._upgrading = False
         if self._upgraded:
             upstream.write(bytes(self._upgraded))
             self._upgraded.clear()
-        assert self.transport is not None
-        return self.transport.write
+        self.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None and not self._closed:
             self.transport.close()
 
-    def _arm_idle(self) -> None:
-        if self._closed:
-            return
-        if self.server.draining:
-            self.close()
-            return
-        self._idle = self.loop.call_later(self.server.idle_timeout, self.close)
-
 
 class Server:
-    """The protocol factory for the listening socket; knows its connections, to drain them."""
+    """The protocol factory for the listening socket; knows its connections, to bound and drain them."""
 
-    def __init__(self, handler: Handler, idle_timeout: float) -> None:
+    def __init__(self, handler: Handler, limits: ClientLimits) -> None:
         self.loop = asyncio.get_running_loop()
         self.handler = handler
-        self.idle_timeout = idle_timeout
+        self.limits = limits
         self.connections: set[Downstream] = set()
         self.draining = False
+        self.refused_connections = 0
+        self._at_limit = False
         self._drained = asyncio.Event()
 
     def __call__(self) -> Downstream:
         return Downstream(self)
 
+    def admit(self, connection: Downstream) -> bool:
+        """Count a new connection in, or refuse it when the worker is at its bound (logged once per episode)."""
+        if len(self.connections) >= self.limits.max_connections:
+            self.refused_connections += 1
+            if not self._at_limit:
+                self._at_limit = True
+                log.warning(
+                    "client connection limit reached (%d in this worker): closing new connections",
+                    self.limits.max_connections,
+                )
+            return False
+        self.connections.add(connection)
+        return True
+
     def forget(self, connection: Downstream) -> None:
         self.connections.discard(connection)
+        if self._at_limit and len(self.connections) < self.limits.max_connections * 0.9:
+            self._at_limit = False
         if self.draining and not self.connections:
             self._drained.set()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from typing import cast
 
 HEAD_LIMIT = 65536
@@ -49,14 +49,18 @@ class Response:
     """A response head with its end-to-end headers (no hop-by-hop ones, no Content-Length); the body is
     read with ``Connection.read``."""
 
-    __slots__ = ("headers", "length", "reason", "status")
+    __slots__ = ("headers", "length", "reason", "status", "upgrade")
 
-    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None) -> None:
+    def __init__(
+        self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None, upgrade: str = ""
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
         self.length = length
         """Body length when known (Content-Length, or 0 for bodiless answers); None when chunked or until close."""
+        self.upgrade = upgrade
+        """The protocol a 101 answer switches to."""
 
 
 _HEAD, _BODY, _DONE = 0, 1, 2
@@ -90,6 +94,9 @@ class Connection(asyncio.Protocol):
         self._paused_reading = False
         self._drain: asyncio.Future[None] | None = None
         self._closed = False
+        self._to_client: Callable[[bytes], None] | None = None
+        self._client_flow: tuple[Callable[[], None], Callable[[], None]] | None = None
+        self._tunnel_closed: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
@@ -108,21 +115,29 @@ class Connection(asyncio.Protocol):
         self._wake()
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(UpstreamClosed("connection closed while sending"))
+        if self._tunnel_closed is not None and not self._tunnel_closed.done():
+            self._tunnel_closed.set_result(None)
 
     def eof_received(self) -> bool:
         return False
 
     def pause_writing(self) -> None:
-        if self._drain is None or self._drain.done():
+        if self._client_flow is not None:
+            self._client_flow[0]()
+        elif self._drain is None or self._drain.done():
             self._drain = self.loop.create_future()
 
     def resume_writing(self) -> None:
-        if self._drain is not None and not self._drain.done():
+        if self._client_flow is not None:
+            self._client_flow[1]()
+        elif self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self.received = True
-        if self._state == _BODY:
+        if self._to_client is not None:
+            self._to_client(data)
+        elif self._state == _BODY:
             self._feed(data)
         elif self._state == _HEAD:
             if self._head:
@@ -198,6 +213,23 @@ class Connection(asyncio.Protocol):
         self.reusable = False
         self._close()
 
+    async def tunnel(
+        self, to_client: Callable[[bytes], None], pause_client: Callable[[], None], resume_client: Callable[[], None]
+    ) -> None:
+        """After a 101: pass every byte from the node to the client until the connection closes."""
+        assert self.transport is not None
+        self._tunnel_closed = self.loop.create_future()
+        self._client_flow = (pause_client, resume_client)
+        while self._chunks:
+            to_client(self._chunks.popleft())
+        self._to_client = to_client
+        if self._paused_reading:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        if self._closed:
+            return
+        await self._tunnel_closed
+
     # -- internals ----------------------------------------------------------------------------------
 
     async def _wait(self, timeout: float, what: str) -> None:
@@ -259,6 +291,7 @@ class Connection(asyncio.Protocol):
         chunked = False
         close = version == "HTTP/1.0"
         hop: set[str] | None = None
+        upgrade = ""
         for line in lines[1:]:
             name, colon, value = line.partition(":")
             if not colon:
@@ -273,6 +306,8 @@ class Connection(asyncio.Protocol):
                     tokens = {token.strip() for token in value.lower().split(",")}
                     close = "close" in tokens or (close and "keep-alive" not in tokens)
                     hop = tokens if hop is None else hop | tokens
+                elif lower == "upgrade":
+                    upgrade = value.strip()
                 continue
             if lower[:6] == "proxy-":
                 continue
@@ -281,6 +316,10 @@ class Connection(asyncio.Protocol):
             headers = [(name, value) for name, value in headers if name.lower() not in hop]
         if close:
             self.reusable = False
+        if status == 101:  # what follows is another protocol: tunnelled until either side closes
+            self._framing = 2
+            self.reusable = False
+            return Response(status, reason, headers, None, upgrade)
         if self._method_head or status in (204, 304):
             self._framing, self._remaining = 0, 0
             return Response(status, reason, headers, length if self._method_head else 0)

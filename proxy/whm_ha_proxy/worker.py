@@ -45,7 +45,7 @@ async def serve(options: ProxyOptions, channel_fd: int) -> None:
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # the parent decides; Ctrl-C reaches it too
     channel = await Channel.open(socket.socket(fileno=channel_fd))
     forwarder = Forwarder(Balancer(policy=options.policy), options.timeouts)
-    server = Server(forwarder, options.idle_timeout)
+    server = Server(forwarder, options.limits)
     listener = await loop.create_server(server, sock=listen_socket(*options.listen), backlog=4096)
     answering = asyncio.create_task(_answer(channel, forwarder, stop))
     await stop.wait()

@@ -1,0 +1,414 @@
+"""Hostile clients against the real proxy process, with a raw-socket node that records every byte it gets.
+
+Each refused request must be answered with its 4xx/5xx, the connection closed, and nothing forwarded
+(the node sees only the well-framed sentinel sent afterwards). Accepted requests must reach the node
+exactly once each, well framed, whatever the client put in ``Connection:``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.fixtures.proxy_process import Cluster, ProxyProcess, RecordingNode
+from tests.fixtures.sandbox import SandboxProcess
+from tests.kube_helpers import wait_for
+
+HEADER_TIMEOUT = 1.0
+BODY_TIMEOUT = 1.0
+KEEPALIVE_TIMEOUT = 1.5
+SHORT_TIMEOUTS = (
+    f"--client-header-timeout={HEADER_TIMEOUT}",
+    f"--client-body-timeout={BODY_TIMEOUT}",
+    f"--keepalive-timeout={KEEPALIVE_TIMEOUT}",
+)
+
+
+@dataclass
+class Rig:
+    proxy: ProxyProcess
+    node: RecordingNode
+
+
+def start_rig(sandbox_api: SandboxProcess, workdir: Path, *options: str) -> tuple[Rig, Cluster]:
+    api = sandbox_api.api_client()
+    namespace = f"h-{uuid.uuid4().hex[:10]}"
+    client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+    cluster = Cluster(api, namespace)
+    cluster.create(retries=0)
+    node = RecordingNode()
+    node.start()
+    cluster.add_node("rec", "127.0.0.1", node.port)
+    proxy = ProxyProcess(sandbox_api.kubeconfig, namespace, "whm", workdir / "proxy.log", options=options)
+    proxy.start()
+    wait_for(lambda: proxy.routable() == ["rec"], 10, "the node routable")
+    return Rig(proxy, node), cluster
+
+
+@pytest.fixture(scope="module")
+def shared(sandbox_api: SandboxProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """One proxy (one worker, short client timeouts) in front of one recording node, for the module."""
+    rig, _ = start_rig(sandbox_api, tmp_path_factory.mktemp("hostile"), *SHORT_TIMEOUTS)
+    yield rig
+    rig.proxy.stop()
+    rig.node.stop()
+    assert "Traceback" not in rig.proxy.log_text(), rig.proxy.log_text()[-5000:]
+
+
+@pytest.fixture
+def rig(shared: Rig) -> Rig:
+    shared.node.reset()
+    return shared
+
+
+def connect(rig: Rig, timeout: float = 5.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", rig.proxy.port), timeout=timeout)
+    sock.settimeout(timeout)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the proxy sends until it closes the connection; fails if it stays open."""
+    received = bytearray()
+    try:
+        while data := sock.recv(65536):
+            received += data
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        raise AssertionError(f"the connection stayed open; received {bytes(received[:300])!r}") from None
+    return bytes(received)
+
+
+def exchange(rig: Rig, raw: bytes) -> bytes:
+    with connect(rig) as sock:
+        sock.sendall(raw)
+        return read_until_closed(sock)
+
+
+def status_of(answer: bytes) -> int:
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer[9:12])
+
+
+def responses(data: bytes) -> list[tuple[int, bytes, bytes]]:
+    """Split a stream of proxy answers (each with Content-Length) into (status, head, body)."""
+    found = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")[1:]
+            if line.lower().startswith(b"content-length:")
+        )
+        found.append((int(head[9:12]), head, rest[:length]))
+        data = rest[length:]
+    return found
+
+
+def sentinel_only(rig: Rig) -> None:
+    """Nothing but a fresh, well-framed GET reached the node since the test began."""
+    with connect(rig) as sock:
+        sock.sendall(b"GET /sentinel HTTP/1.1\r\nHost: panel\r\nConnection: close\r\n\r\n")
+        assert status_of(read_until_closed(sock)) == 200
+    assert rig.node.malformed == []
+    assert [request.target for request in rig.node.requests] == ["/sentinel"]
+    assert rig.node.received().count(b" HTTP/1.1\r\n") == 1, rig.node.received()[:2000]
+
+
+POST = b"POST /upload HTTP/1.1\r\nHost: panel\r\n"
+REFUSED = {
+    # Request smuggling: two framings, obfuscated or ambiguous ones.
+    "CL.TE": (POST + b"Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG", 400),
+    "TE.CL": (POST + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n", 400),
+    "TE xchunked": (POST + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400),
+    "TE chunked, identity": (POST + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400),
+    "TE gzip alone": (POST + b"Transfer-Encoding: gzip\r\n\r\nabc", 400),
+    "TE gzip, chunked": (POST + b"Transfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 501),
+    "TE twice": (POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "TE with space before colon": (POST + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
+    "TE on a folded line": (POST + b"X-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "TE value folded": (POST + b"Transfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n", 400),
+    "TE vertical tab": (POST + b"Transfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n", 400),
+    "TE in HTTP/1.0": (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "CL twice, same": (POST + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
+    "CL twice, different": (POST + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    "CL list": (POST + b"Content-Length: 3, 3\r\n\r\nabc", 400),
+    "CL signed +": (POST + b"Content-Length: +3\r\n\r\nabc", 400),
+    "CL signed -": (POST + b"Content-Length: -3\r\n\r\nabc", 400),
+    "CL hex": (POST + b"Content-Length: 0x3\r\n\r\nabc", 400),
+    "CL overflow": (POST + b"Content-Length: 99999999999999999999999\r\n\r\nabc", 400),
+    "obs-fold": (b"GET / HTTP/1.1\r\nHost: panel\r\nX-A: b\r\n c\r\n\r\n", 400),
+    "bare LF": (b"GET / HTTP/1.1\nHost: panel\n\n", 400),
+    "bare LF in a header": (b"GET / HTTP/1.1\r\nHost: panel\nX-A: b\r\n\r\n", 400),
+    "bare CR in a header": (b"GET / HTTP/1.1\r\nHost: panel\rX-A: b\r\n\r\n", 400),
+    "NUL in a value": (b"GET / HTTP/1.1\r\nHost: panel\r\nX-A: a\x00b\r\n\r\n", 400),
+    "CR in a value": (b"GET / HTTP/1.1\r\nHost: panel\r\nX-A: a\rb\r\n\r\n", 400),
+    "bad chunk size": (POST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+    "negative chunk size": (POST + b"Transfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n", 400),
+    "chunk size overflow": (POST + b"Transfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nabc\r\n0\r\n\r\n", 400),
+    "chunk without CRLF": (POST + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcX0\r\n\r\n", 400),
+    # Methods, versions, Host.
+    "CONNECT": (b"CONNECT panel:443 HTTP/1.1\r\nHost: panel:443\r\n\r\n", 405),
+    "TRACE": (b"TRACE / HTTP/1.1\r\nHost: panel\r\n\r\n", 405),
+    "HTTP/1.1 without Host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "two Hosts": (b"GET / HTTP/1.1\r\nHost: panel\r\nHost: evil\r\n\r\n", 400),
+    "HTTP/2.0 on the wire": (b"GET / HTTP/2.0\r\nHost: panel\r\n\r\n", 505),
+    "HTTP/1.2": (b"GET / HTTP/1.2\r\nHost: panel\r\n\r\n", 505),
+    "HTTP/3": (b"GET / HTTP/3\r\nHost: panel\r\n\r\n", 505),
+    "HTTP/0.9": (b"GET /\r\n\r\n", 400),
+    "lower-case method": (b"get / HTTP/1.1\r\nHost: panel\r\n\r\n", 400),
+    "HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
+    "upgrade with a body": (
+        b"POST /switch HTTP/1.1\r\nHost: panel\r\nConnection: Upgrade\r\nUpgrade: echo\r\nContent-Length: 3\r\n\r\nabc",
+        400,
+    ),
+    # Sizes.
+    "request target over 8 KB": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: panel\r\n\r\n", 414),
+    "header line over 8 KB": (b"GET / HTTP/1.1\r\nHost: panel\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+    "header bytes over 32 KB": (
+        b"GET / HTTP/1.1\r\nHost: panel\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 5000) for i in range(8)) + b"\r\n",
+        431,
+    ),
+    "101 headers": (b"GET / HTTP/1.1\r\nHost: panel\r\n" + b"X-H: 1\r\n" * 101 + b"\r\n", 431),
+    "one header line of 1 MB": (b"GET / HTTP/1.1\r\nHost: panel\r\nX-Big: " + b"b" * (1 << 20), 431),
+    "trailers over 32 KB": (
+        POST
+        + b"Transfer-Encoding: chunked\r\n\r\n0\r\n"
+        + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 5000) for i in range(8)),
+        431,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_refused_requests_are_answered_closed_and_never_forwarded(rig: Rig, name: str) -> None:
+    raw, expected = REFUSED[name]
+    answer = exchange(rig, raw)
+    assert status_of(answer) == expected, answer[:300]
+    assert b"\r\nConnection: close\r\n" in answer
+    if expected == 405:
+        assert b"\r\nAllow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n" in answer
+    sentinel_only(rig)
+
+
+def test_an_endless_header_is_cut_at_the_limit(rig: Rig) -> None:
+    """100 MB of header lines: answered 431 after 32 KB while the client is still sending, then cut."""
+    sent = 0
+
+    def flood(sock: socket.socket) -> None:
+        nonlocal sent
+        line = b"X-Flood: " + b"f" * 1000 + b"\r\n"
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: panel\r\n")
+            while sent < 100 * (1 << 20):
+                sock.sendall(line * 64)
+                sent += len(line) * 64
+        except OSError:
+            pass
+
+    with connect(rig) as sock:
+        flooding = threading.Thread(target=flood, args=(sock,))
+        flooding.start()
+        answer = read_until_closed(sock)
+        flooding.join(30)
+    assert status_of(answer) == 431
+    assert sent < 32 * (1 << 20), f"the proxy read {sent / (1 << 20):.0f} MB before closing"
+    sentinel_only(rig)
+
+
+def test_connection_header_never_removes_the_framing(rig: Rig) -> None:
+    """The desync of issue 14: naming framing headers in Connection must not strip them."""
+    raw = (
+        b"POST /one HTTP/1.1\r\nHost: panel\r\nConnection: Content-Length, Transfer-Encoding, Host, X-Drop\r\n"
+        b"X-Drop: 1\r\nX-Request-Id: one\r\nContent-Length: 5\r\n\r\nhello"
+        b"POST /two HTTP/1.1\r\nHost: panel\r\nConnection: Transfer-Encoding\r\nX-Request-Id: two\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        b"GET /three HTTP/1.1\r\nHost: panel\r\nX-Request-Id: three\r\nConnection: close\r\n\r\n"
+    )
+    answers = responses(exchange(rig, raw))
+    assert [status for status, _, _ in answers] == [200, 200, 200]
+    for (_, _, body), name in zip(answers, (b"one", b"two", b"three"), strict=True):
+        assert b'"id": "%s"' % name in body
+    assert rig.node.malformed == []
+    one, two, three = rig.node.requests
+    assert (one.target, one.body, one.header("content-length"), one.header("host")) == (
+        "/one",
+        b"hello",
+        ["5"],
+        ["panel"],
+    )
+    assert one.header("x-drop") == []
+    assert (two.target, two.body, two.header("transfer-encoding")) == ("/two", b"abcde", ["chunked"])
+    assert (three.target, three.body) == ("/three", b"")
+
+
+def test_a_bad_chunk_after_the_head_went_on_cuts_the_upload(rig: Rig) -> None:
+    with connect(rig) as sock:
+        sock.sendall(POST + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        wait_for(rig.node.received, 5, "the head and first chunk forwarded")
+        sock.sendall(b"zz\r\nSMUGGLED\r\n0\r\n\r\n")
+        assert status_of(read_until_closed(sock)) == 400
+    wait_for(lambda: rig.node.malformed, 5, "the node's connection cut")
+    assert rig.node.requests == [] and b"SMUGGLED" not in rig.node.received()
+    rig.node.reset()
+    sentinel_only(rig)
+
+
+def test_an_upgrade_answered_without_101_stays_http(rig: Rig) -> None:
+    raw = (
+        b"GET /no-switch HTTP/1.1\r\nHost: panel\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Request-Id: up\r\n\r\n"
+        b"GET /after HTTP/1.1\r\nHost: panel\r\nX-Request-Id: after\r\nConnection: close\r\n\r\n"
+    )
+    answers = responses(exchange(rig, raw))
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert b'"target": "/after"' in answers[1][2]
+    assert [request.target for request in rig.node.requests] == ["/no-switch", "/after"]
+    assert rig.node.malformed == []
+
+
+def test_an_upgrade_answered_101_becomes_a_tunnel(rig: Rig) -> None:
+    with connect(rig) as sock:
+        sock.sendall(b"GET /switch HTTP/1.1\r\nHost: panel\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101 ") and b"\r\nUpgrade: echo\r\n" in head
+        sock.sendall(b"raw bytes, not HTTP\r\n\r\n")
+        echoed = head.partition(b"\r\n\r\n")[2]
+        while len(echoed) < 23:
+            echoed += sock.recv(4096)
+        assert echoed == b"raw bytes, not HTTP\r\n\r\n"
+
+
+def test_a_slow_head_is_answered_408(rig: Rig) -> None:
+    """One byte every 0.2 s keeps the connection busy but not alive: 408 at the header timeout."""
+    stop = threading.Event()
+
+    def drip(sock: socket.socket) -> None:
+        for byte in b"GET / HTTP/1.1\r\nHost: panel\r\nX-Slow: " + b"s" * 100:
+            if stop.wait(0.2):
+                return
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                return
+
+    started = time.monotonic()
+    with connect(rig) as sock:
+        dripping = threading.Thread(target=drip, args=(sock,))
+        dripping.start()
+        answer = read_until_closed(sock)
+        stop.set()
+        dripping.join()
+    assert status_of(answer) == 408
+    assert HEADER_TIMEOUT <= time.monotonic() - started < HEADER_TIMEOUT + 2
+    sentinel_only(rig)
+
+
+def test_a_stalled_body_is_answered_408_and_the_upload_cut(rig: Rig) -> None:
+    with connect(rig) as sock:
+        sock.sendall(POST + b"Content-Length: 10\r\n\r\nabc")
+        started = time.monotonic()
+        assert status_of(read_until_closed(sock)) == 408
+        assert BODY_TIMEOUT <= time.monotonic() - started < BODY_TIMEOUT + 2
+    wait_for(lambda: rig.node.malformed, 5, "the node's connection cut")
+    assert rig.node.requests == []
+    rig.node.reset()
+    sentinel_only(rig)
+
+
+def test_an_idle_connection_is_closed_quietly(rig: Rig) -> None:
+    with connect(rig) as sock:
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""
+        assert KEEPALIVE_TIMEOUT <= time.monotonic() - started < KEEPALIVE_TIMEOUT + 2
+
+
+def test_connections_beyond_the_bound_are_closed_and_logged_once(sandbox_api: SandboxProcess, tmp_path: Path) -> None:
+    rig, _ = start_rig(sandbox_api, tmp_path, "--max-connections=3")
+    try:
+        held = [connect(rig) for _ in range(3)]
+        for sock in held:  # each is served
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: panel\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        for _ in range(3):
+            with connect(rig) as extra:
+                assert read_until_closed(extra) == b""
+        held.pop().close()
+        wait_for(lambda: try_request(rig), 5, "a connection accepted again")
+        for sock in held:
+            sock.close()
+        assert rig.proxy.log_text().count("client connection limit reached") == 1
+    finally:
+        rig.proxy.stop()
+        rig.node.stop()
+
+
+def try_request(rig: Rig) -> bool:
+    with connect(rig) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: panel\r\nConnection: close\r\n\r\n")
+        return read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+
+
+def worker_rss(proxy: ProxyProcess) -> int:
+    """Resident bytes of the proxy's (only) worker process."""
+    assert proxy.process is not None
+    (worker,) = (
+        child
+        for task in Path(f"/proc/{proxy.process.pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    )
+    status = Path(f"/proc/{worker}/status").read_text()
+    return next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:"))
+
+
+def test_large_heads_on_many_connections_keep_the_worker_small(rig: Rig) -> None:
+    """64 connections hold 30 KB heads at once, then 8 flood theirs: the worker stays within a few MB."""
+    baseline = worker_rss(rig.proxy)
+    held = [connect(rig) for _ in range(64)]
+    line = b"X-Pad: " + b"p" * 1000 + b"\r\n"
+    for sock in held:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: panel\r\n" + line * 29)
+    wait_for(lambda: worker_rss(rig.proxy) > baseline, 5, "the heads buffered")
+    holding = worker_rss(rig.proxy) - baseline
+
+    def flood(sock: socket.socket) -> None:
+        try:
+            for _ in range(20 * 1024):
+                sock.sendall(line)
+        except OSError:
+            pass
+
+    floods = [threading.Thread(target=flood, args=(sock,)) for sock in held[:8]]
+    for thread in floods:
+        thread.start()
+    for thread in floods:
+        thread.join(20)
+    statuses = [status_of(read_until_closed(sock)) for sock in held[:8]]
+    for sock in held:
+        sock.close()
+    assert statuses == [431] * 8
+    wait_for(lambda: worker_rss(rig.proxy) < baseline + 16 * (1 << 20), 10, "memory back after the connections")
+    assert holding < 16 * (1 << 20), f"64 heads of 30 KB took {holding / (1 << 20):.1f} MB"
+
+
+def test_header_limits_follow_the_flags(sandbox_api: SandboxProcess, tmp_path: Path) -> None:
+    rig, _ = start_rig(sandbox_api, tmp_path, "--max-request-line=100", "--max-headers=3", "--max-header-line=50")
+    try:
+        assert status_of(exchange(rig, b"GET /" + b"a" * 101 + b" HTTP/1.1\r\nHost: panel\r\n\r\n")) == 414
+        assert status_of(exchange(rig, b"GET / HTTP/1.1\r\nHost: panel\r\nX-A: " + b"a" * 60 + b"\r\n\r\n")) == 431
+        assert status_of(exchange(rig, b"GET / HTTP/1.1\r\nHost: panel\r\n" + b"X-H: 1\r\n" * 4 + b"\r\n")) == 431
+        ok = exchange(rig, b"GET /" + b"a" * 90 + b" HTTP/1.1\r\nHost: panel\r\nX-H: 1\r\nConnection: close\r\n\r\n")
+        assert status_of(ok) == 200
+    finally:
+        rig.proxy.stop()
+        rig.node.stop()

@@ -1,7 +1,13 @@
-"""The admin port: /stats (JSON), /metrics (Prometheus), /healthz, /readyz and POST /reload."""
+"""The admin port: /stats (JSON), /metrics (Prometheus), /healthz, /readyz and POST /reload.
+
+The port listens on loopback unless told otherwise (the pod IP, to be scraped); it is never on the
+traffic Service. ``POST /reload`` is answered only to loopback clients (``kubectl exec`` or
+``kubectl port-forward``); from anywhere else the way to reload is the ``ha.whm.io/reload`` annotation.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +29,17 @@ def _totals(nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
         for cls, count in node["responses"].items():
             totals["responses"][cls] += count
     return totals
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether a peer address is a loopback one (127.0.0.0/8, ::1, or IPv4 mapped into IPv6)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 def build_app(supervisor: Supervisor) -> web.Application:
@@ -68,7 +85,12 @@ def build_app(supervisor: Supervisor) -> web.Application:
         ready, reason = supervisor.readiness()
         return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
 
-    async def reload(_: web.Request) -> web.Response:
+    async def reload(request: web.Request) -> web.Response:
+        if not is_loopback(request.remote):
+            return web.json_response(
+                {"error": "reload is answered on loopback only; annotate the WHMCluster with ha.whm.io/reload"},
+                status=403,
+            )
         try:
             config = await supervisor.reload()
         except TimeoutError:

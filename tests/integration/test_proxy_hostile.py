@@ -8,6 +8,7 @@ exactly once each, well framed, whatever the client put in ``Connection:``.
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -38,7 +39,9 @@ class Rig:
     node: RecordingNode
 
 
-def start_rig(sandbox_api: SandboxProcess, workdir: Path, *options: str) -> tuple[Rig, Cluster]:
+def start_rig(
+    sandbox_api: SandboxProcess, workdir: Path, *options: str, admin_host: str = "127.0.0.1"
+) -> tuple[Rig, Cluster]:
     api = sandbox_api.api_client()
     namespace = f"h-{uuid.uuid4().hex[:10]}"
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
@@ -47,7 +50,9 @@ def start_rig(sandbox_api: SandboxProcess, workdir: Path, *options: str) -> tupl
     node = RecordingNode()
     node.start()
     cluster.add_node("rec", "127.0.0.1", node.port)
-    proxy = ProxyProcess(sandbox_api.kubeconfig, namespace, "whm", workdir / "proxy.log", options=options)
+    proxy = ProxyProcess(
+        sandbox_api.kubeconfig, namespace, "whm", workdir / "proxy.log", options=options, admin_host=admin_host
+    )
     proxy.start()
     wait_for(lambda: proxy.routable() == ["rec"], 10, "the node routable")
     return Rig(proxy, node), cluster
@@ -409,6 +414,23 @@ def test_header_limits_follow_the_flags(sandbox_api: SandboxProcess, tmp_path: P
         assert status_of(exchange(rig, b"GET / HTTP/1.1\r\nHost: panel\r\n" + b"X-H: 1\r\n" * 4 + b"\r\n")) == 431
         ok = exchange(rig, b"GET /" + b"a" * 90 + b" HTTP/1.1\r\nHost: panel\r\nX-H: 1\r\nConnection: close\r\n\r\n")
         assert status_of(ok) == 200
+    finally:
+        rig.proxy.stop()
+        rig.node.stop()
+
+
+def test_reload_is_answered_on_loopback_only(sandbox_api: SandboxProcess, tmp_path: Path) -> None:
+    """The admin port bound to a pod-like address serves scrapes, but POST /reload only to loopback."""
+    addresses = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=False).stdout.split()
+    address = next((a for a in addresses if "." in a and not a.startswith("127.")), None)
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    rig, _ = start_rig(sandbox_api, tmp_path, admin_host=address)
+    try:
+        assert rig.proxy.admin("GET", "/metrics")[0] == 200
+        status, body = rig.proxy.admin("POST", "/reload")
+        assert status == 403 and "ha.whm.io/reload" in body["error"]
+        assert rig.proxy.stats()["config"]["generation"] == 0
     finally:
         rig.proxy.stop()
         rig.node.stop()

@@ -50,7 +50,11 @@ def validate(obj: dict[str, Any]) -> None:
 VALUE_SETS = {
     "defaults": {},
     "single-namespace": {"watchNamespace": "apps", "shim": {"anonymousReads": True, "staticTokensSecret": "tokens"}},
-    "monitoring-and-policy": {"serviceMonitor": {"enabled": True}, "networkPolicy": {"enabled": True}},
+    "monitoring-and-policy": {
+        "serviceMonitor": {"enabled": True},
+        "networkPolicy": {"metricsNamespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+    },
+    "no-policy": {"networkPolicy": {"enabled": False}},
     "operator-only": {"proxy": {"enabled": False}, "shim": {"enabled": False}, "operator": {"replicas": 1}},
 }
 
@@ -78,6 +82,7 @@ def test_values_schema_rejects_bad_values_clearly() -> None:
             ({"watchNamespace": "Not_A_Namespace"}, "watchNamespace"),
             ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
             ({"colour": "blue"}, "colour"),
+            ({"networkPolicy": {"metricsNamespaceSelector": {"matchLabel": {}}}}, "matchLabel"),
         ):
             with pytest.raises(helm.HelmError) as refused:
                 chart.validate_schema(bad)
@@ -110,6 +115,34 @@ def test_restrictive_security_probes_and_resources() -> None:
         "whm-ha-proxy",
         "whm-ha-shim",
     }
+
+
+def test_proxy_admin_port_is_closed_to_traffic() -> None:
+    """The admin port listens on the pod IP (never 0.0.0.0), is not on the traffic Service, and the
+    NetworkPolicy (on by default) admits it from the namespace and the chosen monitoring namespaces only."""
+    docs = render({})
+    proxy = next(c for c in _containers(docs) if c["name"] == "proxy")
+    assert "--admin=$(POD_IP):8081" in proxy["args"]
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in proxy["env"]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert [p["port"] for p in services["whm-ha-proxy"]["spec"]["ports"]] == [80]
+    assert all(p["port"] != 8081 for s in services.values() for p in s["spec"]["ports"])
+    (policy,) = (d for d in docs if d["kind"] == "NetworkPolicy")
+    open_rule, admin_rule = policy["spec"]["ingress"]
+    assert "from" not in open_rule and {p["port"] for p in open_rule["ports"]} == {8080, 4000}
+    assert admin_rule["from"] == [{"podSelector": {}}] and {"port": 8081} in admin_rule["ports"]
+
+    monitored = render(VALUE_SETS["monitoring-and-policy"])
+    admin = next(d for d in monitored if d["kind"] == "Service" and d["metadata"]["name"] == "whm-ha-proxy-admin")
+    assert admin["spec"]["clusterIP"] == "None" and [p["name"] for p in admin["spec"]["ports"]] == ["admin"]
+    monitor = next(d for d in monitored if d["kind"] == "ServiceMonitor" and d["metadata"]["name"] == "whm-ha-proxy")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= admin["metadata"]["labels"].items()
+    (policy,) = (d for d in monitored if d["kind"] == "NetworkPolicy")
+    assert policy["spec"]["ingress"][1]["from"] == [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+    ]
+    assert not any(d["kind"] == "NetworkPolicy" for d in render(VALUE_SETS["no-policy"]))
 
 
 def test_single_namespace_mode_uses_roles() -> None:

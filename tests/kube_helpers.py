@@ -10,6 +10,11 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
+from whm_ha.mysql.actions import ensure_application_user
+from whm_ha.mysql.dialect import dialect_for
+from whm_ha.mysql.member import Credentials, connect
+
 GROUP, VERSION = "ha.whm.io", "v1alpha1"
 
 
@@ -84,6 +89,7 @@ def create_replication(
     credentials: str,
     replication: str,
     name: str = "db",
+    schemas: tuple[str, ...] = ("whm_ha",),
 ) -> None:
     """A MySQLReplication whose bootstrap primary is the first member."""
     custom.create_namespaced_custom_object(
@@ -100,6 +106,27 @@ def create_replication(
                 "members": members,
                 "credentialsSecret": {"name": credentials},
                 "replicationSecret": {"name": replication},
+                "applicationAccount": {"schemas": list(schemas)},
             },
         },
     )
+
+
+APP_USER, APP_PASSWORD = "whm_ha_app", "app-pw"
+
+
+def create_application_account(
+    core: client.CoreV1Api,
+    namespace: str,
+    server: LocalMariaDB,
+    replication: str = "db",
+    schemas: tuple[str, ...] = ("whm_ha",),
+) -> None:
+    """What the operator does for a MySQLReplication: the ``<name>-app`` Secret and its account on the server."""
+    core.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": f"{replication}-app"}, "stringData": {"username": APP_USER, "password": APP_PASSWORD}},
+    )
+    admin = Credentials(ADMIN_USER, ADMIN_PASSWORD)
+    with connect("admin", server.host, server.port, admin, dialect_for("mariadb")) as session:
+        ensure_application_user(session, APP_USER, APP_PASSWORD, schemas)

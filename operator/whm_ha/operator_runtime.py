@@ -51,6 +51,17 @@ def _configure(
     settings.persistence.finalizer = "ha.whm.io/kopf"
 
 
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """kopf 1.45's watch stream cancels itself from a future's done-callback, where no task is current, when a
+    peering pause stops a watch before the server answered: its assertion then fails outside any task, harmlessly
+    (the watch ends at its next event or timeout). One line for that; everything else as asyncio reports it."""
+    handle = context.get("handle")
+    if isinstance(context.get("exception"), AssertionError) and "request_cancel_callback" in repr(handle):
+        log.warning("kopf: a watch request was paused before the API server answered (kopf stream cancellation)")
+        return
+    loop.default_exception_handler(context)
+
+
 async def _main(
     *, namespace: str | None, metrics: str | None, health: str | None, peering: str, priority: int, standalone: bool
 ) -> int:
@@ -62,6 +73,7 @@ async def _main(
     except KubeConfigError as exc:
         print(f"whm-ha operator: {exc}", file=sys.stderr)
         return 1
+    asyncio.get_running_loop().set_exception_handler(_loop_exception)
     kube = KubeClient(api)
     if not standalone:
         try:

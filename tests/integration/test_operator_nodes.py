@@ -474,7 +474,14 @@ def test_legacy_tables_are_filled(
         },
     )
     members = [{"name": "db-0", "host": "127.0.0.1", "port": mariadb.port}]
-    create_replication(cluster.custom, cluster.namespace, members, credentials="db-admin", replication="db-admin")
+    create_replication(
+        cluster.custom,
+        cluster.namespace,
+        members,
+        credentials="db-admin",
+        replication="db-admin",
+        schemas=("whm_legacy",),
+    )
     cluster.create(database={"replicationRef": {"name": "db"}, "schemaName": "whm_legacy"})
     servers = three_nodes(cluster, node_servers)
     migrate(DSN("127.0.0.1", mariadb.port, "root", "whm_legacy", ADMIN_PASSWORD))

@@ -16,7 +16,7 @@ from tests.fixtures.operator_process import StartOperator
 from tests.fixtures.shim_process import ShimProcess, StartShim
 from tests.fixtures.whm_nodes import StartNodes
 from tests.integration.test_operator_nodes import Cluster, three_nodes
-from tests.kube_helpers import GROUP, VERSION, create_replication, wait_for
+from tests.kube_helpers import GROUP, VERSION, create_application_account, create_replication, wait_for
 from whm_ha.db.dsn import DSN
 from whm_ha.db.local_server import ADMIN_PASSWORD, LocalMariaDB
 from whm_ha.db.migrate import migrate
@@ -369,7 +369,9 @@ def test_sessions_stats_and_cleanup(
     kube_namespace: str,
     mariadb: LocalMariaDB,
 ) -> None:
-    add_replication(world, kube_namespace, client.CoreV1Api(kube_client), port=mariadb.port)
+    core = client.CoreV1Api(kube_client)
+    add_replication(world, kube_namespace, core, port=mariadb.port)
+    create_application_account(core, kube_namespace, mariadb)
     migrate(DSN("127.0.0.1", mariadb.port, "root", "whm_ha", ADMIN_PASSWORD))
     conn = mariadb.connect(database="whm_ha")
     with conn.cursor() as cur:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from whm_ha.crd.mysqlreplication import Member
-from whm_ha.mysql.gtid import MariaDBGtidSet, MySQLGtidSet
+from whm_ha.mysql.gtid import GtidSet, MariaDBGtidSet, MySQLGtidSet
 from whm_ha.mysql.member import MemberState
 from whm_ha.mysql.topology import (
     Problem,
     apply_lag,
     can_rejoin,
     choose_candidate,
+    errant_members,
     errant_transactions,
     primary_confirmed_dead,
     received,
@@ -297,6 +300,59 @@ def test_member_behind_the_primary_may_rejoin() -> None:
     verdict = can_rejoin(MariaDBGtidSet.parse("0-1-98"), MariaDBGtidSet.parse("0-1-98,0-2-105"))
     assert verdict.ok and not verdict.errant
     assert verdict.reason == "the primary has all of its transactions"
+
+
+# --- errant_members: the cases of a switchover whose old primary kept taking writes ---------------------------
+
+MARIA = MariaDBGtidSet.parse
+
+
+def at(name: str, executed: GtidSet) -> MemberState:
+    return replace(replica(name), gtid_executed=executed, gtid_retrieved=executed)
+
+
+@pytest.mark.parametrize(
+    ("flavor_set", "primary", "members", "errant"),
+    [
+        # one domain: the old primary (server 1) wrote 54..86 after the new primary (server 2) took over at 53
+        (MARIA, "0-1-53,0-2-56", {"m1": "0-1-86", "m2": "0-1-53,0-2-56"}, {"m1": "0-1-54..86"}),
+        # the other replica replicated 24..30 from the old primary before it was repointed
+        (MARIA, "0-1-23,0-2-40", {"m1": "0-1-30", "m2": "0-1-30"}, {"m1": "0-1-24..30", "m2": "0-1-24..30"}),
+        # several server ids in the history; a replica merely behind is not errant
+        (MARIA, "0-1-10,0-3-20,0-2-31", {"m1": "0-1-10,0-3-20", "m2": "0-1-10,0-3-22"}, {"m2": "0-3-21..22"}),
+        # two domains: only the diverged one is named (no server in common: all of it is unknown to the primary)
+        (MARIA, "0-2-31,1-2-5", {"m1": "0-2-31,1-1-6"}, {"m1": "1-1-6"}),
+        # MySQL: the old primary's uuid continued after the fence
+        (gtids, f"{U1}:1-53,{U2}:1-3", {"m1": f"{U1}:1-86", "m2": f"{U1}:1-53,{U2}:1-2"}, {"m1": f"{U1}:54-86"}),
+        # MySQL with gaps: only the missing intervals are errant
+        (gtids, f"{U1}:1-53:60-70", {"m1": f"{U1}:1-70", "m2": f"{U1}:1-40:60-65"}, {"m1": f"{U1}:54-59"}),
+    ],
+)
+def test_errant_members_name_exactly_what_the_primary_lacks(
+    flavor_set: Callable[[str], GtidSet], primary: str, members: dict[str, str], errant: dict[str, str]
+) -> None:
+    states = {"m0": at("m0", flavor_set(primary))} | {n: at(n, flavor_set(g)) for n, g in members.items()}
+    found = errant_members(states, "m0", flavor_set(primary))
+    assert {n: str(v.errant) for n, v in found.items()} == errant
+    for verdict in found.values():
+        assert str(verdict.errant) in verdict.reason and f"{verdict.errant.count} errant" in verdict.reason
+
+
+def test_errant_members_skip_the_quarantined_and_the_unreachable() -> None:
+    states = {
+        "m0": at("m0", MARIA("0-2-56")),
+        "m1": at("m1", MARIA("0-1-86")),
+        "m2": MemberState.unreachable("m2", "m2.db", 3306, "gone"),
+    }
+    assert errant_members(states, "m0", MARIA("0-1-53,0-2-56"), skip=["m1"]) == {}
+
+
+def test_a_replica_read_after_the_primary_is_not_errant_against_a_fresh_read() -> None:
+    """The inspection reads members concurrently: a replica may hold what the primary committed after its read."""
+    stale, fresh = MARIA("0-1-100"), MARIA("0-1-103")
+    states = {"m0": at("m0", stale), "m1": at("m1", MARIA("0-1-102"))}
+    assert set(errant_members(states, "m0", stale)) == {"m1"}
+    assert errant_members(states, "m0", fresh) == {}
 
 
 # --- replica_health --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -48,6 +48,29 @@ class ReplicationTLS(CRDModel):
     """Secret key holding the CA certificate that replicas verify the primary with."""
 
 
+SchemaName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
+
+
+class ApplicationAccount(CRDModel):
+    """The account the operator keeps on the primary for application data (the legacy tables, sessions, cache).
+    It holds only schema privileges, which read-only servers refuse, so its writes can land only on the primary."""
+
+    secret: LocalObjectReference | None = None
+    """Secret (keys username, password); default ``<name>-app``. Created with a random password when missing."""
+    schemas: list[SchemaName] = Field(
+        default_factory=lambda: ["whm_ha"],
+        min_length=1,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    """Schemas the account may use: SELECT, INSERT, UPDATE, DELETE and the DDL of migrations on each."""
+
+
+def application_secret_name(replication: str, account: ApplicationAccount) -> str:
+    """The Secret of the application account of the MySQLReplication ``replication``."""
+    return account.secret.name if account.secret is not None else f"{replication}-app"
+
+
 class MySQLReplicationSpec(CRDModel):
     """Desired state of a replicated MySQL/MariaDB group."""
 
@@ -87,6 +110,8 @@ class MySQLReplicationSpec(CRDModel):
     """Secret (keys username, password) of an administrative account on every member."""
     replication_secret: LocalObjectReference
     """Secret (keys username, password) of the replication account; created on the primary when missing."""
+    application_account: ApplicationAccount = Field(default_factory=ApplicationAccount)
+    """The account the operator, the shim and applications write application data with."""
     tls: ReplicationTLS = Field(default_factory=ReplicationTLS)
     """TLS on the replication channel."""
     semi_sync: bool = False

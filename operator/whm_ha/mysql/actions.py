@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pymysql
 
-from .dialect import REPLICATION_PRIVILEGE, SemiSyncRole, Source
+from .dialect import APPLICATION_PRIVILEGES, REPLICATION_PRIVILEGE, SemiSyncRole, Source
 from .gtid import GtidSet
 from .member import Session
 
@@ -18,6 +18,7 @@ AUTH_ERRNOS = frozenset({1045})
 """IO-thread errors that mean the replication password is wrong: reconfigure, the secret may have changed."""
 
 _GLOBAL_GRANT = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.IGNORECASE)
+_SCHEMA_GRANT = re.compile(r"^GRANT (.+?) ON `([^`]+)`\.\* TO ", re.IGNORECASE)
 
 
 class PromotionError(RuntimeError):
@@ -59,20 +60,51 @@ def _has_replication_grant(grants: Iterable[str]) -> bool:
     return False
 
 
-def ensure_replication_user(session: Session, user: str, password: str, *, host: str = "%") -> bool:
-    """Create the replication account on the primary, or fix its password and grant."""
+def _ensure_account(session: Session, user: str, password: str, host: str) -> bool:
+    """Create the account, or fix its password; whether it wrote."""
     dialect = session.dialect
-    changed = False
     row = session.row(dialect.user_exists(user, host))
     if not row or not row[0]:
         session.execute(dialect.create_user(user, host, password))
-        changed = True
-    elif not _can_log_in(session, user, password):
+        return True
+    if not _can_log_in(session, user, password):
         session.execute(dialect.set_password(user, host, password))
+        return True
+    return False
+
+
+def ensure_replication_user(session: Session, user: str, password: str, *, host: str = "%") -> bool:
+    """Create the replication account on the primary, or fix its password and grant."""
+    changed = _ensure_account(session, user, password, host)
+    if not _has_replication_grant(str(r[0]) for r in session.rows(session.dialect.show_grants(user, host))):
+        session.execute(session.dialect.grant_replication(user, host))
         changed = True
-    if not _has_replication_grant(str(r[0]) for r in session.rows(dialect.show_grants(user, host))):
-        session.execute(dialect.grant_replication(user, host))
-        changed = True
+    return changed
+
+
+def _schema_privileges(grants: Iterable[str]) -> dict[str, set[str]]:
+    """The privileges each ``GRANT ... ON `schema`.* ...`` line gives, by schema."""
+    found: dict[str, set[str]] = {}
+    for grant in grants:
+        match = _SCHEMA_GRANT.match(grant)
+        if match:
+            privileges = {p.strip().upper() for p in match.group(1).split(",")}
+            found.setdefault(match.group(2).replace("\\_", "_"), set()).update(privileges)
+    return found
+
+
+def ensure_application_user(
+    session: Session, user: str, password: str, schemas: Sequence[str], *, host: str = "%"
+) -> bool:
+    """Create the application account on the primary, or fix its password and its grants on ``schemas``. It gets
+    schema privileges only, so that read-only members refuse its writes."""
+    changed = _ensure_account(session, user, password, host)
+    held = _schema_privileges(str(r[0]) for r in session.rows(session.dialect.show_grants(user, host)))
+    for schema in schemas:
+        privileges = held.get(schema, set())
+        if "ALL PRIVILEGES" not in privileges and not set(APPLICATION_PRIVILEGES) <= privileges:
+            session.execute(session.dialect.grant_schema(user, host, schema))
+            changed = True
     return changed
 
 

@@ -22,6 +22,7 @@ Choices that differ per flavor:
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ IOState = Literal["running", "connecting", "stopped"]
 CONNECT_RETRY_SECONDS = 1
 HEARTBEAT_SECONDS = 1
 REPLICATION_PRIVILEGE = "REPLICATION SLAVE"
+APPLICATION_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "INDEX", "EVENT")
+"""What the application account holds on each of its schemas: the DML of the legacy tables and the DDL of their
+migrations. All are schema privileges, which read-only servers refuse (unlike SUPER or READ ONLY ADMIN)."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -253,6 +257,12 @@ class Dialect(ABC):
 
     def grant_replication(self, user: str, host: str) -> SQL:
         return SQL(f"GRANT {REPLICATION_PRIVILEGE} ON *.* TO %s@%s", (user, host))
+
+    def grant_schema(self, user: str, host: str, schema: str) -> SQL:
+        """The application privileges on one schema (a name the CRD pattern restricts to [A-Za-z0-9_])."""
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", schema):
+            raise ValueError(f"not a schema name: {schema!r}")
+        return SQL(f"GRANT {', '.join(APPLICATION_PRIVILEGES)} ON `{schema}`.* TO %s@%s", (user, host))
 
 
 class MariaDBDialect(Dialect):

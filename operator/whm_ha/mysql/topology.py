@@ -9,7 +9,7 @@ executed sets only would prefer a replica that merely applies faster, and lose w
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -206,6 +206,23 @@ def can_rejoin(member_gtid: GtidSet, primary_gtid: GtidSet) -> RejoinVerdict:
     return RejoinVerdict(
         False, f"{errant.count} errant transaction(s) the primary lacks: {errant}; rebuild it or remove them", errant
     )
+
+
+def errant_members(
+    states: Mapping[str, MemberState], primary: str, primary_gtid: GtidSet, *, skip: Collection[str] = ()
+) -> dict[str, RejoinVerdict]:
+    """The reachable members other than the primary (and ``skip``) holding transactions ``primary_gtid`` lacks.
+
+    The primary's set only grows, so it must be read *after* the members' for a verdict: read before, a replica
+    that applied a transaction committed in between would look errant."""
+    found = {}
+    for name, state in states.items():
+        if name == primary or name in skip or not state.reachable or state.gtid_executed is None:
+            continue
+        verdict = can_rejoin(state.gtid_executed, primary_gtid)
+        if not verdict.ok:
+            found[name] = verdict
+    return found
 
 
 def replica_health(

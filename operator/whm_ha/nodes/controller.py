@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +25,7 @@ from ..crd.annotations import CLUSTER_LABEL, FAILOVER_TO, REQUEST_ID, ROLE_LABEL
 from ..crd.common import HISTORY_LIMIT
 from ..crd.conditions import now_iso, set_condition
 from ..crd.whmcluster import WHMClusterSpec
-from ..kube.client import PODS, WHMCLUSTERS, WHMNODES, ApiError, KubeClient
+from ..kube.client import MYSQLREPLICATIONS, PODS, WHMCLUSTERS, WHMNODES, ApiError, KubeClient
 from . import metrics
 from .discovery import sync_discovered_nodes
 from .election import Candidate, Decision, Policy, elect, manual
@@ -60,6 +60,8 @@ class ClusterController:
     legacy: LegacyTables | None = None
     pod_roles: dict[str, str] = field(default_factory=dict)
     next_cleanup: float = 0.0
+    replications: Callable[[str], Obj | None] = lambda _: None
+    """A MySQLReplication by name, as the operator's watch last saw it (None: not seen)."""
     _session: aiohttp.ClientSession | None = None
 
     # -- the loop --------------------------------------------------------------------------------
@@ -92,9 +94,19 @@ class ClusterController:
         status: Obj = cluster.get("status") or {}
         if spec.discovery is not None:
             nodes = await sync_discovered_nodes(self.kube, cluster, spec.discovery, nodes)
-        if spec.database is not None and self.legacy is None:
+        if spec.database is None:
+            self.legacy = None
+        elif self.legacy is None or (self.legacy.replication, self.legacy.schema) != (
+            spec.database.replication_ref.name,
+            spec.database.schema_name,
+        ):
             self.legacy = LegacyTables(
-                self.kube, self.namespace, self.name, spec.database.replication_ref.name, spec.database.schema_name
+                self.kube,
+                self.namespace,
+                self.name,
+                spec.database.replication_ref.name,
+                spec.database.schema_name,
+                self._replication_view(spec.database.replication_ref.name),
             )
         await self._ensure_finalizers(nodes)
         live = [n for n in nodes if not n["metadata"].get("deletionTimestamp")]
@@ -123,9 +135,20 @@ class ClusterController:
             spec=spec, cluster=cluster, status=status, nodes=live, primary=primary, decision=decision
         )
         if self.legacy is not None and probe:
-            await self.legacy.flush_health_checks()
+            await self.legacy.flush()
             if time.monotonic() >= self.next_cleanup:
                 await self._delete_expired(spec)
+
+    def _replication_view(self, name: str) -> Callable[[], Awaitable[Obj]]:
+        """The MySQLReplication ``name`` from the watch, or from the API while the watch has not seen it."""
+
+        async def view() -> Obj:
+            watched = self.replications(name)
+            if watched is not None:
+                return watched
+            return await self.kube.get(MYSQLREPLICATIONS, self.namespace, name)
+
+        return view
 
     async def _delete_expired(self, spec: WHMClusterSpec) -> None:
         """Every sessions.cleanupIntervalSeconds: expired sessions and cache entries go, counted."""

@@ -12,6 +12,7 @@ from .controller import ClusterController
 
 CLUSTERS = ("ha.whm.io", "v1alpha1", "whmclusters")
 NODES = ("ha.whm.io", "v1alpha1", "whmnodes")
+REPLICATIONS = ("ha.whm.io", "v1alpha1", "mysqlreplications")
 CONTROLLERS: dict[tuple[str, str], ClusterController] = {}
 
 
@@ -32,6 +33,14 @@ def nodes_by_cluster(
     return {(namespace, spec.get("cluster", "")): plain(body)}
 
 
+@kopf.index(*REPLICATIONS)
+def replications_by_name(
+    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], Any]:
+    """Every MySQLReplication as last watched: the legacy tables follow a promotion as soon as status shows it."""
+    return {(namespace, name): plain(body)}
+
+
 @kopf.daemon(*CLUSTERS, cancellation_timeout=5.0)
 async def cluster_loop(
     *,
@@ -44,8 +53,13 @@ async def cluster_loop(
 ) -> None:
     """One probe-and-elect loop per WHMCluster, for as long as the cluster exists."""
     nodes_by_cluster: kopf.Index[Any, Any] = kwargs["nodes_by_cluster"]
+    replications: kopf.Index[Any, Any] = kwargs["replications_by_name"]
     kube: KubeClient = memo["kube"]
-    controller = ClusterController(kube, namespace or "", name)
+
+    def replication(replication_name: str) -> Any:
+        return next(iter(replications.get((namespace, replication_name), [])), None)
+
+    controller = ClusterController(kube, namespace or "", name, replications=replication)
     CONTROLLERS[(namespace or "", name)] = controller
     try:
         await controller.run(stopped, lambda: plain(body), lambda: list(nodes_by_cluster.get((namespace, name), [])))

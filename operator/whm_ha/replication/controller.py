@@ -24,14 +24,15 @@ import aiohttp
 from ..crd.annotations import FORCE, PROMOTE, REQUEST_ID, pending_request
 from ..crd.common import HISTORY_LIMIT
 from ..crd.conditions import now_iso, set_condition
-from ..crd.mysqlreplication import MySQLReplicationSpec, PromotionProgress
-from ..db.cluster_database import DatabaseUnavailable, secret_credentials
+from ..crd.mysqlreplication import MySQLReplicationSpec, PromotionProgress, application_secret_name
+from ..db.cluster_database import DatabaseUnavailable, application_secret, secret_credentials
 from ..db.dsn import DSN
 from ..db.migrate import MigrationError
-from ..kube.client import MYSQLREPLICATIONS, ApiError, KubeClient
+from ..kube.client import MYSQLREPLICATIONS, SECRETS, ApiError, KubeClient
 from ..mysql.actions import PromotionError
 from ..mysql.dialect import dialect_for
 from ..mysql.member import Credentials, MemberState
+from ..mysql.topology import errant_members
 from . import metrics, procedures
 from .legacy import SCHEMA, PromotionRow, record_promotion
 from .plan import Failover, Summary, converge_plan, decide_failover, decide_request, summarize
@@ -131,7 +132,7 @@ class ReplicationController:
                 m["name"]: m.get("lastError", "") for m in status.get("members", []) if m.get("role") == "Quarantined"
             }
         try:
-            access = await self._access(spec)
+            access = await self._access(obj, spec)
         except DatabaseUnavailable as exc:
             await self._write_summary(obj, summarize(spec, None, {}, quarantined=self.quarantined, pending=str(exc)))
             return
@@ -153,6 +154,7 @@ class ReplicationController:
             pending = f"the current primary {primary} is no longer a member"
             await self._write_summary(obj, summarize(spec, None, {}, quarantined=self.quarantined, pending=pending))
             return
+        await self._detect_errant(obj, access, primary)
         request = self._request(obj, status)
         if request is not None:
             await self._handle(obj, spec, access, primary, request)
@@ -182,7 +184,7 @@ class ReplicationController:
 
     # -- observation -----------------------------------------------------------------------------------------
 
-    async def _access(self, spec: MySQLReplicationSpec) -> Access:
+    async def _access(self, obj: Obj, spec: MySQLReplicationSpec) -> Access:
         """Credentials from the Secrets only; a change of them checks everything again."""
         secrets = []
         for ref in (spec.credentials_secret, spec.replication_secret):
@@ -192,16 +194,36 @@ class ReplicationController:
                 if exc.status != 404:
                     raise
                 raise DatabaseUnavailable(f"Secret {self.namespace}/{ref.name} not found") from exc
-        (admin_user, admin_password), (repl_user, repl_password) = secrets
-        if (key := (admin_user, admin_password, repl_user, repl_password)) != self.credentials:
+        secrets.append(await self._application_credentials(obj, spec))
+        (admin_user, admin_password), (repl_user, repl_password), (app_user, app_password) = secrets
+        if (key := (admin_user, admin_password, repl_user, repl_password, app_user, app_password)) != self.credentials:
             self.credentials, self.full = key, True
         return Access(
             members={m.name: m for m in spec.members},
             admin=Credentials(admin_user, admin_password),
             replication=Credentials(repl_user, repl_password),
+            application=Credentials(app_user, app_password),
+            schemas=tuple(spec.application_account.schemas),
             dialect=dialect_for(spec.flavor),
             tls=spec.tls.enabled,
         )
+
+    async def _application_credentials(self, obj: Obj, spec: MySQLReplicationSpec) -> tuple[str, str]:
+        """The application account's Secret, created (owned by this MySQLReplication) when missing."""
+        name = application_secret_name(self.name, spec.application_account)
+        try:
+            return await secret_credentials(self.kube, self.namespace, name)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        body = application_secret(self.name, name, obj["metadata"].get("uid", ""))
+        try:
+            await self.kube.create(SECRETS, self.namespace, body)
+            log.info("replication %s/%s: created the application account's Secret %s", self.namespace, self.name, name)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise  # 409: another process created it first; read theirs
+        return await secret_credentials(self.kube, self.namespace, name)
 
     async def _inspect(self, spec: MySQLReplicationSpec, access: Access, status: Obj) -> None:
         """Every member at once, each in a worker thread; count failures in a row."""
@@ -234,6 +256,23 @@ class ReplicationController:
                     metrics.REPLICA_LAG.remove(*labels, state.name)
         if status.get("lastPromotionTime"):
             metrics.SINCE_PROMOTION.labels(*labels).set(now - _epoch(status["lastPromotionTime"]))
+
+    async def _detect_errant(self, obj: Obj, access: Access, primary: str) -> None:
+        """Quarantine every member holding transactions the primary lacks, at the first inspection that shows
+        them. Suspects from the last inspection are confirmed against the primary's set read afterwards."""
+        head = self.states.get(primary)
+        if head is None or head.gtid_executed is None:
+            return
+        if not errant_members(self.states, primary, head.gtid_executed, skip=self.quarantined):
+            return
+        try:
+            fresh = await asyncio.to_thread(access.executed, primary)
+        except DatabaseError:
+            return  # the primary stopped answering: the next inspection says more
+        for name, verdict in errant_members(self.states, primary, fresh, skip=self.quarantined).items():
+            self.quarantined[name] = verdict.reason
+            await self._event(obj, "Quarantined", f"{name} kept out of replication: {verdict.reason}", warning=True)
+            log.warning("replication %s/%s: %s: %s", self.namespace, self.name, name, verdict.reason)
 
     def _failover(self, spec: MySQLReplicationSpec, status: Obj, primary: str) -> Failover | None:
         if primary not in self.states:
@@ -403,7 +442,8 @@ class ReplicationController:
         await self._event(written, "Promoted", message, warning=record.type == "automatic")
         self._log("promoted", record, durationMs=duration_ms)
         member = access.members[record.to]
-        dsn = DSN(member.host, member.port, access.admin.username, SCHEMA, access.admin.password)
+        app = access.application  # the new primary is writable; read-only members would refuse this account
+        dsn = DSN(member.host, member.port, app.username, SCHEMA, app.password)
         row = PromotionRow(
             key=f"{written['metadata'].get('uid')}/{record.detected_at.isoformat()}/{record.to}",
             namespace=self.namespace,

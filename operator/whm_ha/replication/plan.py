@@ -22,7 +22,7 @@ class Plan:
     fence: tuple[str, ...] = ()
     """Writable members other than the primary: made read-only first."""
     ensure_user: bool = False
-    """Create or repair the replication account on the primary."""
+    """Create or repair the replication and application accounts on the primary."""
     join: tuple[str, ...] = ()
     """Members to (re)attach to the primary: fenced, checked for errant transactions, then made replicas."""
     open_primary: bool = False

@@ -13,6 +13,7 @@ from ..crd.mysqlreplication import Member, PromotionProgress
 from ..mysql import actions
 from ..mysql.actions import GtidResult, PromotionError
 from ..mysql.dialect import Dialect, Source
+from ..mysql.gtid import GtidSet
 from ..mysql.member import Credentials, MemberState, Session, connect, describe_error, inspect, read_state
 from ..mysql.topology import CONNECTION_ERRNOS, can_rejoin, choose_candidate
 from .plan import Plan, exclusions, only_candidate
@@ -34,6 +35,9 @@ class Access:
     members: Mapping[str, Member]
     admin: Credentials
     replication: Credentials
+    application: Credentials
+    schemas: tuple[str, ...]
+    """The schemas of the application account."""
     dialect: Dialect
     tls: bool = False
 
@@ -48,12 +52,17 @@ class Access:
             return state
         return MemberState.unreachable(name, state.host, state.port, self.mask(state.error))
 
+    def executed(self, name: str) -> GtidSet:
+        """The member's executed GTIDs, read now."""
+        with self.connect(name) as session:
+            return session.executed()
+
     def source(self, primary: str) -> Source:
         member = self.members[primary]
         return Source(member.host, member.port, self.replication.username, self.replication.password, tls=self.tls)
 
     def mask(self, text: str) -> str:
-        for secret in (self.admin.password, self.replication.password):
+        for secret in (self.admin.password, self.replication.password, self.application.password):
             if secret:
                 text = text.replace(secret, "***")
         return text
@@ -143,6 +152,12 @@ def reconcile(access: Access, primary: str, plan: Plan) -> Outcome:
                 outcome.changes.append(f"{primary}: replication account {access.replication.username} set up")
         except DatabaseError as exc:
             outcome.errors.append(f"{primary}: replication account: {access.describe(exc)}")
+        try:
+            app = access.application
+            if plan.ensure_user and actions.ensure_application_user(head, app.username, app.password, access.schemas):
+                outcome.changes.append(f"{primary}: application account {app.username} set up")
+        except DatabaseError as exc:
+            outcome.errors.append(f"{primary}: application account: {access.describe(exc)}")
         for name in plan.join:
             _join(access, sessions, head, name, outcome)
         try:

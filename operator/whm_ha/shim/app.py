@@ -27,6 +27,7 @@ from ..db.cluster_database import DatabaseUnavailable, primary_dsn
 from ..kube.client import MYSQLREPLICATIONS, PODS, WHMCLUSTERS, WHMNODES, ApiError, KubeClient
 from . import errors
 from .auth import ANONYMOUS, Authorizer, Caller, Permission
+from .lookup import find_member, find_node
 from .openapi import document
 from .views import cluster_view, node_view, replication_view
 
@@ -263,10 +264,12 @@ class ShimApp:
         return _ok({"node": node_view(created)}, status=201)
 
     async def _find_node(self, cluster: Obj, ident: str) -> Obj:
-        for node in await self._nodes(cluster):
-            if node["metadata"]["name"] == ident or str((node.get("status") or {}).get("nodeId")) == ident:
-                return node
-        raise errors.not_found(f"no node {ident!r} in cluster {cluster['metadata']['name']}")
+        try:
+            return find_node(await self._nodes(cluster), ident)
+        except errors.ShimError as exc:
+            if exc.status == 404:
+                raise errors.not_found(f"no node {ident!r} in cluster {cluster['metadata']['name']}") from exc
+            raise
 
     async def remove_node(self, request: web.Request) -> web.Response:
         cluster = await self._cluster()
@@ -368,9 +371,7 @@ class ShimApp:
         if replication is None:
             raise errors.not_found("this cluster has no database (spec.database)")
         members = replication["spec"].get("members", [])
-        member = next((m for m in members if wanted.slaveHost in (m["host"], m["name"])), None)
-        if member is None:
-            raise errors.not_found(f"no member with host or name {wanted.slaveHost!r}")
+        member = find_member(members, wanted.slaveHost)
         request["target"] = member["name"]
         name = replication["metadata"]["name"]
         extra = {FORCE: "true"} if wanted.force else {}

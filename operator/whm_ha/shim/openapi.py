@@ -29,7 +29,7 @@ ERROR_CODES = {
     "401": "Missing or invalid bearer token",
     "403": "Not allowed",
     "404": "No such cluster, node or member",
-    "409": "Conflict: duplicate, request in progress, or no database",
+    "409": "Conflict: duplicate, request in progress, no database, or a host that several nodes or members share",
     "422": "Invalid fields, or the operator refused the request",
     "503": "The Kubernetes API or the database is unavailable",
     "504": "The operator did not answer in time",
@@ -141,7 +141,11 @@ def document() -> Obj:
             },
             "/api/ha/nodes/{id}": {
                 "delete": {
-                    **_operation("Remove a node by name or numeric id", _ok({"removed": _ref("Node")}, "Removed")),
+                    **_operation(
+                        "Remove a node by name, numeric id, hostname or address",
+                        _ok({"removed": _ref("Node")}, "Removed"),
+                        codes=("409",),
+                    ),
                     "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 }
             },
@@ -241,13 +245,24 @@ def document() -> Obj:
                     "type": "object",
                     "required": ["targetNodeId"],
                     "additionalProperties": False,
-                    "properties": {"targetNodeId": {"type": ["integer", "string"]}},
+                    "properties": {
+                        "targetNodeId": {
+                            "type": ["integer", "string"],
+                            "description": "node id, name, or a hostname or address no other node shares",
+                        }
+                    },
                 },
                 "PromoteRequest": {
                     "type": "object",
                     "required": ["slaveHost"],
                     "additionalProperties": False,
-                    "properties": {"slaveHost": {"type": "string"}, "force": {"type": "boolean"}},
+                    "properties": {
+                        "slaveHost": {
+                            "type": "string",
+                            "description": "member name, host:port, or a host no other member shares",
+                        },
+                        "force": {"type": "boolean"},
+                    },
                 },
                 "Error": {
                     "type": "object",

@@ -78,7 +78,11 @@ class Connection(asyncio.Protocol):
         self.reusable = True
         self.received = False
         """Whether any byte of the current response has arrived."""
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline: float | None = None
+        """When the current wait for the node, or the idle time in the pool, ends (None: no deadline)."""
+        self._on_idle_expiry: Callable[[Connection], None] | None = None
         self._state = _DONE
         self._head = bytearray()
         self._method_head = False
@@ -106,8 +110,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.reusable = False
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         if self._state == _BODY and self._framing == 2:
             self._state = _DONE
         elif self._state != _DONE:
@@ -232,17 +236,54 @@ class Connection(asyncio.Protocol):
 
     # -- internals ----------------------------------------------------------------------------------
 
+    def idle_until(self, deadline: float, expire: Callable[[Connection], None]) -> None:
+        """Wait in the pool; ``expire`` is called with the connection if it is still idle at ``deadline``."""
+        self._on_idle_expiry = expire
+        self._arm(deadline)
+
+    def reuse(self) -> None:
+        """Taken from the pool for an exchange."""
+        self._on_idle_expiry = None
+        self._deadline = None
+        self.reused = True
+
     async def _wait(self, timeout: float, what: str) -> None:
         waiter = self._waiter = self.loop.create_future()
-        handle = self.loop.call_later(timeout, _expire, waiter)
+        self._arm(self.loop.time() + timeout)
         try:
             await waiter
         except UpstreamTimeout:
             self.abort()
             raise UpstreamTimeout(f"{what} after {timeout:g}s") from None
         finally:
-            handle.cancel()
+            self._deadline = None
             self._waiter = None
+
+    def _arm(self, deadline: float) -> None:
+        """Set the deadline. The one timer is moved only when it would fire too late: it fires at or before
+        every deadline, and re-arms itself while the deadline lies ahead (no timer per exchange)."""
+        self._deadline = deadline
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self._closed:
+            return
+        if self.loop.time() < deadline:
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._check_deadline)
+            return
+        self._deadline = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(UpstreamTimeout())
+        elif self._on_idle_expiry is not None:
+            self._on_idle_expiry(self)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -400,11 +441,6 @@ class Connection(asyncio.Protocol):
         self._wake()
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(UpstreamTimeout())
-
-
 class Pool:
     """Idle keep-alive connections per node address, closed after ``keepalive`` idle seconds."""
 
@@ -419,11 +455,8 @@ class Pool:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
-            if connection.idle_handle is not None:
-                connection.idle_handle.cancel()
-                connection.idle_handle = None
             if not connection.closed:
-                connection.reused = True
+                connection.reuse()
                 return connection
         try:
             _, protocol = await asyncio.wait_for(
@@ -441,7 +474,7 @@ class Pool:
             connection.abort()
             return
         self._idle.setdefault(connection.key, []).append(connection)
-        connection.idle_handle = self.loop.call_later(self.keepalive, self._expire, connection)
+        connection.idle_until(self.loop.time() + self.keepalive, self._expire)
 
     def _expire(self, connection: Connection) -> None:
         idle = self._idle.get(connection.key)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from whm_ha_proxy.upstream import Connection, UpstreamClosed, UpstreamTimeout
+from whm_ha_proxy.upstream import Connection, Pool, UpstreamClosed, UpstreamTimeout
 
 
 class FakeTransport:
@@ -145,3 +146,53 @@ async def test_reading_pauses_above_the_high_water_mark() -> None:
     while piece := await connection.read(1):
         total += len(piece)
     assert total == size and not transport.paused
+
+
+async def test_a_short_wait_after_a_long_one_times_out_on_time() -> None:
+    """The connection's one timer, armed far ahead by a long wait, is moved for a shorter one."""
+    loop = asyncio.get_running_loop()
+    connection = Connection(loop, "n")
+    connection.connection_made(FakeTransport())  # type: ignore[arg-type]
+    connection.begin(b"GET / HTTP/1.1\r\n\r\n", method_head=False)
+    waiting = asyncio.ensure_future(connection.response(30))
+    await asyncio.sleep(0)  # the wait starts, arming the timer 30 s ahead
+    connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    await waiting
+    connection.begin(b"GET / HTTP/1.1\r\n\r\n", method_head=False)
+    started = loop.time()
+    with pytest.raises(UpstreamTimeout):
+        await connection.response(0.1)
+    assert 0.1 <= loop.time() - started < 1
+
+
+async def until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_pooled_connections_are_reused_then_closed_when_idle() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = Pool(connect_timeout=1, keepalive=0.3)
+
+    async def get() -> Connection:
+        connection = await pool.acquire("n", "127.0.0.1", port)
+        connection.begin(b"GET / HTTP/1.1\r\nHost: n\r\n\r\n", method_head=False)
+        await connection.response(1)
+        assert await connection.read(1) == b"ok" and await connection.read(1) == b""
+        pool.release(connection)
+        return connection
+
+    first = await get()
+    second = await get()
+    assert second is first and second.reused and not second.closed
+    await until(lambda: first.closed, 2)
+    assert (await get()) is not first
+    pool.close()
+    server.close()

@@ -17,12 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from whm_ha.apps.pool import ReadWritePool
-from whm_ha.apps.topology import KubernetesTopology
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, free_port
+from whm_ha.db.local_server import free_port
 from whm_ha.demo.main import start_system
-from whm_ha.demo.stack import NAMESPACE, REPLICATION, Stack
-from whm_ha.demo.tour import Writer
+from whm_ha.demo.stack import Stack
+from whm_ha.demo.tour import Writer, application_pool
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SETTINGS = {"fast": (1, 2), "default": (5, 3)}
@@ -53,13 +51,11 @@ def one_run(period: int, threshold: int) -> dict[str, Any]:
         )
         try:
             api, observer = start_system(stack, say=lambda _: None)
-            conn = stack.databases[0].connect()
-            with conn.cursor() as cur:
+            pool = application_pool(api)
+            with pool.writer() as conn, conn.cursor() as cur:
                 cur.execute("CREATE DATABASE IF NOT EXISTS demo")
                 cur.execute("CREATE TABLE IF NOT EXISTS demo.writes (id INT PRIMARY KEY)")
-            conn.close()
-            topology = KubernetesTopology(api, NAMESPACE, REPLICATION, refresh=0.2)
-            writer = Writer(ReadWritePool(topology, user=ADMIN_USER, password=ADMIN_PASSWORD, acquire_timeout=60))
+            writer = Writer(pool)
             thread = threading.Thread(target=writer.run, daemon=True)
             thread.start()
             while len(writer.acknowledged) < 200:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from tests.kube_helpers import wait_for
 from whm_ha.db.local_server import free_port
 from whm_ha.demo.main import start_system
 from whm_ha.demo.stack import ADMIN_TOKEN, Stack
@@ -126,7 +127,8 @@ def _readme_curl_calls() -> list[str]:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_the_readme_curl_calls(system: tuple[Stack, client.ApiClient, Observer]) -> None:
-    stack, _, _ = system
+    """Every call works on the demo, and after the promotion the replication is Healthy again within seconds."""
+    stack, _, observer = system
     calls = _readme_curl_calls()
     assert len(calls) == 12, calls
     env = {
@@ -136,10 +138,8 @@ def test_the_readme_curl_calls(system: tuple[Stack, client.ApiClient, Observer])
         "PATH": "/usr/bin:/bin",
     }
     for written in calls:
-        # The demo's members all live on 127.0.0.1: name the replica to promote rather than its host.
-        call = written.replace('"slaveHost": "10.0.0.22"', '"slaveHost": "db-1"')
         result = subprocess.run(
-            ["bash", "-c", call + " -w '\\n%{http_code}'"],
+            ["bash", "-c", written + " -w '\\n%{http_code}'"],
             capture_output=True,
             text=True,
             env=env,
@@ -147,5 +147,17 @@ def test_the_readme_curl_calls(system: tuple[Stack, client.ApiClient, Observer])
             check=False,
         )
         body, _, code = result.stdout.rpartition("\n")
-        assert code in ("200", "201"), f"{call}\n{result.stdout}{result.stderr}"
+        assert code in ("200", "201"), f"{written}\n{result.stdout}{result.stderr}"
         assert '"success": true' in body.replace('"success":true', '"success": true'), body
+
+    def healthy_on_db_1() -> bool:
+        status = observer.replication().get("status") or {}
+        errant = next(c for c in status.get("conditions", []) if c["type"] == "ErrantTransactions")
+        return bool(
+            status.get("currentPrimary") == "db-1"
+            and status.get("phase") == "Healthy"
+            and status.get("readyReplicas") == 2
+            and errant["status"] == "False"
+        )
+
+    wait_for(healthy_on_db_1, 10, "the replication Healthy on db-1 after the README's promote call")

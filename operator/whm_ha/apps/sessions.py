@@ -38,7 +38,8 @@ class Session:
     expires_at: datetime
 
 
-def _hash(session_id: str) -> str:
+def session_hash(session_id: str) -> str:
+    """The stored form of a session id (the id itself is never stored)."""
     if not isinstance(session_id, str) or not 16 <= len(session_id) <= 256:
         raise SessionError("a session id is a string of 16 to 256 characters")
     return hashlib.sha256(session_id.encode()).hexdigest()
@@ -84,7 +85,7 @@ class SessionStore:
             cur.execute(
                 "INSERT INTO ha_sessions (session_hash, user_id, data, node, ip_address, user_agent, expires_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, NOW(3) + INTERVAL %s SECOND)",
-                (_hash(session_id), user_id, payload, node[:253], ip_address[:45], user_agent[:512], self._ttl),
+                (session_hash(session_id), user_id, payload, node[:253], ip_address[:45], user_agent[:512], self._ttl),
             )
         return session_id
 
@@ -93,7 +94,7 @@ class SessionStore:
         with self._pool.writer() as conn, conn.cursor() as cur:
             cur.execute(
                 f"SELECT {_COLUMNS} FROM ha_sessions WHERE session_hash = %s AND expires_at >= NOW(3)",
-                (_hash(session_id),),
+                (session_hash(session_id),),
             )
             row = cur.fetchone()
         return _session(row) if row else None
@@ -111,13 +112,13 @@ class SessionStore:
         with self._pool.writer() as conn, conn.cursor() as cur:
             changed = cur.execute(
                 f"UPDATE ha_sessions SET {', '.join(sets)} WHERE session_hash = %s AND expires_at >= NOW(3)",
-                (*params, _hash(session_id)),
+                (*params, session_hash(session_id)),
             )
         return bool(changed)
 
     def delete(self, session_id: str) -> bool:
         with self._pool.writer() as conn, conn.cursor() as cur:
-            return bool(cur.execute("DELETE FROM ha_sessions WHERE session_hash = %s", (_hash(session_id),)))
+            return bool(cur.execute("DELETE FROM ha_sessions WHERE session_hash = %s", (session_hash(session_id),)))
 
     def for_user(self, user_id: str) -> list[Session]:
         """The live sessions of a user, newest activity first."""

@@ -6,6 +6,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -56,10 +57,20 @@ def _install_crds(api: client.ApiClient) -> None:
             time.sleep(0.5)
 
 
-def _healthy(observer: Observer) -> bool:
+def _ready(observer: Observer, shim_port: int) -> bool:
+    """The cluster and the replication Healthy, and the legacy tables created (the shim reads them)."""
     cluster = observer.cluster().get("status") or {}
     replication = observer.replication().get("status") or {}
-    return cluster.get("phase") == "Healthy" and replication.get("phase") == "Healthy"
+    if cluster.get("phase") != "Healthy" or replication.get("phase") != "Healthy":
+        return False
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{shim_port}/api/ha/sessions/stats", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5):
+            return True
+    except OSError:
+        return False
 
 
 def start_system(
@@ -85,10 +96,11 @@ def start_system(
     stack.start_services()
     observer = Observer(api_client, stack.admin_port)
     deadline = time.monotonic() + 90
-    while not _healthy(observer):
+    while not _ready(observer, stack.shim_port):
         if time.monotonic() > deadline:
             raise DemoError(
-                f"the cluster and the replication did not become Healthy within 90s; see the logs in {stack.workdir}"
+                "the cluster and the replication did not become Healthy with the legacy tables created within 90s;"
+                f" see the logs in {stack.workdir}"
             )
         time.sleep(0.2)
     return api_client, observer

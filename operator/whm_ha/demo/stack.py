@@ -27,6 +27,8 @@ NAMESPACE = "default"
 CLUSTER = "whm"
 REPLICATION = "whm-db"
 ADMIN_TOKEN = "demo-admin-token"
+DEMO_SCHEMA = "demo"
+"""The schema of the tour's writers, beside the legacy tables' whm_ha."""
 FAST_HEALTH = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
 
 
@@ -203,6 +205,9 @@ class Stack:
                     ],
                     "credentialsSecret": {"name": "whm-db-admin"},
                     "replicationSecret": {"name": "whm-db-replication"},
+                    # The operator creates the whm-db-app Secret and its account: the legacy tables, the shim
+                    # and the tour's writers use it; read-only members refuse it.
+                    "applicationAccount": {"schemas": ["whm_ha", DEMO_SCHEMA]},
                 },
             },
             {

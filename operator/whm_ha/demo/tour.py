@@ -3,6 +3,7 @@ happened with the measured times."""
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import urllib.request
@@ -14,8 +15,7 @@ from kubernetes import client
 
 from ..apps.pool import PoolError, ReadWritePool
 from ..apps.topology import KubernetesTopology
-from ..db.local_server import ADMIN_PASSWORD, ADMIN_USER
-from .stack import FAST_HEALTH, NAMESPACE, REPLICATION, Stack
+from .stack import DEMO_SCHEMA, FAST_HEALTH, NAMESPACE, REPLICATION, Stack
 from .view import Observer
 
 Say = Callable[[str], None]
@@ -60,12 +60,30 @@ class Writer:
             next_id += 1
             try:
                 with self.pool.writer() as conn, conn.cursor() as cur:
-                    cur.execute("INSERT INTO demo.writes (id) VALUES (%s)", (next_id,))
+                    cur.execute(f"INSERT INTO {DEMO_SCHEMA}.writes (id) VALUES (%s)", (next_id,))
                 self.acknowledged.append(next_id)
                 self.last_ok = time.monotonic()
             except (pymysql.MySQLError, PoolError):
                 self.errors += 1
             time.sleep(0.01)
+
+
+def application_pool(api: client.ApiClient, *, refresh: float = 0.2, database: str | None = None) -> ReadWritePool:
+    """A pool over the demo's replication as the application account the operator created (whm-db-app): an
+    application's view, which read-only members refuse."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            secret = client.CoreV1Api(api).read_namespaced_secret(f"{REPLICATION}-app", NAMESPACE)
+            break
+        except client.ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    data = secret.data or {}
+    user, password = (base64.b64decode(data[key]).decode() for key in ("username", "password"))
+    topology = KubernetesTopology(api, NAMESPACE, REPLICATION, refresh=refresh)
+    return ReadWritePool(topology, user=user, password=password, database=database, acquire_timeout=30)
 
 
 def _wait(condition: Callable[[], bool], timeout: float) -> float | None:
@@ -103,7 +121,7 @@ def _acknowledged_present(stack: Stack, observer: Observer, writer: Writer) -> l
     conn = stack.databases[index].connect()
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT id FROM demo.writes")
+            cur.execute(f"SELECT id FROM {DEMO_SCHEMA}.writes")
             present = {row[0] for row in cur.fetchall()}
     finally:
         conn.close()
@@ -115,13 +133,11 @@ def database_failover(stack: Stack, api: client.ApiClient, observer: Observer, s
     say("2. Killing the MySQL primary (SIGKILL) while a writer inserts rows through the pool.")
     primary = observer.replication()["status"]["currentPrimary"]
     index = int(primary.rsplit("-", 1)[1])
-    conn = stack.databases[index].connect()
-    with conn.cursor() as cur:
-        cur.execute("CREATE DATABASE IF NOT EXISTS demo")
-        cur.execute("CREATE TABLE IF NOT EXISTS demo.writes (id INT PRIMARY KEY)")
-    conn.close()
-    topology = KubernetesTopology(api, NAMESPACE, REPLICATION, refresh=0.2)
-    writer = Writer(ReadWritePool(topology, user=ADMIN_USER, password=ADMIN_PASSWORD, acquire_timeout=30))
+    pool = application_pool(api)
+    with pool.writer() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {DEMO_SCHEMA}")
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.writes (id INT PRIMARY KEY)")
+    writer = Writer(pool)
     thread = threading.Thread(target=writer.run, daemon=True)
     thread.start()
     _wait(lambda: len(writer.acknowledged) > 100, 20)

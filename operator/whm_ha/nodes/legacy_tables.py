@@ -19,8 +19,9 @@ from ..db.migrate import MigrationError, migrate
 from ..kube.client import ApiError, KubeClient
 
 log = logging.getLogger(__name__)
-RETRY_AFTER = 5.0
-"""Seconds to wait after a failure before writing to the same primary again (a new primary is tried at once)."""
+FIRST_RETRY, LAST_RETRY = 1.0, 30.0
+"""Seconds to wait after a failure before trying the same primary again: doubling from the first to the last
+while failures go on (a new primary is tried at once)."""
 MAX_PENDING_ROWS = 10_000
 """Health rows kept for the next batch while the database cannot take them; the oldest go first."""
 AUTH_ERRNOS = frozenset({1045})
@@ -58,7 +59,8 @@ class LegacyTables:
     replication_view: Replication
     _dsn: DSN | None = None
     _failed: tuple[float, tuple[str, int]] | None = None
-    """When the last failure happened and on which primary."""
+    """When the next attempt may be made, after a failure on which primary."""
+    _retry: float = FIRST_RETRY
     _last_problem: str = ""
     _migrated: set[tuple[str, int, str]] = field(default_factory=set)
     _credentials: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -70,7 +72,8 @@ class LegacyTables:
     def _problem(self, problem: str) -> None:
         """Log a problem once, not at every write; back off before trying the same primary again."""
         if self._dsn is not None:
-            self._failed = (asyncio.get_running_loop().time(), (self._dsn.host, self._dsn.port))
+            self._failed = (asyncio.get_running_loop().time() + self._retry, (self._dsn.host, self._dsn.port))
+            self._retry = min(self._retry * 2, LAST_RETRY)
         self._dsn = None
         if problem != self._last_problem:
             log.warning("legacy tables of %s/%s unavailable: %s", self.namespace, self.cluster, problem)
@@ -86,8 +89,10 @@ class LegacyTables:
             self._problem(str(exc))
             return None
         if self._failed is not None:
-            at, failed_on = self._failed
-            if failed_on == (where.host, where.port) and asyncio.get_running_loop().time() - at < RETRY_AFTER:
+            not_before, failed_on = self._failed
+            if failed_on != (where.host, where.port):
+                self._failed, self._retry = None, FIRST_RETRY
+            elif asyncio.get_running_loop().time() < not_before:
                 return None
         username, password = self._credentials[where.secret]
         dsn = DSN(where.host, where.port, username, self.schema, password)
@@ -148,7 +153,7 @@ class LegacyTables:
         except (pymysql.MySQLError, NotPrimary) as exc:
             self._failure(exc)
             return False
-        self._last_problem = ""
+        self._last_problem, self._failed, self._retry = "", None, FIRST_RETRY
         return True
 
     async def delete_expired(self) -> tuple[int, int] | None:

@@ -431,9 +431,9 @@ class ShimApp:
         try:
             return await asyncio.to_thread(run)
         except pymysql.MySQLError as exc:
-            raise errors.ShimError(
-                503, "DATABASE_UNAVAILABLE", f"database error {exc.args[0] if exc.args else ''}"
-            ) from exc
+            code = exc.args[0] if exc.args else ""
+            why = "the legacy tables are not created yet (the operator creates them)" if code == 1146 else ""
+            raise errors.ShimError(503, "DATABASE_UNAVAILABLE", why or f"database error {code}") from exc
 
     async def session_stats(self, _: web.Request) -> web.Response:
         cluster = await self._cluster()

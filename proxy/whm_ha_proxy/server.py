@@ -33,6 +33,10 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 """After refusing a request, how long and how much of what the client still sends is read and dropped,
 so that the answer is not lost to a reset (nginx's lingering close)."""
+PIPELINE_DEPTH = 16
+"""Requests waiting for their turn above which further bytes are held back (and reading pauses)."""
+MAX_PIPELINED = 256
+"""Requests one read may queue at most (a read of tiny pipelined requests); more are refused."""
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 VERSION_ERRORS = frozenset({"Invalid HTTP version", "Invalid major version", "Invalid minor version", "Expected dot"})
@@ -285,6 +289,8 @@ class Downstream(asyncio.Protocol):
         self._upgrading = False
         self._refused: Refused | None = None
         self._dropped = 0
+        self._held = b""
+        """Bytes held back while PIPELINE_DEPTH requests wait."""
 
     @property
     def busy(self) -> bool:
@@ -328,7 +334,11 @@ class Downstream(asyncio.Protocol):
             if self._dropped > LINGER_BYTES:
                 self.close()
         elif self._parsing is None:
-            self._feed_head(data)
+            if len(self._queue) >= PIPELINE_DEPTH or self._held:
+                self._held += data
+                self.pause_reading()
+            else:
+                self._feed_head(data)
         else:
             self._feed_body(data)
 
@@ -433,6 +443,8 @@ class Downstream(asyncio.Protocol):
         request.upgrade = parser.should_upgrade()
         if request.upgrade and request.has_body:
             raise Refused(400, "an upgrade request cannot carry a body")
+        if len(self._queue) >= MAX_PIPELINED:
+            raise Refused(400, f"more than {MAX_PIPELINED} pipelined requests")
         self._heads += 1
         self._url = b""
         self._headers = []
@@ -594,6 +606,10 @@ class Downstream(asyncio.Protocol):
             if not request.keep_alive or not request.body.done or self.server.draining:
                 self.close()
                 return
+            if self._held and len(self._queue) < PIPELINE_DEPTH:
+                held, self._held = self._held, b""
+                self.resume_reading()
+                self.data_received(held)
         self._task = None
         if self._refused is not None:
             self._answer_refusal()
@@ -632,7 +648,7 @@ class Downstream(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._reading_paused and self.transport is not None and not self._closed:
+        if self._reading_paused and self.transport is not None and not self._closed and not self._held:
             self._reading_paused = False
             self.transport.resume_reading()
 

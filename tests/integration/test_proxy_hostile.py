@@ -260,6 +260,24 @@ def test_connection_header_never_removes_the_framing(rig: Rig) -> None:
     assert (three.target, three.body) == ("/three", b"")
 
 
+def test_pipelining_is_bounded_but_served_in_order(rig: Rig) -> None:
+    """Deep pipelines are held back (16 waiting at most) and all answered in order; a read that alone
+    queues more than 256 requests is refused after the ones before it are answered."""
+    with connect(rig) as sock:
+        for i in range(100):
+            sock.sendall(b"GET /p HTTP/1.1\r\nHost: panel\r\nX-Request-Id: %d\r\n\r\n" % i)
+        answers = read_answers(sock, 100)
+    assert [answer["id"] for _, answer in answers] == [str(i) for i in range(100)]
+    assert len(rig.node.requests) == 100
+    rig.node.reset()
+
+    flood = b"GET /p HTTP/1.1\r\nHost: panel\r\n\r\n" * 2000
+    found = responses(exchange(rig, flood))
+    statuses = [status for status, _, _ in found]
+    assert statuses[-1] == 400 and set(statuses[:-1]) == {200}
+    assert 16 <= len(statuses) - 1 <= 256 and len(rig.node.requests) == len(statuses) - 1
+
+
 def test_a_bad_chunk_after_the_head_went_on_cuts_the_upload(rig: Rig) -> None:
     with connect(rig) as sock:
         sock.sendall(POST + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")

@@ -20,6 +20,7 @@ BENCHMARKS = {
     "proxy vs nginx": "bench.proxy_vs_nginx",
     "node operator": "bench.operator_failover",
     "MySQL promotion": "bench.promotion",
+    "planned switchover": "bench.switchover",
 }
 
 

@@ -138,6 +138,14 @@ def test_writes_go_to_the_primary_and_reads_spread_over_replicas(replicated: Rep
     pool.close()
 
 
+def test_pool_refuses_an_account_that_read_only_does_not_bind(replicated: Replicated) -> None:
+    topology = KubernetesTopology(replicated.custom.api_client, replicated.namespace, "db", refresh=0.2)
+    pool = ReadWritePool(topology, user=ADMIN_USER, password=ADMIN_PASSWORD, acquire_timeout=2)
+    with pytest.raises(PoolError, match="holds ALL PRIVILEGES: read_only does not bind it"), pool.writer():
+        pass
+    pool.close()
+
+
 def test_pool_is_bounded_and_reuses_connections(replicated: Replicated) -> None:
     pool = replicated.pool(max_per_member=2, acquire_timeout=0.5)
     with pool.writer() as first, pool.writer() as second:

@@ -20,16 +20,16 @@ import pymysql
 import pytest
 from kubernetes import client
 
-from tests.fixtures.database_checks import binlog_point, errant, source_port, transactions_after
 from tests.fixtures.kube import TIERS
 from tests.kube_helpers import wait_for
 from whm_ha.apps.pool import PoolError
 from whm_ha.apps.sessions import SessionStore, session_hash
 from whm_ha.control_plane import find_bin_dir
 from whm_ha.db.local_server import free_port
+from whm_ha.db.server_checks import binlog_point, errant, transactions_after
 from whm_ha.demo.main import start_system
-from whm_ha.demo.stack import ADMIN_TOKEN, DEMO_SCHEMA, Stack
-from whm_ha.demo.tour import Traffic, Writer, application_pool
+from whm_ha.demo.stack import DEMO_SCHEMA, Stack
+from whm_ha.demo.tour import Traffic, Writer, application_pool, promote_through_shim, settled_on
 from whm_ha.demo.view import Observer
 
 pytestmark = pytest.mark.mariadb
@@ -59,34 +59,16 @@ class System:
             conn.close()
 
     def promote(self, member: str) -> dict[str, Any]:
-        """POST /api/ha/database/promote through the shim, as a legacy tool does."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.stack.shim_port}/api/ha/database/promote",
-            data=json.dumps({"slaveHost": member}).encode(),
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
-            method="POST",
-        )
+        """A promotion through the shim, as a legacy tool requests it."""
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                body: dict[str, Any] = json.loads(response.read())
+            body = promote_through_shim(self.stack, member)
         except urllib.error.HTTPError as exc:
             raise AssertionError(f"promote {member}: {exc.code} {exc.read().decode()}") from exc
         assert body["success"] is True and body["masterMember"] == member, body
         return body
 
     def settled_on(self, member: str) -> bool:
-        """Healthy on ``member``, no errant transactions reported, every other member replicating from it."""
-        status = self.observer.replication().get("status") or {}
-        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
-        if not (
-            status.get("currentPrimary") == member
-            and status.get("phase") == "Healthy"
-            and status.get("readyReplicas") == 2
-            and conditions.get("ErrantTransactions") == "False"
-        ):
-            return False
-        port = self.stack.databases[self.index(member)].port
-        return all(source_port(s) == port for i, s in enumerate(self.stack.databases) if i != self.index(member))
+        return settled_on(self.stack, self.observer, member)
 
     def health_rows(self, member: str) -> int:
         return int(self.sql(member, "SELECT COUNT(*) FROM whm_ha.ha_health_checks")[0][0])

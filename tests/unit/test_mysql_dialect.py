@@ -15,6 +15,7 @@ from whm_ha.mysql.dialect import (
     SemiSyncStatus,
     Source,
     dialect_for,
+    read_only_bypass,
 )
 from whm_ha.mysql.gtid import MariaDBGtidSet, MySQLGtidSet
 
@@ -255,3 +256,28 @@ def test_source_without_tls_ignores_a_ca() -> None:
     plain = Source("h", 1, "u", "p", tls=False, tls_ca="/tls/ca.crt")
     assert plain.ca_file is None
     assert Source("h", 1, "u", "p", tls=True, tls_ca="").ca_file is None
+
+
+@pytest.mark.parametrize(
+    ("version", "grants", "bypass"),
+    [
+        (
+            "10.11.6-MariaDB-0+deb12u1",
+            ["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION"],
+            "ALL PRIVILEGES",
+        ),
+        ("11.8.2-MariaDB", ["GRANT SELECT, SUPER ON *.* TO `ops`@`%`"], "SUPER"),
+        ("11.8.2-MariaDB", ["GRANT READ_ONLY ADMIN ON *.* TO `ops`@`%`"], "READ_ONLY ADMIN"),
+        (
+            "10.11.6-MariaDB",
+            ["GRANT USAGE ON *.* TO `app`@`%`", "GRANT ALL PRIVILEGES ON `whm_ha`.* TO `app`@`%`"],
+            None,
+        ),
+        ("9.7.0", ["GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost`"], None),
+    ],
+)
+def test_which_accounts_a_fenced_member_would_still_let_write(
+    version: str, grants: list[str], bypass: str | None
+) -> None:
+    """MariaDB's read_only lets global SUPER, READ ONLY ADMIN and ALL through; MySQL's super_read_only binds all."""
+    assert read_only_bypass(version, grants) == bypass

@@ -3,8 +3,9 @@
 Writes go to the current primary; reads are spread over the replicas within the lag limit, falling back
 to the primary. The topology comes from the MySQLReplication status, so the pool follows a promotion
 without a restart. Pooled connections are bounded per member, validated when taken, and dropped when their
-member changes role. A writer connection is checked to be on a writable server before it is handed out, so
-no write reaches a read-only member.
+member changes role. A writer connection is checked to be on a writable server before it is handed out, and
+an account that MariaDB's read_only would not bind (SUPER, READ ONLY ADMIN, ALL PRIVILEGES) is refused, so no
+write reaches a fenced member even when a promotion fences it between the check and the write.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 import pymysql
 
+from ..mysql.dialect import read_only_bypass
 from .topology import Endpoint, Topology
 
 
@@ -64,6 +66,7 @@ class ReadWritePool:
         self._roles: dict[tuple[str, int], str] = {}
         self._lock = threading.Condition()
         self._round_robin = itertools.count()
+        self._account_checked = False
 
     # -- topology --------------------------------------------------------------------------------
 
@@ -154,6 +157,21 @@ class ReadWritePool:
         except pymysql.OperationalError:
             return None
 
+    def _check_account(self, conn: pymysql.Connection[Any]) -> None:
+        """Once: refuse an account that a fenced member would still let write (PoolError)."""
+        with conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            version = str(cur.fetchone()[0])
+            cur.execute("SHOW GRANTS FOR CURRENT_USER()")
+            grants = [str(row[0]) for row in cur.fetchall()]
+        bypass = read_only_bypass(version, grants)
+        if bypass is not None:
+            raise PoolError(
+                f"the account {self._credentials[0]} holds {bypass}: read_only does not bind it, so a write could land"
+                " on a fenced member; use the operator's application account (Secret <replication>-app)"
+            )
+        self._account_checked = True
+
     def _writable_primary(self, topology: Topology) -> tuple[_MemberPool, pymysql.Connection[Any], int] | None:
         """A taken connection to the primary, if it answers and is writable."""
         if topology.primary is None:
@@ -163,6 +181,8 @@ class ReadWritePool:
             return None
         member, conn, generation = taken
         try:
+            if not self._account_checked:
+                self._check_account(conn)
             with conn.cursor() as cur:
                 cur.execute("SELECT @@global.read_only")
                 row = cur.fetchone()
@@ -170,6 +190,9 @@ class ReadWritePool:
             conn.close()
             self._give_back(member, None, generation)
             return None
+        except PoolError:
+            self._give_back(member, conn, generation)
+            raise
         if not row or int(row[0]) != 0:
             self._give_back(member, conn, generation)
             return None

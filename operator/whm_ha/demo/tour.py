@@ -4,18 +4,21 @@ happened with the measured times."""
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import pymysql
 from kubernetes import client
 
 from ..apps.pool import PoolError, ReadWritePool
 from ..apps.topology import KubernetesTopology
-from .stack import DEMO_SCHEMA, FAST_HEALTH, NAMESPACE, REPLICATION, Stack
+from ..db.server_checks import source_port
+from .stack import ADMIN_TOKEN, DEMO_SCHEMA, FAST_HEALTH, NAMESPACE, REPLICATION, Stack
 from .view import Observer
 
 Say = Callable[[str], None]
@@ -84,6 +87,36 @@ def application_pool(api: client.ApiClient, *, refresh: float = 0.2, database: s
     user, password = (base64.b64decode(data[key]).decode() for key in ("username", "password"))
     topology = KubernetesTopology(api, NAMESPACE, REPLICATION, refresh=refresh)
     return ReadWritePool(topology, user=user, password=password, database=database, acquire_timeout=30)
+
+
+def promote_through_shim(stack: Stack, member: str) -> dict[str, Any]:
+    """POST /api/ha/database/promote as a legacy tool does; the answer's body (urllib.error.HTTPError when not
+    2xx)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.shim_port}/api/ha/database/promote",
+        data=json.dumps({"slaveHost": member}).encode(),
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return cast(dict[str, Any], json.loads(response.read()))
+
+
+def settled_on(stack: Stack, observer: Observer, member: str) -> bool:
+    """Healthy on ``member``, no errant transactions reported, and (read on the servers) every other member
+    replicating from it."""
+    status = observer.replication().get("status") or {}
+    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+    if not (
+        status.get("currentPrimary") == member
+        and status.get("phase") == "Healthy"
+        and status.get("readyReplicas") == len(stack.databases) - 1
+        and conditions.get("ErrantTransactions") == "False"
+    ):
+        return False
+    index = int(member.rsplit("-", 1)[1])
+    port = stack.databases[index].port
+    return all(source_port(s) == port for i, s in enumerate(stack.databases) if i != index)
 
 
 def _wait(condition: Callable[[], bool], timeout: float) -> float | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -40,6 +40,26 @@ REPLICATION_PRIVILEGE = "REPLICATION SLAVE"
 APPLICATION_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "INDEX", "EVENT")
 """What the application account holds on each of its schemas: the DML of the legacy tables and the DDL of their
 migrations. All are schema privileges, which read-only servers refuse (unlike SUPER or READ ONLY ADMIN)."""
+
+
+_GLOBAL_PRIVILEGES = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.IGNORECASE)
+READ_ONLY_BYPASS = ("ALL PRIVILEGES", "SUPER", "READ ONLY ADMIN", "READ_ONLY ADMIN")
+"""Global privileges that MariaDB's read_only lets through (MySQL's super_read_only, which fencing sets there,
+binds every account)."""
+
+
+def read_only_bypass(version: str, grants: Iterable[str]) -> str | None:
+    """The privilege by which an account could still write to a fenced member, from ``SELECT VERSION()`` and its
+    ``SHOW GRANTS``; None when fencing binds it."""
+    if "mariadb" not in version.lower():
+        return None
+    for grant in grants:
+        match = _GLOBAL_PRIVILEGES.match(grant)
+        held = {p.strip().upper() for p in match.group(1).split(",")} if match else set()
+        for privilege in READ_ONLY_BYPASS:
+            if privilege in held:
+                return privilege
+    return None
 
 
 @dataclass(frozen=True, repr=False)

@@ -568,6 +568,34 @@ def test_errant_transactions_on_the_old_primary_quarantine_it(
     wait_for(lambda: replication.events("Quarantined"), 10, "a Quarantined event")
 
 
+def test_errant_transactions_on_a_replicating_member_are_reported_at_the_next_inspection(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    """A replica that still replicates but holds a transaction the primary lacks (an administrator's write, or
+    one landed on a former primary) is named at once, before its SQL thread trips over it."""
+    replication.create()
+    operator = start(replication, kube_api, operator_process)
+    replication.healthy()
+    replication.create_app()
+    replication.wait(lambda s: replication.roles(s).get("m2") == "Replica", 10, "m2 replicating")
+    conn = replication.servers[2].connect()
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO app.t VALUES (7)")  # the admin account may write on a read-only server
+        cur.execute("SELECT @@GLOBAL.gtid_binlog_pos")
+        (errant,) = cur.fetchone()
+    conn.close()
+    assert replication.replicates_from("m2", "m0")
+    target = metric(operator, "whm_ha_mysql_inspections_total") + 2
+    status = replication.wait(
+        lambda s: condition_is(s, "ErrantTransactions", "True"), 10, "the errant transaction reported"
+    )
+    assert metric(operator, "whm_ha_mysql_inspections_total") <= target, "within two inspections"
+    message = conditions(status)["ErrantTransactions"]["message"]
+    assert message.startswith(f"m2: 1 errant transaction(s) the primary lacks: {errant}"), message
+    assert replication.roles(status) == {"m0": "Primary", "m1": "Replica", "m2": "Quarantined"}
+    wait_for(lambda: replication.endpoints("db-replicas") == [replication.port("m1")], 10, "m2 out of the Service")
+
+
 def test_operator_killed_mid_promotion_converges_with_one_promotion(
     replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, sampler: WritableSampler
 ) -> None:

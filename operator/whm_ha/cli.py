@@ -83,70 +83,31 @@ def _run_shim(args: argparse.Namespace) -> int:
         request_timeout=args.request_timeout,
         proxy_admins=args.proxy_admin,
         proxy_pods=args.proxy_pods,
+        header_timeout=args.client_header_timeout,
     )
 
 
 def _run_proxy(args: argparse.Namespace) -> int:
-    from whm_ha_proxy.options import ProxyOptions, parse_address
+    from whm_ha_proxy.options import ProxyOptions
     from whm_ha_proxy.supervisor import run
 
     try:
-        listen, admin = parse_address(args.listen), parse_address(args.admin)
+        options = ProxyOptions.from_args(args)
     except ValueError as exc:
         print(f"whm-ha proxy: {exc}", file=sys.stderr)
         return 2
-    return run(
-        ProxyOptions(
-            cluster=args.cluster,
-            namespace=args.namespace,
-            listen=listen,
-            admin=admin,
-            workers=args.workers,
-            eject_after=args.eject_after,
-            eject_seconds=args.eject_seconds,
-            eject_max_seconds=args.eject_max_seconds,
-            connect_timeout=args.connect_timeout,
-            header_timeout=args.header_timeout,
-            idle_timeout=args.idle_timeout,
-            resync_seconds=args.resync_seconds,
-            drain_seconds=args.drain_seconds,
-        )
-    )
+    return run(options)
 
 
 def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from whm_ha_proxy.options import add_arguments
+
     proxy = sub.add_parser(
         "proxy",
         help="run the HTTP load balancer in front of a WHMCluster's healthy nodes",
         description="Route HTTP traffic to the healthy nodes of one WHMCluster.",
     )
-    proxy.add_argument("--cluster", required=True, help="name of the WHMCluster")
-    proxy.add_argument("--namespace", "-n", default="default", help="namespace of the WHMCluster")
-    proxy.add_argument("--listen", default="0.0.0.0:8080", metavar="HOST:PORT", help="traffic address")
-    proxy.add_argument("--admin", default="127.0.0.1:8081", metavar="HOST:PORT", help="stats/metrics/reload")
-    proxy.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
-    proxy.add_argument(
-        "--eject-after",
-        type=int,
-        default=5,
-        metavar="N",
-        help="consecutive 5xx answers that eject a node for a while (a refused connection ejects at once)",
-    )
-    proxy.add_argument(
-        "--eject-seconds", type=float, default=5.0, help="first ejection's length; repeated ejections double it"
-    )
-    proxy.add_argument("--eject-max-seconds", type=float, default=300.0, help="longest ejection")
-    proxy.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to connect to a node")
-    proxy.add_argument(
-        "--header-timeout", type=float, default=60.0, help="seconds from a sent request to the node's response headers"
-    )
-    proxy.add_argument(
-        "--idle-timeout", type=float, default=60.0, help="seconds a response body or WebSocket may stay silent"
-    )
-    proxy.add_argument("--resync-seconds", type=float, default=300.0, help="re-read everything this often")
-    proxy.add_argument(
-        "--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long requests in flight may take"
-    )
+    add_arguments(proxy)
     proxy.set_defaults(handler=_run_proxy)
 
 
@@ -234,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SELECTOR:PORT",
         help="find the proxy replicas as pods (e.g. app.kubernetes.io/component=proxy:8081), for stats",
+    )
+    shim.add_argument(
+        "--client-header-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a client that has not sent a whole request head by then gets 408 and is dropped (default 60)",
     )
     shim.set_defaults(handler=_run_shim)
 

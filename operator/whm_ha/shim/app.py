@@ -7,6 +7,7 @@ annotations the operator acts on, and answers are read back from statuses. Any n
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -15,12 +16,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
 import pymysql
 from aiohttp import web
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, Strict, ValidationError, field_validator
 
 from ..crd.annotations import FAILOVER_TO, FORCE, PROMOTE, RELOAD, REQUEST_ID
 from ..db.cluster_database import DatabaseUnavailable, primary_dsn
@@ -36,6 +37,14 @@ audit_log = logging.getLogger("whm_ha.shim.audit")
 Obj = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LABEL = re.compile(r"[^a-z0-9-]+")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+MAX_BODY = 1024 * 1024
+MAX_JSON_DEPTH = 32
+BODY_TIMEOUT = 60.0
+"""Seconds to receive a request body, as nginx's client_body_timeout (here for the whole body)."""
+StrictInt = Annotated[int, Strict()]
 
 
 class NewNode(BaseModel):
@@ -44,10 +53,22 @@ class NewNode(BaseModel):
     model_config = {"extra": "forbid"}
 
     hostname: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-    ip: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
-    port: int = Field(default=4000, ge=1, le=65535)
-    priority: int = Field(default=100, ge=0, le=1000)
-    weight: int = Field(default=1, ge=0, le=1000)
+    ip: str = Field(min_length=1, max_length=253)
+    """An IP address or a DNS name."""
+    port: StrictInt = Field(default=4000, ge=1, le=65535)
+    priority: StrictInt = Field(default=100, ge=0, le=1000)
+    weight: StrictInt = Field(default=1, ge=0, le=1000)
+
+    @field_validator("ip")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.match(value) or value.replace(".", "").isdigit():
+                raise ValueError("must be an IP address or a DNS name") from None
+        return value
+
     name: str | None = Field(default=None, min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -56,7 +77,8 @@ class FailoverRequest(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    targetNodeId: int | str
+    targetNodeId: StrictInt | Annotated[str, Strict(), Field(min_length=1, max_length=253)]
+    """A node id (an integer, not true or 2.0), or a name, hostname or address."""
 
 
 class PromoteRequest(BaseModel):
@@ -65,7 +87,16 @@ class PromoteRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
     slaveHost: str = Field(min_length=1, max_length=253)
-    force: bool = False
+    force: Annotated[bool, Strict()] = False
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    """How deeply a parsed JSON value nests (json.loads bounds it: deeper input raises RecursionError)."""
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
 
 
 def _label(hostname: str) -> str:
@@ -91,7 +122,7 @@ class ShimApp:
     """``<label selector>:<admin port>``: the proxy replicas, found as pods (in a cluster)."""
 
     def build(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors], client_max_size=1024 * 1024)
+        app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY)
         read = Permission("get", "whmclusters")
         routes: list[tuple[str, str, Handler, Permission]] = [
             ("GET", "/api/ha/status", self.status, read),
@@ -117,13 +148,24 @@ class ShimApp:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.version < (1, 0):
+            return errors.bad_request("HTTP/0.9 requests are not served").response()
+        if request.version > (1, 1):
+            return errors.ShimError(505, "HTTP_VERSION_NOT_SUPPORTED", "only HTTP/1.0 and HTTP/1.1").response()
+        if request.method in ("CONNECT", "TRACE"):
+            response = errors.ShimError(405, "METHOD_NOT_ALLOWED", f"{request.method} is not served").response()
+            response.headers["Allow"] = "GET, POST, DELETE"
+            return response
         try:
             return await handler(request)
         except errors.ShimError as exc:
             return exc.response()
         except web.HTTPException as exc:
             code = "NOT_FOUND" if exc.status == 404 else "METHOD_NOT_ALLOWED" if exc.status == 405 else "HTTP_ERROR"
-            return errors.ShimError(exc.status, code, exc.reason).response()
+            response = errors.ShimError(exc.status, code, exc.reason).response()
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
             log.warning("Kubernetes API trouble on %s %s: %s", request.method, request.path, exc)
             return errors.ShimError(503, "API_UNAVAILABLE", "the Kubernetes API did not answer as expected").response()
@@ -172,9 +214,19 @@ class ShimApp:
 
     async def _json(self, request: web.Request, model: type[BaseModel]) -> Any:
         try:
-            raw = await request.json()
+            body = await asyncio.wait_for(request.read(), BODY_TIMEOUT)
+        except TimeoutError as exc:
+            raise errors.ShimError(408, "REQUEST_TIMEOUT", f"no whole body within {BODY_TIMEOUT:g}s") from exc
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise errors.ShimError(413, "BODY_TOO_LARGE", f"a body is at most {MAX_BODY} bytes") from exc
+        try:
+            raw = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise errors.bad_request("the body must be JSON") from exc
+        except RecursionError as exc:
+            raise errors.bad_request("the body is nested too deeply") from exc
+        if _depth(raw) > MAX_JSON_DEPTH:
+            raise errors.bad_request(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             return model.model_validate(raw)
         except ValidationError as exc:

@@ -13,7 +13,9 @@ import base64
 import hashlib
 import hmac
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from ..kube.client import ApiError, KubeClient, Resource
 from .errors import ShimError
@@ -21,7 +23,44 @@ from .errors import ShimError
 TOKEN_REVIEWS = Resource("authentication.k8s.io", "v1", "tokenreviews", namespaced=False)
 ACCESS_REVIEWS = Resource("authorization.k8s.io", "v1", "subjectaccessreviews", namespaced=False)
 CACHE_SECONDS = 10.0
+"""How long a TokenReview or SubjectAccessReview answer is reused."""
+FAILURE_CACHE_SECONDS = 2.0
+"""How long a token found invalid stays refused without asking again: a flood of bad tokens costs at most one
+TokenReview per token per this period, and a token that becomes valid works soon."""
+CACHE_ENTRIES = 10_000
+"""Answers kept at most per cache; the least recently used go first."""
+MAX_TOKEN = 8192
 ANONYMOUS = "system:anonymous"
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Cache(Generic[K, V]):
+    """A bounded LRU of answers with their expiry."""
+
+    def __init__(self, entries: int = CACHE_ENTRIES) -> None:
+        self._entries = entries
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> tuple[V] | None:
+        """The answer, if kept and not expired, as a 1-tuple (so that None can be an answer)."""
+        found = self._items.get(key)
+        if found is None or time.monotonic() >= found[0]:
+            self._items.pop(key, None)
+            return None
+        self._items.move_to_end(key)
+        return (found[1],)
+
+    def put(self, key: K, value: V, seconds: float) -> None:
+        self._items[key] = (time.monotonic() + seconds, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self._entries:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True)
@@ -55,8 +94,8 @@ class Authorizer:
     anonymous_reads: bool = False
     static_tokens: dict[str, str] = field(default_factory=dict)
     """user name -> hex SHA-256 of the token."""
-    _identities: dict[str, tuple[float, Caller | None]] = field(default_factory=dict)
-    _decisions: dict[tuple[str, Permission], tuple[float, bool, str]] = field(default_factory=dict)
+    _identities: _Cache[str, Caller | None] = field(default_factory=_Cache)
+    _decisions: _Cache[tuple[str, Permission], tuple[bool, str]] = field(default_factory=_Cache)
 
     async def load_static_tokens(self, secret: str) -> None:
         """Read ``<user>: sha256:<hex>`` entries from a Secret."""
@@ -78,16 +117,18 @@ class Authorizer:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise ShimError(401, "UNAUTHENTICATED", "the Authorization header must be 'Bearer <token>'")
+        if len(token) > MAX_TOKEN:
+            raise ShimError(401, "UNAUTHENTICATED", f"the bearer token is longer than {MAX_TOKEN} characters")
         key = digest(token)
         for user, expected in self.static_tokens.items():
             if hmac.compare_digest(key, expected):
                 return Caller(user, ("whm-ha:static-token",))
         cached = self._identities.get(key)
-        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
-            caller = cached[1]
+        if cached is not None:
+            (caller,) = cached
         else:
             caller = await self._token_review(token)
-            self._identities[key] = (time.monotonic(), caller)
+            self._identities.put(key, caller, CACHE_SECONDS if caller is not None else FAILURE_CACHE_SECONDS)
         if caller is None:
             raise ShimError(401, "UNAUTHENTICATED", "the bearer token is not valid")
         return caller
@@ -111,11 +152,11 @@ class Authorizer:
         """403 unless the caller may do what the endpoint needs."""
         key = (f"{caller.username}|{','.join(caller.groups)}", permission)
         cached = self._decisions.get(key)
-        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
-            allowed, reason = cached[1], cached[2]
+        if cached is not None:
+            ((allowed, reason),) = cached
         else:
             allowed, reason = await self._access_review(caller, permission)
-            self._decisions[key] = (time.monotonic(), allowed, reason)
+            self._decisions.put(key, (allowed, reason), CACHE_SECONDS if allowed else FAILURE_CACHE_SECONDS)
         if not allowed:
             what = f"{permission.verb} {permission.resource}" + (
                 f"/{permission.subresource}" if permission.subresource else ""

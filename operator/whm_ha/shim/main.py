@@ -13,6 +13,7 @@ from ..kube.client import ApiError, KubeClient
 from ..kube.config import KubeConfigError, endpoint
 from .app import ShimApp
 from .auth import Authorizer
+from .server import HardenedRunner
 
 
 async def serve(
@@ -25,6 +26,7 @@ async def serve(
     request_timeout: float,
     proxy_admins: list[str],
     proxy_pods: str | None,
+    header_timeout: float,
 ) -> int:
     try:
         kube = KubeClient(endpoint())
@@ -40,7 +42,7 @@ async def serve(
             await kube.close()
             return 1
     shim = ShimApp(kube, authorizer, namespace, cluster, request_timeout, proxy_admins, proxy_pods)
-    runner = web.AppRunner(shim.build(), access_log=None)
+    runner = HardenedRunner(shim.build(), header_timeout=header_timeout)
     await runner.setup()
     host, _, port = listen.rpartition(":")
     site = web.TCPSite(runner, host or "0.0.0.0", int(port), reuse_address=True)

@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.operator_process",
     "tests.fixtures.proxy_process",
     "tests.fixtures.shim_process",
+    "tests.fixtures.netns",
 ]

@@ -2,7 +2,8 @@
 
 Each server has its own data dir, binary log, GTID strict mode and server id. Data dirs are
 copied from a template initialised once, so starting several servers takes a few seconds.
-Servers may be stopped, killed (SIGKILL) and restarted on the same port and data.
+Servers may be stopped, killed (SIGKILL) and restarted on the same port and data. A server may
+also run inside a network namespace (``netns``), listening on its address there (``bind_host``).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def init_template(path: Path, timeout: float = 60) -> Path:
 
 @dataclass
 class LocalMariaDB:
-    """One mariadbd process bound to 127.0.0.1."""
+    """One mariadbd process bound to 127.0.0.1, or, with ``netns``, inside that network namespace
+    bound to ``bind_host`` and the namespace's own loopback."""
 
     datadir: Path
     server_id: int
@@ -97,9 +99,14 @@ class LocalMariaDB:
     log_bin: bool = True
     admin_password: str = ADMIN_PASSWORD
     extra_args: tuple[str, ...] = ()
+    netns: str | None = None
+    bind_host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
-    host = "127.0.0.1"
+    @property
+    def host(self) -> str:
+        """The address clients connect to."""
+        return self.bind_host
 
     @classmethod
     def from_template(cls, template: Path, datadir: Path, server_id: int, **kwargs: object) -> LocalMariaDB:
@@ -116,13 +123,15 @@ class LocalMariaDB:
         return self.datadir / "error.log"
 
     def command(self) -> list[str]:
+        """The mariadbd command line (without the ``ip netns exec`` prefix)."""
+        bind = f"{self.bind_host},127.0.0.1" if self.netns and self.bind_host != "127.0.0.1" else self.bind_host
         args = [
             find_binary("mariadbd"),
             "--no-defaults",
             *_user_args(),
             f"--datadir={self.datadir}",
             f"--port={self.port}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={bind}",
             f"--socket={self.socket_path}",
             f"--pid-file={self.datadir / 'mysqld.pid'}",
             f"--log-error={self.error_log}",
@@ -154,8 +163,10 @@ class LocalMariaDB:
         """Start the server and wait until it accepts connections."""
         if self.running:
             return
+        # ip netns exec execs the command in place: the process is mariadbd itself, so kill() reaches it.
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            [*prefix, *self.command()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None

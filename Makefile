@@ -1,5 +1,5 @@
 # Entry points. `make test` and `make demo` work on a fresh Debian machine: they install what is missing first.
-.PHONY: setup test test-real control-plane lint unit crds demo e2e-kind clean
+.PHONY: setup test test-real test-faults control-plane lint unit crds demo e2e-kind clean
 
 VENV := .venv/bin
 
@@ -14,6 +14,10 @@ lint: setup
 # WHM_HA_REAL_API=1 adds the real kube-apiserver + etcd tier (build it first: make control-plane).
 test: lint
 	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest $(if $(filter 1,$(WHM_HA_REAL_API)),--real-api)
+
+# The fault tier: hosts in network namespaces (root; WHM_HA_REQUIRE_FAULTS=1 fails instead of skipping).
+test-faults: setup
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest tests/faults --faults
 
 control-plane:
 	bash hack/build-control-plane

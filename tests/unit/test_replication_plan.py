@@ -17,7 +17,10 @@ from whm_ha.replication.plan import (
     converge_plan,
     decide_failover,
     decide_request,
+    member_timeout,
+    replica_net_timeout,
     summarize,
+    waiting_timeout,
 )
 
 LOST = "error reconnecting to master 'repl@m0.db:3306' - message: Connection refused"
@@ -395,3 +398,23 @@ def test_summaries_serve_only_healthy_replicas(others: list[MemberState], quaran
     assert (summary.phase == "Healthy") == (len(ready) == len(others))
     if summary.phase == "Healthy":
         assert all(not c.status for c in summary.conditions if c.type != "Ready")
+
+
+# -- timeouts --------------------------------------------------------------------------------------------------
+
+
+def test_timeouts_follow_the_detection_settings() -> None:
+    fast, default = spec(periodSeconds=1, failureThreshold=2), spec()
+    assert (member_timeout(fast), replica_net_timeout(fast), waiting_timeout(fast)) == (1.0, 2, 3.0)
+    assert (member_timeout(default), replica_net_timeout(default), waiting_timeout(default)) == (5.0, 15, 20.0)
+    assert member_timeout(spec(periodSeconds=60)) == 5.0, "an unreachable member never costs more than 5 s"
+    assert replica_net_timeout(spec(periodSeconds=1, failureThreshold=1)) == 2, "above the 1 s heartbeat"
+
+
+def test_members_with_another_net_timeout_get_the_wanted_one_even_without_a_primary() -> None:
+    states = topology(primary(net_timeout=60), replica("m1", net_timeout=2), replica("m2", net_timeout=60))
+    assert converge_plan("m0", states, semi_sync=True, net_timeout=2).net_timeout == ("m0", "m2")
+    states["m0"] = DEAD
+    assert converge_plan("m0", states, semi_sync=True, net_timeout=2).net_timeout == ("m2",)
+    healthy_states = topology(primary(net_timeout=2), replica("m1", net_timeout=2), replica("m2", net_timeout=2))
+    assert not converge_plan("m0", healthy_states, semi_sync=True, net_timeout=2)

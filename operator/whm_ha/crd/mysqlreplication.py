@@ -128,6 +128,13 @@ class MySQLReplicationSpec(CRDModel):
     """Failed inspections of the primary in a row before it is considered down."""
 
 
+class PromotionRecord(FailoverRecord):
+    """One promotion."""
+
+    unfenced: list[Name] = Field(default_factory=list, max_length=MAX_MEMBERS)
+    """Members that could not be reached to be made read-only; each is fenced when it answers, before it rejoins."""
+
+
 MemberRole = Literal["Primary", "Replica", "Quarantined", "Unknown"]
 
 
@@ -201,7 +208,7 @@ class MySQLReplicationStatus(CRDModel):
     """Per-member observations."""
     conditions: list[Condition] = conditions_field()
     """Ready, Degraded, ReplicationBroken, LagHigh, ErrantTransactions."""
-    promotion_history: list[FailoverRecord] = Field(default_factory=list, max_length=HISTORY_LIMIT)
+    promotion_history: list[PromotionRecord] = Field(default_factory=list, max_length=HISTORY_LIMIT)
     """Recent promotions, newest first."""
     last_request: RequestOutcome | None = None
     """Outcome of the last manual promotion request."""

@@ -141,15 +141,27 @@ def fence(session: Session) -> GtidResult:
     return GtidResult(changed, session.executed())
 
 
-def stop_io_threads(sessions: Iterable[Session]) -> bool:
-    """Stop receiving on every replica (their SQL threads go on applying the relay log)."""
-    changed = False
+def stop_io_threads(sessions: Iterable[Session]) -> dict[str, str]:
+    """Stop receiving on every replica (their SQL threads go on applying the relay log); the replicas that could
+    not be stopped (a lost connection, a timeout), with why. Other errors propagate."""
+    failed = {}
     for session in sessions:
-        status = session.replica_status()
-        if status is not None and status.io_state != "stopped":
-            session.execute(session.dialect.stop_replica("io"))
-            changed = True
-    return changed
+        try:
+            status = session.replica_status()
+            if status is not None and status.io_state != "stopped":
+                session.execute(session.dialect.stop_replica("io"))
+        except pymysql.OperationalError as exc:
+            failed[session.name] = str(exc.args[1] if len(exc.args) > 1 else exc)
+    return failed
+
+
+def ensure_net_timeout(session: Session, seconds: int) -> bool:
+    """Set the member's replica net timeout; a running IO thread reconnects so that it takes effect."""
+    if session.net_timeout() == seconds:
+        return False
+    session.execute(session.dialect.set_global(session.dialect.net_timeout_variable, seconds))
+    _reconnect_io(session)
+    return True
 
 
 def wait_applied(session: Session, gtid: GtidSet, timeout: float) -> bool:

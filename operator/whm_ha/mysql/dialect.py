@@ -153,6 +153,8 @@ class Dialect(ABC):
     replica_word: ClassVar[str]
     read_only_variable: ClassVar[str]
     executed_variable: ClassVar[str]
+    net_timeout_variable: ClassVar[str]
+    """Seconds a replica's IO thread waits for data (events or heartbeats) before it reconnects."""
     columns: ClassVar[Mapping[str, str]]
     """Neutral name -> this flavor's SHOW ... STATUS column."""
     semi_sync_variables: ClassVar[Mapping[str, str]]
@@ -168,6 +170,9 @@ class Dialect(ABC):
     def server_state(self) -> SQL:
         """One row: server id, read-only as this library enforces it, executed GTIDs."""
         return SQL(f"SELECT @@GLOBAL.server_id, @@GLOBAL.{self.read_only_variable}, @@GLOBAL.{self.executed_variable}")
+
+    def net_timeout(self) -> SQL:
+        return SQL(f"SELECT @@GLOBAL.{self.net_timeout_variable}")
 
     def replica_status(self) -> SQL:
         return SQL(f"SHOW {self.replica_word} STATUS")
@@ -253,7 +258,7 @@ class Dialect(ABC):
 
     def set_global(self, variable: str, value: str | int) -> SQL:
         """``SET GLOBAL``; ``variable`` must come from this class, never from input."""
-        if variable not in self.semi_sync_variables.values():
+        if variable not in (*self.semi_sync_variables.values(), self.net_timeout_variable):
             raise ValueError(f"not a variable this library sets: {variable}")
         return SQL(f"SET GLOBAL {variable} = %s", (value,))
 
@@ -292,6 +297,7 @@ class MariaDBDialect(Dialect):
     replica_word = "SLAVE"
     read_only_variable = "read_only"
     executed_variable = "gtid_binlog_state"
+    net_timeout_variable = "slave_net_timeout"
     columns = {
         "source_host": "Master_Host",
         "source_port": "Master_Port",
@@ -350,6 +356,7 @@ class MySQLDialect(Dialect):
     replica_word = "REPLICA"
     read_only_variable = "super_read_only"
     executed_variable = "gtid_executed"
+    net_timeout_variable = "replica_net_timeout"
     columns = {
         "source_host": "Source_Host",
         "source_port": "Source_Port",

@@ -85,28 +85,42 @@ class Session:
     def read_only(self) -> bool:
         return self.server_state()[1]
 
+    def net_timeout(self) -> int:
+        row = self.row(self.dialect.net_timeout())
+        assert row is not None
+        return int(row[0])
+
     def semi_sync_status(self) -> SemiSyncStatus:
         values = {str(name): str(value) for name, value in self.rows(self.dialect.semi_sync_status())}
         return self.dialect.normalize_semi_sync_status(values)
 
 
 def connect(
-    name: str, host: str, port: int, credentials: Credentials, dialect: Dialect, *, timeout: float = DEFAULT_TIMEOUT
+    name: str,
+    host: str,
+    port: int,
+    credentials: Credentials,
+    dialect: Dialect,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    read_timeout: float | None = None,
 ) -> Session:
-    """Open a session; raises pymysql errors. Lock waits (e.g. setting read-only) end before the read timeout."""
+    """Open a session within ``timeout`` seconds, every reply within ``read_timeout`` (default: the same); raises
+    pymysql errors. Lock waits (e.g. setting read-only) end before the read timeout."""
+    replies = read_timeout if read_timeout is not None else timeout
     conn = pymysql.connect(
         host=host,
         port=port,
         user=credentials.username,
         password=credentials.password,
         connect_timeout=timeout,
-        read_timeout=timeout,
-        write_timeout=timeout,
+        read_timeout=replies,
+        write_timeout=replies,
         autocommit=True,
         charset="utf8mb4",
-        init_command=f"SET SESSION lock_wait_timeout = {max(1, math.ceil(timeout) - 1)}",
+        init_command=f"SET SESSION lock_wait_timeout = {max(1, math.ceil(replies) - 1)}",
     )
-    return Session(name, conn, dialect, timeout)
+    return Session(name, conn, dialect, replies)
 
 
 def describe_error(exc: BaseException, secret: str = "") -> str:
@@ -144,6 +158,8 @@ class MemberState:
     gtid_executed: GtidSet | None = None
     gtid_retrieved: GtidSet | None = None
     """Received into the relay log; None unless a replica."""
+    net_timeout: int | None = None
+    """Seconds its IO thread waits for data from the source before it reconnects."""
     semi_sync: SemiSyncStatus | None = None
 
     @classmethod
@@ -164,6 +180,7 @@ def read_state(session: Session) -> MemberState:
         read_only=read_only,
         gtid_executed=executed,
         semi_sync=session.semi_sync_status(),
+        net_timeout=session.net_timeout(),
     )
     if status is None:
         return state

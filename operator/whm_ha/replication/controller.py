@@ -35,7 +35,17 @@ from ..mysql.member import Credentials, MemberState
 from ..mysql.topology import errant_members
 from . import metrics, procedures
 from .legacy import SCHEMA, PromotionRow, record_promotion
-from .plan import Failover, Summary, converge_plan, decide_failover, decide_request, summarize
+from .plan import (
+    Failover,
+    Summary,
+    converge_plan,
+    decide_failover,
+    decide_request,
+    member_timeout,
+    replica_net_timeout,
+    summarize,
+    waiting_timeout,
+)
 from .procedures import Access, DatabaseError
 from .services import ServicePublisher
 
@@ -205,6 +215,9 @@ class ReplicationController:
             application=Credentials(app_user, app_password),
             schemas=tuple(spec.application_account.schemas),
             dialect=dialect_for(spec.flavor),
+            timeout=member_timeout(spec),
+            waiting_timeout=waiting_timeout(spec),
+            net_timeout=replica_net_timeout(spec),
             tls=spec.tls.enabled,
         )
 
@@ -395,7 +408,7 @@ class ReplicationController:
                 if written is None:
                     return
                 obj = written
-            await asyncio.to_thread(procedures.finish, access, record)
+            unfenced = await asyncio.to_thread(procedures.finish, access, record)
         except PromotionError as exc:
             await self._abandon(obj, record, access.mask(str(exc)))
             return
@@ -408,9 +421,9 @@ class ReplicationController:
                 if (obj.get("status") or {}).get("reason") != why:
                     await self._patch_record(obj, {"reason": why}, record)
             return
-        await self._complete(obj, access, record)
+        await self._complete(obj, access, record, unfenced)
 
-    async def _complete(self, obj: Obj, access: Access, record: PromotionProgress) -> None:
+    async def _complete(self, obj: Obj, access: Access, record: PromotionProgress, unfenced: list[str]) -> None:
         now = datetime.now(UTC)
         duration_ms = max(0, int((now - record.detected_at).total_seconds() * 1000))
         entry = {
@@ -421,6 +434,8 @@ class ReplicationController:
             "type": record.type,
             "durationMs": duration_ms,
         }
+        if unfenced:
+            entry["unfenced"] = unfenced
         status = obj.get("status") or {}
         patch: Obj = {
             "currentPrimary": record.to,
@@ -440,6 +455,14 @@ class ReplicationController:
         kind = f"{record.type}, planned" if record.planned else record.type
         message = f"primary {record.from_ or 'none'} -> {record.to} ({kind}, {duration_ms} ms): {record.reason}"
         await self._event(written, "Promoted", message, warning=record.type == "automatic")
+        if unfenced:
+            await self._event(
+                written,
+                "FencePending",
+                f"{', '.join(unfenced)} could not be reached to be made read-only; each is fenced as soon as it "
+                "answers, before it may rejoin",
+                warning=True,
+            )
         self._log("promoted", record, durationMs=duration_ms)
         member = access.members[record.to]
         app = access.application  # the new primary is writable; read-only members would refuse this account
@@ -485,7 +508,14 @@ class ReplicationController:
         """Apply the fixes the last inspection calls for; Events for members fenced or quarantined. Whether
         anything changed."""
         quarantined = self.quarantined
-        plan = converge_plan(primary, self.states, semi_sync=spec.semi_sync, full=self.full, quarantined=quarantined)
+        plan = converge_plan(
+            primary,
+            self.states,
+            semi_sync=spec.semi_sync,
+            full=self.full,
+            quarantined=quarantined,
+            net_timeout=access.net_timeout,
+        )
         if not plan:
             return False
         outcome = await asyncio.to_thread(procedures.reconcile, access, primary, plan)

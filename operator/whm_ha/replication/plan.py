@@ -12,6 +12,28 @@ from ..mysql.actions import AUTH_ERRNOS
 from ..mysql.member import MemberState
 from ..mysql.topology import Problem, choose_candidate, primary_confirmed_dead, replica_health
 
+# -- timeouts ----------------------------------------------------------------------------------------------------
+
+
+def member_timeout(spec: MySQLReplicationSpec) -> float:
+    """Seconds to connect to a member and for any reply to a query: at most one period (capped at 5 s), so that
+    an unreachable member costs each inspection no more than the period."""
+    return float(min(spec.period_seconds, 5))
+
+
+def replica_net_timeout(spec: MySQLReplicationSpec) -> int:
+    """The replicas' slave_net_timeout / replica_net_timeout: with a heartbeat every second, a replica that
+    received nothing for this long reconnects, and so reports its source lost, within the operator's own
+    detection time (periodSeconds x failureThreshold, at least 2 s)."""
+    return max(2, spec.period_seconds * spec.failure_threshold)
+
+
+def waiting_timeout(spec: MySQLReplicationSpec) -> float:
+    """Seconds for a reply to a statement that waits on a replication thread (STOP SLAVE while the IO thread
+    waits on a vanished source): the thread gives up within the net timeout."""
+    return member_timeout(spec) + replica_net_timeout(spec)
+
+
 # -- reconcile -------------------------------------------------------------------------------------------------
 
 
@@ -33,10 +55,18 @@ class Plan:
     """The reachable members that are to replicate (for semi-sync)."""
     source_off: tuple[str, ...] = ()
     """Members whose source side of semi-sync must be off (replicas; the primary when semi-sync is not wanted)."""
+    net_timeout: tuple[str, ...] = ()
+    """Members whose net timeout differs from the wanted one (set it, and reconnect a running IO thread)."""
 
     def __bool__(self) -> bool:
         return bool(
-            self.fence or self.ensure_user or self.join or self.open_primary or self.semi_sync or self.source_off
+            self.fence
+            or self.ensure_user
+            or self.join
+            or self.open_primary
+            or self.semi_sync
+            or self.source_off
+            or self.net_timeout
         )
 
 
@@ -60,14 +90,20 @@ def converge_plan(
     semi_sync: bool,
     full: bool = False,
     quarantined: Collection[str] = (),
+    net_timeout: int | None = None,
 ) -> Plan:
     """What to fix, from the last inspection. ``full`` checks everything (after a start, a spec or Secret change,
     a promotion): each action reads first, so that costs reads, never needless writes."""
     head = states.get(primary)
     others = [s for name, s in states.items() if name != primary and s.reachable]
     fence = tuple(s.name for s in others if s.read_only is False)
+    timeouts = tuple(
+        s.name
+        for s in states.values()
+        if net_timeout is not None and s.reachable and s.net_timeout is not None and s.net_timeout != net_timeout
+    )
     if head is None or not head.reachable or head.is_replica:
-        return Plan(fence=fence)
+        return Plan(fence=fence, net_timeout=timeouts)
     join = tuple(s.name for s in others if full or s.name in quarantined or not in_order(s, head))
     replicas = tuple(s.name for s in others)
     replica_off = [s for s in others if full or (s.semi_sync is not None and s.semi_sync.source_active)]
@@ -87,6 +123,7 @@ def converge_plan(
         semi_sync=wants_semi,
         replicas=replicas,
         source_off=tuple(s.name for s in replica_off) + ((primary,) if head_off else ()),
+        net_timeout=timeouts,
     )
 
 

@@ -4,8 +4,9 @@ after an interruption is safe."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import pymysql
 
@@ -39,15 +40,29 @@ class Access:
     schemas: tuple[str, ...]
     """The schemas of the application account."""
     dialect: Dialect
+    timeout: float
+    """Seconds to connect to a member, and for a reply when inspecting."""
+    waiting_timeout: float
+    """Seconds for a reply to a statement that may wait on a replication thread."""
+    net_timeout: int
+    """The replicas' net timeout."""
     tls: bool = False
 
     def connect(self, name: str) -> Session:
         member = self.members[name]
-        return connect(name, member.host, member.port, self.admin, self.dialect)
+        return connect(
+            name,
+            member.host,
+            member.port,
+            self.admin,
+            self.dialect,
+            timeout=self.timeout,
+            read_timeout=self.waiting_timeout,
+        )
 
     def inspect(self, name: str) -> MemberState:
         member = self.members[name]
-        state = inspect(name, member.host, member.port, self.admin, self.dialect)
+        state = inspect(name, member.host, member.port, self.admin, self.dialect, timeout=self.timeout)
         if state.error is None:
             return state
         return MemberState.unreachable(name, state.host, state.port, self.mask(state.error))
@@ -132,6 +147,15 @@ def reconcile(access: Access, primary: str, plan: Plan) -> Outcome:
                 outcome.unsafe.add(name)
                 return None
 
+        def each(name: str, what: str, step: Callable[[Session], bool], change: str) -> None:
+            """One member's step of a setting that needs no primary; failures reported."""
+            try:
+                session = attempt(name, what)
+                if session is not None and step(session):
+                    outcome.changes.append(f"{name}: {change}")
+            except DatabaseError as exc:
+                outcome.errors.append(f"{name}: {what}: {access.describe(exc)}")
+
         for name in plan.fence:
             session = attempt(name, "fence")
             try:
@@ -141,23 +165,15 @@ def reconcile(access: Access, primary: str, plan: Plan) -> Outcome:
             except DatabaseError as exc:
                 outcome.errors.append(f"{name}: fence: {access.describe(exc)}")
                 outcome.unsafe.add(name)
+        variable = f"{access.dialect.net_timeout_variable} = {access.net_timeout}"
+        for name in plan.net_timeout:
+            each(name, "net timeout", partial(actions.ensure_net_timeout, seconds=access.net_timeout), variable)
         needs_primary = plan.ensure_user or plan.join or plan.open_primary or plan.semi_sync
         head = attempt(primary, "connect") if needs_primary else None
         if head is None:
             return outcome
-        try:
-            if plan.ensure_user and actions.ensure_replication_user(
-                head, access.replication.username, access.replication.password
-            ):
-                outcome.changes.append(f"{primary}: replication account {access.replication.username} set up")
-        except DatabaseError as exc:
-            outcome.errors.append(f"{primary}: replication account: {access.describe(exc)}")
-        try:
-            app = access.application
-            if plan.ensure_user and actions.ensure_application_user(head, app.username, app.password, access.schemas):
-                outcome.changes.append(f"{primary}: application account {app.username} set up")
-        except DatabaseError as exc:
-            outcome.errors.append(f"{primary}: application account: {access.describe(exc)}")
+        if plan.ensure_user:
+            _ensure_accounts(access, head, outcome)
         for name in plan.join:
             _join(access, sessions, head, name, outcome)
         try:
@@ -171,13 +187,23 @@ def reconcile(access: Access, primary: str, plan: Plan) -> Outcome:
         except DatabaseError as exc:
             outcome.errors.append(f"{primary}: {access.describe(exc)}")
         for name in plan.source_off:
-            try:
-                session = attempt(name, "semi-sync")
-                if session is not None and _source_semi_sync_off(session):
-                    outcome.changes.append(f"{name}: semi-sync source side off")
-            except DatabaseError as exc:
-                outcome.errors.append(f"{name}: semi-sync: {access.describe(exc)}")
+            each(name, "semi-sync", _source_semi_sync_off, "semi-sync source side off")
     return outcome
+
+
+def _ensure_accounts(access: Access, head: Session, outcome: Outcome) -> None:
+    """The replication and application accounts on the primary."""
+    repl, app = access.replication, access.application
+    try:
+        if actions.ensure_replication_user(head, repl.username, repl.password):
+            outcome.changes.append(f"{head.name}: replication account {repl.username} set up")
+    except DatabaseError as exc:
+        outcome.errors.append(f"{head.name}: replication account: {access.describe(exc)}")
+    try:
+        if actions.ensure_application_user(head, app.username, app.password, access.schemas):
+            outcome.changes.append(f"{head.name}: application account {app.username} set up")
+    except DatabaseError as exc:
+        outcome.errors.append(f"{head.name}: application account: {access.describe(exc)}")
 
 
 def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome: Outcome) -> None:
@@ -205,16 +231,16 @@ def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome
 
 
 def fence_if_reachable(access: Access, name: str) -> GtidResult | None:
-    """Make the member read-only if it answers; None when it cannot be connected to at all (it takes no writes).
-    Any other failure raises: a member that answers but could not be fenced must not be outlived by a promotion."""
+    """Make the member read-only if it answers; None when it does not (no connection, or the connection lost or
+    timed out): nothing can reach it, and it is fenced when it answers again, before it may rejoin. Any other
+    failure raises: a member that answers but refuses to be fenced must not be outlived by a promotion."""
     try:
-        session = access.connect(name)
+        with access.connect(name) as session:
+            return actions.fence(session)
     except pymysql.MySQLError as exc:
         if exc.args and exc.args[0] in CONNECTION_ERRNOS:
             return None
         raise
-    with session:
-        return actions.fence(session)
 
 
 def prepare(
@@ -249,8 +275,9 @@ def prepare(
                 reachable.append(sessions[name])
             except DatabaseError as exc:
                 states.append(MemberState.unreachable(name, "", 0, access.describe(exc)))
-        actions.stop_io_threads(reachable)
-        states += [read_state(s) for s in reachable]
+        lost = actions.stop_io_threads(reachable)
+        states += [MemberState.unreachable(name, "", 0, why) for name, why in lost.items()]
+        states += [read_state(s) for s in reachable if s.name not in lost]
     candidates = members if record.type == "automatic" else only_candidate(members, record.to)
     choice = choose_candidate(
         states, candidates, max_lag_seconds, force=record.force, exclude=exclusions(record.from_, quarantined)
@@ -260,11 +287,13 @@ def prepare(
         raise PromotionError(f"{record.to} is no longer the member to promote: {why}")
 
 
-def finish(access: Access, record: PromotionProgress) -> GtidResult:
+def finish(access: Access, record: PromotionProgress) -> list[str]:
     """The point of no return: every other member that answers is made read-only, the old primary first, then the
-    candidate is promoted."""
+    candidate is promoted. Returns the members that could not be reached to be fenced."""
+    unfenced = []
     for name in [record.from_, *(n for n in access.members if n not in (record.from_, record.to))]:
-        if name:
-            fence_if_reachable(access, name)
+        if name and fence_if_reachable(access, name) is None:
+            unfenced.append(name)
     with access.connect(record.to) as session:
-        return actions.promote(session, timeout=RELAY_LOG_SECONDS)
+        actions.promote(session, timeout=RELAY_LOG_SECONDS)
+    return unfenced

@@ -406,7 +406,7 @@ def test_summaries_serve_only_healthy_replicas(others: list[MemberState], quaran
 def test_timeouts_follow_the_detection_settings() -> None:
     fast, default = spec(periodSeconds=1, failureThreshold=2), spec()
     assert (member_timeout(fast), replica_net_timeout(fast), waiting_timeout(fast)) == (1.0, 2, 3.0)
-    assert (member_timeout(default), replica_net_timeout(default), waiting_timeout(default)) == (5.0, 15, 20.0)
+    assert (member_timeout(default), replica_net_timeout(default), waiting_timeout(default)) == (5.0, 4, 9.0)
     assert member_timeout(spec(periodSeconds=60)) == 5.0, "an unreachable member never costs more than 5 s"
     assert replica_net_timeout(spec(periodSeconds=1, failureThreshold=1)) == 2, "above the 1 s heartbeat"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pymysql
@@ -141,18 +142,23 @@ def fence(session: Session) -> GtidResult:
     return GtidResult(changed, session.executed())
 
 
-def stop_io_threads(sessions: Iterable[Session]) -> dict[str, str]:
-    """Stop receiving on every replica (their SQL threads go on applying the relay log); the replicas that could
-    not be stopped (a lost connection, a timeout), with why. Other errors propagate."""
-    failed = {}
-    for session in sessions:
+def stop_io_threads(sessions: Sequence[Session]) -> dict[str, str]:
+    """Stop receiving on every replica, all at once (a STOP waits while an IO thread waits on a vanished source);
+    their SQL threads go on applying the relay log. Returns the replicas that could not be stopped (a lost
+    connection, a timeout), with why; other errors propagate."""
+
+    def stop(session: Session) -> str | None:
         try:
             status = session.replica_status()
             if status is not None and status.io_state != "stopped":
                 session.execute(session.dialect.stop_replica("io"))
         except pymysql.OperationalError as exc:
-            failed[session.name] = str(exc.args[1] if len(exc.args) > 1 else exc)
-    return failed
+            return str(exc.args[1] if len(exc.args) > 1 else exc)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, len(sessions))) as pool:
+        outcomes = list(pool.map(stop, sessions))
+    return {s.name: why for s, why in zip(sessions, outcomes, strict=True) if why is not None}
 
 
 def ensure_net_timeout(session: Session, seconds: int) -> bool:
@@ -178,27 +184,33 @@ def wait_applied(session: Session, gtid: GtidSet, timeout: float) -> bool:
     return True
 
 
-def promote(session: Session, *, timeout: float = 30) -> GtidResult:
-    """Make the member a writable primary: stop receiving, apply the relay log (within ``timeout``), forget the
-    source, turn read-only off. Raises PromotionError rather than discard unapplied transactions."""
+def detach(session: Session, *, timeout: float = 30) -> bool:
+    """Make the member a source of nothing's but its own: stop receiving, apply the relay log (within
+    ``timeout``), forget the source. Still read-only. Raises PromotionError rather than discard unapplied
+    transactions; whether it wrote."""
     dialect = session.dialect
-    changed = False
     status = session.replica_status()
-    if status is not None:
-        if status.io_state != "stopped":
-            session.execute(dialect.stop_replica("io"))
-            status = session.replica_status()
-            assert status is not None
-        if not status.sql_running:
-            if status.last_sql_error:
-                raise PromotionError(f"{session.name}: its SQL thread failed: {status.last_sql_error}")
-            session.execute(dialect.start_replica("sql"))
-        if not wait_applied(session, status.retrieved, timeout):
-            missing = status.retrieved.difference(session.executed())
-            raise PromotionError(f"{session.name}: relay log not applied within {timeout:g}s, missing {missing}")
-        session.execute(dialect.stop_replica())
-        session.execute(dialect.reset_replica_all())
-        changed = True
+    if status is None:
+        return False
+    if status.io_state != "stopped":
+        session.execute(dialect.stop_replica("io"))
+        status = session.replica_status()
+        assert status is not None
+    if not status.sql_running:
+        if status.last_sql_error:
+            raise PromotionError(f"{session.name}: its SQL thread failed: {status.last_sql_error}")
+        session.execute(dialect.start_replica("sql"))
+    if not wait_applied(session, status.retrieved, timeout):
+        missing = status.retrieved.difference(session.executed())
+        raise PromotionError(f"{session.name}: relay log not applied within {timeout:g}s, missing {missing}")
+    session.execute(dialect.stop_replica())
+    session.execute(dialect.reset_replica_all())
+    return True
+
+
+def promote(session: Session, *, timeout: float = 30) -> GtidResult:
+    """Make the member a writable primary: ``detach`` it, then turn read-only off."""
+    changed = detach(session, timeout=timeout)
     changed = _set_read_only(session, False) or changed
     return GtidResult(changed, session.executed())
 

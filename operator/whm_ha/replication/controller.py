@@ -398,9 +398,10 @@ class ReplicationController:
         if record.to not in access.members or (record.from_ and record.from_ not in access.members):
             await self._abandon(obj, record, "a member of the promotion was removed from spec.members")
             return
+        unreachable: list[str] = []
         try:
             if record.step == "Preparing":
-                await asyncio.to_thread(
+                unreachable = await asyncio.to_thread(
                     procedures.prepare, access, record, spec.members, spec.max_lag_seconds, self.quarantined
                 )
                 record = record.model_copy(update={"step": "Promoting"})
@@ -408,7 +409,7 @@ class ReplicationController:
                 if written is None:
                     return
                 obj = written
-            unfenced = await asyncio.to_thread(procedures.finish, access, record)
+            unfenced = await asyncio.to_thread(procedures.finish, access, record, unreachable)
         except PromotionError as exc:
             await self._abandon(obj, record, access.mask(str(exc)))
             return

@@ -21,11 +21,16 @@ def member_timeout(spec: MySQLReplicationSpec) -> float:
     return float(min(spec.period_seconds, 5))
 
 
+HEARTBEAT_PERIODS = 4
+"""At most this many missed heartbeats (one a second) before a replica gives its source up."""
+
+
 def replica_net_timeout(spec: MySQLReplicationSpec) -> int:
-    """The replicas' slave_net_timeout / replica_net_timeout: with a heartbeat every second, a replica that
-    received nothing for this long reconnects, and so reports its source lost, within the operator's own
-    detection time (periodSeconds x failureThreshold, at least 2 s)."""
-    return max(2, spec.period_seconds * spec.failure_threshold)
+    """The replicas' slave_net_timeout / replica_net_timeout: a replica that received nothing (no event, no
+    heartbeat) for this long reconnects, and so reports its source lost. A few heartbeat periods, never more
+    than the operator's own detection time (periodSeconds x failureThreshold), at least 2 s. It also bounds how
+    long stopping a replica waits while it tries to reach a vanished source."""
+    return max(2, min(HEARTBEAT_PERIODS, spec.period_seconds * spec.failure_threshold))
 
 
 def waiting_timeout(spec: MySQLReplicationSpec) -> float:

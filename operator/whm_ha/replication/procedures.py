@@ -4,7 +4,8 @@ after an interruption is safe."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -249,12 +250,13 @@ def prepare(
     members: list[Member],
     max_lag_seconds: int,
     quarantined: Mapping[str, str],
-) -> None:
-    """Everything before the point of no return; raises PromotionError (or a driver error) to abandon.
+) -> list[str]:
+    """Everything before the point of no return; raises PromotionError (or a driver error) to abandon. Returns
+    the members found unreachable when fencing (for ``finish``).
 
     Switchover: fence the old primary, wait until the candidate applied all it had. Failover: fence the old primary
-    should it answer, stop every replica receiving, and check on fresh states that the candidate is still the one
-    to promote (nothing can arrive any more)."""
+    should it answer while every replica stops receiving, and check on fresh states that the candidate is still
+    the one to promote (nothing can arrive any more)."""
     if record.planned:
         with access.connect(record.from_) as old, access.connect(record.to) as candidate:
             fenced = actions.fence(old)
@@ -263,13 +265,30 @@ def prepare(
                     f"{record.to} did not apply {record.from_}'s transactions {fenced.gtid} "
                     f"within {CATCH_UP_SECONDS:g}s"
                 )
-        return
-    fence_if_reachable(access, record.from_)
+        return []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # Meanwhile the replicas stop receiving: a vanished primary costs one timeout, not two.
+        fencing = pool.submit(fence_if_reachable, access, record.from_)
+        states = _stopped_replicas(access, record.from_)
+        unreachable = [record.from_] if fencing.result() is None else []
+    candidates = members if record.type == "automatic" else only_candidate(members, record.to)
+    choice = choose_candidate(
+        states, candidates, max_lag_seconds, force=record.force, exclude=exclusions(record.from_, quarantined)
+    )
+    if choice.candidate != record.to:
+        why = choice.refusals.get(record.to, f"{choice.candidate} ranks first now")
+        raise PromotionError(f"{record.to} is no longer the member to promote: {why}")
+    return unreachable
+
+
+def _stopped_replicas(access: Access, old_primary: str) -> list[MemberState]:
+    """Every member but the old primary, with its IO thread stopped: fresh states to choose from, in which nothing
+    can arrive any more. A member that cannot be reached or stopped is reported unreachable (not a candidate)."""
     states: list[MemberState] = []
     with _Sessions(access) as sessions:
         reachable = []
         for name in access.members:
-            if name == record.from_:
+            if name == old_primary:
                 continue
             try:
                 reachable.append(sessions[name])
@@ -278,22 +297,19 @@ def prepare(
         lost = actions.stop_io_threads(reachable)
         states += [MemberState.unreachable(name, "", 0, why) for name, why in lost.items()]
         states += [read_state(s) for s in reachable if s.name not in lost]
-    candidates = members if record.type == "automatic" else only_candidate(members, record.to)
-    choice = choose_candidate(
-        states, candidates, max_lag_seconds, force=record.force, exclude=exclusions(record.from_, quarantined)
-    )
-    if choice.candidate != record.to:
-        why = choice.refusals.get(record.to, f"{choice.candidate} ranks first now")
-        raise PromotionError(f"{record.to} is no longer the member to promote: {why}")
+    return states
 
 
-def finish(access: Access, record: PromotionProgress) -> list[str]:
-    """The point of no return: every other member that answers is made read-only, the old primary first, then the
-    candidate is promoted. Returns the members that could not be reached to be fenced."""
-    unfenced = []
-    for name in [record.from_, *(n for n in access.members if n not in (record.from_, record.to))]:
-        if name and fence_if_reachable(access, name) is None:
-            unfenced.append(name)
-    with access.connect(record.to) as session:
-        actions.promote(session, timeout=RELAY_LOG_SECONDS)
-    return unfenced
+def finish(access: Access, record: PromotionProgress, unreachable: Collection[str] = ()) -> list[str]:
+    """The point of no return: every other member that answers is made read-only while the candidate stops
+    receiving and applies its relay log (all at once, so that members that do not answer cost one timeout);
+    then, with every answering member read-only, the candidate accepts writes. ``unreachable``: members that
+    ``prepare`` just found unreachable, not tried again (each is fenced when it answers, as every writable
+    member other than the primary is). Returns the members that could not be fenced."""
+    others = list(dict.fromkeys(n for n in [record.from_, *access.members] if n and n not in (record.to, *unreachable)))
+    with access.connect(record.to) as session, ThreadPoolExecutor(max_workers=len(others) or 1) as pool:
+        fencing = [pool.submit(fence_if_reachable, access, name) for name in others]
+        actions.detach(session, timeout=RELAY_LOG_SECONDS)
+        fenced = [future.result() for future in fencing]
+        actions.promote(session)
+    return [*unreachable, *(name for name, result in zip(others, fenced, strict=True) if result is None)]

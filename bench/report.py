@@ -21,6 +21,7 @@ BENCHMARKS = {
     "node operator": "bench.operator_failover",
     "MySQL promotion": "bench.promotion",
     "planned switchover": "bench.switchover",
+    "a vanished host": "bench.blackhole",
 }
 
 

@@ -35,11 +35,11 @@ pytestmark = pytest.mark.mariadb
 
 SERVER_ARGS = ("--read-only=ON", "--init-rpl-role=SLAVE")
 PERIOD, THRESHOLD, NET_TIMEOUT = 1, 2, 2
-DB_BOUND = PERIOD * (THRESHOLD + 1) + NET_TIMEOUT + 1
+DB_BOUND = PERIOD * (THRESHOLD + 1) + NET_TIMEOUT + 2
 """Blackhole to a writable new primary (README): the replicas give the source up after their net timeout
 (min(4, periodSeconds x failureThreshold), at least 2 s) and the operator after failureThreshold failed
 inspections, confirmed at the next one; stopping the replicas, which wait on the vanished source, takes up to
-the net timeout; fencing and opening the candidate about a second."""
+the net timeout; fencing and opening the candidate, as for a killed primary, up to 2 s."""
 NODE_HEALTH = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
 NODE_BOUND = 1 * 2 + 1 + 1
 """A blackholed WHM node: periodSeconds x failureThreshold + timeoutSeconds, + 1 s for the failover itself."""

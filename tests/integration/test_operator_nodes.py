@@ -548,3 +548,26 @@ def test_the_standby_operator_takes_over_when_the_active_one_dies(
     status = cluster.wait_primary("n2", timeout=30)
     assert len(status["failoverHistory"]) == 1
     assert "primary-changed" in standby.log_text()
+
+
+def test_failback_honours_the_interval_and_never_delays_the_next_failover(
+    cluster: Cluster, kube_api: KubeAPI, node_servers: StartNodes, operator_process: StartOperator
+) -> None:
+    """The reproduced case: n1 dies (failover to n2), comes back at once, dies again right after the failback."""
+    interval = 6
+    cluster.create(failover={"failback": True, "minIntervalSeconds": interval})
+    servers = three_nodes(cluster, node_servers)
+    start(cluster, kube_api, operator_process)
+    cluster.wait_primary("n1")
+    servers[0].kill()
+    failed_over = time.monotonic()
+    cluster.wait_primary("n2", timeout=BOUND + 5)
+    servers[0].start()
+    status = cluster.wait_primary("n1", timeout=interval + BOUND + 10)
+    assert time.monotonic() - failed_over >= interval - 1, "the failback waited for minIntervalSeconds"
+    assert [h["type"] for h in status["failoverHistory"][:2]] == ["failback", "automatic"]
+    servers[0].kill()
+    killed = time.monotonic()
+    cluster.wait_primary("n2", timeout=BOUND + 5)
+    took = time.monotonic() - killed
+    assert took <= BOUND + 1, f"the failback delayed the failover: {took:.1f}s, bound {BOUND}s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ policies = st.builds(
     failback=st.booleans(),
     min_interval_seconds=st.sampled_from([0.0, 60.0]),
     seconds_since_last_automatic=st.one_of(st.none(), st.sampled_from([1.0, 600.0])),
+    seconds_since_last_change=st.one_of(st.none(), st.sampled_from([1.0, 600.0])),
 )
 
 
@@ -139,3 +141,40 @@ def test_manual_refusals() -> None:
     assert "health is Unhealthy" in manual(nodes, "a", "c").reason
     assert "not part of the cluster" in manual(nodes, "a", "z").reason
     assert manual(nodes, "a", "a").kind == "keep"
+
+
+# -- failback: an automatic change that honours anti-flapping and never blocks a failover ----------------------
+
+FAILBACK = {"failback": True, "min_interval_seconds": 30.0}
+
+
+def test_failback_waits_for_the_minimum_interval_since_the_last_automatic_change() -> None:
+    nodes = [node("a", 100), node("b", 50)]
+    held = elect(nodes, "b", Policy(**FAILBACK, seconds_since_last_automatic=5, seconds_since_last_change=5))
+    assert (held.primary, held.kind) == ("b", "keep") and "failback to a in 25s" in held.reason
+    done = elect(nodes, "b", Policy(**FAILBACK, seconds_since_last_automatic=31, seconds_since_last_change=31))
+    assert (done.primary, done.kind, done.changed) == ("a", "failback", True)
+
+
+@pytest.mark.parametrize("policy", [Policy(**FAILBACK, automatic=False), Policy(**FAILBACK, paused=True)])
+def test_failback_needs_automatic_failover_and_no_pause(policy: Policy) -> None:
+    assert elect([node("a", 100), node("b", 50)], "b", policy).kind == "keep"
+
+
+def test_a_failback_never_delays_the_next_failover() -> None:
+    """The reproduced case: a dies (failover to b), comes back (failback to a), dies again: b takes over at once,
+    since the last *failover* is older than the interval, whatever the failback's age."""
+    nodes = [node("a", 100, "Unhealthy"), node("b", 50)]
+    policy = Policy(**FAILBACK, seconds_since_last_automatic=40, seconds_since_last_change=2)
+    decision = elect(nodes, "a", policy)
+    assert (decision.primary, decision.kind) == ("b", "automatic")
+
+
+@given(nodes=candidates, policy=policies)
+def test_failback_is_never_more_often_than_the_interval(nodes: list[Candidate], policy: Policy) -> None:
+    primary = Candidate("p", 1, "Healthy")
+    decision = elect([primary, *nodes], "p", policy)
+    if decision.kind == "failback":
+        assert policy.failback and policy.automatic and not policy.paused
+        since = policy.seconds_since_last_change
+        assert since is None or since >= policy.min_interval_seconds

@@ -139,8 +139,9 @@ class FailoverRecord(CRDModel):
     """The new primary."""
     reason: str = Field(default="", max_length=4096)
     """Why the primary changed."""
-    type: Literal["automatic", "manual"]
-    """Whether the operator decided it or a user asked for it."""
+    type: Literal["automatic", "failback", "manual"]
+    """automatic: the operator replaced a failed primary; failback: it handed the role back to a recovered
+    higher-priority node (WHM nodes with failback on); manual: a user asked for it."""
     duration_ms: int = Field(default=0, ge=0)
     """Milliseconds from detection (or request) to the new primary being in place."""
 

@@ -231,13 +231,16 @@ class ClusterController:
         current = status.get("primaryNode")
         if request is not None:
             return manual(candidates, current, request["target"])
-        last_automatic = next((h for h in status.get("failoverHistory", []) if h.get("type") == "automatic"), None)
+        history = status.get("failoverHistory", [])
+        last_failover = next((h for h in history if h.get("type") == "automatic"), None)
+        last_change = next((h for h in history if h.get("type") in ("automatic", "failback")), None)
         policy = Policy(
             automatic=spec.failover.automatic,
             paused=spec.failover.paused,
             failback=spec.failover.failback,
             min_interval_seconds=spec.failover.min_interval_seconds,
-            seconds_since_last_automatic=time.time() - _epoch(last_automatic["time"]) if last_automatic else None,
+            seconds_since_last_automatic=time.time() - _epoch(last_failover["time"]) if last_failover else None,
+            seconds_since_last_change=time.time() - _epoch(last_change["time"]) if last_change else None,
         )
         return elect(candidates, current, policy)
 
@@ -259,7 +262,7 @@ class ClusterController:
         old = status.get("primaryNode") or ""
         new = decision.primary or ""
         now = time.time()
-        kind = "manual" if decision.kind == "manual" else "automatic"
+        kind = decision.kind if decision.kind in ("manual", "failback") else "automatic"
         if request is not None:
             started = request["seen"]
         else:
@@ -345,7 +348,7 @@ class ClusterController:
                 key=key,
                 from_node=record["from"],
                 to_node=record["to"],
-                kind=kind,
+                kind="manual" if kind == "manual" else "automatic",  # the legacy column knows these two
                 reason=record["reason"],
                 duration_ms=record["durationMs"],
                 at=_epoch(record["time"]),

@@ -4,6 +4,9 @@ The primary is the healthy, non-maintenance node with the highest priority (ties
 healthy primary is kept when a higher-priority node recovers unless failback is on. Priority 0
 means never primary. Automatic failover happens when the primary is Unhealthy (its probes reached
 the failure threshold), at most once per minimum interval; a manual request is not limited by it.
+A failback is an automatic role change too: it needs automatic failover on and not paused, and waits
+for the minimum interval since the last automatic change (failover or failback); it never counts
+against the next failover, which waits only for the last failover.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Literal
 
 from .health import Health
 
-Kind = Literal["keep", "initial", "automatic", "manual", "handover", "none"]
+Kind = Literal["keep", "initial", "automatic", "failback", "manual", "handover", "none"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,9 @@ class Policy:
     failback: bool = False
     min_interval_seconds: float = 60.0
     seconds_since_last_automatic: float | None = None
-    """None when there has been no automatic failover."""
+    """Since the last automatic failover (failbacks do not count); None when there has been none."""
+    seconds_since_last_change: float | None = None
+    """Since the last automatic failover or failback; None when there has been none."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class Decision:
 
     @property
     def changed(self) -> bool:
-        return self.kind in ("initial", "automatic", "manual", "handover")
+        return self.kind in ("initial", "automatic", "failback", "manual", "handover")
 
 
 def refusal(node: Candidate) -> str | None:
@@ -140,10 +145,18 @@ def elect(nodes: list[Candidate], current: str | None, policy: Policy) -> Decisi
             )
         return Decision(choice.name, "automatic", f"primary {primary.name} is Unhealthy", refusals)
 
-    if policy.failback and not policy.paused and primary.health == "Healthy":
+    if policy.failback and policy.automatic and not policy.paused and primary.health == "Healthy":
         choice, refusals = best(nodes)
         if choice is not None and choice.name != primary.name and choice.priority > primary.priority:
-            return Decision(choice.name, "automatic", f"failback to higher-priority {choice.name}", refusals)
+            since = policy.seconds_since_last_change
+            if since is not None and since < policy.min_interval_seconds:
+                wait = policy.min_interval_seconds - since
+                return Decision(
+                    primary.name,
+                    "keep",
+                    f"{primary.name} is primary; failback to {choice.name} in {wait:.0f}s (minIntervalSeconds)",
+                )
+            return Decision(choice.name, "failback", f"failback to higher-priority {choice.name}", refusals)
     return Decision(primary.name, "keep", f"{primary.name} is primary")
 
 

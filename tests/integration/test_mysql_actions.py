@@ -5,18 +5,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pymysql
 import pytest
 
 from tests.fixtures.mariadb import StartServers
-from whm_ha.crd.mysqlreplication import Member
+from whm_ha.crd.mysqlreplication import Member, PromotionProgress
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
 from whm_ha.mysql import actions
+from whm_ha.mysql.actions import PromotionError
 from whm_ha.mysql.dialect import SQL, MariaDBDialect, Source
 from whm_ha.mysql.gtid import MariaDBGtidSet
 from whm_ha.mysql.member import Credentials, MemberState, Session, connect, inspect, read_state
 from whm_ha.mysql.topology import can_rejoin, choose_candidate, errant_transactions, primary_confirmed_dead
+from whm_ha.replication import procedures
 
 pytestmark = pytest.mark.mariadb
 
@@ -285,3 +288,31 @@ def test_semi_sync_on_and_off(replicating: Cluster) -> None:
     assert not primary.semi_sync_status().source_active
     assert not any(r.semi_sync_status().replica_active for r in replicas)
     assert actions.disable_semi_sync(replicating.sessions) is False
+
+
+def access_to(cluster: Cluster) -> procedures.Access:
+    """How the replication controller reaches the three members (1 s period, 2 failures)."""
+    return procedures.Access(
+        members={m.name: m for m in cluster.members()},
+        admin=ADMIN,
+        replication=Credentials(REPL_USER, REPL_PASSWORD),
+        application=Credentials("app", "app-pw"),
+        schemas=("whm_ha",),
+        dialect=DIALECT,
+        timeout=1.0,
+        waiting_timeout=3.0,
+        net_timeout=2,
+    )
+
+
+def test_a_failover_is_abandoned_when_the_old_primary_answers_again(replicating: Cluster) -> None:
+    """Confirmed dead, then it answers at the last moment: its last commits may be on no replica, so promoting
+    a replica would drop them. The failover is abandoned; the primary, fenced meanwhile, keeps its data."""
+    _, m1, m2 = replicating.sessions
+    m1.execute(DIALECT.stop_replica("io"))
+    m2.execute(DIALECT.stop_replica("io"))
+    replicating.insert(0, 7)  # on no replica
+    record = PromotionProgress(from_="m0", to="m1", type="automatic", reason="test", detected_at=datetime.now(UTC))
+    with pytest.raises(PromotionError, match="the primary m0 answers again: it is not dead"):
+        procedures.prepare(access_to(replicating), record, replicating.members(), 30, {})
+    assert replicating.sessions[1].read_only() and replicating.sessions[2].read_only(), "nobody was promoted"

@@ -254,9 +254,9 @@ def prepare(
     """Everything before the point of no return; raises PromotionError (or a driver error) to abandon. Returns
     the members found unreachable when fencing (for ``finish``).
 
-    Switchover: fence the old primary, wait until the candidate applied all it had. Failover: fence the old primary
-    should it answer while every replica stops receiving, and check on fresh states that the candidate is still
-    the one to promote (nothing can arrive any more)."""
+    Switchover: fence the old primary, wait until the candidate applied all it had. Failover: try to fence the old
+    primary while every replica stops receiving; should it answer, abandon (it is not dead); otherwise check on
+    fresh states that the candidate is still the one to promote (nothing can arrive any more)."""
     if record.planned:
         with access.connect(record.from_) as old, access.connect(record.to) as candidate:
             fenced = actions.fence(old)
@@ -270,7 +270,10 @@ def prepare(
         # Meanwhile the replicas stop receiving: a vanished primary costs one timeout, not two.
         fencing = pool.submit(fence_if_reachable, access, record.from_)
         states = _stopped_replicas(access, record.from_)
-        unreachable = [record.from_] if fencing.result() is None else []
+        if fencing.result() is not None:
+            # It answers after all: not dead. Its last transactions may be on no replica; promoting would drop
+            # them. It is read-only now; the next pass opens it again and restarts the replicas.
+            raise PromotionError(f"the primary {record.from_} answers again: it is not dead")
     candidates = members if record.type == "automatic" else only_candidate(members, record.to)
     choice = choose_candidate(
         states, candidates, max_lag_seconds, force=record.force, exclude=exclusions(record.from_, quarantined)
@@ -278,7 +281,7 @@ def prepare(
     if choice.candidate != record.to:
         why = choice.refusals.get(record.to, f"{choice.candidate} ranks first now")
         raise PromotionError(f"{record.to} is no longer the member to promote: {why}")
-    return unreachable
+    return [record.from_]
 
 
 def _stopped_replicas(access: Access, old_primary: str) -> list[MemberState]:

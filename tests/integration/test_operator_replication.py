@@ -640,3 +640,24 @@ def test_operator_killed_mid_promotion_converges_with_one_promotion(
     assert "promotion" not in status and status["lastRequest"]["id"] == "kill-2"
     assert replication.replicates_from("m0", "m2") and replication.replicates_from("m1", "m2")
     assert sampler.stop() == [], "never two writable members"
+
+
+def test_with_semi_sync_no_failover_while_a_replica_is_missing_too(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    """The primary and one replica die: the replica left may lack commits the dead one acknowledged, so nobody is
+    promoted (FailoverBlocked says why) until the other replica answers again."""
+    replication.create(semiSync=True)
+    start(replication, kube_api, operator_process)
+    replication.healthy()
+    replication.servers[2].kill()
+    replication.servers[0].kill()
+    status = replication.wait(
+        lambda s: conditions(s).get("Degraded", {}).get("reason") == "FailoverBlocked", 20, "the failover blocked"
+    )
+    assert "only 1 of 2 replicas reachable (m2 not)" in conditions(status)["Degraded"]["message"]
+    wait_for(lambda: replication.events("FailoverBlocked"), 10, "a FailoverBlocked event")
+    assert replication.status()["currentPrimary"] == "m0" and replication.variable("m1", "read_only") == 1
+    replication.servers[2].start()
+    status = replication.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 30, "a promotion with quorum")
+    assert status["promotionHistory"][0]["from"] == "m0"

@@ -418,3 +418,33 @@ def test_members_with_another_net_timeout_get_the_wanted_one_even_without_a_prim
     assert converge_plan("m0", states, semi_sync=True, net_timeout=2).net_timeout == ("m2",)
     healthy_states = topology(primary(net_timeout=2), replica("m1", net_timeout=2), replica("m2", net_timeout=2))
     assert not converge_plan("m0", healthy_states, semi_sync=True, net_timeout=2)
+
+
+# -- quorum ----------------------------------------------------------------------------------------------------
+
+
+def test_with_semi_sync_every_replica_must_answer_before_a_failover() -> None:
+    """One acknowledgement per commit, from either replica: with m2 unreachable, m1 may lack acknowledged commits."""
+    states = topology(DEAD, lost(replica("m1")), MemberState.unreachable("m2", "m2.db", 3306, "gone"))
+    blocked = decide_failover(
+        spec(semiSync=True), "m0", states, failures=3, seconds_since_automatic=None, quarantined={}
+    )
+    assert blocked.candidate is None and blocked.dead
+    assert blocked.blocked_by.startswith("only 1 of 2 replicas reachable (m2 not): with semi-sync, 2 are needed")
+    asynchronous = decide_failover(spec(), "m0", states, failures=3, seconds_since_automatic=None, quarantined={})
+    assert asynchronous.candidate == "m1", "without semi-sync nothing is sure anyway"
+    full = topology(DEAD, lost(replica("m1")), lost(replica("m2")))
+    assert (
+        decide_failover(
+            spec(semiSync=True), "m0", full, failures=3, seconds_since_automatic=None, quarantined={}
+        ).candidate
+        is not None
+    )
+
+
+def test_a_requested_promotion_without_quorum_is_refused_unless_forced() -> None:
+    states = topology(DEAD, lost(replica("m1")), MemberState.unreachable("m2", "m2.db", 3306, "gone"))
+    refused = decide_request(spec(semiSync=True), "m0", states, 3, "m1", force=False, quarantined={})
+    assert refused.action == "refuse" and "only 1 of 2 replicas reachable" in refused.reason
+    forced = decide_request(spec(semiSync=True), "m0", states, 3, "m1", force=True, quarantined={})
+    assert forced.action == "promote"

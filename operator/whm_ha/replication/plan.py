@@ -177,12 +177,39 @@ def decide_failover(
             f"the last automatic promotion was {seconds_since_automatic:.0f}s ago, "
             f"minIntervalSeconds is {spec.min_interval_seconds}",
         )
+    short = quorum_shortfall(spec, primary, states)
+    if short:
+        return Failover(None, verdict.reason, True, short)
     choice = choose_candidate(
         list(states.values()), spec.members, spec.max_lag_seconds, exclude=exclusions(primary, quarantined)
     )
     if choice.candidate is None:
         return Failover(None, verdict.reason, True, "no member can take over", choice.refusals)
     return Failover(choice.candidate, verdict.reason, True, refusals=choice.refusals)
+
+
+SEMI_SYNC_ACKS = 1
+"""Replica acknowledgements a semi-sync commit waits for (MariaDB's only setting; MySQL's default)."""
+
+
+def quorum_shortfall(spec: MySQLReplicationSpec, primary: str, states: Mapping[str, MemberState]) -> str:
+    """Why the reachable replicas cannot be known to hold every acknowledged commit ("" when they can).
+
+    With semi-sync, an acknowledged commit is on at least SEMI_SYNC_ACKS replicas, any of them: only when more
+    than (replicas - SEMI_SYNC_ACKS) are reachable is one of them sure to hold it, and the candidate must hold
+    what they received. Without semi-sync nothing is sure anyway (asynchronous: the README says so)."""
+    if not spec.semi_sync:
+        return ""
+    replicas = [m.name for m in spec.members if m.name != primary]
+    reachable = [n for n in replicas if (s := states.get(n)) is not None and s.reachable]
+    needed = len(replicas) - SEMI_SYNC_ACKS + 1
+    if len(reachable) >= needed:
+        return ""
+    missing = sorted(set(replicas) - set(reachable))
+    return (
+        f"only {len(reachable)} of {len(replicas)} replicas reachable ({', '.join(missing)} not): with semi-sync, "
+        f"{needed} are needed to be sure one holds every acknowledged commit"
+    )
 
 
 def only_candidate(members: list[Member], target: str) -> list[Member]:
@@ -209,9 +236,10 @@ def decide_request(
     force: bool,
     quarantined: Mapping[str, str],
 ) -> RequestDecision:
-    """A requested promotion is not limited by minIntervalSeconds, and ``force`` only lifts the lag limit. With the
-    primary answering it is a planned switchover; without, the replicas must confirm the primary is gone (else
-    promoting would leave two primaries) and the target must hold everything any replica received."""
+    """A requested promotion is not limited by minIntervalSeconds; ``force`` lifts the lag limit and the semi-sync
+    quorum. With the primary answering it is a planned switchover; without, the replicas must confirm the primary
+    is gone (else promoting would leave two primaries), enough replicas must answer (``quorum_shortfall``) and
+    the target must hold everything any replica received."""
     members = {m.name: m for m in spec.members}
     if target not in members:
         return RequestDecision("refuse", f"{target} is not a member")
@@ -233,6 +261,9 @@ def decide_request(
     verdict = primary_confirmed_dead(head, max(failures, 1), 1, replicas)
     if not verdict.dead:
         return RequestDecision("refuse", f"the primary {primary} may still be alive: {verdict.reason}")
+    short = quorum_shortfall(spec, primary, states)
+    if short and not force:
+        return RequestDecision("refuse", f"{short}; ha.whm.io/force promotes anyway, accepting that loss")
     choice = choose_candidate(
         list(states.values()),
         only_candidate(spec.members, target),

@@ -661,3 +661,41 @@ def test_with_semi_sync_no_failover_while_a_replica_is_missing_too(
     replication.servers[2].start()
     status = replication.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 30, "a promotion with quorum")
     assert status["promotionHistory"][0]["from"] == "m0"
+
+
+def test_a_recreated_replication_keeps_the_real_primary(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    """Status lost (the object deleted and applied again, as GitOps or a restore does) after a switchover to m1:
+    the operator records m1, which holds everything, not spec.primary m0, which would roll back m1's writes."""
+    replication.create()
+    operator = start(replication, kube_api, operator_process)
+    replication.healthy()
+    replication.create_app()
+    replication.annotate({"ha.whm.io/promote": "m1"})
+    replication.wait(lambda s: s.get("currentPrimary") == "m1" and s.get("phase") == "Healthy", 20, "m1 primary")
+    replication.sql("m1", "INSERT INTO app.t VALUES (42)")
+    operator.kill()
+    for statement in ("STOP SLAVE", "RESET SLAVE ALL"):  # m0 replicates from nobody, read-only and behind nobody
+        replication.sql("m0", statement)
+    replication.custom.patch_namespaced_custom_object(  # no operator runs to release it, as after a restore
+        GROUP, VERSION, replication.namespace, "mysqlreplications", "db", {"metadata": {"finalizers": None}}
+    )
+    replication.custom.delete_namespaced_custom_object(GROUP, VERSION, replication.namespace, "mysqlreplications", "db")
+    wait_for(
+        lambda: (
+            not replication.custom.list_namespaced_custom_object(
+                GROUP, VERSION, replication.namespace, "mysqlreplications"
+            )["items"]
+        ),
+        10,
+        "the object gone",
+    )
+    replication.core.delete_namespaced_secret("db-admin", replication.namespace)
+    replication.core.delete_namespaced_secret("db-repl", replication.namespace)
+    replication.create()
+    start(replication, kube_api, operator_process)
+    status = replication.wait(lambda s: s.get("currentPrimary") and s.get("phase") == "Healthy", 30, "Healthy")
+    assert status["currentPrimary"] == "m1", status
+    assert replication.variable("m1", "read_only") == 0 and 42 in replication.ids("m1")
+    assert replication.replicates_from("m0", "m1") and 42 in replication.ids("m0")

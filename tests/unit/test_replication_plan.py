@@ -14,6 +14,7 @@ from whm_ha.mysql.gtid import MariaDBGtidSet
 from whm_ha.mysql.member import MemberState
 from whm_ha.replication.plan import (
     Plan,
+    choose_bootstrap,
     converge_plan,
     decide_failover,
     decide_request,
@@ -448,3 +449,30 @@ def test_a_requested_promotion_without_quorum_is_refused_unless_forced() -> None
     assert refused.action == "refuse" and "only 1 of 2 replicas reachable" in refused.reason
     forced = decide_request(spec(semiSync=True), "m0", states, 3, "m1", force=True, quarantined={})
     assert forced.action == "promote"
+
+
+# -- bootstrap -------------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_of_a_new_group_takes_spec_primary() -> None:
+    empty = MariaDBGtidSet.parse("")
+    states = topology(*(replica(f"m{i}", "", gtid_executed=empty, read_only=False) for i in range(3)))
+    assert choose_bootstrap(spec(), states).primary == "m0"
+
+
+def test_bootstrap_over_running_servers_never_rolls_back() -> None:
+    """Re-created after a switchover to m1: m1 is writable and holds everything; spec.primary m0 is behind."""
+    states = topology(
+        replica("m0", "0-1-10", is_replica=False),
+        primary(name="m1", gtid_executed=MariaDBGtidSet.parse("0-1-10,0-2-15")),
+        replica("m2", "0-1-10,0-2-15"),
+    )
+    assert choose_bootstrap(spec(), states).primary == "m1"
+    read_only = {n: replace(s, read_only=True) for n, s in states.items()}
+    assert choose_bootstrap(spec(), read_only).primary == "m1", "the member holding everything, not spec.primary"
+    two = {**states, "m0": replace(states["m0"], read_only=False)}
+    assert choose_bootstrap(spec(), two).reason == "m0, m1 are all writable: fence all but one by hand"
+    diverged = {**read_only, "m0": replace(read_only["m0"], gtid_executed=MariaDBGtidSet.parse("0-1-12"))}
+    assert choose_bootstrap(spec(), diverged).primary is None
+    gone = {**states, "m2": MemberState.unreachable("m2", "m2.db", 3306, "gone")}
+    assert choose_bootstrap(spec(), gone).reason.startswith("every member must answer")

@@ -38,6 +38,7 @@ from .legacy import SCHEMA, PromotionRow, record_promotion
 from .plan import (
     Failover,
     Summary,
+    choose_bootstrap,
     converge_plan,
     decide_failover,
     decide_request,
@@ -314,27 +315,18 @@ class ReplicationController:
     # -- decisions that write ----------------------------------------------------------------------------------
 
     async def _bootstrap(self, obj: Obj, spec: MySQLReplicationSpec) -> bool:
-        """Record spec.primary as the primary once it answers and replicates from nobody; whether it was."""
-        head = self.states.get(spec.primary)
-        if head is None or not head.reachable or head.is_replica:
-            if head is None:
-                why = "not inspected yet"
-            elif not head.reachable:
-                why = head.error or "unreachable"
-            else:
-                why = f"it replicates from {head.source_host}:{head.source_port}"
-            pending = f"waiting for the bootstrap primary {spec.primary}: {why}"
+        """Record the first primary (``choose_bootstrap``); whether it was."""
+        choice = choose_bootstrap(spec, self.states)
+        if choice.primary is None:
+            pending = f"choosing the first primary: {choice.reason}"
             await self._write_summary(
                 obj, summarize(spec, None, self.states, quarantined=self.quarantined, pending=pending)
             )
             return False
-        if await self._patch_status(obj, {"currentPrimary": spec.primary}) is None:
+        if await self._patch_status(obj, {"currentPrimary": choice.primary}) is None:
             return False
-        log.info(
-            json.dumps(
-                {"event": "bootstrap", "namespace": self.namespace, "replication": self.name, "primary": spec.primary}
-            )
-        )
+        line = {"event": "bootstrap", "namespace": self.namespace, "replication": self.name}
+        log.info(json.dumps({**line, "primary": choice.primary, "reason": choice.reason}))
         return True
 
     async def _handle(

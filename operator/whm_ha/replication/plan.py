@@ -132,6 +132,53 @@ def converge_plan(
     )
 
 
+# -- bootstrap -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """The member to record as primary when status has none, or None and why not."""
+
+    primary: str | None
+    reason: str
+
+
+def choose_bootstrap(spec: MySQLReplicationSpec, states: Mapping[str, MemberState]) -> Bootstrap:
+    """The first primary, also when a MySQLReplication is created again over running servers (GitOps, a
+    restore): every member must answer; a writable member is the primary if it is the only one and holds
+    everything the others executed; with none writable, the member holding everything the others executed,
+    ``spec.primary`` first among equals. A new group (no member has a transaction) takes ``spec.primary``.
+    Anything else is refused: choosing would roll back or fence the real primary."""
+    names = [m.name for m in spec.members]
+    missing = [n for n in names if n not in states or not states[n].reachable]
+    if missing:
+        why = "; ".join(f"{n}: {states[n].error if n in states else 'not inspected yet'}" for n in missing)
+        return Bootstrap(None, f"every member must answer to choose the first primary ({why})")
+    if all(not states[n].gtid_executed for n in names):
+        return Bootstrap(spec.primary, f"a new group: no member has transactions; {spec.primary} is spec.primary")
+    writable = [n for n in names if states[n].read_only is False]
+    if len(writable) > 1:
+        return Bootstrap(None, f"{', '.join(writable)} are all writable: fence all but one by hand")
+
+    def holds_all(name: str) -> bool:
+        mine = states[name].gtid_executed
+        return mine is not None and all(
+            (other := states[n].gtid_executed) is not None and mine.contains(other) for n in names
+        )
+
+    if writable:
+        only = writable[0]
+        if holds_all(only):
+            return Bootstrap(only, f"{only} is the only writable member and holds every member's transactions")
+        return Bootstrap(None, f"{only} is writable but lacks transactions other members executed")
+    ordered = [spec.primary, *(n for n in names if n != spec.primary)]
+    chosen = next((n for n in ordered if holds_all(n)), None)
+    if chosen is None:
+        return Bootstrap(None, "no member holds every other member's transactions: their histories diverged")
+    why = "spec.primary" if chosen == spec.primary else f"it holds transactions {spec.primary} lacks"
+    return Bootstrap(chosen, f"{chosen} holds every member's transactions ({why})")
+
+
 # -- failover and requests --------------------------------------------------------------------------------------
 
 

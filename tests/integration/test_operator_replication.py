@@ -285,7 +285,7 @@ def sampler(replication: Replication) -> Iterator[WritableSampler]:
     sampler = WritableSampler(replication.servers)
     sampler.start()
     yield sampler
-    sampler.stop()
+    assert sampler.stop() == [], "never two writable members"
 
 
 def counters(replication: Replication, member: str) -> dict[str, Any]:
@@ -699,3 +699,58 @@ def test_a_recreated_replication_keeps_the_real_primary(
     assert status["currentPrimary"] == "m1", status
     assert replication.variable("m1", "read_only") == 0 and 42 in replication.ids("m1")
     assert replication.replicates_from("m0", "m1") and 42 in replication.ids("m0")
+
+
+def test_a_promotion_past_its_point_of_no_return_is_never_abandoned(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, sampler: WritableSampler
+) -> None:
+    """What an operator killed just after opening m2 leaves, and then m2 removed from spec.members: the old
+    primary m0 must stay fenced while the record names m2 (abandoning would open it beside a writable m2)."""
+    replication.create()
+    first = start(replication, kube_api, operator_process)
+    replication.healthy()
+    first.kill()
+    replication.sql("m0", "SET GLOBAL read_only = ON")
+    for statement in ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = OFF"):
+        replication.sql("m2", statement)
+    obj = replication.get()
+    record = {
+        "from": "m0",
+        "to": "m2",
+        "type": "manual",
+        "step": "Promoting",
+        "reason": "test",
+        "detectedAt": "2026-01-01T00:00:00Z",
+    }
+    replication.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        replication.namespace,
+        "mysqlreplications",
+        replication.name,
+        {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": {"promotion": record}},
+    )
+    replication.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        replication.namespace,
+        "mysqlreplications",
+        replication.name,
+        {"spec": {"members": replication.members()[:2]}},
+    )
+    operator = start(replication, kube_api, operator_process)
+    status = replication.wait(lambda s: "removed from spec.members" in s.get("reason", ""), 15, "the reason")
+    wait_inspections(operator, 3)
+    status = replication.status()
+    assert status["promotion"]["to"] == "m2" and status["currentPrimary"] == "m0"
+    assert replication.variable("m0", "read_only") == 1, "the old primary stays fenced"
+    assert sampler.stop() == [], "never two writable members"
+    replication.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        replication.namespace,
+        "mysqlreplications",
+        replication.name,
+        {"spec": {"members": replication.members()}},
+    )
+    replication.wait(lambda s: s.get("currentPrimary") == "m2" and s.get("phase") == "Healthy", 30, "m2 primary")

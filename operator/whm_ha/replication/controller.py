@@ -387,8 +387,17 @@ class ReplicationController:
 
     async def _promote(self, obj: Obj, spec: MySQLReplicationSpec, access: Access, record: PromotionProgress) -> None:
         """Drive the recorded promotion: prepare (abandoned on failure), then promote (retried until done)."""
-        if record.to not in access.members or (record.from_ and record.from_ not in access.members):
-            await self._abandon(obj, record, "a member of the promotion was removed from spec.members")
+        removed = [n for n in (record.from_, record.to) if n and n not in access.members]
+        if removed and record.step == "Preparing":
+            await self._abandon(obj, record, f"{', '.join(removed)} removed from spec.members")
+            return
+        if record.to not in access.members:
+            # Past the point of no return the candidate may be writable: never abandon (the next pass would open
+            # the old primary again); wait for the member to be listed again.
+            why = f"promoting {record.to}, which was removed from spec.members: add it back to finish"
+            if (obj.get("status") or {}).get("reason") != why:
+                log.warning("replication %s/%s: %s", self.namespace, self.name, why)
+                await self._patch_record(obj, {"reason": why}, record)
             return
         unreachable: list[str] = []
         try:

@@ -306,10 +306,11 @@ def _stopped_replicas(access: Access, old_primary: str) -> list[MemberState]:
 def finish(access: Access, record: PromotionProgress, unreachable: Collection[str] = ()) -> list[str]:
     """The point of no return: every other member that answers is made read-only while the candidate stops
     receiving and applies its relay log (all at once, so that members that do not answer cost one timeout);
-    then, with every answering member read-only, the candidate accepts writes. ``unreachable``: members that
+    then, with every answering member read-only, the candidate accepts writes (an old primary removed from
+    spec.members is no longer reached). ``unreachable``: members that
     ``prepare`` just found unreachable, not tried again (each is fenced when it answers, as every writable
     member other than the primary is). Returns the members that could not be fenced."""
-    others = list(dict.fromkeys(n for n in [record.from_, *access.members] if n and n not in (record.to, *unreachable)))
+    others = [n for n in access.members if n not in (record.to, *unreachable)]
     with access.connect(record.to) as session, ThreadPoolExecutor(max_workers=len(others) or 1) as pool:
         fencing = [pool.submit(fence_if_reachable, access, name) for name in others]
         actions.detach(session, timeout=RELAY_LOG_SECONDS)

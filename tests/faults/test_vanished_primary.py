@@ -56,7 +56,7 @@ class Databases:
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api)
 
-    def create(self) -> None:
+    def create(self, **overrides: Any) -> None:
         core = client.CoreV1Api(self.api)
         for name, user, password in (("db-admin", ADMIN_USER, ADMIN_PASSWORD), ("db-repl", "repl", "repl-pw")):
             core.create_namespaced_secret(
@@ -75,6 +75,7 @@ class Databases:
             "periodSeconds": PERIOD,
             "failureThreshold": THRESHOLD,
             "minIntervalSeconds": 0,
+            **overrides,
         }
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
@@ -129,20 +130,30 @@ class Databases:
 
 
 @pytest.fixture
-def databases(
+def start_databases(
     test_network: TestNetwork,
     netns_mariadb: StartNetnsServers,
     kube_api: KubeAPI,
     kube_client: client.ApiClient,
     kube_namespace: str,
     operator_process: StartOperator,
-) -> Databases:
-    hosts = [test_network.host(f"db-{i}") for i in range(3)]
-    world = Databases(kube_client, kube_namespace, hosts, netns_mariadb(hosts, SERVER_ARGS))
-    world.create()
-    operator_process(kube_api.kubeconfig, kube_namespace)
-    wait_for(lambda: world.healthy_on("db-0"), 60, "a Healthy replication on db-0")
-    return world
+) -> Callable[..., Databases]:
+    """``start_databases(**spec)``: three members in their namespaces, the replication Healthy on db-0."""
+
+    def start(**overrides: Any) -> Databases:
+        hosts = [test_network.host(f"db-{i}") for i in range(3)]
+        world = Databases(kube_client, kube_namespace, hosts, netns_mariadb(hosts, SERVER_ARGS))
+        world.create(**overrides)
+        operator_process(kube_api.kubeconfig, kube_namespace)
+        wait_for(lambda: world.healthy_on("db-0"), 60, "a Healthy replication on db-0")
+        return world
+
+    return start
+
+
+@pytest.fixture
+def databases(start_databases: Callable[..., Databases]) -> Databases:
+    return start_databases()
 
 
 @pytest.fixture
@@ -294,3 +305,32 @@ def _answers(url: str, timeout: float = 2) -> bool:
 def _primary(cluster: Cluster) -> str | None:
     obj = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, cluster.namespace, "whmclusters", cluster.name)
     return (obj.get("status") or {}).get("primaryNode")
+
+
+def test_a_replica_cut_off_from_the_primary_long_before_is_not_promoted(
+    start_databases: Callable[..., Databases],
+) -> None:
+    """Asynchronous replication; db-2 cannot reach db-0 (a one-sided cut) while the operator can, and misses
+    every commit since. Then db-1 and db-0 die: db-2 "lost the primary" too, but long ago. Promoting it would
+    drop everything since the cut: the failover is blocked and says why."""
+    world = start_databases(semiSync=False)
+    world.hosts[2].cut_from(world.hosts[0])
+    wait_for(
+        lambda: any(m["name"] == "db-2" and not m.get("ioRunning") for m in world.status().get("members", [])),
+        20,
+        "db-2 reported not receiving",
+    )
+    reported = time.monotonic()
+    conn = world.servers[0].connect()
+    with conn.cursor() as cur:
+        cur.execute("CREATE DATABASE IF NOT EXISTS cut")  # a commit db-2 never gets
+    conn.close()
+    world.servers[1].kill()
+    window = PERIOD * THRESHOLD + 1
+    wait_for(lambda: time.monotonic() > reported + window, window + 5, "the cut to be older than the window")
+    world.servers[0].kill()
+    stale = "db-2 left out, stale: not receiving from db-0 since"
+    status = wait_for(
+        lambda: (s := world.status()) and stale in s.get("reason", "") and s, 30, "the failover refused as stale"
+    )
+    assert status["currentPrimary"] == "db-0" and not world.writable(2) and "promotion" not in status

@@ -20,6 +20,7 @@ from whm_ha.replication.plan import (
     decide_request,
     member_timeout,
     replica_net_timeout,
+    stale_replicas,
     summarize,
     waiting_timeout,
 )
@@ -476,3 +477,18 @@ def test_bootstrap_over_running_servers_never_rolls_back() -> None:
     assert choose_bootstrap(spec(), diverged).primary is None
     gone = {**states, "m2": MemberState.unreachable("m2", "m2.db", 3306, "gone")}
     assert choose_bootstrap(spec(), gone).reason.startswith("every member must answer")
+
+
+# -- staleness -------------------------------------------------------------------------------------------------
+
+
+def test_a_replica_cut_off_long_before_the_failure_neither_confirms_it_nor_is_chosen() -> None:
+    fast = spec(periodSeconds=1, failureThreshold=2)
+    stale = stale_replicas(fast, "m0", {"m2": 1000.0, "m1": 1099.0}, failing_since=1100.0)
+    assert stale == {"m2": "stale: not receiving from m0 since 1970-01-01T00:16:40Z"}, "m1 stopped within 2 s"
+    states = topology(DEAD, MemberState.unreachable("m1", "m1.db", 3306, "gone"), lost(replica("m2")))
+    before = decide_failover(fast, "m0", states, failures=3, seconds_since_automatic=None, quarantined={})
+    assert before.candidate == "m2", "without staleness, the cut-off replica confirms and is promoted"
+    after = decide_failover(fast, "m0", states, failures=3, seconds_since_automatic=None, quarantined={}, stale=stale)
+    assert after.candidate is None and not after.dead
+    assert stale_replicas(fast, "m0", {"m2": 1000.0}, failing_since=None) == {}

@@ -44,6 +44,7 @@ from .plan import (
     decide_request,
     member_timeout,
     replica_net_timeout,
+    stale_replicas,
     summarize,
     waiting_timeout,
 )
@@ -83,6 +84,9 @@ class ReplicationController:
     """Wall-clock time of the first failed inspection of the current run, per member."""
     quarantined: dict[str, str] = field(default_factory=dict)
     """Members with errant transactions, and why; seeded from status on the first step."""
+    not_receiving_since: dict[str, float] = field(default_factory=dict)
+    """Wall-clock time since which a replica has not been receiving from the primary, as seen while the primary
+    answered (what this process observed: empty after a restart)."""
     seeded: bool = False
     generation: int | None = None
     period: float = 5.0
@@ -165,6 +169,8 @@ class ReplicationController:
             pending = f"the current primary {primary} is no longer a member"
             await self._write_summary(obj, summarize(spec, None, {}, quarantined=self.quarantined, pending=pending))
             return
+        if inspect:
+            self._track_receiving(primary)
         await self._detect_errant(obj, access, primary)
         request = self._request(obj, status)
         if request is not None:
@@ -288,9 +294,29 @@ class ReplicationController:
             await self._event(obj, "Quarantined", f"{name} kept out of replication: {verdict.reason}", warning=True)
             log.warning("replication %s/%s: %s: %s", self.namespace, self.name, name, verdict.reason)
 
+    def _track_receiving(self, primary: str) -> None:
+        """While the primary answers: note since when each replica has not been receiving from it."""
+        head = self.states.get(primary)
+        if head is None or not head.reachable:
+            return
+        now = time.time()
+        for name, state in self.states.items():
+            if name == primary:
+                continue
+            receiving = (
+                state.reachable
+                and state.io_running is True
+                and (state.source_host, state.source_port) == (head.host, head.port)
+            )
+            if receiving:
+                self.not_receiving_since.pop(name, None)
+            else:
+                self.not_receiving_since.setdefault(name, now)
+
     def _failover(self, spec: MySQLReplicationSpec, status: Obj, primary: str) -> Failover | None:
         if primary not in self.states:
             return None
+        stale = stale_replicas(spec, primary, self.not_receiving_since, self.failing_since.get(primary))
         history = status.get("promotionHistory", [])
         last = next((h for h in history if h.get("type") == "automatic"), None)
         since = time.time() - _epoch(last["time"]) if last else None
@@ -301,6 +327,7 @@ class ReplicationController:
             failures=self.failures.get(primary, 0),
             seconds_since_automatic=since,
             quarantined=self.quarantined,
+            stale=stale,
         )
 
     @staticmethod

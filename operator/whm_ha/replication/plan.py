@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ..crd.mysqlreplication import Member, MySQLReplicationSpec
@@ -132,6 +133,25 @@ def converge_plan(
     )
 
 
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def stale_replicas(
+    spec: MySQLReplicationSpec, primary: str, not_receiving_since: Mapping[str, float], failing_since: float | None
+) -> dict[str, str]:
+    """The replicas that had stopped receiving from the primary more than failureThreshold x periodSeconds
+    before it started failing (``not_receiving_since``: wall-clock times seen while the primary answered)."""
+    if failing_since is None:
+        return {}
+    window = spec.failure_threshold * spec.period_seconds
+    return {
+        name: f"stale: not receiving from {primary} since {_iso(since)}"
+        for name, since in not_receiving_since.items()
+        if name != primary and since + window < failing_since
+    }
+
+
 # -- bootstrap -------------------------------------------------------------------------------------------------
 
 
@@ -207,13 +227,18 @@ def decide_failover(
     failures: int,
     seconds_since_automatic: float | None,
     quarantined: Mapping[str, str],
+    stale: Mapping[str, str] | None = None,
 ) -> Failover:
-    """Promote only when the primary is confirmed dead (by the operator and by the replicas), automatic failover
-    is on, the last automatic promotion is old enough, and a candidate has everything any replica received."""
-    replicas = [s for name, s in states.items() if name != primary]
+    """Promote only when the primary is confirmed dead (by the operator and by the replicas that were receiving
+    from it), automatic failover is on, the last automatic promotion is old enough, enough replicas answer, and
+    a candidate that was receiving has everything any replica received. ``stale``: replicas that had stopped
+    receiving from the primary well before it failed, with why: they neither confirm its death nor are chosen."""
+    stale = stale or {}
+    replicas = [s for name, s in states.items() if name != primary and name not in stale]
     verdict = primary_confirmed_dead(states[primary], failures, spec.failure_threshold, replicas)
     if not verdict.dead:
-        return Failover(None, verdict.reason)
+        left_out = "; ".join(f"{name} left out, {why}" for name, why in sorted(stale.items()))
+        return Failover(None, f"{verdict.reason} ({left_out})" if left_out else verdict.reason)
     if not spec.automatic_failover:
         return Failover(None, verdict.reason, True, "automaticFailover is off")
     if seconds_since_automatic is not None and seconds_since_automatic < spec.min_interval_seconds:
@@ -228,7 +253,10 @@ def decide_failover(
     if short:
         return Failover(None, verdict.reason, True, short)
     choice = choose_candidate(
-        list(states.values()), spec.members, spec.max_lag_seconds, exclude=exclusions(primary, quarantined)
+        list(states.values()),
+        spec.members,
+        spec.max_lag_seconds,
+        exclude={**exclusions(primary, quarantined), **stale},
     )
     if choice.candidate is None:
         return Failover(None, verdict.reason, True, "no member can take over", choice.refusals)

@@ -136,6 +136,15 @@ def ensure_replica(session: Session, source: Source, *, read_only: bool = True) 
     return changed
 
 
+def stop_other_source(session: Session, source: Source) -> bool:
+    """Stop the member replicating from anything but ``source``, so that its GTID set can be read for good."""
+    status = session.replica_status()
+    if status is None or status.matches(source) or (status.io_state == "stopped" and not status.sql_running):
+        return False
+    session.execute(session.dialect.stop_replica())
+    return True
+
+
 def fence(session: Session) -> GtidResult:
     """Make the member read-only and return what it had executed by then."""
     changed = _set_read_only(session, True)

@@ -208,7 +208,8 @@ def _ensure_accounts(access: Access, head: Session, outcome: Outcome) -> None:
 
 
 def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome: Outcome) -> None:
-    """Fence the member, then make it a replica of the primary unless it has transactions the primary lacks."""
+    """Fence the member, stop it replicating from any other source, then make it a replica of the primary unless
+    it has transactions the primary lacks (read after the stop, and before the primary's)."""
     try:
         session = sessions[name]
         fenced = actions.fence(session)
@@ -220,12 +221,16 @@ def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome
         outcome.fenced.append(name)
         outcome.changes.append(f"{name}: made read-only")
     try:
-        verdict = can_rejoin(fenced.gtid, head.executed())
+        source = access.source(head.name)
+        executed = fenced.gtid
+        if actions.stop_other_source(session, source):
+            executed = session.executed()  # read once nothing more can arrive from elsewhere
+        verdict = can_rejoin(executed, head.executed())
         if not verdict.ok:
             outcome.quarantined[name] = verdict.reason
             return
         outcome.joined.append(name)
-        if actions.ensure_replica(session, access.source(head.name)):
+        if actions.ensure_replica(session, source):
             outcome.changes.append(f"{name}: replicates from {head.name}")
     except DatabaseError as exc:
         outcome.errors.append(f"{name}: join: {access.describe(exc)}")

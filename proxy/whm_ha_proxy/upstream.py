@@ -157,7 +157,8 @@ class Connection(asyncio.Protocol):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Closed, or closing: the transport may close (a node that went away) before connection_lost runs."""
+        return self._closed or self.transport is None or self.transport.is_closing()
 
     def begin(self, head: bytes, *, method_head: bool) -> None:
         """Send a request head and expect a response."""

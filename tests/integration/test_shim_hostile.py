@@ -4,6 +4,7 @@ and the connection is closed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -160,3 +161,24 @@ def test_the_token_cache_is_bounded_and_expires(tmp_path: Path) -> None:
     time.sleep(0.1)
     assert cache.get("bad") is None
     assert CACHE_ENTRIES == 10_000
+
+
+def test_a_body_sent_apart_from_its_head_arms_no_header_timeout(shim: ShimProcess, kube_api: KubeAPI) -> None:
+    """Headers and body in two writes, then the keep-alive connection idles past the 1 s header timeout: no
+    unsolicited 408 (the timer is for request heads only)."""
+    body = b'{"targetNodeId": 1}'
+    auth = f"Authorization: Bearer {kube_api.tokens['admin']}"
+    head = f"POST /api/ha/failover HTTP/1.1\r\nHost: shim\r\n{auth}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", shim.port), timeout=0.3) as sock:
+        sock.sendall(head)
+        with contextlib.suppress(TimeoutError):
+            assert sock.recv(100) == b"", "nothing before the body"
+        sock.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:100]  # no WHMCluster in this namespace
+        sock.settimeout(2)
+        with contextlib.suppress(TimeoutError):
+            extra = sock.recv(65536)
+            assert b"408" not in extra, extra

@@ -190,7 +190,7 @@ class ReadWritePool:
             conn.close()
             self._give_back(member, None, generation)
             return None
-        except PoolError:
+        except (PoolError, pymysql.MySQLError):
             self._give_back(member, conn, generation)
             raise
         if not row or int(row[0]) != 0:

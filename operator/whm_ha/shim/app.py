@@ -90,13 +90,17 @@ class PromoteRequest(BaseModel):
     force: Annotated[bool, Strict()] = False
 
 
-def _depth(value: Any, level: int = 1) -> int:
-    """How deeply a parsed JSON value nests (json.loads bounds it: deeper input raises RecursionError)."""
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (iteratively: json.loads accepts more levels than Python recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def _label(hostname: str) -> str:

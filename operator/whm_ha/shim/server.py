@@ -39,12 +39,17 @@ class _Protocol(RequestHandler):
     header_timeout = HEADER_TIMEOUT
     _head_timer: asyncio.TimerHandle | None = None
 
+    def _between_requests(self) -> bool:
+        """No request is queued or being answered: bytes now are the start of a request head."""
+        return self._current_request is None and not self._messages and not self._upgraded
+
     def data_received(self, data: bytes) -> None:
+        between = self._between_requests()
         before = self._request_count
         super().data_received(data)
         if self._request_count > before:
             self._stop_head_timer()  # a whole head arrived (or a refusal was queued)
-        elif data and self._head_timer is None and not self._upgraded:
+        elif data and between and self._head_timer is None:
             self._head_timer = asyncio.get_running_loop().call_later(self.header_timeout, self._head_timed_out)
 
     def _stop_head_timer(self) -> None:
@@ -55,7 +60,7 @@ class _Protocol(RequestHandler):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or not self._between_requests():
             return
         body = error_body(408, "REQUEST_TIMEOUT", f"no complete request head within {self.header_timeout:g}s")
         transport.write(

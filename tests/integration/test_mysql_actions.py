@@ -11,7 +11,7 @@ import pymysql
 import pytest
 
 from tests.fixtures.mariadb import StartServers
-from whm_ha.crd.mysqlreplication import Member, PromotionProgress
+from whm_ha.crd.mysqlreplication import Member, MySQLReplicationSpec, PromotionProgress
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
 from whm_ha.mysql import actions
 from whm_ha.mysql.actions import PromotionError
@@ -305,6 +305,19 @@ def access_to(cluster: Cluster) -> procedures.Access:
     )
 
 
+def spec_of(cluster: Cluster) -> MySQLReplicationSpec:
+    members = [{"name": m.name, "host": m.host, "port": m.port} for m in cluster.members()]
+    return MySQLReplicationSpec.model_validate(
+        {
+            "primary": "m0",
+            "members": members,
+            "credentialsSecret": {"name": "admin"},
+            "replicationSecret": {"name": "repl"},
+            "semiSync": False,
+        }
+    )
+
+
 def test_a_failover_is_abandoned_when_the_old_primary_answers_again(replicating: Cluster) -> None:
     """Confirmed dead, then it answers at the last moment: its last commits may be on no replica, so promoting
     a replica would drop them. The failover is abandoned; the primary, fenced meanwhile, keeps its data."""
@@ -314,5 +327,5 @@ def test_a_failover_is_abandoned_when_the_old_primary_answers_again(replicating:
     replicating.insert(0, 7)  # on no replica
     record = PromotionProgress(from_="m0", to="m1", type="automatic", reason="test", detected_at=datetime.now(UTC))
     with pytest.raises(PromotionError, match="the primary m0 answers again: it is not dead"):
-        procedures.prepare(access_to(replicating), record, replicating.members(), 30, {})
+        procedures.prepare(access_to(replicating), record, spec_of(replicating), {})
     assert replicating.sessions[1].read_only() and replicating.sessions[2].read_only(), "nobody was promoted"

@@ -492,3 +492,14 @@ def test_a_replica_cut_off_long_before_the_failure_neither_confirms_it_nor_is_ch
     after = decide_failover(fast, "m0", states, failures=3, seconds_since_automatic=None, quarantined={}, stale=stale)
     assert after.candidate is None and not after.dead
     assert stale_replicas(fast, "m0", {"m2": 1000.0}, failing_since=None) == {}
+
+
+def test_a_stale_replica_that_receives_again_still_vetoes_a_failover() -> None:
+    """Stale entries are about confirming; a replica seen receiving from the primary proves it alive."""
+    fast = spec(periodSeconds=1, failureThreshold=2)
+    states = topology(DEAD, lost(replica("m1")), replica("m2"))
+    decision = decide_failover(
+        fast, "m0", states, failures=3, seconds_since_automatic=None, quarantined={}, stale={"m2": "stale: ..."}
+    )
+    assert decision.candidate is None and not decision.dead
+    assert "still replicate from it" in decision.reason

@@ -170,7 +170,7 @@ class ReplicationController:
             await self._write_summary(obj, summarize(spec, None, {}, quarantined=self.quarantined, pending=pending))
             return
         if inspect:
-            self._track_receiving(primary)
+            self._track_receiving(spec, primary)
         await self._detect_errant(obj, access, primary)
         request = self._request(obj, status)
         if request is not None:
@@ -294,23 +294,26 @@ class ReplicationController:
             await self._event(obj, "Quarantined", f"{name} kept out of replication: {verdict.reason}", warning=True)
             log.warning("replication %s/%s: %s: %s", self.namespace, self.name, name, verdict.reason)
 
-    def _track_receiving(self, primary: str) -> None:
-        """While the primary answers: note since when each replica has not been receiving from it."""
+    def _track_receiving(self, spec: MySQLReplicationSpec, primary: str) -> None:
+        """Note since when each replica has not been receiving from the primary: set while the primary answers
+        (then not receiving is the replica's own doing), cleared whenever the replica receives from it."""
+        member = next(m for m in spec.members if m.name == primary)
         head = self.states.get(primary)
-        if head is None or not head.reachable:
-            return
         now = time.time()
+        for name in list(self.not_receiving_since):
+            if name not in self.states or name == primary:
+                del self.not_receiving_since[name]
         for name, state in self.states.items():
             if name == primary:
                 continue
             receiving = (
                 state.reachable
                 and state.io_running is True
-                and (state.source_host, state.source_port) == (head.host, head.port)
+                and (state.source_host, state.source_port) == (member.host, member.port)
             )
             if receiving:
                 self.not_receiving_since.pop(name, None)
-            else:
+            elif head is not None and head.reachable:
                 self.not_receiving_since.setdefault(name, now)
 
     def _failover(self, spec: MySQLReplicationSpec, status: Obj, primary: str) -> Failover | None:
@@ -429,9 +432,7 @@ class ReplicationController:
         unreachable: list[str] = []
         try:
             if record.step == "Preparing":
-                unreachable = await asyncio.to_thread(
-                    procedures.prepare, access, record, spec.members, spec.max_lag_seconds, self.quarantined
-                )
+                unreachable = await asyncio.to_thread(procedures.prepare, access, record, spec, self.quarantined)
                 record = record.model_copy(update={"step": "Promoting"})
                 written = await self._patch_record(obj, {"promotion": record.to_k8s()}, record)
                 if written is None:
@@ -480,6 +481,7 @@ class ReplicationController:
         if written is None:
             return
         self.full, self.inspect_now = True, True  # reconfigure the others right away
+        self.not_receiving_since.clear()  # it was about the old primary
         metrics.PROMOTIONS.labels(self.namespace, self.name, record.type).inc()
         kind = f"{record.type}, planned" if record.planned else record.type
         message = f"primary {record.from_ or 'none'} -> {record.to} ({kind}, {duration_ms} ms): {record.reason}"

@@ -234,8 +234,11 @@ def decide_failover(
     a candidate that was receiving has everything any replica received. ``stale``: replicas that had stopped
     receiving from the primary well before it failed, with why: they neither confirm its death nor are chosen."""
     stale = stale or {}
-    replicas = [s for name, s in states.items() if name != primary and name not in stale]
+    replicas = [s for name, s in states.items() if name != primary]
     verdict = primary_confirmed_dead(states[primary], failures, spec.failure_threshold, replicas)
+    if verdict.dead and stale:  # a stale replica may veto (it receives after all), never confirm
+        fresh = [s for s in replicas if s.name not in stale]
+        verdict = primary_confirmed_dead(states[primary], failures, spec.failure_threshold, fresh)
     if not verdict.dead:
         left_out = "; ".join(f"{name} left out, {why}" for name, why in sorted(stale.items()))
         return Failover(None, f"{verdict.reason} ({left_out})" if left_out else verdict.reason)

@@ -11,20 +11,22 @@ from functools import partial
 
 import pymysql
 
-from ..crd.mysqlreplication import Member, PromotionProgress
+from ..crd.mysqlreplication import Member, MySQLReplicationSpec, PromotionProgress
 from ..mysql import actions
 from ..mysql.actions import GtidResult, PromotionError
 from ..mysql.dialect import Dialect, Source
 from ..mysql.gtid import GtidSet
 from ..mysql.member import Credentials, MemberState, Session, connect, describe_error, inspect, read_state
 from ..mysql.topology import CONNECTION_ERRNOS, can_rejoin, choose_candidate
-from .plan import Plan, exclusions, only_candidate
+from .plan import Plan, exclusions, only_candidate, quorum_shortfall
 
 SEMI_SYNC_TIMEOUT_MS = 10_000
 """How long a primary waits for a replica to acknowledge a commit before it falls back to asynchronous."""
 CATCH_UP_SECONDS = 10.0
 """How long a switchover waits for the candidate to apply what the fenced primary had."""
 RELAY_LOG_SECONDS = 30.0
+RETRY_CONNECT = 0.5
+"""Seconds to connect, at the point of no return, to a member that did not answer moments before."""
 """How long a promotion waits for the candidate to apply its relay log."""
 
 DatabaseError = (pymysql.MySQLError, OSError)
@@ -49,7 +51,9 @@ class Access:
     """The replicas' net timeout."""
     tls: bool = False
 
-    def connect(self, name: str) -> Session:
+    def connect(self, name: str, *, timeout: float | None = None) -> Session:
+        """An administrative session: connected within ``timeout`` (default: the access's), replies within the
+        waiting timeout."""
         member = self.members[name]
         return connect(
             name,
@@ -57,7 +61,7 @@ class Access:
             member.port,
             self.admin,
             self.dialect,
-            timeout=self.timeout,
+            timeout=timeout if timeout is not None else self.timeout,
             read_timeout=self.waiting_timeout,
         )
 
@@ -236,25 +240,23 @@ def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome
         outcome.errors.append(f"{name}: join: {access.describe(exc)}")
 
 
-def fence_if_reachable(access: Access, name: str) -> GtidResult | None:
-    """Make the member read-only if it answers; None when it does not (no connection, or the connection lost or
-    timed out): nothing can reach it, and it is fenced when it answers again, before it may rejoin. Any other
-    failure raises: a member that answers but refuses to be fenced must not be outlived by a promotion."""
+def fence_if_reachable(access: Access, name: str, *, timeout: float | None = None) -> GtidResult | None:
+    """Make the member read-only if it answers; None when no session can be opened (within ``timeout``, default
+    the access's): nothing reaches it, and it is fenced when it answers again, before it may rejoin. Any failure
+    after it answered raises: a member that answers but is not known to be fenced must not be outlived by a
+    promotion (a failover then starts again, and meets it unreachable or fences it)."""
     try:
-        with access.connect(name) as session:
-            return actions.fence(session)
+        session = access.connect(name, timeout=timeout)
     except pymysql.MySQLError as exc:
         if exc.args and exc.args[0] in CONNECTION_ERRNOS:
             return None
         raise
+    with session:
+        return actions.fence(session)
 
 
 def prepare(
-    access: Access,
-    record: PromotionProgress,
-    members: list[Member],
-    max_lag_seconds: int,
-    quarantined: Mapping[str, str],
+    access: Access, record: PromotionProgress, spec: MySQLReplicationSpec, quarantined: Mapping[str, str]
 ) -> list[str]:
     """Everything before the point of no return; raises PromotionError (or a driver error) to abandon. Returns
     the members found unreachable when fencing (for ``finish``).
@@ -279,9 +281,13 @@ def prepare(
             # It answers after all: not dead. Its last transactions may be on no replica; promoting would drop
             # them. It is read-only now; the next pass opens it again and restarts the replicas.
             raise PromotionError(f"the primary {record.from_} answers again: it is not dead")
+    short = quorum_shortfall(spec, record.from_, {s.name: s for s in states})
+    if short and not record.force:
+        raise PromotionError(f"after stopping the replicas: {short}")
+    members = spec.members
     candidates = members if record.type == "automatic" else only_candidate(members, record.to)
     choice = choose_candidate(
-        states, candidates, max_lag_seconds, force=record.force, exclude=exclusions(record.from_, quarantined)
+        states, candidates, spec.max_lag_seconds, force=record.force, exclude=exclusions(record.from_, quarantined)
     )
     if choice.candidate != record.to:
         why = choice.refusals.get(record.to, f"{choice.candidate} ranks first now")
@@ -312,13 +318,16 @@ def finish(access: Access, record: PromotionProgress, unreachable: Collection[st
     """The point of no return: every other member that answers is made read-only while the candidate stops
     receiving and applies its relay log (all at once, so that members that do not answer cost one timeout);
     then, with every answering member read-only, the candidate accepts writes (an old primary removed from
-    spec.members is no longer reached). ``unreachable``: members that
-    ``prepare`` just found unreachable, not tried again (each is fenced when it answers, as every writable
-    member other than the primary is). Returns the members that could not be fenced."""
-    others = [n for n in access.members if n not in (record.to, *unreachable)]
+    spec.members is no longer reached). ``unreachable``: members ``prepare`` just found unreachable, tried again
+    with a short connect timeout (one that came back is fenced; one that comes back later is fenced when it
+    answers, before it may rejoin). Returns the members that could not be fenced."""
+    others = [n for n in access.members if n != record.to]
     with access.connect(record.to) as session, ThreadPoolExecutor(max_workers=len(others) or 1) as pool:
-        fencing = [pool.submit(fence_if_reachable, access, name) for name in others]
+        fencing = [
+            pool.submit(fence_if_reachable, access, name, timeout=RETRY_CONNECT if name in unreachable else None)
+            for name in others
+        ]
         actions.detach(session, timeout=RELAY_LOG_SECONDS)
         fenced = [future.result() for future in fencing]
         actions.promote(session)
-    return [*unreachable, *(name for name, result in zip(others, fenced, strict=True) if result is None)]
+    return [name for name, result in zip(others, fenced, strict=True) if result is None]

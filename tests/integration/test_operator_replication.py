@@ -104,6 +104,24 @@ class Replication:
     def healthy(self, timeout: float = 30) -> dict[str, Any]:
         return self.wait(lambda s: s.get("phase") == "Healthy" and s.get("readyReplicas") == 2, timeout, "Healthy")
 
+    def left_promoting(self, old: str, new: str, **record: str) -> None:
+        """What an operator killed just after opening ``new`` leaves: ``old`` fenced, ``new`` writable and no
+        longer a replica, the promotion recorded in status at step Promoting."""
+        self.sql(old, "SET GLOBAL read_only = ON")
+        for statement in ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = OFF"):
+            self.sql(new, statement)
+        body = {"from": old, "to": new, "type": "manual", "step": "Promoting", "reason": "test"}
+        body |= {"detectedAt": "2026-01-01T00:00:00Z", **record}
+        version = self.get()["metadata"]["resourceVersion"]
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            self.namespace,
+            "mysqlreplications",
+            self.name,
+            {"metadata": {"resourceVersion": version}, "status": {"promotion": body}},
+        )
+
     def annotate(self, annotations: dict[str, str]) -> None:
         self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, self.namespace, "mysqlreplications", self.name, {"metadata": {"annotations": annotations}}
@@ -611,29 +629,8 @@ def test_operator_killed_mid_promotion_converges_with_one_promotion(
     assert status["lastRequest"]["id"] == "kill-1" and status["lastRequest"]["result"] == "Succeeded"
     assert replication.replicates_from("m0", "m1") and replication.replicates_from("m2", "m1")
 
-    # What an operator killed just after promoting m2 leaves behind: m1 fenced, m2 writable, the record in status.
     second.kill()
-    replication.sql("m1", "SET GLOBAL read_only = ON")
-    for statement in ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = OFF"):
-        replication.sql("m2", statement)
-    obj = replication.get()
-    record = {
-        "from": "m1",
-        "to": "m2",
-        "type": "manual",
-        "step": "Promoting",
-        "reason": "test",
-        "requestId": "kill-2",
-        "detectedAt": "2026-01-01T00:00:00Z",
-    }
-    replication.custom.patch_namespaced_custom_object_status(
-        GROUP,
-        VERSION,
-        replication.namespace,
-        "mysqlreplications",
-        replication.name,
-        {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": {"promotion": record}},
-    )
+    replication.left_promoting("m1", "m2", requestId="kill-2")
     start(replication, kube_api, operator_process)
     status = replication.wait(lambda s: s.get("currentPrimary") == "m2" and s.get("phase") == "Healthy", 30, "m2")
     assert [(h["from"], h["to"]) for h in status["promotionHistory"]] == [("m1", "m2"), ("m0", "m1")]
@@ -710,26 +707,7 @@ def test_a_promotion_past_its_point_of_no_return_is_never_abandoned(
     first = start(replication, kube_api, operator_process)
     replication.healthy()
     first.kill()
-    replication.sql("m0", "SET GLOBAL read_only = ON")
-    for statement in ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = OFF"):
-        replication.sql("m2", statement)
-    obj = replication.get()
-    record = {
-        "from": "m0",
-        "to": "m2",
-        "type": "manual",
-        "step": "Promoting",
-        "reason": "test",
-        "detectedAt": "2026-01-01T00:00:00Z",
-    }
-    replication.custom.patch_namespaced_custom_object_status(
-        GROUP,
-        VERSION,
-        replication.namespace,
-        "mysqlreplications",
-        replication.name,
-        {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": {"promotion": record}},
-    )
+    replication.left_promoting("m0", "m2")
     replication.custom.patch_namespaced_custom_object(
         GROUP,
         VERSION,

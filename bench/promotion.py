@@ -51,11 +51,8 @@ def one_run(period: int, threshold: int) -> dict[str, Any]:
         )
         try:
             api, observer = start_system(stack, say=lambda _: None)
-            pool = application_pool(api)
-            with pool.writer() as conn, conn.cursor() as cur:
-                cur.execute("CREATE DATABASE IF NOT EXISTS demo")
-                cur.execute("CREATE TABLE IF NOT EXISTS demo.writes (id INT PRIMARY KEY)")
-            writer = Writer(pool)
+            writer = Writer(application_pool(api))
+            writer.create_table()
             thread = threading.Thread(target=writer.run, daemon=True)
             thread.start()
             while len(writer.acknowledged) < 200:

@@ -47,11 +47,8 @@ def main() -> None:
         stack = Stack(Path(tmp), proxy_port=free_port(), shim_port=free_port())
         try:
             api, observer = start_system(stack, say=lambda _: None)
-            pool = application_pool(api)
-            with pool.writer() as conn, conn.cursor() as cur:
-                cur.execute(f"CREATE DATABASE IF NOT EXISTS {DEMO_SCHEMA}")
-                cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.writes (id INT PRIMARY KEY)")
-            writer = Writer(pool)
+            writer = Writer(application_pool(api))
+            writer.create_table()
             thread = threading.Thread(target=writer.run, daemon=True)
             thread.start()
             answered, settled, errant_found = [], [], 0

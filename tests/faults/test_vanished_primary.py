@@ -159,10 +159,8 @@ def databases(start_databases: Callable[..., Databases]) -> Databases:
 @pytest.fixture
 def writer(databases: Databases) -> Iterator[Writer]:
     pool = databases.pool()
-    with pool.writer() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE IF NOT EXISTS {DEMO_SCHEMA}")
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.writes (id INT PRIMARY KEY)")
     work = Writer(pool)
+    work.create_table()
     thread = threading.Thread(target=work.run, daemon=True)
     thread.start()
     wait_for(lambda: len(work.acknowledged) >= 50, 30, "50 acknowledged writes")

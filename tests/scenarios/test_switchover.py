@@ -134,13 +134,11 @@ def system(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System]:
 
 @pytest.fixture
 def workload(system: System) -> Iterator[Workload]:
-    pool = application_pool(system.api)
-    with pool.writer() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE IF NOT EXISTS {DEMO_SCHEMA}")
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.writes (id INT PRIMARY KEY)")
+    writer = Writer(application_pool(system.api))
+    writer.create_table()
     work = Workload(
         Traffic(f"http://127.0.0.1:{system.stack.proxy_port}/"),
-        Writer(pool),
+        writer,
         Sessions(SessionStore(application_pool(system.api, database="whm_ha"))),
     )
     work.start()

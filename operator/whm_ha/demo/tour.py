@@ -57,6 +57,12 @@ class Writer:
     last_ok: float = 0.0
     stop: threading.Event = field(default_factory=threading.Event)
 
+    def create_table(self) -> None:
+        """The table it writes to, created through the pool (on the primary) when missing."""
+        with self.pool.writer() as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS {DEMO_SCHEMA}")
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.writes (id INT PRIMARY KEY)")
+
     def run(self) -> None:
         next_id = 0
         while not self.stop.is_set():
@@ -166,11 +172,8 @@ def database_failover(stack: Stack, api: client.ApiClient, observer: Observer, s
     say("2. Killing the MySQL primary (SIGKILL) while a writer inserts rows through the pool.")
     primary = observer.replication()["status"]["currentPrimary"]
     index = int(primary.rsplit("-", 1)[1])
-    pool = application_pool(api)
-    with pool.writer() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE IF NOT EXISTS {DEMO_SCHEMA}")
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.writes (id INT PRIMARY KEY)")
-    writer = Writer(pool)
+    writer = Writer(application_pool(api))
+    writer.create_table()
     thread = threading.Thread(target=writer.run, daemon=True)
     thread.start()
     _wait(lambda: len(writer.acknowledged) > 100, 20)

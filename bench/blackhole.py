@@ -15,10 +15,9 @@ import re
 import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
+from bench.report import publish
+
 TEST = "tests/faults/test_vanished_primary.py"
 CASES = {
     "database": (
@@ -70,11 +69,7 @@ def main() -> None:
     db_times = [float(m.group(1)) for m in database]
     node_times = [float(m.group(1)) for m in node]
     gets, failed = sum(int(m.group(3)) for m in node), sum(int(m.group(4)) for m in node)
-    lines = [
-        f"## A host that vanishes: blackholed by nftables in its network namespace ({time.strftime('%Y-%m-%d')})",
-        "",
-        "| figure | measured | reference (same run) | goal |",
-        "|---|---|---|---|",
+    table = [
         f"| blackholed MySQL primary to a writable new primary, 1 s x 2 (median / max of {runs}) | "
         f"{statistics.median(db_times):.2f} s / {max(db_times):.2f} s | bound {database[0].group(2)} s "
         f"(ratio {max(db_times) / int(database[0].group(2)):.2f}) | within the bound |",
@@ -83,11 +78,7 @@ def main() -> None:
         f"(ratio {max(node_times) / int(node[0].group(2)):.2f}) | within the bound |",
         f"| failed GETs through the proxy while the primary node is blackholed | {failed} of {gets} | — | 0 |",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with RESULTS.open("a") as out:
-            out.write("\n" + text)
+    publish("A host that vanishes: blackholed by nftables in its network namespace", table, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.report import publish
 from whm_ha.db.local_server import free_port
 from whm_ha.demo.main import start_system
 from whm_ha.demo.stack import Stack
 from whm_ha.demo.tour import Writer, application_pool
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SETTINGS = {"fast": (1, 2), "default": (5, 3)}
 
 
@@ -105,29 +105,19 @@ def main() -> None:
             "writer_resumed_s": max(s["writer_resumed_s"] for s in samples),
         }
     print(json.dumps(results, indent=2))
-    day = time.strftime("%Y-%m-%d")
-    lines = [
-        f"## MySQL promotion ({day})",
-        "",
-        "| figure | measured | reference (same run) | goal |",
-        "|---|---|---|---|",
-    ]
+    table: list[str] = []
     for label, r in results.items():
         goal = "≤ 5 s" if label == "fast" else "within the bound"
-        lines.append(
+        table.append(
             f"| kill -9 primary to new primary writable, {label} settings (median / max of {r['runs']}) | "
             f"{r['median_s']:.2f} s / {r['max_s']:.2f} s | bound {r['bound_s']} s (period x threshold + 2 s of "
             f"confirmation and promotion; ratio {r['max_s'] / r['bound_s']:.2f}) | {goal} |"
         )
-        lines.append(
+        table.append(
             f"| acknowledged writes lost, {label} settings, semi-sync on | {r['lost']} of {r['acknowledged']} | "
             f"writer resumed after {r['writer_resumed_s']:.1f} s | 0 |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with RESULTS.open("a") as out:
-            out.write("\n" + text)
+    publish("MySQL promotion", table, write=not args.no_write)
 
 
 if __name__ == "__main__":

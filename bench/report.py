@@ -25,6 +25,23 @@ BENCHMARKS = {
 }
 
 
+def publish(title: str, rows: list[str], *, write: bool) -> None:
+    """Print a dated section: ``title`` and the table of ``rows`` (each ``| figure | measured | reference |
+    goal |``); append it to RESULTS.md when ``write``."""
+    lines = [
+        f"## {title} ({time.strftime('%Y-%m-%d')})",
+        "",
+        "| figure | measured | reference (same run) | goal |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if write:
+        with RESULTS.open("a") as out:
+            out.write("\n" + text)
+
+
 def rows(module: str, quick: bool) -> list[str]:
     """The table rows a benchmark printed (its header and separator left out)."""
     args = [sys.executable, "-m", module, "--no-write", *(["--quick"] if quick else [])]
@@ -40,19 +57,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs and smaller loads (a smoke test)")
     args = parser.parse_args()
-    lines = [
-        f"## Report: every benchmark ({time.strftime('%Y-%m-%d')})",
-        "",
-        "| figure | measured | reference (same run) | goal |",
-        "|---|---|---|---|",
-    ]
+    table: list[str] = []
     for name, module in BENCHMARKS.items():
         print(f"running {name} ...", flush=True)
-        lines += rows(module, args.quick)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with RESULTS.open("a") as out:
-        out.write("\n" + text)
+        table += rows(module, args.quick)
+    publish("Report: every benchmark", table, write=True)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.report import publish
 from whm_ha.db.local_server import free_port
 from whm_ha.db.server_checks import errant
 from whm_ha.demo.main import start_system
 from whm_ha.demo.stack import DEMO_SCHEMA, Stack
 from whm_ha.demo.tour import Writer, application_pool, promote_through_shim, settled_on
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 TARGETS = ("db-1", "db-2", "db-0", "db-1", "db-2")
 
 
@@ -71,11 +71,7 @@ def main() -> None:
         finally:
             stack.stop()
     runs = len(targets)
-    lines = [
-        f"## Planned switchover ({time.strftime('%Y-%m-%d')})",
-        "",
-        "| figure | measured | reference (same run) | goal |",
-        "|---|---|---|---|",
+    table = [
         f"| switchover through the shim, request to new primary writable (median / max of {runs}) | "
         f"{statistics.median(answered):.2f} s / {max(answered):.2f} s | inspection period {period} s | — |",
         f"| switchover through the shim, request to Healthy with every replica on it (median / max of {runs}) | "
@@ -83,11 +79,7 @@ def main() -> None:
         f"| errant transactions after {runs} switchovers; acknowledged writes lost | {errant_found}; {lost} of "
         f"{len(writer.acknowledged)} | — | 0; 0 |",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        with RESULTS.open("a") as out:
-            out.write("\n" + text)
+    publish("Planned switchover", table, write=not args.no_write)
 
 
 if __name__ == "__main__":

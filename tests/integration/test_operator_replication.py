@@ -732,3 +732,68 @@ def test_a_promotion_past_its_point_of_no_return_is_never_abandoned(
         {"spec": {"members": replication.members()}},
     )
     replication.wait(lambda s: s.get("currentPrimary") == "m2" and s.get("phase") == "Healthy", 30, "m2 primary")
+
+
+class Swamped:
+    """A member every connection slot of which is taken (max_connections 10, plus the one kept for SUPER), as
+    when applications exhaust it: it accepts TCP connections and answers each login with error 1040."""
+
+    def __init__(self, server: LocalMariaDB) -> None:
+        self.server = server
+        first = server.connect()
+        with first.cursor() as cur:
+            cur.execute("SET GLOBAL max_connections = 10")
+        self.held = [first]
+        while True:
+            try:
+                self.held.append(server.connect(connect_timeout=2))
+            except pymysql.MySQLError as exc:
+                assert exc.args[0] == 1040, exc
+                return
+
+    def release(self) -> None:
+        for conn in self.held:
+            conn.close()
+        self.held.clear()
+
+
+def test_a_swamped_replica_known_read_only_does_not_hold_a_failover_up(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, sampler: WritableSampler
+) -> None:
+    """m2 answers every login with 'Too many connections' after the operator saw it read-only: the promotion of
+    m1 skips it instead of retrying forever with no writable primary."""
+    replication.create()
+    start(replication, kube_api, operator_process)
+    replication.healthy()
+    swamped = Swamped(replication.servers[2])
+    killed = time.monotonic()
+    replication.servers[0].kill()
+    status = replication.wait(lambda s: s.get("currentPrimary") == "m1", 15, "m1 promoted")
+    print(f"kill -9 to promotion with a swamped replica: {time.monotonic() - killed:.2f}s")
+    assert replication.variable("m1", "read_only") == 0
+    assert status["promotionHistory"][0]["unfenced"] == ["m0"], "m2 was known read-only: not tried"
+    swamped.release()
+    replication.wait(lambda s: replication.roles(s).get("m2") == "Replica", 20, "m2 rejoins")
+    assert replication.replicates_from("m2", "m1")
+
+
+def test_a_promotion_held_up_by_a_member_not_known_read_only_says_so_then_finishes(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    """A restarted operator that never saw m2 answer cannot skip it: the promotion waits (m1 writable, status
+    still naming m0), posts one PromotionStalled Event naming the error, and finishes once m2 answers."""
+    replication.create()
+    first = start(replication, kube_api, operator_process)
+    replication.healthy()
+    first.kill()
+    replication.left_promoting("m0", "m1")
+    swamped = Swamped(replication.servers[2])
+    start(replication, kube_api, operator_process)
+    stalled = wait_for(lambda: replication.events("PromotionStalled"), 20, "a PromotionStalled Event")
+    assert "Too many connections" in stalled[0] and "m1" in stalled[0], stalled
+    status = replication.status()
+    assert status["currentPrimary"] == "m0" and status["promotion"]["to"] == "m1"
+    assert "Too many connections" in status["reason"]
+    swamped.release()
+    replication.wait(lambda s: s.get("currentPrimary") == "m1" and s.get("phase") == "Healthy", 30, "m1 primary")
+    assert len(replication.events("PromotionStalled")) == 1

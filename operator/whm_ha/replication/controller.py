@@ -54,6 +54,9 @@ from .services import ServicePublisher
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
+STALL_ATTEMPTS = 3
+"""Failed attempts in a row at finishing a promotion before a PromotionStalled Event."""
+
 
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
@@ -87,6 +90,10 @@ class ReplicationController:
     not_receiving_since: dict[str, float] = field(default_factory=dict)
     """Wall-clock time since which a replica has not been receiving from the primary, as seen while the primary
     answered (what this process observed: empty after a restart)."""
+    read_only_seen: dict[str, bool] = field(default_factory=dict)
+    """Whether each member was read-only the last time it answered (promotion skips fencing those that were)."""
+    finish_failures: int = 0
+    """Attempts in a row at finishing the recorded promotion that failed."""
     seeded: bool = False
     generation: int | None = None
     period: float = 5.0
@@ -258,6 +265,7 @@ class ReplicationController:
             if state.reachable:
                 self.failures[state.name] = 0
                 self.failing_since.pop(state.name, None)
+                self.read_only_seen[state.name] = bool(state.read_only)
             else:
                 self.failures[state.name] = self.failures.get(state.name, 0) + 1
                 self.failing_since.setdefault(state.name, now)
@@ -413,6 +421,7 @@ class ReplicationController:
         if written is None:
             return
         self._log("promotion-started", record)
+        self.finish_failures = 0
         await self._promote(written, spec, access, record)
 
     async def _promote(self, obj: Obj, spec: MySQLReplicationSpec, access: Access, record: PromotionProgress) -> None:
@@ -429,16 +438,18 @@ class ReplicationController:
                 log.warning("replication %s/%s: %s", self.namespace, self.name, why)
                 await self._patch_record(obj, {"reason": why}, record)
             return
-        unreachable: list[str] = []
+        prepared = procedures.Prepared()
         try:
             if record.step == "Preparing":
-                unreachable = await asyncio.to_thread(procedures.prepare, access, record, spec, self.quarantined)
+                prepared = await asyncio.to_thread(procedures.prepare, access, record, spec, self.quarantined)
                 record = record.model_copy(update={"step": "Promoting"})
                 written = await self._patch_record(obj, {"promotion": record.to_k8s()}, record)
                 if written is None:
                     return
                 obj = written
-            unfenced = await asyncio.to_thread(procedures.finish, access, record, unreachable)
+            seen = {name for name, read_only in self.read_only_seen.items() if read_only}
+            read_only = seen.union(prepared.read_only)
+            unfenced = await asyncio.to_thread(procedures.finish, access, record, prepared.unreachable, read_only)
         except PromotionError as exc:
             await self._abandon(obj, record, access.mask(str(exc)))
             return
@@ -446,12 +457,26 @@ class ReplicationController:
             if record.step == "Preparing":
                 await self._abandon(obj, record, access.describe(exc))
             else:
-                why = f"promoting {record.to}, not finished, retrying: {access.describe(exc)}"
-                log.warning("replication %s/%s: %s", self.namespace, self.name, why)
-                if (obj.get("status") or {}).get("reason") != why:
-                    await self._patch_record(obj, {"reason": why}, record)
+                await self._stalled(obj, record, access.describe(exc))
             return
+        self.finish_failures = 0
         await self._complete(obj, access, record, unfenced)
+
+    async def _stalled(self, obj: Obj, record: PromotionProgress, error: str) -> None:
+        """A promotion past its point of no return that failed to finish: retried every period, and after
+        STALL_ATTEMPTS failures in a row one PromotionStalled Event says what holds it up."""
+        self.finish_failures += 1
+        why = f"promoting {record.to}, not finished, retrying: {error}"
+        log.warning("replication %s/%s: %s", self.namespace, self.name, why)
+        if (obj.get("status") or {}).get("reason") != why:
+            await self._patch_record(obj, {"reason": why}, record)
+        if self.finish_failures == STALL_ATTEMPTS:
+            message = (
+                f"promotion of {record.to} stalled after {STALL_ATTEMPTS} attempts: {error}. {record.to} accepts "
+                "writes only once every other member is read-only or unreachable: free or stop the member named, "
+                "or remove it from spec.members"
+            )
+            await self._event(obj, "PromotionStalled", message, warning=True)
 
     async def _complete(self, obj: Obj, access: Access, record: PromotionProgress, unfenced: list[str]) -> None:
         now = datetime.now(UTC)

@@ -255,11 +255,20 @@ def fence_if_reachable(access: Access, name: str, *, timeout: float | None = Non
         return actions.fence(session)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` learnt that ``finish`` uses."""
+
+    unreachable: tuple[str, ...] = ()
+    """Members found unreachable when fencing."""
+    read_only: tuple[str, ...] = ()
+    """Members found read-only (the fenced old primary, the stopped replicas)."""
+
+
 def prepare(
     access: Access, record: PromotionProgress, spec: MySQLReplicationSpec, quarantined: Mapping[str, str]
-) -> list[str]:
-    """Everything before the point of no return; raises PromotionError (or a driver error) to abandon. Returns
-    the members found unreachable when fencing (for ``finish``).
+) -> Prepared:
+    """Everything before the point of no return; raises PromotionError (or a driver error) to abandon.
 
     Switchover: fence the old primary, wait until the candidate applied all it had. Failover: try to fence the old
     primary while every replica stops receiving; should it answer, abandon (it is not dead); otherwise check on
@@ -272,7 +281,7 @@ def prepare(
                     f"{record.to} did not apply {record.from_}'s transactions {fenced.gtid} "
                     f"within {CATCH_UP_SECONDS:g}s"
                 )
-        return []
+        return Prepared(read_only=(record.from_,))
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Meanwhile the replicas stop receiving: a vanished primary costs one timeout, not two.
         fencing = pool.submit(fence_if_reachable, access, record.from_)
@@ -292,7 +301,7 @@ def prepare(
     if choice.candidate != record.to:
         why = choice.refusals.get(record.to, f"{choice.candidate} ranks first now")
         raise PromotionError(f"{record.to} is no longer the member to promote: {why}")
-    return [record.from_]
+    return Prepared(unreachable=(record.from_,), read_only=tuple(s.name for s in states if s.read_only))
 
 
 def _stopped_replicas(access: Access, old_primary: str) -> list[MemberState]:
@@ -314,14 +323,18 @@ def _stopped_replicas(access: Access, old_primary: str) -> list[MemberState]:
     return states
 
 
-def finish(access: Access, record: PromotionProgress, unreachable: Collection[str] = ()) -> list[str]:
+def finish(
+    access: Access, record: PromotionProgress, unreachable: Collection[str] = (), read_only: Collection[str] = ()
+) -> list[str]:
     """The point of no return: every other member that answers is made read-only while the candidate stops
     receiving and applies its relay log (all at once, so that members that do not answer cost one timeout);
     then, with every answering member read-only, the candidate accepts writes (an old primary removed from
-    spec.members is no longer reached). ``unreachable``: members ``prepare`` just found unreachable, tried again
-    with a short connect timeout (one that came back is fenced; one that comes back later is fenced when it
-    answers, before it may rejoin). Returns the members that could not be fenced."""
-    others = [n for n in access.members if n != record.to]
+    spec.members is no longer reached). Members in ``read_only`` (known read-only since they last answered) are
+    skipped: one that accepts connections but cannot serve them must not hold the promotion up. ``unreachable``:
+    members ``prepare`` just found unreachable, tried again with a short connect timeout (one that came back is
+    fenced; one that comes back later is fenced when it answers, before it may rejoin). Returns the members that
+    could not be fenced."""
+    others = [n for n in access.members if n != record.to and n not in read_only]
     with access.connect(record.to) as session, ThreadPoolExecutor(max_workers=len(others) or 1) as pool:
         fencing = [
             pool.submit(fence_if_reachable, access, name, timeout=RETRY_CONNECT if name in unreachable else None)

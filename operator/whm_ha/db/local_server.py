@@ -1,9 +1,16 @@
-"""Local ``mariadbd`` processes on loopback ports, for the tests and the demo.
+"""Local database servers on loopback ports, for the tests and the demo, in three flavours:
 
-Each server has its own data dir, binary log, GTID strict mode and server id. Data dirs are
-copied from a template initialised once, so starting several servers takes a few seconds.
-Servers may be stopped, killed (SIGKILL) and restarted on the same port and data. A server may
-also run inside a network namespace (``netns``), listening on its address there (``bind_host``).
+* ``mariadb-10.11``: the host's ``mariadbd`` (Debian bookworm's package).
+* ``mariadb-11.8`` and ``mysql-9.7``: a server from a newer Debian suite, which needs that suite's libc, so it runs
+  chrooted into a root that ``hack/build-databases`` builds once under the cache folder
+  (``${WHM_HA_CACHE:-~/.cache/whm-ha}/databases/<flavour>/root``), in a mount namespace of its own where its data dir
+  is bound in at `ROOT_DATADIR` (its socket, pid file and error log live there too, so the host reaches them at
+  the data dir's own path).
+
+Each server has its own data dir, binary log, GTIDs (MariaDB: strict mode; MySQL: ``gtid_mode=ON``) and server
+id. Data dirs are copied from a template initialised once per flavour, so starting several servers takes a few
+seconds. Servers may be stopped, killed (SIGKILL) and restarted on the same port and data. A server may also run
+inside a network namespace (``netns``), listening on its address there (``bind_host``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Self
 
 import pymysql
 import pymysql.cursors
@@ -26,13 +34,80 @@ ADMIN_PASSWORD = "whm-ha-admin"
 
 SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin")
 
+ROOT_DATADIR = Path("/var/lib/whm-ha/data")
+"""Where a chrooted server's data dir is bound in (a mount point in the root, per server in its own namespace)."""
+
+BUILD_COMMAND = "hack/build-databases"
+
 
 class LocalServerError(RuntimeError):
     """A local server could not be set up or started; the message is one readable line."""
 
 
+def cache_dir() -> Path:
+    """The project's cache folder outside the repository (as hack/build-* use it)."""
+    return Path(os.environ.get("WHM_HA_CACHE") or Path.home() / ".cache" / "whm-ha")
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """A database server product and version, and where its programs come from."""
+
+    name: str
+    """``mariadb-10.11``, ``mariadb-11.8`` or ``mysql-9.7``."""
+    product: Literal["mariadb", "mysql"]
+    """The SQL dialect it speaks (`whm_ha.mysql.dialect.dialect_for`)."""
+    host: bool
+    """The host's own server; otherwise a root built by hack/build-databases."""
+
+    @property
+    def root(self) -> Path | None:
+        """The root file system the server runs chrooted in; None for the host's server."""
+        return None if self.host else cache_dir() / "databases" / self.name / "root"
+
+    @property
+    def server_binary(self) -> str:
+        return "mariadbd" if self.product == "mariadb" else "mysqld"
+
+    def binary(self, name: str) -> str:
+        """A program's path as the server process sees it (inside the root for a root's flavour)."""
+        if self.root is None:
+            return find_binary(name)
+        for folder in ("/usr/sbin", "/usr/bin"):
+            if (self.root / folder.lstrip("/") / name).exists():
+                return f"{folder}/{name}"
+        raise LocalServerError(f"{self.name}: {name} not found in {self.root}: run {BUILD_COMMAND} {self.name}")
+
+    def missing(self) -> str | None:
+        """Why this flavour cannot run here (one line naming the fix), None when it can."""
+        try:
+            self.binary(self.server_binary)
+        except LocalServerError as exc:
+            return str(exc)
+        return None
+
+
+FLAVOURS = {
+    f.name: f
+    for f in (
+        Flavour("mariadb-10.11", "mariadb", host=True),
+        Flavour("mariadb-11.8", "mariadb", host=False),
+        Flavour("mysql-9.7", "mysql", host=False),
+    )
+}
+HOST_MARIADB = FLAVOURS["mariadb-10.11"]
+
+
+def flavour(name: str) -> Flavour:
+    """The flavour by name, or LocalServerError listing the known ones."""
+    try:
+        return FLAVOURS[name]
+    except KeyError:
+        raise LocalServerError(f"unknown database flavour {name!r} (known: {', '.join(FLAVOURS)})") from None
+
+
 def find_binary(name: str) -> str:
-    """The path of a MariaDB program, or LocalServerError naming the package to install."""
+    """The path of a host MariaDB program, or LocalServerError naming the package to install."""
     found = shutil.which(name)
     if found:
         return found
@@ -54,24 +129,54 @@ def _user_args() -> list[str]:
     return ["--user=root"] if os.geteuid() == 0 else []
 
 
-def init_template(path: Path, timeout: float = 60) -> Path:
-    """Create a data dir with the admin account, to copy for each server."""
+def _in_root(flavour: Flavour, datadir: Path, command: list[str]) -> list[str]:
+    """``command`` run chrooted into the flavour's root, in a private mount namespace with /proc, a /tmp of its own
+    and ``datadir`` bound at `ROOT_DATADIR`. Every step execs in place, so the process is the server itself
+    (kill() reaches it) and the mounts vanish with it. Unchanged for the host's flavour."""
+    if flavour.root is None:
+        return command
+    script = (
+        'mount -t proc proc "$1/proc" && mount -t tmpfs tmpfs "$1/tmp" && mount --bind "$2" "$1$3" && '
+        'root=$1 && shift 3 && exec chroot "$root" "$@"'
+    )
+    unshare = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-ec", script, "sh"]
+    return [*unshare, str(flavour.root), str(datadir), str(ROOT_DATADIR), *command]
+
+
+def _run_init(flavour: Flavour, datadir: Path, command: list[str], timeout: float) -> None:
+    result = subprocess.run(
+        _in_root(flavour, datadir, command), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        errors = [ln for ln in lines if "ERROR" in ln] or lines[:1] or ["no output"]
+        raise LocalServerError(f"{flavour.name}: {Path(command[0]).name} failed: {errors[-1]}")
+
+
+def init_template(path: Path, timeout: float = 60, flavour: Flavour = HOST_MARIADB) -> Path:
+    """Create a data dir with the admin account, to copy for each server of the flavour."""
     if (path / "mysql").exists():
         return path
+    why = flavour.missing()
+    if why:
+        raise LocalServerError(why)
     path.mkdir(parents=True, exist_ok=True)
-    install = [
-        find_binary("mariadb-install-db"),
-        "--no-defaults",
-        f"--datadir={path}",
-        "--auth-root-authentication-method=normal",
-        "--skip-test-db",
-        *_user_args(),
-    ]
-    result = subprocess.run(install, capture_output=True, text=True, timeout=timeout, check=False)
-    if result.returncode != 0:
-        last = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise LocalServerError(f"mariadb-install-db failed: {last[0]}")
-    bootstrap = LocalMariaDB(datadir=path, server_id=1, log_bin=False, admin_password="")
+    inner = path if flavour.root is None else ROOT_DATADIR
+    if flavour.product == "mariadb":
+        install = [
+            flavour.binary("mariadb-install-db"),
+            "--no-defaults",
+            f"--datadir={inner}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *_user_args(),
+        ]
+    else:
+        # root@localhost without a password; the admin account is created below.
+        install = [flavour.binary("mysqld"), "--no-defaults", "--initialize-insecure", f"--datadir={inner}"]
+        install += [*_user_args(), f"--log-error={inner / 'error.log'}", "--innodb-redo-log-capacity=32M"]
+    _run_init(flavour, path, install, timeout)
+    bootstrap = LocalServer(datadir=path, server_id=1, log_bin=False, admin_password="", flavour=flavour)
     bootstrap.start(timeout=timeout, connect_as_socket=True)
     try:
         conn = bootstrap.connect_socket()
@@ -89,8 +194,8 @@ def init_template(path: Path, timeout: float = 60) -> Path:
 
 
 @dataclass
-class LocalMariaDB:
-    """One mariadbd process bound to 127.0.0.1, or, with ``netns``, inside that network namespace
+class LocalServer:
+    """One server process of a flavour bound to 127.0.0.1, or, with ``netns``, inside that network namespace
     bound to ``bind_host`` and the namespace's own loopback."""
 
     datadir: Path
@@ -101,6 +206,7 @@ class LocalMariaDB:
     extra_args: tuple[str, ...] = ()
     netns: str | None = None
     bind_host: str = "127.0.0.1"
+    flavour: Flavour = HOST_MARIADB
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -109,7 +215,7 @@ class LocalMariaDB:
         return self.bind_host
 
     @classmethod
-    def from_template(cls, template: Path, datadir: Path, server_id: int, **kwargs: object) -> LocalMariaDB:
+    def from_template(cls, template: Path, datadir: Path, server_id: int, **kwargs: object) -> Self:
         """A server whose data dir is a fresh copy of the template."""
         shutil.copytree(template, datadir)
         return cls(datadir=datadir, server_id=server_id, **kwargs)  # type: ignore[arg-type]
@@ -122,33 +228,48 @@ class LocalMariaDB:
     def error_log(self) -> Path:
         return self.datadir / "error.log"
 
+    @property
+    def inner_datadir(self) -> Path:
+        """The data dir as the server process sees it."""
+        return self.datadir if self.flavour.root is None else ROOT_DATADIR
+
     def command(self) -> list[str]:
-        """The mariadbd command line (without the ``ip netns exec`` prefix)."""
+        """The server's command line (without the ``ip netns exec`` prefix and the chroot around it)."""
         bind = f"{self.bind_host},127.0.0.1" if self.netns and self.bind_host != "127.0.0.1" else self.bind_host
+        inner = self.inner_datadir
         args = [
-            find_binary("mariadbd"),
+            self.flavour.binary(self.flavour.server_binary),
             "--no-defaults",
             *_user_args(),
-            f"--datadir={self.datadir}",
+            f"--datadir={inner}",
             f"--port={self.port}",
             f"--bind-address={bind}",
-            f"--socket={self.socket_path}",
-            f"--pid-file={self.datadir / 'mysqld.pid'}",
-            f"--log-error={self.error_log}",
+            f"--socket={inner / self.socket_path.name}",
+            f"--pid-file={inner / 'mysqld.pid'}",
+            f"--log-error={inner / self.error_log.name}",
             f"--server-id={self.server_id}",
             "--skip-name-resolve",
             "--innodb-buffer-pool-size=32M",
-            "--innodb-log-file-size=16M",
             "--performance-schema=OFF",
             "--max-connections=200",
             "--character-set-server=utf8mb4",
         ]
+        if self.flavour.product == "mariadb":
+            args.append("--innodb-log-file-size=16M")
+            if self.log_bin:
+                args += ["--log-bin=mysql-bin", "--binlog-format=ROW", "--log-slave-updates=ON"]
+                args.append("--gtid-strict-mode=ON")
+        else:
+            # No X Protocol listener (every server would want port 33060); redo capacity replaces the log size.
+            # Row-based binary logging is the default (binlog_format is deprecated).
+            args += ["--mysqlx=OFF", "--innodb-redo-log-capacity=32M"]
+            if self.log_bin:
+                args += ["--log-bin=mysql-bin", "--log-replica-updates=ON"]
+                args += ["--gtid-mode=ON", "--enforce-gtid-consistency=ON"]
+            else:
+                args.append("--skip-log-bin")
         if self.log_bin:
             args += [
-                "--log-bin=mysql-bin",
-                "--binlog-format=ROW",
-                "--log-slave-updates=ON",
-                "--gtid-strict-mode=ON",
                 "--sync-binlog=1",
                 "--innodb-flush-log-at-trx-commit=1",
                 f"--relay-log=relay-{self.server_id}",
@@ -163,16 +284,20 @@ class LocalMariaDB:
         """Start the server and wait until it accepts connections."""
         if self.running:
             return
-        # ip netns exec execs the command in place: the process is mariadbd itself, so kill() reaches it.
+        # ip netns exec (and the chroot around a root's server) exec the command in place: the process is the
+        # server itself, so kill() reaches it.
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.process = subprocess.Popen(
-            [*prefix, *self.command()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            [*prefix, *_in_root(self.flavour, self.datadir, self.command())],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise LocalServerError(f"mariadbd on port {self.port} exited: {self._last_log_line()}")
+                raise LocalServerError(f"{self.flavour.name} on port {self.port} exited: {self._last_log_line()}")
             try:
                 conn = self.connect_socket() if connect_as_socket else self.connect(connect_timeout=1)
                 conn.close()
@@ -181,7 +306,7 @@ class LocalMariaDB:
                 last_error = exc
                 time.sleep(0.05)
         self.kill()
-        raise LocalServerError(f"mariadbd on port {self.port} not ready after {timeout}s: {last_error}")
+        raise LocalServerError(f"{self.flavour.name} on port {self.port} not ready after {timeout}s: {last_error}")
 
     def _last_log_line(self) -> str:
         try:
@@ -234,3 +359,8 @@ class LocalMariaDB:
         """Stop (if running) and start again on the same port and data dir."""
         self.stop()
         self.start(timeout=timeout)
+
+
+class LocalMariaDB(LocalServer):
+    """A server of the host's MariaDB (flavour ``mariadb-10.11``), the name the tests and the demo have always used;
+    ``flavour=`` makes it another."""

@@ -216,8 +216,10 @@ class LocalServer:
 
     @classmethod
     def from_template(cls, template: Path, datadir: Path, server_id: int, **kwargs: object) -> Self:
-        """A server whose data dir is a fresh copy of the template."""
+        """A server whose data dir is a fresh copy of the template. MySQL keeps its server UUID in auto.cnf: without
+        it each copy makes its own (replication refuses a source with the replica's UUID)."""
         shutil.copytree(template, datadir)
+        (datadir / "auto.cnf").unlink(missing_ok=True)
         return cls(datadir=datadir, server_id=server_id, **kwargs)  # type: ignore[arg-type]
 
     @property

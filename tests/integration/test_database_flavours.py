@@ -1,0 +1,52 @@
+"""Every database flavour for real: the server is the version it claims, and two of them replicate when set up by
+the project's own dialect and actions (``make test-databases`` runs the flavours with a built root)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.fixtures.mariadb import StartFlavourServers
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER
+from whm_ha.mysql import actions
+from whm_ha.mysql.dialect import SQL, Source, dialect_for
+from whm_ha.mysql.member import Credentials, connect, read_state
+
+pytestmark = pytest.mark.mariadb
+
+VERSIONS = {"mariadb-10.11": "10.11.", "mariadb-11.8": "11.8.", "mysql-9.7": "9.7."}
+
+
+def test_two_servers_replicate_with_the_flavours_dialect(database_servers: StartFlavourServers) -> None:
+    flavour = database_servers.flavour
+    dialect = dialect_for(flavour.product)
+    servers = database_servers(2)
+    admin = Credentials(ADMIN_USER, ADMIN_PASSWORD)
+    primary, replica = (connect(f"m{i}", s.host, s.port, admin, dialect) for i, s in enumerate(servers))
+    with primary, replica:
+        version = str(primary.row(SQL("SELECT VERSION()"))[0])  # type: ignore[index]
+        assert version.startswith(VERSIONS[flavour.name]), version
+        assert ("mariadb" in version.lower()) == (flavour.product == "mariadb"), version
+
+        assert actions.ensure_replication_user(primary, "repl", "repl-'secret")
+        source = Source(servers[0].host, servers[0].port, "repl", "repl-'secret")
+        assert actions.ensure_replica(replica, source)
+        primary.execute(SQL("CREATE DATABASE app"))
+        primary.execute(SQL("CREATE TABLE app.t (id INT PRIMARY KEY)"))
+        primary.execute(SQL("INSERT INTO app.t (id) VALUES (1), (2)"))
+        target = primary.executed()
+        assert actions.wait_applied(replica, target, 20), f"{replica.replica_status()}"
+        assert replica.rows(SQL("SELECT id FROM app.t ORDER BY id")) == ((1,), (2,))
+
+        state = read_state(replica)
+        assert state.is_replica and state.io_running and state.sql_running and state.read_only is True
+        assert read_state(primary).read_only is False
+        assert actions.ensure_replica(replica, source) is False, "a second pass writes nothing"
+
+    servers[1].kill()
+    started = time.monotonic()
+    servers[1].start()
+    assert time.monotonic() - started < 30
+    with connect("m1", servers[1].host, servers[1].port, admin, dialect) as again:
+        assert again.rows(SQL("SELECT id FROM app.t ORDER BY id")) == ((1,), (2,))

@@ -327,5 +327,5 @@ def test_a_failover_is_abandoned_when_the_old_primary_answers_again(replicating:
     replicating.insert(0, 7)  # on no replica
     record = PromotionProgress(from_="m0", to="m1", type="automatic", reason="test", detected_at=datetime.now(UTC))
     with pytest.raises(PromotionError, match="the primary m0 answers again: it is not dead"):
-        procedures.prepare(access_to(replicating), record, spec_of(replicating), {})
+        procedures.prepare(access_to(replicating), record, spec_of(replicating), {}, confirm=lambda _: None)
     assert replicating.sessions[1].read_only() and replicating.sessions[2].read_only(), "nobody was promoted"

@@ -547,7 +547,10 @@ def test_the_standby_operator_takes_over_when_the_active_one_dies(
     servers[0].kill()
     status = cluster.wait_primary("n2", timeout=30)
     assert len(status["failoverHistory"]) == 1
-    assert "primary-changed" in standby.log_text()
+    # The process logs the change just after writing it (and its Event): wait for the line, then check who acted.
+    changed = '"event": "primary-changed"'
+    wait_for(lambda: '"to": "n2"' in standby.log_text().split(changed, 2)[-1], 10, "the standby's log line")
+    assert '"to": "n2"' not in active.log_text(), "the killed operator did not act"
 
 
 def test_failback_honours_the_interval_and_never_delays_the_next_failover(

@@ -8,6 +8,7 @@ transactions no replica acknowledged (nor any client: AFTER_SYNC) instead of com
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import threading
@@ -25,6 +26,8 @@ from tests.fixtures.mariadb import StartServers
 from tests.fixtures.operator_process import OperatorProcess, StartOperator
 from tests.kube_helpers import GROUP, VERSION, wait_for
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
+from whm_ha.kube.client import KubeClient
+from whm_ha.replication.controller import ReplicationController
 
 pytestmark = pytest.mark.mariadb
 
@@ -797,3 +800,49 @@ def test_a_promotion_held_up_by_a_member_not_known_read_only_says_so_then_finish
     swamped.release()
     replication.wait(lambda s: s.get("currentPrimary") == "m1" and s.get("phase") == "Healthy", 30, "m1 primary")
     assert len(replication.events("PromotionStalled")) == 1
+
+
+def test_the_worker_thread_of_a_superseded_decision_changes_no_role(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decision's worker thread outlives it (kopf stops a daemon at a peering hand-over; the thread goes on).
+    Here a controller decides to fence a writable m2 and reopen m0; m2's fence waits on a table lock; meanwhile
+    another process promotes m1. Once the lock is released the thread must neither touch m1 nor open m0."""
+    replication.create(periodSeconds=2)  # a 6 s reply timeout: the lock is held well within it
+    first = start(replication, kube_api, operator_process)
+    replication.healthy()
+    first.kill()
+    replication.sql("m0", "SET GLOBAL read_only = ON")  # as a switchover abandoned leaves it
+    replication.sql("m2", "SET GLOBAL read_only = OFF")
+    holder = replication.servers[2].connect()
+    with holder.cursor() as cur:
+        for statement in ("CREATE DATABASE held", "CREATE TABLE held.t (i INT)", "LOCK TABLES held.t WRITE"):
+            cur.execute(statement)
+    monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig))
+
+    async def one_step() -> None:
+        async with KubeClient() as kube:
+            controller = ReplicationController(kube, replication.namespace, replication.name)
+            controller.deciding = True  # as its loop sets it
+            await controller.step(inspect=True)
+
+    stepping = threading.Thread(target=asyncio.run, args=(one_step(),), daemon=True)
+    stepping.start()
+    waiting = "SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE 'SET GLOBAL read_only%'"
+    wait_for(lambda: replication.sql("m2", waiting)[0][0] == 1, 15, "m2's fence waiting on the lock")
+    for statement in ("STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = OFF"):
+        replication.sql("m1", statement)  # the other process's promotion of m1
+    version = replication.get()["metadata"]["resourceVersion"]
+    replication.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        replication.namespace,
+        "mysqlreplications",
+        replication.name,
+        {"metadata": {"resourceVersion": version}, "status": {"currentPrimary": "m1"}},
+    )
+    holder.close()  # the lock goes with the session
+    stepping.join(30)
+    assert not stepping.is_alive()
+    assert replication.variable("m0", "read_only") == 1, "the superseded thread opened the old primary"
+    assert replication.variable("m1", "read_only") == 0, "the superseded thread fenced the new primary"

@@ -34,6 +34,7 @@ from ..mysql.dialect import dialect_for
 from ..mysql.member import Credentials, MemberState
 from ..mysql.topology import errant_members
 from . import metrics, procedures
+from .authority import Basis, Confirm, Superseded, confirmer
 from .legacy import SCHEMA, PromotionRow, record_promotion
 from .plan import (
     Failover,
@@ -107,6 +108,10 @@ class ReplicationController:
     credentials: tuple[str, ...] = ()
     services: ServicePublisher = field(init=False)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    deciding: bool = False
+    """The loop runs: worker threads may change roles (``confirm``) unless ``stop`` is set too."""
+    stop: Any = None
+    """kopf's stop flag of the daemon running the loop (true once asked to stop)."""
 
     def __post_init__(self) -> None:
         self.services = ServicePublisher(self.kube, self.namespace, self.name)
@@ -118,10 +123,19 @@ class ReplicationController:
 
     # -- the loop --------------------------------------------------------------------------------------------
 
+    def confirmer(self, obj: Obj) -> Confirm:
+        """For the worker threads of a decision made on ``obj`` (see `authority`)."""
+
+        async def read() -> Obj:
+            return await self.kube.get(MYSQLREPLICATIONS, self.namespace, self.name)
+
+        return confirmer(asyncio.get_running_loop(), read, lambda: not self.deciding or bool(self.stop), Basis.of(obj))
+
     async def run(self, stopped: Any) -> None:
         """Inspect every periodSeconds; decide after each inspection and at once when woken, without inspecting
         more often than the period (but right after a promotion, to reconfigure the others at once)."""
         inspected = float("-inf")
+        self.deciding, self.stop = True, stopped
         try:
             while not stopped:
                 self.wake.clear()
@@ -137,6 +151,7 @@ class ReplicationController:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), remaining)
         finally:
+            self.deciding = False
             if self.tasks:
                 await asyncio.wait(self.tasks, timeout=5)
 
@@ -441,7 +456,9 @@ class ReplicationController:
         prepared = procedures.Prepared()
         try:
             if record.step == "Preparing":
-                prepared = await asyncio.to_thread(procedures.prepare, access, record, spec, self.quarantined)
+                prepared = await asyncio.to_thread(
+                    procedures.prepare, access, record, spec, self.quarantined, self.confirmer(obj)
+                )
                 record = record.model_copy(update={"step": "Promoting"})
                 written = await self._patch_record(obj, {"promotion": record.to_k8s()}, record)
                 if written is None:
@@ -449,7 +466,13 @@ class ReplicationController:
                 obj = written
             seen = {name for name, read_only in self.read_only_seen.items() if read_only}
             read_only = seen.union(prepared.read_only)
-            unfenced = await asyncio.to_thread(procedures.finish, access, record, prepared.unreachable, read_only)
+            unfenced = await asyncio.to_thread(
+                procedures.finish, access, record, self.confirmer(obj), prepared.unreachable, read_only
+            )
+        except Superseded as exc:
+            log.warning("replication %s/%s: %s", self.namespace, self.name, exc)
+            self.wake.set()
+            return
         except PromotionError as exc:
             await self._abandon(obj, record, access.mask(str(exc)))
             return
@@ -574,7 +597,12 @@ class ReplicationController:
         )
         if not plan:
             return False
-        outcome = await asyncio.to_thread(procedures.reconcile, access, primary, plan)
+        try:
+            outcome = await asyncio.to_thread(procedures.reconcile, access, primary, plan, self.confirmer(obj))
+        except Superseded as exc:
+            log.warning("replication %s/%s: %s", self.namespace, self.name, exc)
+            self.wake.set()
+            return False
         self.full = self.full and bool(outcome.errors)
         for name in outcome.joined:
             quarantined.pop(name, None)

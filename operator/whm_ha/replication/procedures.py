@@ -18,6 +18,7 @@ from ..mysql.dialect import Dialect, Source
 from ..mysql.gtid import GtidSet
 from ..mysql.member import Credentials, MemberState, Session, connect, describe_error, inspect, read_state
 from ..mysql.topology import CONNECTION_ERRNOS, can_rejoin, choose_candidate
+from .authority import Confirm
 from .plan import Plan, exclusions, only_candidate, quorum_shortfall
 
 SEMI_SYNC_TIMEOUT_MS = 10_000
@@ -138,9 +139,10 @@ def _source_semi_sync_off(session: Session) -> bool:
     return True
 
 
-def reconcile(access: Access, primary: str, plan: Plan) -> Outcome:
+def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Outcome:
     """Apply ``plan``. A member that fails is reported and skipped; the primary is opened for writes only when
-    every member the plan touched is known to be read-only."""
+    every member the plan touched is known to be read-only. Each change of a member's role is confirmed first
+    (``confirm`` raises Superseded, which ends the pass)."""
     outcome = Outcome()
     with _Sessions(access) as sessions:
 
@@ -162,6 +164,7 @@ def reconcile(access: Access, primary: str, plan: Plan) -> Outcome:
                 outcome.errors.append(f"{name}: {what}: {access.describe(exc)}")
 
         for name in plan.fence:
+            confirm(f"fence {name}")
             session = attempt(name, "fence")
             try:
                 if session is not None and actions.fence(session).changed:
@@ -180,10 +183,13 @@ def reconcile(access: Access, primary: str, plan: Plan) -> Outcome:
         if plan.ensure_user:
             _ensure_accounts(access, head, outcome)
         for name in plan.join:
+            confirm(f"make {name} a replica of {primary}")
             _join(access, sessions, head, name, outcome)
         try:
-            if plan.open_primary and not outcome.unsafe and actions.promote(head).changed:
-                outcome.changes.append(f"{primary}: accepts writes")
+            if plan.open_primary and not outcome.unsafe:
+                confirm(f"open {primary} for writes")
+                if actions.promote(head).changed:
+                    outcome.changes.append(f"{primary}: accepts writes")
             if plan.semi_sync:
                 wanted = [n for n in plan.replicas if n not in outcome.quarantined and n not in outcome.unsafe]
                 replicas = [s for n in wanted if (s := attempt(n, "semi-sync")) is not None]
@@ -266,13 +272,19 @@ class Prepared:
 
 
 def prepare(
-    access: Access, record: PromotionProgress, spec: MySQLReplicationSpec, quarantined: Mapping[str, str]
+    access: Access,
+    record: PromotionProgress,
+    spec: MySQLReplicationSpec,
+    quarantined: Mapping[str, str],
+    confirm: Confirm,
 ) -> Prepared:
-    """Everything before the point of no return; raises PromotionError (or a driver error) to abandon.
+    """Everything before the point of no return; raises PromotionError (or a driver error) to abandon, Superseded
+    when ``confirm`` refuses the first write.
 
     Switchover: fence the old primary, wait until the candidate applied all it had. Failover: try to fence the old
     primary while every replica stops receiving; should it answer, abandon (it is not dead); otherwise check on
     fresh states that the candidate is still the one to promote (nothing can arrive any more)."""
+    confirm(f"fence {record.from_} to promote {record.to}")
     if record.planned:
         with access.connect(record.from_) as old, access.connect(record.to) as candidate:
             fenced = actions.fence(old)
@@ -324,7 +336,11 @@ def _stopped_replicas(access: Access, old_primary: str) -> list[MemberState]:
 
 
 def finish(
-    access: Access, record: PromotionProgress, unreachable: Collection[str] = (), read_only: Collection[str] = ()
+    access: Access,
+    record: PromotionProgress,
+    confirm: Confirm,
+    unreachable: Collection[str] = (),
+    read_only: Collection[str] = (),
 ) -> list[str]:
     """The point of no return: every other member that answers is made read-only while the candidate stops
     receiving and applies its relay log (all at once, so that members that do not answer cost one timeout);
@@ -333,8 +349,9 @@ def finish(
     skipped: one that accepts connections but cannot serve them must not hold the promotion up. ``unreachable``:
     members ``prepare`` just found unreachable, tried again with a short connect timeout (one that came back is
     fenced; one that comes back later is fenced when it answers, before it may rejoin). Returns the members that
-    could not be fenced."""
+    could not be fenced. Both the first write and the opening of the candidate are confirmed (Superseded)."""
     others = [n for n in access.members if n != record.to and n not in read_only]
+    confirm(f"fence the others and detach {record.to}")
     with access.connect(record.to) as session, ThreadPoolExecutor(max_workers=len(others) or 1) as pool:
         fencing = [
             pool.submit(fence_if_reachable, access, name, timeout=RETRY_CONNECT if name in unreachable else None)
@@ -342,5 +359,6 @@ def finish(
         ]
         actions.detach(session, timeout=RELAY_LOG_SECONDS)
         fenced = [future.result() for future in fencing]
+        confirm(f"open {record.to} for writes")
         actions.promote(session)
     return [name for name, result in zip(others, fenced, strict=True) if result is None]

@@ -1,4 +1,5 @@
-"""The replication actions against three real MariaDB servers: setup, inspection, failover, rejoin, semi-sync."""
+"""The replication actions against three real servers of each flavour (MariaDB 10.11 on the host; MariaDB 11.8 and
+MySQL 9.7 with ``--databases``): setup, inspection, failover, rejoin, semi-sync."""
 
 from __future__ import annotations
 
@@ -10,20 +11,19 @@ from datetime import UTC, datetime
 import pymysql
 import pytest
 
-from tests.fixtures.mariadb import StartServers
+from tests.fixtures.mariadb import StartFlavourServers
 from whm_ha.crd.mysqlreplication import Member, MySQLReplicationSpec, PromotionProgress
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
 from whm_ha.mysql import actions
 from whm_ha.mysql.actions import PromotionError
-from whm_ha.mysql.dialect import SQL, MariaDBDialect, Source
-from whm_ha.mysql.gtid import MariaDBGtidSet
+from whm_ha.mysql.dialect import SQL, Dialect, Source, dialect_for
+from whm_ha.mysql.gtid import MariaDBGtidSet, MySQLGtidSet
 from whm_ha.mysql.member import Credentials, MemberState, Session, connect, inspect, read_state
 from whm_ha.mysql.topology import can_rejoin, choose_candidate, errant_transactions, primary_confirmed_dead
 from whm_ha.replication import procedures
 
 pytestmark = pytest.mark.mariadb
 
-DIALECT = MariaDBDialect()
 ADMIN = Credentials(ADMIN_USER, ADMIN_PASSWORD)
 REPL_USER = "repl"
 REPL_PASSWORD = "repl-'secret"
@@ -46,16 +46,30 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) ->
 class Cluster:
     """Three members m0..m2 with their servers and admin sessions; m0 starts as the primary."""
 
-    servers: list[LocalMariaDB]
+    servers: list[LocalServer]
     sessions: list[Session] = field(default_factory=list)
     repl_password: str = REPL_PASSWORD
+
+    @property
+    def dialect(self) -> Dialect:
+        return dialect_for(self.servers[0].flavour.product)
+
+    @property
+    def mariadb(self) -> bool:
+        return self.dialect.flavor == "mariadb"
+
+    def server_uuid(self, index: int) -> str:
+        """MySQL's GTID source id of a member."""
+        row = self.sessions[index].row(SQL("SELECT @@GLOBAL.server_uuid"))
+        assert row is not None
+        return str(row[0])
 
     def __post_init__(self) -> None:
         self.sessions = [self.connect(i) for i in range(len(self.servers))]
 
     def connect(self, index: int) -> Session:
         server = self.servers[index]
-        return connect(f"m{index}", server.host, server.port, ADMIN, DIALECT)
+        return connect(f"m{index}", server.host, server.port, ADMIN, self.dialect)
 
     def reconnect(self, index: int) -> Session:
         self.sessions[index].close()
@@ -70,7 +84,7 @@ class Cluster:
 
     def inspect(self, index: int) -> MemberState:
         server = self.servers[index]
-        return inspect(f"m{index}", server.host, server.port, ADMIN, DIALECT)
+        return inspect(f"m{index}", server.host, server.port, ADMIN, self.dialect)
 
     def insert(self, index: int, *ids: int) -> None:
         for row_id in ids:
@@ -100,8 +114,8 @@ def set_up(cluster: Cluster) -> None:
 
 
 @pytest.fixture
-def cluster(mariadb_servers: StartServers) -> Iterator[Cluster]:
-    cluster = Cluster(mariadb_servers(3))
+def cluster(database_servers: StartFlavourServers) -> Iterator[Cluster]:
+    cluster = Cluster(database_servers(3))
     yield cluster
     cluster.close()
 
@@ -115,7 +129,8 @@ def replicating(cluster: Cluster) -> Cluster:
 def fail_over(cluster: Cluster) -> None:
     """m2 stops receiving, m0 writes rows 2-3 (only m1 gets them) and is killed; m1 is promoted, m2 follows it."""
     _, m1, m2 = cluster.sessions
-    m2.execute(DIALECT.stop_replica("io"))
+    origin = "0-1-" if cluster.mariadb else f"{cluster.server_uuid(0)}:"
+    m2.execute(cluster.dialect.stop_replica("io"))
     cluster.insert(0, 2, 3)
     cluster.wait_rows(1, {2, 3})
     cluster.servers[0].kill()
@@ -134,7 +149,7 @@ def fail_over(cluster: Cluster) -> None:
 
     choice = choose_candidate(states, cluster.members(), 30, exclude={"m0": "the failed primary"})
     assert choice.candidate == "m1", choice.refusals
-    assert choice.refusals["m2"].startswith("lacks transactions that others received: m1 (2: 0-1-")
+    assert choice.refusals["m2"].startswith(f"lacks transactions that others received: m1 (2: {origin}")
 
     assert actions.stop_io_threads([m1, m2]) == {}
     promoted = actions.promote(m1)
@@ -173,6 +188,8 @@ def test_inspect_reports_threads_lag_and_gtids(replicating: Cluster) -> None:
     replicating.wait_rows(1, {2})
     replicating.wait_rows(2, {2})
     wait_until(lambda: read_state(m1).gtid_executed == read_state(primary).gtid_executed, "m1 caught up")
+    # MySQL may report 1 s behind for a moment after it applied the last transaction.
+    wait_until(lambda: all(replicating.inspect(i).seconds_behind == 0 for i in (1, 2)), "replicas report no lag")
     states = [replicating.inspect(i) for i in range(3)]
     assert [(s.reachable, s.server_id, s.read_only, s.is_replica) for s in states] == [
         (True, 1, False, False),
@@ -184,11 +201,11 @@ def test_inspect_reports_threads_lag_and_gtids(replicating: Cluster) -> None:
         assert (state.source_host, state.source_port) == ("127.0.0.1", replicating.servers[0].port)
         assert state.last_io_error is None and state.last_sql_error is None
     executed = states[0].gtid_executed
-    assert isinstance(executed, MariaDBGtidSet)
-    assert str(executed) == "0-1-6", "user, grant, database, table, two rows"
+    expected = "0-1-6" if replicating.mariadb else f"{replicating.server_uuid(0)}:1-6"
+    assert str(executed) == expected, "user, grant, database, table, two rows"
     assert states[1].gtid_executed == states[1].gtid_retrieved == executed
 
-    m2.execute(DIALECT.stop_replica("sql"))
+    m2.execute(replicating.dialect.stop_replica("sql"))
     stopped = read_state(m2)
     assert (stopped.io_running, stopped.sql_running) == (True, False)
 
@@ -197,7 +214,7 @@ def test_inspect_never_raises_and_never_shows_the_password(replicating: Cluster)
     server = replicating.servers[0]
     wrong = Credentials(ADMIN_USER, "not-the-password-42")
     assert "not-the-password-42" not in repr(wrong)
-    denied = inspect("m0", server.host, server.port, wrong, DIALECT)
+    denied = inspect("m0", server.host, server.port, wrong, replicating.dialect)
     assert not denied.reachable and denied.error is not None
     assert "Access denied" in denied.error and "not-the-password-42" not in denied.error
     replicating.servers[2].kill()
@@ -208,7 +225,7 @@ def test_inspect_never_raises_and_never_shows_the_password(replicating: Cluster)
 
 def test_wait_applied(replicating: Cluster) -> None:
     primary, m1, m2 = replicating.sessions
-    m2.execute(DIALECT.stop_replica("io"))
+    m2.execute(replicating.dialect.stop_replica("io"))
     replicating.insert(0, 2)
     target = primary.executed()
     assert actions.wait_applied(m1, target, 5)
@@ -216,8 +233,13 @@ def test_wait_applied(replicating: Cluster) -> None:
     assert actions.wait_applied(m2, target, 0.5) is False
     assert time.monotonic() - started < 3
     started = time.monotonic()
-    assert actions.wait_applied(m1, MariaDBGtidSet.parse("0-9-1"), 5) is False, "another server's GTID"
-    assert time.monotonic() - started < 3, "the server reports 0-9-1 reached by seq: no point waiting"
+    if replicating.mariadb:
+        assert actions.wait_applied(m1, MariaDBGtidSet.parse("0-9-1"), 5) is False, "another server's GTID"
+        assert time.monotonic() - started < 3, "the server reports 0-9-1 reached by seq: no point waiting"
+    else:
+        other = MySQLGtidSet.parse("3e11fa47-71ca-11e1-9e33-c80aa9429562:1")
+        assert actions.wait_applied(m1, other, 1) is False, "another server's GTID"
+        assert time.monotonic() - started < 3
 
 
 def test_failover_after_the_primary_is_killed(replicating: Cluster) -> None:
@@ -246,24 +268,30 @@ def test_errant_transactions_keep_the_old_primary_out(replicating: Cluster) -> N
     replicating.servers[0].start()
     old = replicating.reconnect(0)
     before = old.executed()
-    assert isinstance(before, MariaDBGtidSet)
+    if replicating.mariadb:
+        assert isinstance(before, MariaDBGtidSet)
+        top = before.domains[0].top
+        expected = f"0-1-{top + 1}..{top + 2}"
+    else:
+        assert isinstance(before, MySQLGtidSet)
+        top = before.count  # all its own, from 1
+        expected = f"{replicating.server_uuid(0)}:{top + 1}-{top + 2}"
     replicating.insert(0, 100, 101)
     fenced = actions.fence(old)
     errant = errant_transactions(fenced.gtid, replicating.sessions[1].executed())
-    top = before.domains[0].top
-    assert errant == MariaDBGtidSet.parse(f"0-1-{top + 1}..{top + 2}")
+    assert errant == replicating.dialect.parse_gtid(expected)
     assert errant.count == 2
     verdict = can_rejoin(fenced.gtid, replicating.sessions[1].executed())
     assert not verdict.ok
-    assert verdict.reason.startswith(f"2 errant transaction(s) the primary lacks: 0-1-{top + 1}..{top + 2}")
+    assert verdict.reason.startswith(f"2 errant transaction(s) the primary lacks: {expected}")
 
 
 def test_rotated_replication_password_is_applied_on_both_sides(replicating: Cluster) -> None:
     primary, m1, _ = replicating.sessions
     replicating.repl_password = "rotated-secret"
     assert actions.ensure_replication_user(primary, REPL_USER, replicating.repl_password)
-    m1.execute(DIALECT.stop_replica("io"))
-    m1.execute(DIALECT.start_replica("io"))
+    m1.execute(replicating.dialect.stop_replica("io"))
+    m1.execute(replicating.dialect.start_replica("io"))
     wait_until(lambda: getattr(m1.replica_status(), "last_io_errno", None) == 1045, "m1 is refused")
     assert actions.ensure_replica(m1, replicating.source(0))
     replicating.insert(0, 7)
@@ -298,7 +326,7 @@ def access_to(cluster: Cluster) -> procedures.Access:
         replication=Credentials(REPL_USER, REPL_PASSWORD),
         application=Credentials("app", "app-pw"),
         schemas=("whm_ha",),
-        dialect=DIALECT,
+        dialect=cluster.dialect,
         timeout=1.0,
         waiting_timeout=3.0,
         net_timeout=2,
@@ -322,8 +350,8 @@ def test_a_failover_is_abandoned_when_the_old_primary_answers_again(replicating:
     """Confirmed dead, then it answers at the last moment: its last commits may be on no replica, so promoting
     a replica would drop them. The failover is abandoned; the primary, fenced meanwhile, keeps its data."""
     _, m1, m2 = replicating.sessions
-    m1.execute(DIALECT.stop_replica("io"))
-    m2.execute(DIALECT.stop_replica("io"))
+    m1.execute(replicating.dialect.stop_replica("io"))
+    m2.execute(replicating.dialect.stop_replica("io"))
     replicating.insert(0, 7)  # on no replica
     record = PromotionProgress(from_="m0", to="m1", type="automatic", reason="test", detected_at=datetime.now(UTC))
     with pytest.raises(PromotionError, match="the primary m0 answers again: it is not dead"):

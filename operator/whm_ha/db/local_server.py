@@ -263,8 +263,10 @@ class LocalServer:
                 args.append("--gtid-strict-mode=ON")
         else:
             # No X Protocol listener (every server would want port 33060); redo capacity replaces the log size.
-            # Row-based binary logging is the default (binlog_format is deprecated).
+            # Row-based binary logging is the default (binlog_format is deprecated). The semi-sync plugins are
+            # loaded at startup, as the README asks: a super_read_only replica refuses INSTALL PLUGIN.
             args += ["--mysqlx=OFF", "--innodb-redo-log-capacity=32M"]
+            args += ["--plugin-load-add=semisync_source.so", "--plugin-load-add=semisync_replica.so"]
             if self.log_bin:
                 args += ["--log-bin=mysql-bin", "--log-replica-updates=ON"]
                 args += ["--gtid-mode=ON", "--enforce-gtid-consistency=ON"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pymysql
 
-from .dialect import APPLICATION_PRIVILEGES, REPLICATION_PRIVILEGE, SemiSyncRole, Source
+from .dialect import APPLICATION_PRIVILEGES, READ_ONLY_ERRNO, REPLICATION_PRIVILEGE, SemiSyncRole, Source
 from .gtid import GtidSet
 from .member import Session
 
@@ -235,7 +235,13 @@ def _apply_semi_sync(session: Session, role: SemiSyncRole, enabled: bool, timeou
         install = dialect.install_semi_sync(role)
         if install is None:
             raise RuntimeError(f"{session.name}: no semi-sync variables {', '.join(wanted.keys() - current.keys())}")
-        session.execute(install)
+        try:
+            session.execute(install)
+        except pymysql.OperationalError as exc:
+            if exc.args and exc.args[0] == READ_ONLY_ERRNO:
+                needs = dialect.semi_sync_prerequisite(role)
+                raise RuntimeError(f"{session.name}: read-only, cannot install semi-sync: it needs {needs}") from exc
+            raise
         current = {str(name): str(value) for name, value in session.rows(dialect.semi_sync_variables_query())}
         changed = True
     for variable, value in wanted.items():

@@ -17,7 +17,8 @@ Choices that differ per flavor:
   is set to ``@@gtid_current_pos``, so a demoted primary resumes after its own binlogged transactions and a
   replica seeded from a backup keeps its seeded position. MySQL uses ``SOURCE_AUTO_POSITION=1``.
 * Semi-sync. MariaDB 10.3+ has it built in (``rpl_semi_sync_master_*``/``_slave_*``); MySQL 8.0.26+ needs the
-  ``rpl_semi_sync_source``/``rpl_semi_sync_replica`` plugins. Both wait ``AFTER_SYNC`` (lossless).
+  ``rpl_semi_sync_source``/``rpl_semi_sync_replica`` plugins. Both wait ``AFTER_SYNC`` (lossless). A fenced MySQL
+  member (``super_read_only``) refuses ``INSTALL PLUGIN``, so its configuration must load them at startup.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ IOState = Literal["running", "connecting", "stopped"]
 CONNECT_RETRY_SECONDS = 1
 HEARTBEAT_SECONDS = 1
 REPLICATION_PRIVILEGE = "REPLICATION SLAVE"
+READ_ONLY_ERRNO = 1290
+"""ER_OPTION_PREVENTS_STATEMENT: the server is read-only (or super_read_only) and refuses the statement."""
 APPLICATION_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "INDEX", "EVENT")
 """What the application account holds on each of its schemas: the DML of the legacy tables and the DDL of their
 migrations. All are schema privileges, which read-only servers refuse (unlike SUPER or READ ONLY ADMIN)."""
@@ -266,6 +269,10 @@ class Dialect(ABC):
         """The statement that makes the role's variables exist, if the flavor needs one."""
         return None
 
+    def semi_sync_prerequisite(self, role: SemiSyncRole) -> str | None:
+        """What a read-only member needs in its configuration for the role's variables to exist, if anything."""
+        return None
+
     # --- accounts -------------------------------------------------------------------------------------------
 
     def user_exists(self, user: str, host: str) -> SQL:
@@ -415,8 +422,14 @@ class MySQLDialect(Dialect):
         return [SQL("SET GLOBAL super_read_only = OFF"), SQL("SET GLOBAL read_only = OFF")]
 
     def install_semi_sync(self, role: SemiSyncRole) -> SQL | None:
+        """``INSTALL PLUGIN``, which a ``super_read_only`` member refuses (it writes ``mysql.plugin``): replicas need
+        the plugins loaded at startup (`semi_sync_prerequisite`)."""
         name, library = self.semi_sync_plugins[role]
         return SQL(f"INSTALL PLUGIN {name} SONAME '{library}'")
+
+    def semi_sync_prerequisite(self, role: SemiSyncRole) -> str | None:
+        name, library = self.semi_sync_plugins[role]
+        return f"the {name} plugin loaded at startup (plugin-load-add={library})"
 
 
 def dialect_for(flavor: Flavor) -> Dialect:

@@ -50,3 +50,27 @@ def test_two_servers_replicate_with_the_flavours_dialect(database_servers: Start
     assert time.monotonic() - started < 30
     with connect("m1", servers[1].host, servers[1].port, admin, dialect) as again:
         assert again.rows(SQL("SELECT id FROM app.t ORDER BY id")) == ((1,), (2,))
+
+
+def test_a_server_started_read_only_is_not_writable_until_opened(database_servers: StartFlavourServers) -> None:
+    """Issue 16, item 1: a member configured ``read_only=ON`` (as the README asks) is not writable, so a primary
+    that starts so is opened; on MySQL it is not fenced either until ``super_read_only`` binds every account."""
+    flavour = database_servers.flavour
+    (server,) = database_servers(1, extra_args=("--read-only=ON",))
+    admin = Credentials(ADMIN_USER, ADMIN_PASSWORD)
+    with connect("m0", server.host, server.port, admin, dialect_for(flavour.product)) as session:
+        state = read_state(session)
+        assert state.read_only is True, "read_only=ON: applications cannot write"
+        assert state.fenced is (flavour.product == "mariadb"), "MySQL: super_read_only is still off"
+
+        fenced = actions.fence(session)
+        assert fenced.changed is (flavour.product == "mysql")
+        assert read_state(session).fenced is True
+        assert actions.fence(session).changed is False
+
+        opened = actions.promote(session)
+        assert opened.changed
+        state = read_state(session)
+        assert (state.read_only, state.fenced) == (False, False)
+        variables = "@@GLOBAL.read_only" + (", @@GLOBAL.super_read_only" if flavour.product == "mysql" else "")
+        assert set(session.row(SQL(f"SELECT {variables}")) or ()) == {0}

@@ -118,8 +118,13 @@ def test_replica_control_statements(dialect: Dialect, expected: list[str]) -> No
 
 
 def test_server_state_reads_the_binlog_state_on_mariadb_and_gtid_executed_on_mysql() -> None:
-    assert MARIADB.server_state().text == "SELECT @@GLOBAL.server_id, @@GLOBAL.read_only, @@GLOBAL.gtid_binlog_state"
-    assert MYSQL.server_state().text == "SELECT @@GLOBAL.server_id, @@GLOBAL.super_read_only, @@GLOBAL.gtid_executed"
+    assert MARIADB.server_state().text == (
+        "SELECT @@GLOBAL.server_id, @@GLOBAL.read_only, @@GLOBAL.read_only, @@GLOBAL.gtid_binlog_state"
+    )
+    assert MYSQL.server_state().text == (
+        "SELECT @@GLOBAL.server_id, (@@GLOBAL.read_only OR @@GLOBAL.super_read_only), @@GLOBAL.super_read_only, "
+        "@@GLOBAL.gtid_executed"
+    ), "writable only when both are off (issue 16, item 1); fenced only by super_read_only"
 
 
 def test_read_only_statements() -> None:

@@ -390,3 +390,11 @@ def test_replica_problems_and_their_conditions() -> None:
     assert replica_health(replica("m1", is_replica=False), 30) == [
         Problem("ReplicationBroken", "m1: no replication source configured")
     ]
+
+
+def test_a_replica_read_only_but_not_fenced_is_degraded() -> None:
+    """MySQL ``read_only=ON`` without ``super_read_only``: applications cannot write, accounts with SUPER can."""
+    assert replica_health(replica("m1", fenced=False), 30) == [
+        Problem("Degraded", "m1: not fenced: super_read_only is off on a replica")
+    ]
+    assert replica_health(replica("m1", fenced=True), 30) == []

@@ -110,7 +110,9 @@ def ensure_application_user(
 
 
 def _set_read_only(session: Session, on: bool) -> bool:
-    if session.read_only() == on:
+    """Fence (``on``: no account can write) or open (every read-only variable off); whether it wrote."""
+    state = session.server_state()
+    if state.fenced if on else not state.read_only:
         return False
     for sql in session.dialect.set_read_only(on):
         session.execute(sql)

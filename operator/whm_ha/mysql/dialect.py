@@ -13,6 +13,9 @@ Choices that differ per flavor:
 * Read-only. MySQL: ``super_read_only`` (implies ``read_only``) stops every account. MariaDB has no
   ``super_read_only``: ``read_only=ON`` stops every account without the READ ONLY ADMIN privilege (10.5.2+;
   since 10.11 SUPER no longer implies it, but ALL PRIVILEGES does). Application accounts must not hold it.
+  A member is *writable* only when ``read_only`` (and on MySQL ``super_read_only``) is off, and *fenced* only when
+  the variable above is on: a MySQL member started with ``read_only=ON`` alone is neither (its applications cannot
+  write, accounts with SUPER still can), so it is opened when it is the primary and fenced when it is not.
 * Replica position. MariaDB replicas use ``MASTER_USE_GTID=slave_pos``; before (re)configuring, ``gtid_slave_pos``
   is set to ``@@gtid_current_pos``, so a demoted primary resumes after its own binlogged transactions and a
   replica seeded from a backup keeps its seeded position. MySQL uses ``SOURCE_AUTO_POSITION=1``.
@@ -155,6 +158,9 @@ class Dialect(ABC):
     flavor: ClassVar[Flavor]
     replica_word: ClassVar[str]
     read_only_variable: ClassVar[str]
+    """The variable that fences: ON binds every account (that holds no bypass privilege, see above)."""
+    not_writable_expression: ClassVar[str]
+    """True unless every read-only variable is off."""
     executed_variable: ClassVar[str]
     net_timeout_variable: ClassVar[str]
     """Seconds a replica's IO thread waits for data (events or heartbeats) before it reconnects."""
@@ -171,8 +177,12 @@ class Dialect(ABC):
     # --- inspection -----------------------------------------------------------------------------------------
 
     def server_state(self) -> SQL:
-        """One row: server id, read-only as this library enforces it, executed GTIDs."""
-        return SQL(f"SELECT @@GLOBAL.server_id, @@GLOBAL.{self.read_only_variable}, @@GLOBAL.{self.executed_variable}")
+        """One row: server id, read-only (not writable), fenced (the read-only this library enforces), executed
+        GTIDs."""
+        return SQL(
+            f"SELECT @@GLOBAL.server_id, {self.not_writable_expression}, @@GLOBAL.{self.read_only_variable}, "
+            f"@@GLOBAL.{self.executed_variable}"
+        )
 
     def net_timeout(self) -> SQL:
         return SQL(f"SELECT @@GLOBAL.{self.net_timeout_variable}")
@@ -303,6 +313,7 @@ class MariaDBDialect(Dialect):
     flavor = "mariadb"
     replica_word = "SLAVE"
     read_only_variable = "read_only"
+    not_writable_expression = "@@GLOBAL.read_only"
     executed_variable = "gtid_binlog_state"
     net_timeout_variable = "slave_net_timeout"
     columns = {
@@ -362,6 +373,7 @@ class MySQLDialect(Dialect):
     flavor = "mysql"
     replica_word = "REPLICA"
     read_only_variable = "super_read_only"
+    not_writable_expression = "(@@GLOBAL.read_only OR @@GLOBAL.super_read_only)"
     executed_variable = "gtid_executed"
     net_timeout_variable = "replica_net_timeout"
     columns = {

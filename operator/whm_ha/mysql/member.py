@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import pymysql
 import pymysql.cursors
@@ -25,6 +25,20 @@ class Credentials:
 
     username: str
     password: str = field(repr=False)
+
+
+class ServerState(NamedTuple):
+    server_id: int
+    read_only: bool
+    """Not writable: ``read_only`` (or on MySQL ``super_read_only``) is on; applications cannot write."""
+    fenced: bool
+    """No account can write (bypass privileges aside, see `dialect`): MySQL ``super_read_only``, MariaDB
+    ``read_only``."""
+    executed: GtidSet
+
+
+def _on(value: object) -> bool:
+    return str(value).upper() not in ("0", "OFF")
 
 
 class Session:
@@ -72,18 +86,22 @@ class Session:
             cur.execute(self.dialect.replica_status().text)
             return self.dialect.normalize_replica_status(cur.fetchone())
 
-    def server_state(self) -> tuple[int, bool, GtidSet]:
-        """Server id, read-only (as the dialect enforces it), executed GTIDs."""
+    def server_state(self) -> ServerState:
         row = self.row(self.dialect.server_state())
         assert row is not None
-        server_id, read_only, executed = row
-        return int(server_id), str(read_only).upper() not in ("0", "OFF"), self.dialect.parse_gtid(executed)
+        server_id, read_only, fenced, executed = row
+        return ServerState(int(server_id), _on(read_only), _on(fenced), self.dialect.parse_gtid(executed))
 
     def executed(self) -> GtidSet:
-        return self.server_state()[2]
+        return self.server_state().executed
 
     def read_only(self) -> bool:
-        return self.server_state()[1]
+        """Not writable: some read-only variable is on."""
+        return self.server_state().read_only
+
+    def fenced(self) -> bool:
+        """The read-only the dialect enforces (MySQL: super_read_only) is on."""
+        return self.server_state().fenced
 
     def net_timeout(self) -> int:
         row = self.row(self.dialect.net_timeout())
@@ -142,6 +160,10 @@ class MemberState:
     """Why it could not be inspected."""
     server_id: int | None = None
     read_only: bool | None = None
+    """Not writable (`ServerState.read_only`): False only when every read-only variable is off."""
+    fenced: bool | None = None
+    """No account can write (`ServerState.fenced`): on MySQL ``super_read_only``; a member may be read-only and
+    not fenced (MySQL ``read_only=ON`` alone)."""
     is_replica: bool = False
     """A source is configured."""
     source_host: str | None = None
@@ -169,16 +191,17 @@ class MemberState:
 
 def read_state(session: Session) -> MemberState:
     """Inspect through an open session; raises pymysql errors."""
-    server_id, read_only, executed = session.server_state()
+    server = session.server_state()
     status = session.replica_status()
     state = MemberState(
         name=session.name,
         host=session.conn.host,
         port=session.conn.port,
         reachable=True,
-        server_id=server_id,
-        read_only=read_only,
-        gtid_executed=executed,
+        server_id=server.server_id,
+        read_only=server.read_only,
+        fenced=server.fenced,
+        gtid_executed=server.executed,
         semi_sync=session.semi_sync_status(),
         net_timeout=session.net_timeout(),
     )

@@ -262,4 +262,6 @@ def replica_health(
         )
     if state.read_only is False:
         problems.append(Problem("Degraded", f"{state.name}: writable: read-only is off on a replica"))
+    elif state.fenced is False:
+        problems.append(Problem("Degraded", f"{state.name}: not fenced: super_read_only is off on a replica"))
     return problems

@@ -88,6 +88,8 @@ class ClusterController:
                         await asyncio.wait_for(self.wake.wait(), remaining)
         finally:
             await self._session.close()
+            if self.legacy is not None:
+                self.legacy.workers.close()
 
     async def step(self, cluster: Obj, nodes: list[Obj], *, probe: bool = True) -> None:
         spec = WHMClusterSpec.model_validate(cluster.get("spec") or {})

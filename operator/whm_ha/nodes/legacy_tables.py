@@ -17,6 +17,7 @@ from ..db.cluster_database import DatabaseUnavailable, application_credentials, 
 from ..db.dsn import DSN
 from ..db.migrate import MigrationError, migrate
 from ..kube.client import ApiError, KubeClient
+from ..workers import WorkerBudget
 
 log = logging.getLogger(__name__)
 FIRST_RETRY, LAST_RETRY = 1.0, 30.0
@@ -65,9 +66,14 @@ class LegacyTables:
     _migrated: set[tuple[str, int, str]] = field(default_factory=set)
     _credentials: dict[str, tuple[str, str]] = field(default_factory=dict)
     """The application account's (username, password) by Secret name, read once, again after a refused login."""
+    workers: WorkerBudget = field(init=False)
+    """One thread: batches go one at a time."""
     _health_rows: list[tuple[object, ...]] = field(default_factory=list)
     _pending: list[tuple[str, list[tuple[object, ...]]]] = field(default_factory=list)
     """Registry and failover writes not written yet, in order."""
+
+    def __post_init__(self) -> None:
+        self.workers = WorkerBudget(f"legacy-{self.namespace}/{self.cluster}", 1)
 
     def _problem(self, problem: str) -> None:
         """Log a problem once, not at every write; back off before trying the same primary again."""
@@ -99,7 +105,7 @@ class LegacyTables:
         if (where.host, where.port, username) not in self._migrated:
             self._dsn = dsn
             try:
-                await asyncio.to_thread(migrate, dsn)
+                await self.workers.run(migrate, dsn)
             except MigrationError as exc:
                 self._failure(exc)
                 return None
@@ -149,7 +155,7 @@ class LegacyTables:
                 conn.close()
 
         try:
-            await asyncio.to_thread(run)
+            await self.workers.run(run)
         except (pymysql.MySQLError, NotPrimary) as exc:
             self._failure(exc)
             return False
@@ -173,7 +179,7 @@ class LegacyTables:
                 conn.close()
 
         try:
-            return await asyncio.to_thread(run)
+            return await self.workers.run(run)
         except (pymysql.MySQLError, NotPrimary) as exc:
             self._failure(exc)
             return None

@@ -33,6 +33,7 @@ from ..mysql.actions import PromotionError
 from ..mysql.dialect import dialect_for
 from ..mysql.member import Credentials, MemberState
 from ..mysql.topology import errant_members
+from ..workers import WorkerBudget
 from . import metrics, procedures
 from .authority import Basis, Confirm, Superseded, confirmer
 from .legacy import SCHEMA, PromotionRow, record_promotion
@@ -55,6 +56,10 @@ from .services import ServicePublisher
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
+ACCESS_DENIED = 1045
+
+SECRET_TTL = 30.0
+"""Seconds the credentials read from a Secret are used before it is read again (at once after a refused login)."""
 STALL_ATTEMPTS = 3
 """Failed attempts in a row at finishing a promotion before a PromotionStalled Event."""
 
@@ -106,6 +111,8 @@ class ReplicationController:
     blocked: str = ""
     """The cause of the last FailoverBlocked Event, so that it is posted once."""
     credentials: tuple[str, ...] = ()
+    secrets: dict[str, tuple[float, tuple[str, str]]] = field(default_factory=dict)
+    """Credentials by Secret name, with when they were read."""
     services: ServicePublisher = field(init=False)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     deciding: bool = False
@@ -113,8 +120,12 @@ class ReplicationController:
     stop: Any = None
     """kopf's stop flag of the daemon running the loop (true once asked to stop)."""
 
+    workers: WorkerBudget = field(init=False)
+    """The threads of this replication's blocking calls: one per member, plus two (errant check, legacy row)."""
+
     def __post_init__(self) -> None:
         self.services = ServicePublisher(self.kube, self.namespace, self.name)
+        self.workers = WorkerBudget(f"mysql-{self.namespace}/{self.name}", 5)
 
     def notice(self, generation: int | None, annotations: dict[str, str]) -> None:
         """Wake for a request or a spec change, not for the status writes of this controller."""
@@ -154,12 +165,14 @@ class ReplicationController:
             self.deciding = False
             if self.tasks:
                 await asyncio.wait(self.tasks, timeout=5)
+            self.workers.close()
 
     async def step(self, *, inspect: bool) -> None:
         obj = await self.kube.get(MYSQLREPLICATIONS, self.namespace, self.name)
         spec = MySQLReplicationSpec.model_validate(obj.get("spec") or {})
         status: Obj = obj.get("status") or {}
         self.period = float(spec.period_seconds)
+        self.workers.resize(len(spec.members) + 2)
         generation = obj["metadata"].get("generation")
         if generation != self.generation:
             self.generation, self.full = generation, True
@@ -228,7 +241,7 @@ class ReplicationController:
         secrets = []
         for ref in (spec.credentials_secret, spec.replication_secret):
             try:
-                secrets.append(await secret_credentials(self.kube, self.namespace, ref.name))
+                secrets.append(await self._secret(ref.name))
             except ApiError as exc:
                 if exc.status != 404:
                     raise
@@ -254,7 +267,7 @@ class ReplicationController:
         """The application account's Secret, created (owned by this MySQLReplication) when missing."""
         name = application_secret_name(self.name, spec.application_account)
         try:
-            return await secret_credentials(self.kube, self.namespace, name)
+            return await self._secret(name)
         except ApiError as exc:
             if exc.status != 404:
                 raise
@@ -265,13 +278,25 @@ class ReplicationController:
         except ApiError as exc:
             if exc.status != 409:
                 raise  # 409: another process created it first; read theirs
-        return await secret_credentials(self.kube, self.namespace, name)
+        return await self._secret(name)
+
+    async def _secret(self, name: str) -> tuple[str, str]:
+        """(username, password) of a Secret, read again after SECRET_TTL."""
+        now = time.monotonic()
+        cached = self.secrets.get(name)
+        if cached is not None and now - cached[0] < SECRET_TTL:
+            return cached[1]
+        credentials = await secret_credentials(self.kube, self.namespace, name)
+        self.secrets[name] = (now, credentials)
+        return credentials
 
     async def _inspect(self, spec: MySQLReplicationSpec, access: Access, status: Obj) -> None:
         """Every member at once, each in a worker thread; count failures in a row."""
-        states = await asyncio.gather(*(asyncio.to_thread(access.inspect, m.name) for m in spec.members))
+        states = await asyncio.gather(*(self.workers.run(access.inspect, m.name) for m in spec.members))
         now = time.time()
         self.states = {s.name: s for s in states}
+        if any(s.error and s.error.endswith(f"({ACCESS_DENIED})") for s in states):
+            self.secrets.clear()  # the password may have changed: read the Secrets again
         for gone in set(self.failures) - set(self.states):
             del self.failures[gone]
         labels = (self.namespace, self.name)
@@ -309,7 +334,7 @@ class ReplicationController:
         if not errant_members(self.states, primary, head.gtid_executed, skip=self.quarantined):
             return
         try:
-            fresh = await asyncio.to_thread(access.executed, primary)
+            fresh = await self.workers.run(access.executed, primary)
         except DatabaseError:
             return  # the primary stopped answering: the next inspection says more
         for name, verdict in errant_members(self.states, primary, fresh, skip=self.quarantined).items():
@@ -456,7 +481,7 @@ class ReplicationController:
         prepared = procedures.Prepared()
         try:
             if record.step == "Preparing":
-                prepared = await asyncio.to_thread(
+                prepared = await self.workers.run(
                     procedures.prepare, access, record, spec, self.quarantined, self.confirmer(obj)
                 )
                 record = record.model_copy(update={"step": "Promoting"})
@@ -466,7 +491,7 @@ class ReplicationController:
                 obj = written
             seen = {name for name, read_only in self.read_only_seen.items() if read_only}
             read_only = seen.union(prepared.read_only)
-            unfenced = await asyncio.to_thread(
+            unfenced = await self.workers.run(
                 procedures.finish, access, record, self.confirmer(obj), prepared.unreachable, read_only
             )
         except Superseded as exc:
@@ -564,7 +589,7 @@ class ReplicationController:
     async def _legacy_row(self, access: Access, dsn: DSN, row: PromotionRow) -> None:
         """In the background: with semi-sync the new primary may wait for its first replica before it commits."""
         try:
-            await asyncio.to_thread(record_promotion, dsn, row)
+            await self.workers.run(record_promotion, dsn, row)
         except (MigrationError, *DatabaseError) as exc:
             log.warning(
                 "replication %s/%s: no legacy failover row: %s", self.namespace, self.name, access.mask(str(exc))
@@ -598,7 +623,7 @@ class ReplicationController:
         if not plan:
             return False
         try:
-            outcome = await asyncio.to_thread(procedures.reconcile, access, primary, plan, self.confirmer(obj))
+            outcome = await self.workers.run(procedures.reconcile, access, primary, plan, self.confirmer(obj))
         except Superseded as exc:
             log.warning("replication %s/%s: %s", self.namespace, self.name, exc)
             self.wake.set()

@@ -1,5 +1,5 @@
 # Entry points. `make test` and `make demo` work on a fresh Debian machine: they install what is missing first.
-.PHONY: setup test test-real test-faults control-plane lint unit crds demo e2e-kind clean
+.PHONY: setup test test-real test-faults databases test-databases control-plane lint unit crds demo e2e-kind clean
 
 VENV := .venv/bin
 
@@ -18,6 +18,15 @@ test: lint
 # The fault tier: hosts in network namespaces (root; WHM_HA_REQUIRE_FAULTS=1 fails instead of skipping).
 test-faults: setup
 	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest tests/faults --faults
+
+# The database flavour matrix: the tests parametrized by flavour, on MariaDB 11.8 and MySQL 9.7 from the roots
+# hack/build-databases builds (root; cached; MariaDB 10.11 runs in `make test`). WHM_HA_REQUIRE_DATABASES=1
+# fails instead of skipping when a root is missing.
+databases:
+	bash hack/build-databases
+
+test-databases: setup databases
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest --databases -m databases
 
 control-plane:
 	bash hack/build-control-plane

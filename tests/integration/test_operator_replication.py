@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -846,3 +847,63 @@ def test_the_worker_thread_of_a_superseded_decision_changes_no_role(
     assert not stepping.is_alive()
     assert replication.variable("m0", "read_only") == 1, "the superseded thread opened the old primary"
     assert replication.variable("m1", "read_only") == 0, "the superseded thread fenced the new primary"
+
+
+def test_fifty_replications_whose_members_never_answer_do_not_delay_a_failover(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    """Each inspection of a member that accepts connections but never answers waits its full timeout in a
+    worker thread. With 150 of them every period, the primary of a healthy replication is killed: its failover
+    keeps the bound of a lone one, because each replication has its own threads."""
+    silent = []
+    for _ in range(3):
+        sock = socket.socket()
+        sock.bind((replication.host, 0))
+        sock.listen(4096)  # never accepted: the handshake completes, the server greeting never comes
+        silent.append(sock)
+    replication.create()
+    start(replication, kube_api, operator_process)
+    replication.healthy()
+    members = [{"name": f"s{i}", "host": replication.host, "port": s.getsockname()[1]} for i, s in enumerate(silent)]
+    try:
+        for index in range(50):
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "MySQLReplication",
+                "metadata": {"name": f"idle-{index:02d}"},
+                "spec": {
+                    "primary": "s0",
+                    "members": members,
+                    "credentialsSecret": {"name": "db-admin"},
+                    "replicationSecret": {"name": "db-repl"},
+                    **FAST,
+                },
+            }
+            replication.custom.create_namespaced_custom_object(
+                GROUP, VERSION, replication.namespace, "mysqlreplications", body
+            )
+        waiting = ("idle-00", "idle-49")
+        for name in waiting:  # their loops run: each has written why it cannot choose a primary
+            wait_for(
+                lambda n=name: (
+                    "choosing the first primary"
+                    in str(
+                        replication.custom.get_namespaced_custom_object(
+                            GROUP, VERSION, replication.namespace, "mysqlreplications", n
+                        )
+                        .get("status", {})
+                        .get("reason", "")
+                    )
+                ),
+                30,
+                f"{name} inspecting",
+            )
+        killed = time.monotonic()
+        replication.servers[0].kill()
+        replication.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 30, "a new primary")
+        elapsed = time.monotonic() - killed
+        print(f"kill -9 to new primary with 150 silent members elsewhere: {elapsed:.2f}s")
+        assert elapsed < 10, f"the other replications' silent members delayed the failover: {elapsed:.1f}s"
+    finally:
+        for sock in silent:
+            sock.close()

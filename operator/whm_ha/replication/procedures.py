@@ -51,6 +51,7 @@ class Access:
     net_timeout: int
     """The replicas' net timeout."""
     tls: bool = False
+    """TLS on the replication channels and on the operator's own sessions (``spec.tls.enabled``)."""
 
     def connect(self, name: str, *, timeout: float | None = None) -> Session:
         """An administrative session: connected within ``timeout`` (default: the access's), replies within the
@@ -64,11 +65,12 @@ class Access:
             self.dialect,
             timeout=timeout if timeout is not None else self.timeout,
             read_timeout=self.waiting_timeout,
+            tls=self.tls,
         )
 
     def inspect(self, name: str) -> MemberState:
         member = self.members[name]
-        state = inspect(name, member.host, member.port, self.admin, self.dialect, timeout=self.timeout)
+        state = inspect(name, member.host, member.port, self.admin, self.dialect, timeout=self.timeout, tls=self.tls)
         if state.error is None:
             return state
         return MemberState.unreachable(name, state.host, state.port, self.mask(state.error))

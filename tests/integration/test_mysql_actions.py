@@ -290,6 +290,9 @@ def test_rotated_replication_password_is_applied_on_both_sides(replicating: Clus
     primary, m1, _ = replicating.sessions
     replicating.repl_password = "rotated-secret"
     assert actions.ensure_replication_user(primary, REPL_USER, replicating.repl_password)
+    # The IO thread is cut only once the ALTER USER has arrived: MySQL's STOP REPLICA waits up to 60 s for a
+    # transaction cut in half whose rest cannot come (the source now refuses the old password).
+    assert actions.wait_applied(m1, primary.executed(), 5)
     m1.execute(replicating.dialect.stop_replica("io"))
     m1.execute(replicating.dialect.start_replica("io"))
     wait_until(lambda: getattr(m1.replica_status(), "last_io_errno", None) == 1045, "m1 is refused")

@@ -258,3 +258,37 @@ def test_leftovers_of_a_live_run_are_kept() -> None:
         os.close(fd)
     assert stray in remove_leftovers()
     assert stray not in _ours()[0]
+
+
+def test_slow_lossy_one_way_down_and_flapping_links(test_network: TestNetwork) -> None:
+    """The primitives of the scenarios: loss, a one-way cut, the link down, flapping, heal."""
+    node, client = test_network.host("node"), test_network.host("client")
+    url = start_node(test_network, "node")
+
+    def connect(timeout: float = 1.0) -> tuple[str, float]:
+        return probe(client.run([sys.executable, "-c", PROBE, node.address, str(NODE_PORT), str(timeout)]))
+
+    assert connect()[0] == "connected"
+    node.lose(100)
+    assert connect(0.5)[0] == "timeout"
+    node.heal()
+    node.lose(50)
+    outcomes = [connect(0.3)[0] for _ in range(12)]
+    assert "connected" in outcomes and "timeout" in outcomes, outcomes
+    node.heal()
+    node.cut_from(client, "out")  # the client's SYN arrives, the SYN-ACK never leaves
+    assert connect(0.5)[0] == "timeout"
+    assert http_ok(f"{url}/healthz"), "the root namespace is not cut"
+    node.heal()
+    node.link(False)
+    assert connect(0.5)[0] in ("timeout", "EHOSTUNREACH")
+    node.heal()
+    assert connect()[0] == "connected"
+    flapping = node.flap(0.5, 3)
+    seen = set()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        seen.add(connect(0.3)[0])
+    flapping.join(5)
+    assert "connected" in seen and len(seen) > 1, seen
+    assert connect()[0] == "connected", "up again after flapping"

@@ -20,7 +20,7 @@ from whm_ha.mysql.dialect import SQL, Dialect, Source, dialect_for
 from whm_ha.mysql.gtid import MariaDBGtidSet, MySQLGtidSet
 from whm_ha.mysql.member import Credentials, MemberState, Session, connect, inspect, read_state
 from whm_ha.mysql.topology import can_rejoin, choose_candidate, errant_transactions, primary_confirmed_dead
-from whm_ha.replication import procedures
+from whm_ha.replication import plan, procedures
 
 pytestmark = pytest.mark.mariadb
 
@@ -360,3 +360,38 @@ def test_a_failover_is_abandoned_when_the_old_primary_answers_again(replicating:
     with pytest.raises(PromotionError, match="the primary m0 answers again: it is not dead"):
         procedures.prepare(access_to(replicating), record, spec_of(replicating), {}, confirm=lambda _: None)
     assert replicating.sessions[1].read_only() and replicating.sessions[2].read_only(), "nobody was promoted"
+
+
+def test_a_switchover_and_a_failover_by_the_operators_procedures(replicating: Cluster) -> None:
+    """The controller's own steps on each flavour: a switchover m0 -> m1 (fence, catch up, promote, repoint), then
+    m1 is killed and m2 promoted (replicas stopped, candidate checked, the rest fenced); no row is lost."""
+    access, spec = access_to(replicating), spec_of(replicating)
+    now = datetime.now(UTC)
+    switch = PromotionProgress(from_="m0", to="m1", type="manual", planned=True, reason="test", detected_at=now)
+    prepared = procedures.prepare(access, switch, spec, {}, confirm=lambda _: None)
+    assert procedures.finish(access, switch, lambda _: None, prepared.unreachable, prepared.read_only) == []
+    states = {f"m{i}": replicating.inspect(i) for i in range(3)}
+    assert (states["m0"].read_only, states["m0"].fenced) == (True, True), "the old primary is fenced"
+    assert (states["m1"].read_only, states["m1"].fenced, states["m1"].is_replica) == (False, False, False)
+    steps = plan.converge_plan("m1", states, semi_sync=False, full=True)
+    outcome = procedures.reconcile(access, "m1", steps, lambda _: None)
+    assert not outcome.errors, outcome.errors
+    replicating.insert(1, 20)
+    replicating.wait_rows(0, {1, 20})
+    replicating.wait_rows(2, {1, 20})
+
+    replicating.sessions[2].execute(replicating.dialect.stop_replica("io"))
+    replicating.insert(1, 21)  # m0 gets it, m2 does not
+    replicating.wait_rows(0, {21})
+    replicating.servers[1].kill()
+    wait_until(lambda: replicating.inspect(0).io_connecting, "m0 notices the primary is gone")
+    failover = PromotionProgress(from_="m1", to="m0", type="automatic", reason="test", detected_at=now)
+    spec = spec.model_copy(update={"primary": "m1"})
+    prepared = procedures.prepare(access, failover, spec, {}, confirm=lambda _: None)
+    assert prepared.unreachable == ("m1",)
+    assert procedures.finish(access, failover, lambda _: None, prepared.unreachable, prepared.read_only) == ["m1"]
+    replicating.reconnect(0)
+    state = replicating.inspect(0)
+    assert (state.read_only, state.is_replica) == (False, False), "m0 is the writable primary"
+    assert replicating.inspect(2).fenced is True
+    assert {1, 20, 21} <= replicating.ids(0)

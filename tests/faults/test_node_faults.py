@@ -1,0 +1,365 @@
+"""WHM nodes and the proxy under network faults: each stand-in node (``whm_ha.demo_node``) runs in its own
+network namespace on a test bridge; the operator, the API and the proxy stay in the root namespace.
+
+While a fault is staged, two client threads send GETs through the proxy and a third samples the WHMCluster
+and its WHMNodes every 50 ms. Every scenario checks that exactly one node is primary at every sampled
+moment as the API shows it (``status.primaryNode`` always set, never two WHMNodes with the role Primary nor
+two labelled primary), and records its figures in the resilience report: *detect* is the fault to the new
+``primaryNode`` seen in the API, *recover* the fault to the end of the last GET that failed or waited more
+than ``SLOW_GET`` (from then on GETs are served at full speed again), *acked* the GETs answered 200, *lost*
+the GETs that failed, *promotions* the failovers.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.faults.report import Outcome, Recorder
+from tests.fixtures.kube import KubeAPI
+from tests.fixtures.netns import Host, TestNetwork
+from tests.fixtures.operator_process import StartOperator
+from tests.fixtures.proxy_process import Cluster, ProxyProcess, StartProxy
+from tests.fixtures.whm_nodes import NodeServer
+from tests.kube_helpers import GROUP, VERSION, wait_for
+from whm_ha.crd.annotations import ROLE_LABEL
+
+PERIOD, TIMEOUT, THRESHOLD = 1, 1, 2
+NODE_HEALTH = {"periodSeconds": PERIOD, "timeoutSeconds": TIMEOUT, "failureThreshold": THRESHOLD}
+NODE_BOUND = PERIOD * THRESHOLD + TIMEOUT + 1
+"""A node that stops answering to a new primary: periodSeconds x failureThreshold + timeoutSeconds (the last
+probe waits it out), + 1 s for the failover itself."""
+PROXY_OPTIONS = ("--connect-timeout=1", "--header-timeout=2")
+"""The proxy gives a node 1 s to accept a connection and 2 s to answer (nginx's proxy_connect_timeout and
+proxy_read_timeout); an idempotent GET that fails either way is retried on another node."""
+NODE_PORT = 4000
+SAMPLE_SECONDS = 0.05
+SLOW_GET = 0.5
+"""Seconds above which a GET through the proxy counts as having waited on a faulty node."""
+GET_TIMEOUT = 15.0
+
+
+@dataclass
+class Get:
+    started: float
+    ended: float
+    ok: bool
+    detail: str = ""
+
+
+class Traffic:
+    """GETs through the proxy from ``clients`` threads, each recorded, until stopped."""
+
+    def __init__(self, url: str, clients: int = 2) -> None:
+        self.url = url
+        self.gets: list[Get] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        wait_for(lambda: self.ok >= 50, 20, "50 GETs through the proxy")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(GET_TIMEOUT + 5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=GET_TIMEOUT) as response:
+                    response.read()
+                    ok, detail = response.status == 200, f"HTTP {response.status}"
+            except urllib.error.HTTPError as exc:
+                ok, detail = False, f"HTTP {exc.code}: {exc.read()[:200].decode(errors='replace')}"
+            except OSError as exc:
+                ok, detail = False, f"{exc.__class__.__name__}: {exc}"
+            self.gets.append(Get(started, time.monotonic(), ok, detail))
+            self._stop.wait(0.01)
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for get in self.gets if get.ok)
+
+    def since(self, moment: float) -> list[Get]:
+        return [get for get in self.gets if get.ended >= moment]
+
+    def served_after(self, moment: float, count: int) -> Callable[[], bool]:
+        """A condition: ``count`` GETs started after ``moment`` were answered."""
+        return lambda: sum(1 for get in self.gets if get.ok and get.started >= moment) >= count
+
+    def recovered(self, fault: float) -> float | None:
+        """Seconds from the fault to the end of the last GET that failed or waited more than SLOW_GET."""
+        late = [get.ended for get in self.since(fault) if not get.ok or get.ended - get.started > SLOW_GET]
+        return max(late) - fault if late else None
+
+    def slowest(self, fault: float) -> float:
+        return max((get.ended - get.started for get in self.since(fault)), default=0.0)
+
+
+@dataclass
+class Sample:
+    at: float
+    primary: str | None
+    roles: list[str]
+    """WHMNodes whose status.role is Primary."""
+    labelled: list[str]
+    """WHMNodes labelled primary."""
+    health: dict[str, str]
+    reason: str
+
+
+@dataclass
+class Sampler:
+    """Reads the WHMCluster and its WHMNodes every SAMPLE_SECONDS in a thread (a client of its own)."""
+
+    kube_api: KubeAPI
+    namespace: str
+    cluster: str = "whm"
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Sampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        wait_for(lambda: len(self.samples) >= 5, 10, "the first samples")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        with self.kube_api.api_client() as api:
+            custom = client.CustomObjectsApi(api)
+            while not self._stop.is_set():
+                at = time.monotonic()
+                try:
+                    cluster = custom.get_namespaced_custom_object(
+                        GROUP, VERSION, self.namespace, "whmclusters", self.cluster
+                    )
+                    nodes = custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, "whmnodes")["items"]
+                except Exception as exc:  # an API hiccup is reported, not fatal to the sampler
+                    self.errors.append(f"{exc.__class__.__name__}: {exc}"[:300])
+                else:
+                    status = cluster.get("status") or {}
+                    self.samples.append(
+                        Sample(
+                            at,
+                            status.get("primaryNode"),
+                            sorted(
+                                n["metadata"]["name"] for n in nodes if (n.get("status") or {}).get("role") == "Primary"
+                            ),
+                            sorted(
+                                n["metadata"]["name"]
+                                for n in nodes
+                                if (n["metadata"].get("labels") or {}).get(ROLE_LABEL) == "primary"
+                            ),
+                            {n["metadata"]["name"]: (n.get("status") or {}).get("health", "") for n in nodes},
+                            str(status.get("reason") or ""),
+                        )
+                    )
+                self._stop.wait(max(0.0, at + SAMPLE_SECONDS - time.monotonic()))
+
+    def changes(self) -> list[tuple[float, str | None, str | None]]:
+        """(when first seen, from, to) for each change of status.primaryNode."""
+        found = []
+        for before, after in zip(self.samples, self.samples[1:], strict=False):
+            if after.primary != before.primary:
+                found.append((after.at, before.primary, after.primary))
+        return found
+
+    def first_primary_other_than(self, node: str, since: float) -> float | None:
+        return next((s.at for s in self.samples if s.at >= since and s.primary not in (None, node)), None)
+
+    def violations(self) -> list[str]:
+        """Moments at which the API did not show exactly one primary."""
+        found: list[str] = []
+        for sample in self.samples:
+            if sample.primary is None:
+                found.append(f"{sample.at:.2f}: no primaryNode")
+            if len(sample.roles) > 1:
+                found.append(f"{sample.at:.2f}: roles Primary on {', '.join(sample.roles)}")
+            if len(sample.labelled) > 1:
+                found.append(f"{sample.at:.2f}: labelled primary: {', '.join(sample.labelled)}")
+        return found
+
+    def handover_gap(self) -> float:
+        """The longest time during which no WHMNode had the role Primary (demotion before promotion)."""
+        longest, since = 0.0, None
+        for sample in self.samples:
+            if not sample.roles:
+                since = sample.at if since is None else since
+                longest = max(longest, sample.at - since)
+            else:
+                since = None
+        return longest
+
+
+@dataclass
+class Nodes:
+    """Three stand-in nodes n1..n3 in their namespaces, their WHMCluster ``whm``, the operator and a proxy."""
+
+    cluster: Cluster
+    hosts: list[Host]
+    processes: list[subprocess.Popen[bytes]]
+    proxy: ProxyProcess
+    kube_api: KubeAPI
+
+    def status(self) -> dict[str, Any]:
+        obj = self.cluster.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.cluster.namespace, "whmclusters", self.cluster.name
+        )
+        status: dict[str, Any] = obj.get("status") or {}
+        return status
+
+    def primary(self) -> str | None:
+        return self.status().get("primaryNode")
+
+    def health(self) -> dict[str, str]:
+        items = self.cluster.custom.list_namespaced_custom_object(GROUP, VERSION, self.cluster.namespace, "whmnodes")
+        return {n["metadata"]["name"]: (n.get("status") or {}).get("health", "") for n in items["items"]}
+
+    def control(self, index: int, mode: str, delay: float = 5.0) -> None:
+        """Tell node ``index`` to be healthy, unhealthy, slow (health checks) or overloaded (every answer)."""
+        host = self.hosts[index]
+        NodeServer(host.name, host.address, NODE_PORT).set_mode(mode, delay)
+
+    def sampler(self) -> Sampler:
+        return Sampler(self.kube_api, self.cluster.namespace, self.cluster.name)
+
+    def traffic(self) -> Traffic:
+        return Traffic(self.proxy.url)
+
+
+StartNodes = Callable[..., Nodes]
+
+
+@pytest.fixture
+def start_nodes(
+    test_network: TestNetwork,
+    kube_api: KubeAPI,
+    kube_client: client.ApiClient,
+    kube_namespace: str,
+    operator_process: StartOperator,
+    proxy_process: StartProxy,
+) -> StartNodes:
+    """``start_nodes(priorities=(100, 50, 10), **failover)``: n1..n3 serving, every one routable, n1 primary."""
+
+    def start(priorities: tuple[int, int, int] = (100, 50, 10), **failover: Any) -> Nodes:
+        cluster = Cluster(kube_client, kube_namespace)
+        cluster.create()
+        cluster.patch({"spec": {"healthCheck": NODE_HEALTH, "failover": {"minIntervalSeconds": 0, **failover}}})
+        hosts = [test_network.host(f"n{i}") for i in (1, 2, 3)]
+        serve = [sys.executable, "-m", "whm_ha.demo_node", "--port", str(NODE_PORT)]
+        processes = [
+            host.popen([*serve, "--name", host.name, "--host", host.address], stdout=subprocess.DEVNULL)
+            for host in hosts
+        ]
+        for priority, host in zip(priorities, hosts, strict=True):
+            wait_for(lambda h=host: _answers(f"http://{h.address}:{NODE_PORT}/healthz"), 20, f"{host.name} to serve")
+            cluster.add_node(host.name, host.address, NODE_PORT, health=None, priority=priority)
+        operator_process(kube_api.kubeconfig, kube_namespace)
+        proxy = proxy_process(kube_api.kubeconfig, kube_namespace, options=PROXY_OPTIONS)
+        nodes = Nodes(cluster, hosts, processes, proxy, kube_api)
+        wait_for(lambda: sorted(proxy.routable()) == ["n1", "n2", "n3"], 30, "three routable nodes")
+        wait_for(lambda: nodes.primary() == "n1", 30, "n1 primary")
+        return nodes
+
+    return start
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:  # HTTPError too: not a 2xx
+        return False
+
+
+def _failures(traffic: Traffic, fault: float) -> list[str]:
+    failed = [get.detail for get in traffic.since(fault) if not get.ok]
+    return failed[:3]
+
+
+def fail_over(
+    nodes: Nodes, resilience: Recorder, scenario: str, stage: Callable[[], None], heal: Callable[[], None]
+) -> None:
+    """Stage a fault on the primary n1 under traffic; check the failover within NODE_BOUND, one primary at
+    every sampled moment and no failed GET; record the figures; heal and check n1 comes back a healthy
+    secondary."""
+    with nodes.sampler() as sampler, nodes.traffic() as traffic:
+        stage()
+        fault = time.monotonic()
+        wait_for(lambda: sampler.first_primary_other_than("n1", fault), NODE_BOUND + 20, "a new primary node")
+        detect = (sampler.first_primary_other_than("n1", fault) or fault) - fault
+        wait_for(lambda: "n1" not in nodes.proxy.routable(), 10, "n1 out of the proxy's routes")
+        wait_for(traffic.served_after(time.monotonic(), 100), 30, "GETs served by the other nodes")
+        traffic.stop()
+        heal()
+        wait_for(lambda: nodes.health().get("n1") == "Healthy", 30, "n1 healthy again")
+        wait_for(lambda: "n1" in nodes.proxy.routable(), 10, "n1 routed to again")
+    new = sampler.samples[-1].primary
+    gets = traffic.since(fault)
+    failed = [get for get in gets if not get.ok]
+    failovers = sampler.changes()
+    problems = []
+    if detect > NODE_BOUND:
+        problems.append(f"failover after {detect:.1f} s, bound {NODE_BOUND} s")
+    if failed:
+        problems.append(f"{len(failed)} failed GETs ({'; '.join(_failures(traffic, fault))})")
+    if violations := sampler.violations():
+        problems.append(f"not exactly one primary: {'; '.join(violations[:3])}")
+    if len(failovers) != 1:
+        problems.append(f"{len(failovers)} changes of primary: {failovers}")
+    stats = nodes.proxy.stats()["nodes"]["n1"]
+    print(
+        f"{scenario}: new primary {new} after {detect:.2f} s (bound {NODE_BOUND} s); {len(gets)} GETs, "
+        f"{len(failed)} failed, slowest {traffic.slowest(fault):.2f} s; proxy on n1: {stats['errors']} errors, "
+        f"{stats['retries']} retried elsewhere, {stats['ejections']} ejections; no role Primary for at most "
+        f"{sampler.handover_gap():.2f} s; {len(sampler.samples)} samples, {len(sampler.errors)} API errors"
+    )
+    resilience.record(
+        Outcome(
+            scenario=scenario,
+            component="nodes",
+            outcome=f"{new} primary; slowest GET {traffic.slowest(fault):.1f} s",
+            detect=detect,
+            recover=traffic.recovered(fault),
+            acked=len(gets) - len(failed),
+            lost=len(failed),
+            promotions=len(failovers),
+            limit="; ".join(problems),
+        )
+    )
+    assert not problems, problems
+    assert nodes.primary() == new, "n1 healthy again took the role back (failback is off)"
+
+
+def test_a_blackholed_primary_node_fails_over_within_its_bound_without_a_failed_get(
+    start_nodes: StartNodes, resilience: Recorder
+) -> None:
+    """Every packet to and from n1 dropped: probes and the proxy's connects wait out their timeouts; the
+    proxy retries GETs whose connect timed out on another node (nothing was sent)."""
+    nodes = start_nodes()
+    fail_over(nodes, resilience, "primary node blackholed", nodes.hosts[0].blackhole, nodes.hosts[0].heal)

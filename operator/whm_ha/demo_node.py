@@ -2,7 +2,8 @@
 
 ``python -m whm_ha.demo_node --name node-1 --port 4001`` serves ``GET /healthz`` (200, or 503 when
 unhealthy, or late when slow) and answers every other GET with the node's name. ``POST /_control``
-with ``{"mode": "healthy" | "unhealthy" | "slow", "delay": seconds}`` changes how it behaves.
+with ``{"mode": "healthy" | "unhealthy" | "slow" | "overloaded", "delay": seconds}`` changes how it
+behaves: ``slow`` delays the health check only, ``overloaded`` every answer (pages too) but ``/_control``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-MODES = ("healthy", "unhealthy", "slow")
+MODES = ("healthy", "unhealthy", "slow", "overloaded")
 
 
 def build_app(name: str) -> web.Application:
     state: dict[str, Any] = {"mode": "healthy", "delay": 5.0, "requests": 0}
 
     async def healthz(_: web.Request) -> web.Response:
-        if state["mode"] == "slow":
+        if state["mode"] in ("slow", "overloaded"):
             await asyncio.sleep(float(state["delay"]))
         if state["mode"] == "unhealthy":
             return web.json_response({"status": "unhealthy", "node": name}, status=503)
@@ -38,6 +39,8 @@ def build_app(name: str) -> web.Application:
     async def page(request: web.Request) -> web.Response:
         state["requests"] = int(state["requests"]) + 1
         body = await request.read()
+        if state["mode"] == "overloaded":
+            await asyncio.sleep(float(state["delay"]))
         return web.Response(
             text=json.dumps({"node": name, "path": request.path_qs, "method": request.method, "bytes": len(body)}),
             content_type="application/json",

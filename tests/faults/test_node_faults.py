@@ -27,7 +27,7 @@ from kubernetes import client
 
 from tests.faults.report import Outcome, Recorder
 from tests.fixtures.kube import KubeAPI
-from tests.fixtures.netns import Host, TestNetwork
+from tests.fixtures.netns import Host, TestNetwork, freeze, thaw
 from tests.fixtures.operator_process import StartOperator
 from tests.fixtures.proxy_process import Cluster, ProxyProcess, StartProxy
 from tests.fixtures.whm_nodes import NodeServer
@@ -47,6 +47,8 @@ SAMPLE_SECONDS = 0.05
 SLOW_GET = 0.5
 """Seconds above which a GET through the proxy counts as having waited on a faulty node."""
 GET_TIMEOUT = 15.0
+OVERLOADED = 1.5
+"""Seconds an overloaded node takes to answer anything: over the probe timeout, under the proxy's."""
 
 
 @dataclass
@@ -363,3 +365,35 @@ def test_a_blackholed_primary_node_fails_over_within_its_bound_without_a_failed_
     proxy retries GETs whose connect timed out on another node (nothing was sent)."""
     nodes = start_nodes()
     fail_over(nodes, resilience, "primary node blackholed", nodes.hosts[0].blackhole, nodes.hosts[0].heal)
+
+
+def test_a_primary_node_slower_than_the_probe_timeout_fails_over_within_its_bound(
+    start_nodes: StartNodes, resilience: Recorder
+) -> None:
+    """n1 overloaded: every answer (health checks and pages) comes after OVERLOADED seconds, more than the
+    probe's timeoutSeconds but less than the proxy's header timeout: probes fail, GETs on n1 are slow but
+    answered until n1 leaves the proxy's routes."""
+    nodes = start_nodes()
+    fail_over(
+        nodes,
+        resilience,
+        "primary node slower than the probe timeout",
+        lambda: nodes.control(0, "overloaded", OVERLOADED),
+        lambda: nodes.control(0, "healthy"),
+    )
+
+
+def test_a_primary_node_that_accepts_connections_and_never_answers_fails_over_without_a_failed_get(
+    start_nodes: StartNodes, resilience: Recorder
+) -> None:
+    """n1's process stopped (SIGSTOP, as a VM stall): its kernel still accepts connections, nothing answers.
+    Probes time out; the proxy's GETs on n1 wait out its header timeout and are retried on another node."""
+    nodes = start_nodes()
+    process = nodes.processes[0]
+    fail_over(
+        nodes,
+        resilience,
+        "primary node accepts connections, never answers",
+        lambda: freeze(process),
+        lambda: thaw(process),
+    )

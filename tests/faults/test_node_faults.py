@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -186,7 +187,7 @@ class Sampler:
     def changes(self) -> list[tuple[float, str | None, str | None]]:
         """(when first seen, from, to) for each change of status.primaryNode."""
         found = []
-        for before, after in zip(self.samples, self.samples[1:], strict=False):
+        for before, after in pairwise(self.samples):
             if after.primary != before.primary:
                 found.append((after.at, before.primary, after.primary))
         return found
@@ -397,3 +398,69 @@ def test_a_primary_node_that_accepts_connections_and_never_answers_fails_over_wi
         lambda: freeze(process),
         lambda: thaw(process),
     )
+
+
+FLAP_SECONDS, MIN_INTERVAL = 30, 10
+FLAP_PERIODS = (3.0, 4.0)
+"""n1's link goes down and up every 3 s, n2's every 4 s: out of phase, each Unhealthy for a moment of most
+cycles (two failed probes) and Healthy again at its first good one."""
+
+
+def test_flapping_primary_nodes_fail_over_at_most_once_per_min_interval(
+    start_nodes: StartNodes, resilience: Recorder
+) -> None:
+    """n1 and n2 (the two nodes that may be primary; n3 serves but has priority 0) flap for FLAP_SECONDS.
+    Whichever is primary keeps failing; the anti-flap rule (failover.minIntervalSeconds) allows at most one
+    automatic failover per MIN_INTERVAL and keeps an Unhealthy primary in between. The proxy routes around
+    the down links (connect timeouts, header timeouts, ejection) and most GETs succeed."""
+    nodes = start_nodes(priorities=(100, 50, 0), minIntervalSeconds=MIN_INTERVAL)
+    with nodes.sampler() as sampler, nodes.traffic() as traffic:
+        flaps = [host.flap(period, FLAP_SECONDS) for host, period in zip(nodes.hosts, FLAP_PERIODS, strict=False)]
+        fault = time.monotonic()
+        for thread in flaps:
+            thread.join(FLAP_SECONDS + 10)
+        for host in nodes.hosts[:2]:
+            host.heal()
+        wait_for(lambda: set(nodes.health().values()) == {"Healthy"}, 30, "every node healthy again")
+        wait_for(lambda: len(nodes.proxy.routable()) == 3, 10, "every node routed to again")
+        wait_for(traffic.served_after(time.monotonic(), 50), 20, "GETs served by every node")
+    history = [h for h in nodes.status().get("failoverHistory", []) if h["type"] == "automatic"]
+    changes = [change for change in sampler.changes() if change[0] >= fault]
+    gaps = [later[0] - earlier[0] for earlier, later in pairwise(changes)]
+    held = sorted({s.reason for s in sampler.samples if "minIntervalSeconds" in s.reason})
+    gets = traffic.since(fault)
+    failed = [get for get in gets if not get.ok]
+    problems = []
+    if len(history) != len(changes):
+        problems.append(f"{len(history)} automatic failovers recorded, {len(changes)} changes of primary seen")
+    if short := [gap for gap in gaps if gap < MIN_INTERVAL - 2 * SAMPLE_SECONDS]:
+        problems.append(
+            f"failovers {', '.join(f'{gap:.1f}' for gap in short)} s apart, minIntervalSeconds {MIN_INTERVAL}"
+        )
+    if violations := sampler.violations():
+        problems.append(f"not exactly one primary: {'; '.join(violations[:3])}")
+    if len(failed) > len(gets) // 50:
+        problems.append(f"{len(failed)} of {len(gets)} GETs failed ({'; '.join(_failures(traffic, fault))})")
+    print(
+        f"flapping: {len(changes)} failovers {[(round(at - fault, 1), old, new) for at, old, new in changes]}, "
+        f"gaps {[round(gap, 1) for gap in gaps]} s; held: {held[:2]}; {len(gets)} GETs, {len(failed)} failed "
+        f"({_failures(traffic, fault)}), slowest {traffic.slowest(fault):.2f} s; {len(sampler.samples)} samples, "
+        f"{len(sampler.errors)} API errors"
+    )
+    resilience.record(
+        Outcome(
+            scenario=f"primary nodes flapping (link down/up every 3-4 s for {FLAP_SECONDS} s)",
+            component="nodes",
+            outcome=f"{len(changes)} failovers in {FLAP_SECONDS} s, minIntervalSeconds {MIN_INTERVAL}; "
+            f"slowest GET {traffic.slowest(fault):.1f} s",
+            detect=changes[0][0] - fault if changes else None,
+            recover=traffic.recovered(fault),
+            acked=len(gets) - len(failed),
+            lost=len(failed),
+            promotions=len(changes),
+            limit="; ".join(problems),
+        )
+    )
+    assert not problems, problems
+    assert changes, "no failover: the flapping did not make the primary Unhealthy"
+    assert held, "the anti-flap rule never held a failover back: the scenario did not exercise it"

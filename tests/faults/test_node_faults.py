@@ -305,6 +305,34 @@ def _failures(traffic: Traffic, fault: float) -> list[str]:
     return failed[:3]
 
 
+def record(
+    resilience: Recorder,
+    traffic: Traffic,
+    fault: float,
+    scenario: str,
+    outcome: str,
+    detect: float | None,
+    failovers: int,
+    problems: list[str],
+) -> None:
+    """The scenario's figures in the resilience report; its limit says what the checkers found."""
+    gets = traffic.since(fault)
+    failed = sum(1 for get in gets if not get.ok)
+    resilience.record(
+        Outcome(
+            scenario=scenario,
+            component="nodes",
+            outcome=f"{outcome}; slowest GET {traffic.slowest(fault):.1f} s",
+            detect=detect,
+            recover=traffic.recovered(fault),
+            acked=len(gets) - failed,
+            lost=failed,
+            promotions=failovers,
+            limit="; ".join(problems),
+        )
+    )
+
+
 def fail_over(
     nodes: Nodes, resilience: Recorder, scenario: str, stage: Callable[[], None], heal: Callable[[], None]
 ) -> None:
@@ -342,19 +370,7 @@ def fail_over(
         f"{stats['retries']} retried elsewhere, {stats['ejections']} ejections; no role Primary for at most "
         f"{sampler.handover_gap():.2f} s; {len(sampler.samples)} samples, {len(sampler.errors)} API errors"
     )
-    resilience.record(
-        Outcome(
-            scenario=scenario,
-            component="nodes",
-            outcome=f"{new} primary; slowest GET {traffic.slowest(fault):.1f} s",
-            detect=detect,
-            recover=traffic.recovered(fault),
-            acked=len(gets) - len(failed),
-            lost=len(failed),
-            promotions=len(failovers),
-            limit="; ".join(problems),
-        )
-    )
+    record(resilience, traffic, fault, scenario, f"{new} primary", detect, len(failovers), problems)
     assert not problems, problems
     assert nodes.primary() == new, "n1 healthy again took the role back (failback is off)"
 
@@ -447,19 +463,15 @@ def test_flapping_primary_nodes_fail_over_at_most_once_per_min_interval(
         f"({_failures(traffic, fault)}), slowest {traffic.slowest(fault):.2f} s; {len(sampler.samples)} samples, "
         f"{len(sampler.errors)} API errors"
     )
-    resilience.record(
-        Outcome(
-            scenario=f"primary nodes flapping (link down/up every 3-4 s for {FLAP_SECONDS} s)",
-            component="nodes",
-            outcome=f"{len(changes)} failovers in {FLAP_SECONDS} s, minIntervalSeconds {MIN_INTERVAL}; "
-            f"slowest GET {traffic.slowest(fault):.1f} s",
-            detect=changes[0][0] - fault if changes else None,
-            recover=traffic.recovered(fault),
-            acked=len(gets) - len(failed),
-            lost=len(failed),
-            promotions=len(changes),
-            limit="; ".join(problems),
-        )
+    record(
+        resilience,
+        traffic,
+        fault,
+        f"primary nodes flapping (link down/up every 3-4 s for {FLAP_SECONDS} s)",
+        f"{len(changes)} failovers in {FLAP_SECONDS} s, minIntervalSeconds {MIN_INTERVAL}",
+        changes[0][0] - fault if changes else None,
+        len(changes),
+        problems,
     )
     assert not problems, problems
     assert changes, "no failover: the flapping did not make the primary Unhealthy"

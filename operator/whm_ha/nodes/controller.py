@@ -46,6 +46,14 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def _seconds_since(iso: str) -> float:
+    """Seconds at least since a recorded time. A time to the second (as ``_iso`` writes them) stands for any
+    moment of that second, so it counts from the second's end: an interval measured from it is never cut short
+    (minIntervalSeconds: a failover at 12:00:00.9, recorded 12:00:00, allows the next one at 12:00:11)."""
+    epoch = _epoch(iso)
+    return time.time() - (epoch + 1 if epoch.is_integer() else epoch)
+
+
 @dataclass
 class ClusterController:
     """State and steps of one cluster's loop. The state is what this process observed, never status."""
@@ -241,8 +249,8 @@ class ClusterController:
             paused=spec.failover.paused,
             failback=spec.failover.failback,
             min_interval_seconds=spec.failover.min_interval_seconds,
-            seconds_since_last_automatic=time.time() - _epoch(last_failover["time"]) if last_failover else None,
-            seconds_since_last_change=time.time() - _epoch(last_change["time"]) if last_change else None,
+            seconds_since_last_automatic=_seconds_since(last_failover["time"]) if last_failover else None,
+            seconds_since_last_change=_seconds_since(last_change["time"]) if last_change else None,
         )
         return elect(candidates, current, policy)
 

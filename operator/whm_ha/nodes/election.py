@@ -11,6 +11,7 @@ against the next failover, which waits only for the last failover.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -133,8 +134,8 @@ def elect(nodes: list[Candidate], current: str | None, policy: Policy) -> Decisi
             return Decision(
                 primary.name,
                 "keep",
-                f"primary {primary.name} is Unhealthy; the last automatic failover was {since:.0f}s ago, "
-                f"next allowed in {wait:.0f}s (minIntervalSeconds)",
+                f"primary {primary.name} is Unhealthy; the last automatic failover was {int(since)}s ago, "
+                f"next allowed in {math.ceil(wait)}s (minIntervalSeconds)",
             )
         if choice is None:
             return Decision(
@@ -154,7 +155,7 @@ def elect(nodes: list[Candidate], current: str | None, policy: Policy) -> Decisi
                 return Decision(
                     primary.name,
                     "keep",
-                    f"{primary.name} is primary; failback to {choice.name} in {wait:.0f}s (minIntervalSeconds)",
+                    f"{primary.name} is primary; failback to {choice.name} in {math.ceil(wait)}s (minIntervalSeconds)",
                 )
             return Decision(choice.name, "failback", f"failback to higher-priority {choice.name}", refusals)
     return Decision(primary.name, "keep", f"{primary.name} is primary")

@@ -433,10 +433,13 @@ def test_flapping_primary_nodes_fail_over_at_most_once_per_min_interval(
     with nodes.sampler() as sampler, nodes.traffic() as traffic:
         flaps = [host.flap(period, FLAP_SECONDS) for host, period in zip(nodes.hosts, FLAP_PERIODS, strict=False)]
         fault = time.monotonic()
-        for thread in flaps:
-            thread.join(FLAP_SECONDS + 10)
-        for host in nodes.hosts[:2]:
-            host.heal()
+        try:
+            for thread in flaps:
+                thread.join(FLAP_SECONDS + 10)
+        finally:  # interrupted too: no flapping thread outlives the namespaces
+            for host, thread in zip(nodes.hosts, flaps, strict=False):
+                host.heal()
+                thread.join(10)
         wait_for(lambda: set(nodes.health().values()) == {"Healthy"}, 30, "every node healthy again")
         wait_for(lambda: len(nodes.proxy.routable()) == 3, 10, "every node routed to again")
         wait_for(traffic.served_after(time.monotonic(), 50), 20, "GETs served by every node")

@@ -369,7 +369,7 @@ def test_a_switchover_and_a_failover_by_the_operators_procedures(replicating: Cl
     now = datetime.now(UTC)
     switch = PromotionProgress(from_="m0", to="m1", type="manual", planned=True, reason="test", detected_at=now)
     prepared = procedures.prepare(access, switch, spec, {}, confirm=lambda _: None)
-    assert procedures.finish(access, switch, lambda _: None, prepared.unreachable, prepared.read_only) == []
+    assert procedures.finish(access, switch, lambda _: None, prepared.unreachable, prepared.fenced) == []
     states = {f"m{i}": replicating.inspect(i) for i in range(3)}
     assert (states["m0"].read_only, states["m0"].fenced) == (True, True), "the old primary is fenced"
     assert (states["m1"].read_only, states["m1"].fenced, states["m1"].is_replica) == (False, False, False)
@@ -389,7 +389,7 @@ def test_a_switchover_and_a_failover_by_the_operators_procedures(replicating: Cl
     spec = spec.model_copy(update={"primary": "m1"})
     prepared = procedures.prepare(access, failover, spec, {}, confirm=lambda _: None)
     assert prepared.unreachable == ("m1",)
-    assert procedures.finish(access, failover, lambda _: None, prepared.unreachable, prepared.read_only) == ["m1"]
+    assert procedures.finish(access, failover, lambda _: None, prepared.unreachable, prepared.fenced) == ["m1"]
     replicating.reconnect(0)
     state = replicating.inspect(0)
     assert (state.read_only, state.is_replica) == (False, False), "m0 is the writable primary"

@@ -39,10 +39,11 @@ def primary(**changes: Any) -> MemberState:
         reachable=True,
         server_id=1,
         read_only=False,
+        fenced=False,
         gtid_executed=MariaDBGtidSet.parse("0-1-10"),
         semi_sync=SemiSyncStatus(source_active=True, replica_active=False, source_clients=2),
     )
-    return replace(state, **changes)
+    return replace(state, **{"fenced": changes.get("read_only", False), **changes})
 
 
 def replica(name: str, executed: str = "0-1-10", **changes: Any) -> MemberState:
@@ -64,7 +65,7 @@ def replica(name: str, executed: str = "0-1-10", **changes: Any) -> MemberState:
         gtid_retrieved=MariaDBGtidSet.parse(executed),
         semi_sync=SEMI,
     )
-    return replace(state, **changes)
+    return replace(state, **{"fenced": changes.get("read_only", True), **changes})
 
 
 def lost(state: MemberState) -> MemberState:
@@ -113,7 +114,7 @@ def test_a_full_pass_checks_everything() -> None:
 
 def test_bootstrap_fences_joins_and_opens_the_primary() -> None:
     fresh = [replace(replica(n), is_replica=False, source_host=None, source_port=None) for n in ("m1", "m2")]
-    writable = replace(fresh[1], read_only=False)
+    writable = replace(fresh[1], read_only=False, fenced=False)
     plan = converge_plan("m0", topology(primary(read_only=True), fresh[0], writable), semi_sync=False)
     assert plan.fence == ("m2",) and plan.join == ("m1", "m2") and plan.open_primary
 
@@ -503,3 +504,10 @@ def test_a_stale_replica_that_receives_again_still_vetoes_a_failover() -> None:
     )
     assert decision.candidate is None and not decision.dead
     assert "still replicate from it" in decision.reason
+
+
+def test_a_read_only_replica_that_is_not_fenced_is_fenced_and_rejoined() -> None:
+    """MySQL: read_only=ON alone lets SUPER accounts write; only super_read_only fences. Such a replica is fenced
+    and counts as out of order."""
+    plan = converge_plan("m0", topology(primary(), replica("m1", fenced=False), replica("m2")), semi_sync=False)
+    assert plan.fence == ("m1",) and plan.join == ("m1",)

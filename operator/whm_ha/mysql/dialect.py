@@ -260,6 +260,13 @@ class Dialect(ABC):
     def semi_sync_variables_query(self) -> SQL:
         return SQL("SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync%'")
 
+    def semi_sync_waiters(self) -> SQL:
+        """The connections whose commit waits for a replica's acknowledgement (both flavours name the state so)."""
+        return SQL(
+            "SELECT id FROM information_schema.processlist "
+            "WHERE state LIKE 'Waiting for semi-sync ACK%' AND id <> CONNECTION_ID()"
+        )
+
     def semi_sync_settings(self, role: SemiSyncRole, enabled: bool, timeout_ms: int) -> dict[str, str | int]:
         """The variables (name -> value) for this role; disabling only turns the role off."""
         names = self.semi_sync_variables

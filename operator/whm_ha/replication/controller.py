@@ -96,8 +96,8 @@ class ReplicationController:
     not_receiving_since: dict[str, float] = field(default_factory=dict)
     """Wall-clock time since which a replica has not been receiving from the primary, as seen while the primary
     answered (what this process observed: empty after a restart)."""
-    read_only_seen: dict[str, bool] = field(default_factory=dict)
-    """Whether each member was read-only the last time it answered (promotion skips fencing those that were)."""
+    fenced_seen: dict[str, bool] = field(default_factory=dict)
+    """Whether each member was fenced the last time it answered (promotion skips fencing those that were)."""
     finish_failures: int = 0
     """Attempts in a row at finishing the recorded promotion that failed."""
     seeded: bool = False
@@ -305,7 +305,7 @@ class ReplicationController:
             if state.reachable:
                 self.failures[state.name] = 0
                 self.failing_since.pop(state.name, None)
-                self.read_only_seen[state.name] = bool(state.read_only)
+                self.fenced_seen[state.name] = bool(state.fenced)
             else:
                 self.failures[state.name] = self.failures.get(state.name, 0) + 1
                 self.failing_since.setdefault(state.name, now)
@@ -489,10 +489,9 @@ class ReplicationController:
                 if written is None:
                     return
                 obj = written
-            seen = {name for name, read_only in self.read_only_seen.items() if read_only}
-            read_only = seen.union(prepared.read_only)
+            fenced = {name for name, was in self.fenced_seen.items() if was}.union(prepared.fenced)
             unfenced = await self.workers.run(
-                procedures.finish, access, record, self.confirmer(obj), prepared.unreachable, read_only
+                procedures.finish, access, record, self.confirmer(obj), prepared.unreachable, fenced
             )
         except Superseded as exc:
             log.warning("replication %s/%s: %s", self.namespace, self.name, exc)

@@ -82,7 +82,7 @@ def in_order(state: MemberState, primary: MemberState) -> bool:
     return (
         state.is_replica
         and (state.source_host, state.source_port) == (primary.host, primary.port)
-        and state.read_only is True
+        and state.fenced is True
         and state.last_io_errno not in AUTH_ERRNOS
         and (state.io_running is True or state.io_connecting)
         and (state.sql_running is True or bool(state.last_sql_error))
@@ -102,7 +102,7 @@ def converge_plan(
     a promotion): each action reads first, so that costs reads, never needless writes."""
     head = states.get(primary)
     others = [s for name, s in states.items() if name != primary and s.reachable]
-    fence = tuple(s.name for s in others if s.read_only is False)
+    fence = tuple(s.name for s in others if s.fenced is False)
     timeouts = tuple(
         s.name
         for s in states.values()

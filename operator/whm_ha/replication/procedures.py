@@ -4,6 +4,7 @@ after an interruption is safe."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,15 +15,18 @@ import pymysql
 from ..crd.mysqlreplication import Member, MySQLReplicationSpec, PromotionProgress
 from ..mysql import actions
 from ..mysql.actions import GtidResult, PromotionError
-from ..mysql.dialect import Dialect, Source
+from ..mysql.dialect import SQL, Dialect, Source
 from ..mysql.gtid import GtidSet
 from ..mysql.member import Credentials, MemberState, Session, connect, describe_error, inspect, read_state
 from ..mysql.topology import CONNECTION_ERRNOS, can_rejoin, choose_candidate
 from .authority import Confirm
 from .plan import Plan, exclusions, only_candidate, quorum_shortfall
 
-SEMI_SYNC_TIMEOUT_MS = 10_000
-"""How long a primary waits for a replica to acknowledge a commit before it falls back to asynchronous."""
+SEMI_SYNC_TIMEOUT_MS = 4_294_967_295
+"""How long a primary waits for a replica to acknowledge a commit before it falls back to asynchronous: the
+largest value both flavours take (49 days), i.e. never while a failover could happen. A primary cut off from
+its replicas blocks its writers instead of acknowledging commits that a promotion elsewhere would discard (with
+a 10 s fallback, a probe here saw 561 such commits acknowledged and then lost)."""
 CATCH_UP_SECONDS = 10.0
 """How long a switchover waits for the candidate to apply what the fenced primary had."""
 RELAY_LOG_SECONDS = 30.0
@@ -130,14 +134,19 @@ class _Sessions:
 
 
 def _source_semi_sync_off(session: Session) -> bool:
-    """Turn the source side of semi-sync off (a replica must not wait for acknowledgements)."""
-    variable = session.dialect.semi_sync_variables["source_enabled"]
-    values = {
-        str(name): str(value).upper() for name, value in session.rows(session.dialect.semi_sync_variables_query())
-    }
+    """Turn the source side of semi-sync off (a replica must not wait for acknowledgements). A former primary
+    may still hold commits waiting for an acknowledgement that will never come (cut off when it was demoted):
+    turning semi-sync off would acknowledge them to their clients, though no replica has them and the new
+    primary never will. Their connections are killed first, so those clients see an error instead."""
+    dialect = session.dialect
+    variable = dialect.semi_sync_variables["source_enabled"]
+    values = {str(name): str(value).upper() for name, value in session.rows(dialect.semi_sync_variables_query())}
     if values.get(variable) != "ON":
         return False
-    session.execute(session.dialect.set_global(variable, "OFF"))
+    for (waiting,) in session.rows(dialect.semi_sync_waiters()):
+        with contextlib.suppress(pymysql.OperationalError):  # it may have ended meanwhile
+            session.execute(SQL("KILL CONNECTION %s", (int(waiting),)))
+    session.execute(dialect.set_global(variable, "OFF"))
     return True
 
 
@@ -269,8 +278,8 @@ class Prepared:
 
     unreachable: tuple[str, ...] = ()
     """Members found unreachable when fencing."""
-    read_only: tuple[str, ...] = ()
-    """Members found read-only (the fenced old primary, the stopped replicas)."""
+    fenced: tuple[str, ...] = ()
+    """Members found fenced (the old primary of a switchover, the stopped replicas)."""
 
 
 def prepare(
@@ -295,7 +304,7 @@ def prepare(
                     f"{record.to} did not apply {record.from_}'s transactions {fenced.gtid} "
                     f"within {CATCH_UP_SECONDS:g}s"
                 )
-        return Prepared(read_only=(record.from_,))
+        return Prepared(fenced=(record.from_,))
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Meanwhile the replicas stop receiving: a vanished primary costs one timeout, not two.
         fencing = pool.submit(fence_if_reachable, access, record.from_)
@@ -315,7 +324,7 @@ def prepare(
     if choice.candidate != record.to:
         why = choice.refusals.get(record.to, f"{choice.candidate} ranks first now")
         raise PromotionError(f"{record.to} is no longer the member to promote: {why}")
-    return Prepared(unreachable=(record.from_,), read_only=tuple(s.name for s in states if s.read_only))
+    return Prepared(unreachable=(record.from_,), fenced=tuple(s.name for s in states if s.fenced))
 
 
 def _stopped_replicas(access: Access, old_primary: str) -> list[MemberState]:
@@ -342,17 +351,17 @@ def finish(
     record: PromotionProgress,
     confirm: Confirm,
     unreachable: Collection[str] = (),
-    read_only: Collection[str] = (),
+    fenced: Collection[str] = (),
 ) -> list[str]:
     """The point of no return: every other member that answers is made read-only while the candidate stops
     receiving and applies its relay log (all at once, so that members that do not answer cost one timeout);
     then, with every answering member read-only, the candidate accepts writes (an old primary removed from
-    spec.members is no longer reached). Members in ``read_only`` (known read-only since they last answered) are
+    spec.members is no longer reached). Members in ``fenced`` (known fenced since they last answered) are
     skipped: one that accepts connections but cannot serve them must not hold the promotion up. ``unreachable``:
     members ``prepare`` just found unreachable, tried again with a short connect timeout (one that came back is
     fenced; one that comes back later is fenced when it answers, before it may rejoin). Returns the members that
     could not be fenced. Both the first write and the opening of the candidate are confirmed (Superseded)."""
-    others = [n for n in access.members if n != record.to and n not in read_only]
+    others = [n for n in access.members if n != record.to and n not in fenced]
     confirm(f"fence the others and detach {record.to}")
     with access.connect(record.to) as session, ThreadPoolExecutor(max_workers=len(others) or 1) as pool:
         fencing = [
@@ -360,7 +369,7 @@ def finish(
             for name in others
         ]
         actions.detach(session, timeout=RELAY_LOG_SECONDS)
-        fenced = [future.result() for future in fencing]
+        results = [future.result() for future in fencing]
         confirm(f"open {record.to} for writes")
         actions.promote(session)
-    return [name for name, result in zip(others, fenced, strict=True) if result is None]
+    return [name for name, result in zip(others, results, strict=True) if result is None]

@@ -133,19 +133,40 @@ class _Sessions:
             session.close()
 
 
+LOCK_WAIT_TIMEOUT = 1205
+
+
+def _kill_semi_sync_waiters(session: Session) -> None:
+    """Kill the connections whose commit waits for a replica's acknowledgement: their clients get an error. On a
+    former primary cut off from its replicas no acknowledgement will come, and these commits are on no replica."""
+    for (waiting,) in session.rows(session.dialect.semi_sync_waiters()):
+        with contextlib.suppress(pymysql.OperationalError):  # it may have ended meanwhile
+            session.execute(SQL("KILL CONNECTION %s", (int(waiting),)))
+
+
+def fence(session: Session) -> GtidResult:
+    """Make the member read-only. Setting read-only waits for the commits in progress; on a former primary those
+    may wait for an acknowledgement that never comes (it was cut off when it was demoted, then came back): the
+    fence then times out, and is tried once more after their connections are killed."""
+    try:
+        return actions.fence(session)
+    except pymysql.OperationalError as exc:
+        if not exc.args or exc.args[0] != LOCK_WAIT_TIMEOUT:
+            raise
+    _kill_semi_sync_waiters(session)
+    return actions.fence(session)
+
+
 def _source_semi_sync_off(session: Session) -> bool:
-    """Turn the source side of semi-sync off (a replica must not wait for acknowledgements). A former primary
-    may still hold commits waiting for an acknowledgement that will never come (cut off when it was demoted):
-    turning semi-sync off would acknowledge them to their clients, though no replica has them and the new
-    primary never will. Their connections are killed first, so those clients see an error instead."""
+    """Turn the source side of semi-sync off (a replica must not wait for acknowledgements). Commits still
+    waiting there for an acknowledgement would be acknowledged to their clients, though no replica has them:
+    their connections are killed first (the member is fenced by then, so no new one starts)."""
     dialect = session.dialect
     variable = dialect.semi_sync_variables["source_enabled"]
     values = {str(name): str(value).upper() for name, value in session.rows(dialect.semi_sync_variables_query())}
     if values.get(variable) != "ON":
         return False
-    for (waiting,) in session.rows(dialect.semi_sync_waiters()):
-        with contextlib.suppress(pymysql.OperationalError):  # it may have ended meanwhile
-            session.execute(SQL("KILL CONNECTION %s", (int(waiting),)))
+    _kill_semi_sync_waiters(session)
     session.execute(dialect.set_global(variable, "OFF"))
     return True
 
@@ -178,7 +199,7 @@ def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Out
             confirm(f"fence {name}")
             session = attempt(name, "fence")
             try:
-                if session is not None and actions.fence(session).changed:
+                if session is not None and fence(session).changed:
                     outcome.fenced.append(name)
                     outcome.changes.append(f"{name}: made read-only")
             except DatabaseError as exc:
@@ -209,7 +230,8 @@ def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Out
         except DatabaseError as exc:
             outcome.errors.append(f"{primary}: {access.describe(exc)}")
         for name in plan.source_off:
-            each(name, "semi-sync", _source_semi_sync_off, "semi-sync source side off")
+            if name not in outcome.unsafe:  # not known to be fenced: its waiting commits stay unacknowledged
+                each(name, "semi-sync", _source_semi_sync_off, "semi-sync source side off")
     return outcome
 
 
@@ -233,7 +255,7 @@ def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome
     it has transactions the primary lacks (read after the stop, and before the primary's)."""
     try:
         session = sessions[name]
-        fenced = actions.fence(session)
+        fenced = fence(session)
     except DatabaseError as exc:
         outcome.errors.append(f"{name}: fence: {access.describe(exc)}")
         outcome.unsafe.add(name)
@@ -269,7 +291,7 @@ def fence_if_reachable(access: Access, name: str, *, timeout: float | None = Non
             return None
         raise
     with session:
-        return actions.fence(session)
+        return fence(session)
 
 
 @dataclass(frozen=True)
@@ -298,7 +320,7 @@ def prepare(
     confirm(f"fence {record.from_} to promote {record.to}")
     if record.planned:
         with access.connect(record.from_) as old, access.connect(record.to) as candidate:
-            fenced = actions.fence(old)
+            fenced = fence(old)
             if not actions.wait_applied(candidate, fenced.gtid, CATCH_UP_SECONDS):
                 raise PromotionError(
                     f"{record.to} did not apply {record.from_}'s transactions {fenced.gtid} "

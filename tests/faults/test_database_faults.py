@@ -1,0 +1,369 @@
+"""Database faults as production has them, each checked for lost acknowledged writes, two writers and progress.
+
+Three members in network namespaces (tests/faults/test_vanished_primary.py starts them); the operator, the API
+and the writer that follows the recorded primary (the applications library) run in the root namespace. Where a
+scenario needs a client on the old primary's side of a partition, it runs in that member's namespace and writes
+to it over loopback, which no cut reaches. Each scenario records its figures (tests/faults/report.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.faults.report import Outcome, Recorder
+from tests.faults.test_vanished_primary import (
+    DB_BOUND,
+    PERIOD,
+    THRESHOLD,
+    Databases,
+    progressed,
+    start_databases,
+)
+from tests.fixtures.netns import Host, freeze, thaw
+from tests.kube_helpers import wait_for
+from whm_ha.demo.stack import DEMO_SCHEMA
+from whm_ha.demo.tour import Writer
+
+pytestmark = pytest.mark.mariadb
+__all__ = ["start_databases"]  # a fixture
+
+SIDE_CLIENT = """
+import sys, time, pymysql
+port, user, password, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+conn, next_id = None, 0
+with open(out, "a", buffering=1) as acks:
+    while True:
+        next_id += 1
+        try:
+            if conn is None:
+                conn = pymysql.connect(host="127.0.0.1", port=port, user=user, password=password, autocommit=True,
+                                       connect_timeout=2, read_timeout=60, write_timeout=60)
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO demo.side_acks (id) VALUES (%s)", (next_id,))
+            acks.write(f"{next_id} {time.time():.3f}\\n")
+        except pymysql.MySQLError:
+            conn = None
+            time.sleep(0.2)
+        time.sleep(0.01)
+"""
+"""Inserts ids 1, 2, ... into demo.side_acks on a member over loopback as the application account (which a
+fenced member refuses); appends "id time" for each acknowledged one."""
+
+
+@dataclass
+class SideClient:
+    """A client beside one member, in its namespace: what the member acknowledged to it, and when."""
+
+    host: Host
+    acks: Path
+
+    @classmethod
+    def start(cls, world: Databases, index: int, folder: Path) -> SideClient:
+        conn = world.servers[index].connect()
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.side_acks (id INT PRIMARY KEY)")
+        conn.close()
+        secret = client.CoreV1Api(world.api).read_namespaced_secret("db-app", world.namespace).data or {}
+        user, password = (base64.b64decode(secret[k]).decode() for k in ("username", "password"))
+        side = cls(world.hosts[index], folder / f"side-{index}.acks")
+        side.acks.touch()
+        argv = [sys.executable, "-c", SIDE_CLIENT, str(world.servers[index].port), user, password, str(side.acks)]
+        side.host.popen(argv)
+        wait_for(lambda: len(side.acked()) >= 20, 20, "the side client's first acknowledged writes")
+        return side
+
+    def acked(self) -> dict[int, float]:
+        """Acknowledged id -> wall-clock time."""
+        lines = [line.split() for line in self.acks.read_text().splitlines()]
+        return {int(parts[0]): float(parts[1]) for parts in lines if len(parts) == 2}
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _rows(world: Databases, index: int, statement: str) -> set[int]:
+    conn = world.servers[index].connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+            return {int(row[0]) for row in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def _primary_index(world: Databases) -> int:
+    primary = world.status()["currentPrimary"]
+    return int(primary.rsplit("-", 1)[1])
+
+
+def _lost(world: Databases, writer: Writer, side: SideClient | None = None) -> tuple[int, int]:
+    """Acknowledged writes, and those missing from the final primary (the pool's writer and the side client's)."""
+    final = _primary_index(world)
+    acked = list(writer.acknowledged)
+    missing = set(acked) - world.ids(final)
+    side_acked: dict[int, float] = side.acked() if side else {}
+    if side_acked:
+        missing |= {-i for i in set(side_acked) - _rows(world, final, f"SELECT id FROM {DEMO_SCHEMA}.side_acks")}
+    if missing:
+        print(f"missing from db-{final} (side client's negated): {sorted(missing)[:20]}")
+    return len(acked) + len(side_acked), len(missing)
+
+
+def _late(world: Databases, side: SideClient, promoted_at: float) -> list[int]:
+    """The old primary acting as a second writer: writes it acknowledged after the promotion that the final
+    primary lacks. (A write acknowledged late but present is one the old primary committed and replicated
+    before the fault, whose answer reached the client after it.)"""
+    final = _rows(world, _primary_index(world), f"SELECT id FROM {DEMO_SCHEMA}.side_acks")
+    return sorted(i for i, at in side.acked().items() if at > promoted_at and i not in final)
+
+
+def _promotions(world: Databases) -> int:
+    return len(world.status().get("promotionHistory", []))
+
+
+def _converged(world: Databases, quarantined: frozenset[str] = frozenset()) -> Callable[[], bool]:
+    """One primary; every other member a replica of it, or quarantined (reported) if named."""
+
+    def check() -> bool:
+        status = world.status()
+        roles = {m["name"]: m["role"] for m in status.get("members", [])}
+        if status.get("promotion") or list(roles.values()).count("Primary") != 1:
+            return False
+        return all(r in ("Primary", "Replica") or (n in quarantined and r == "Quarantined") for n, r in roles.items())
+
+    return check
+
+
+def test_a_primary_isolated_with_a_client_beside_it_acknowledges_nothing_that_is_then_lost(
+    start_databases: Callable[..., Databases], resilience: Recorder, tmp_path: Path
+) -> None:
+    """db-0 cut off from the operator and both replicas while a client on its side keeps writing. The replicas
+    elect db-1 or db-2; db-0, still up, must not acknowledge a write meanwhile (semi-sync without fallback: its
+    writers block), and when the partition heals it is fenced and its unacknowledged commits are named."""
+    world = start_databases()
+    pool_writer = _start_writer(world)
+    side = SideClient.start(world, 0, tmp_path)
+    old = world.hosts[0]
+    root = f"10.213.{old.address.split('.')[2]}.1"
+    cut_at = time.time()
+    for peer in (root, world.hosts[1].address, world.hosts[2].address):
+        old.cut_from(peer)
+    status = wait_for(
+        lambda: (s := world.status()).get("currentPrimary") not in (None, "db-0") and s, DB_BOUND + 20, "promotion"
+    )
+    promoted_at = _epoch(status["lastPromotionTime"])
+    wait_for(progressed(pool_writer.work), 30, "the pool's writer on the new primary")
+    writes_again = time.time()
+    hold = cut_at + 15  # past the 10 s semi-sync fallback the server would otherwise take
+    wait_for(lambda: time.time() > hold, 20, "15 s of partition")
+    old.heal()
+    recovered = time.time()
+    wait_for(_converged(world, frozenset({"db-0"})), 30, "one primary, db-0 replicating again or quarantined")
+    settled = time.time() - recovered
+    pool_writer.stop()
+    acked, lost = _lost(world, pool_writer.work, side)
+    late = _late(world, side, promoted_at)
+    promotions = _promotions(world)
+    roles = {m["name"]: m["role"] for m in world.status()["members"]}
+    resilience.record(
+        Outcome(
+            scenario="primary isolated, a client beside it writing",
+            component="database",
+            outcome=f"{status['currentPrimary']} promoted; db-0 {roles['db-0'].lower()} {settled:.1f} s after healing",
+            detect=promoted_at - cut_at,
+            recover=writes_again - cut_at,
+            acked=acked,
+            lost=lost,
+            promotions=promotions,
+            limit="" if not late and not lost else f"{len(late)} writes acknowledged by db-0 after the promotion",
+        )
+    )
+    assert late == [], f"db-0 acknowledged {len(late)} writes after {status['currentPrimary']} was promoted"
+    assert lost == 0 and promotions == 1
+
+
+@dataclass
+class RunningWriter:
+    work: Writer
+    thread: Any
+
+    def stop(self) -> None:
+        self.work.stop.set()
+        self.thread.join(90)
+        self.work.pool.close()
+
+
+def _start_writer(world: Databases) -> RunningWriter:
+    pool = world.pool()
+    work = Writer(pool)
+    work.create_table()
+    thread = threading.Thread(target=work.run, daemon=True)
+    thread.start()
+    wait_for(lambda: len(work.acknowledged) >= 50, 30, "50 acknowledged writes")
+    return RunningWriter(work, thread)
+
+
+def test_the_operator_cut_off_from_a_live_primary_does_not_promote(
+    start_databases: Callable[..., Databases], resilience: Recorder
+) -> None:
+    """Only the operator loses db-0 (a cut between the root namespace and db-0): the replicas still receive from
+    it, so it is not dead: no promotion, writers unaffected once the cut heals."""
+    world = start_databases()
+    pool_writer = _start_writer(world)
+    old = world.hosts[0]
+    root = f"10.213.{old.address.split('.')[2]}.1"
+    old.cut_from(root)
+    cut_at = time.monotonic()
+    window = PERIOD * (THRESHOLD + 2) + DB_BOUND
+    wait_for(lambda: time.monotonic() > cut_at + window, window + 5, "several failure windows")
+    promotions = _promotions(world)
+    blocked = world.status().get("reason", "")
+    old.heal()
+    healed = time.monotonic()
+    wait_for(lambda: world.healthy_on("db-0"), 30, "Healthy on db-0 again")
+    wait_for(progressed(pool_writer.work), 30, "writes after healing")
+    recover = time.monotonic() - healed
+    pool_writer.stop()
+    acked, lost = _lost(world, pool_writer.work)
+    resilience.record(
+        Outcome(
+            scenario="operator cut off from the primary only",
+            component="database",
+            outcome="no promotion" if promotions == 0 else f"{promotions} promotions",
+            detect=None,
+            recover=recover,
+            acked=acked,
+            lost=lost,
+            promotions=promotions,
+        )
+    )
+    assert promotions == 0, f"promoted while the replicas still received from db-0: {blocked}"
+    assert lost == 0
+
+
+def test_replicas_cut_off_from_the_primary_but_not_from_the_operator_do_not_cause_a_promotion(
+    start_databases: Callable[..., Databases], resilience: Recorder
+) -> None:
+    """db-1 and db-2 lose db-0, the operator does not: the primary is alive, nothing is promoted; with semi-sync
+    the primary's writers wait (no replica acknowledges) and resume when the replicas reconnect."""
+    world = start_databases()
+    pool_writer = _start_writer(world)
+    for replica in world.hosts[1:]:
+        replica.cut_from(world.hosts[0])
+    cut_at = time.monotonic()
+    wait_for(
+        lambda: all(not m.get("ioRunning") for m in world.status().get("members", []) if m["name"] != "db-0"),
+        20,
+        "both replicas reported not receiving",
+    )
+    window = PERIOD * (THRESHOLD + 2) + DB_BOUND
+    wait_for(lambda: time.monotonic() > cut_at + window, window + 5, "several failure windows")
+    promotions = _promotions(world)
+    for replica in world.hosts[1:]:
+        replica.heal()
+    healed = time.monotonic()
+    wait_for(lambda: world.healthy_on("db-0"), 30, "Healthy on db-0 again")
+    wait_for(progressed(pool_writer.work), 30, "writes after healing")
+    recover = time.monotonic() - healed
+    pool_writer.stop()
+    acked, lost = _lost(world, pool_writer.work)
+    resilience.record(
+        Outcome(
+            scenario="replicas cut off from the primary, not from the operator",
+            component="database",
+            outcome="no promotion; writes wait for an acknowledgement" if promotions == 0 else "promoted",
+            recover=recover,
+            acked=acked,
+            lost=lost,
+            promotions=promotions,
+        )
+    )
+    assert promotions == 0 and lost == 0
+
+
+def test_a_primary_frozen_past_the_failure_window_comes_back_fenced(
+    start_databases: Callable[..., Databases], resilience: Recorder, tmp_path: Path
+) -> None:
+    """db-0 frozen (SIGSTOP, a VM stall) for twice the failure window, with a client beside it: the replicas
+    elect another; when db-0 thaws it must not acknowledge writes (semi-sync without fallback) and is fenced."""
+    world = start_databases()
+    pool_writer = _start_writer(world)
+    side = SideClient.start(world, 0, tmp_path)
+    process = world.servers[0].process
+    assert process is not None
+    frozen_at = time.time()
+    freeze(process)
+    status = wait_for(
+        lambda: (s := world.status()).get("currentPrimary") not in (None, "db-0") and s, DB_BOUND + 20, "promotion"
+    )
+    promoted_at = _epoch(status["lastPromotionTime"])
+    window = 2 * PERIOD * THRESHOLD + DB_BOUND
+    wait_for(lambda: time.time() > frozen_at + window, window + 5, "twice the failure window")
+    thaw(process)
+    thawed = time.time()
+    wait_for(lambda: not world.writable(0), 20, "db-0 fenced after thawing")
+    fenced = time.time() - thawed
+    wait_for(_converged(world, frozenset({"db-0"})), 30, "one primary; db-0 a replica or quarantined")
+    pool_writer.stop()
+    acked, lost = _lost(world, pool_writer.work, side)
+    late = _late(world, side, promoted_at)
+    promotions = _promotions(world)
+    resilience.record(
+        Outcome(
+            scenario="primary frozen for twice the failure window, then thawed",
+            component="database",
+            outcome=f"{status['currentPrimary']} promoted; db-0 fenced {fenced:.1f} s after thawing",
+            detect=promoted_at - frozen_at,
+            recover=None,
+            acked=acked,
+            lost=lost,
+            promotions=promotions,
+            limit="" if not late and not lost else f"{len(late)} writes acknowledged by db-0 after the promotion",
+        )
+    )
+    assert late == [] and lost == 0 and promotions == 1
+
+
+def test_a_flapping_primary_link_causes_at_most_one_promotion_per_interval(
+    start_databases: Callable[..., Databases], resilience: Recorder
+) -> None:
+    """db-0's link goes down and up every 3 s for 24 s, with minIntervalSeconds 30: at most one promotion, no
+    acknowledged write lost, and the topology settles once the link stays up."""
+    world = start_databases(minIntervalSeconds=30)
+    pool_writer = _start_writer(world)
+    started = time.monotonic()
+    flapping = world.hosts[0].flap(3, 24)
+    flapping.join(40)
+    promotions = _promotions(world)
+    world.hosts[0].heal()
+    healed = time.monotonic()
+    wait_for(_converged(world, frozenset({"db-0"})), 40, "one primary, the others replicating or quarantined")
+    wait_for(progressed(pool_writer.work), 30, "writes after the flapping")
+    recover = time.monotonic() - healed
+    pool_writer.stop()
+    acked, lost = _lost(world, pool_writer.work)
+    resilience.record(
+        Outcome(
+            scenario="primary link flapping every 3 s for 24 s (minIntervalSeconds 30)",
+            component="database",
+            outcome=f"{promotions} promotion(s)",
+            detect=None,
+            recover=recover,
+            acked=acked,
+            lost=lost,
+            promotions=_promotions(world),
+        )
+    )
+    assert _promotions(world) <= 1 and lost == 0, f"{time.monotonic() - started:.0f}s"

@@ -367,3 +367,171 @@ def test_a_flapping_primary_link_causes_at_most_one_promotion_per_interval(
         )
     )
     assert _promotions(world) <= 1 and lost == 0, f"{time.monotonic() - started:.0f}s"
+
+
+def test_the_operator_killed_mid_promotion_during_a_partition_finishes_it_once(
+    start_databases: Callable[..., Databases], resilience: Recorder
+) -> None:
+    """db-0 blackholed; the operator is killed (SIGKILL) while the promotion is recorded and under way, and
+    started again: the new process finishes the recorded promotion, once, and no acknowledged write is lost."""
+    world = start_databases()
+    assert world.operator is not None
+    pool_writer = _start_writer(world)
+    world.hosts[0].blackhole()
+    cut_at = time.time()
+    wait_for(lambda: world.status().get("promotion"), DB_BOUND + 20, "a promotion under way")
+    world.operator.kill()
+    killed_in = world.status()["promotion"].get("step", "")
+    world.operator.start()
+    status = wait_for(
+        lambda: (s := world.status()).get("currentPrimary") not in (None, "db-0") and not s.get("promotion") and s,
+        DB_BOUND + 30,
+        "the promotion finished by the new process",
+    )
+    promoted_at = _epoch(status["lastPromotionTime"])
+    wait_for(progressed(pool_writer.work), 40, "writes on the new primary")
+    recover = time.time() - cut_at
+    world.hosts[0].heal()
+    wait_for(_converged(world, frozenset({"db-0"})), 40, "one primary, db-0 a replica or quarantined")
+    pool_writer.stop()
+    acked, lost = _lost(world, pool_writer.work)
+    promotions = _promotions(world)
+    resilience.record(
+        Outcome(
+            scenario="operator killed mid-promotion during a partition",
+            component="database",
+            outcome=f"killed at step {killed_in}; {status['currentPrimary']} promoted by the restarted operator",
+            detect=promoted_at - cut_at,
+            recover=recover,
+            acked=acked,
+            lost=lost,
+            promotions=promotions,
+        )
+    )
+    assert promotions == 1 and lost == 0
+
+
+def test_a_lossy_primary_link_loses_no_acknowledged_write(
+    start_databases: Callable[..., Databases], resilience: Recorder
+) -> None:
+    """30 % of db-0's packets dropped each way for 30 s: whatever the operator decides, every acknowledged write
+    is on the final primary and the topology converges once the link is clean."""
+    world = start_databases()
+    pool_writer = _start_writer(world)
+    world.hosts[0].lose(30)
+    started = time.monotonic()
+    wait_for(lambda: time.monotonic() > started + 30, 35, "30 s of loss")
+    promotions = _promotions(world)
+    world.hosts[0].heal()
+    healed = time.monotonic()
+    wait_for(_converged(world, frozenset({"db-0"})), 60, "one primary, the others replicating or quarantined")
+    wait_for(progressed(pool_writer.work), 40, "writes after the loss")
+    recover = time.monotonic() - healed
+    pool_writer.stop()
+    acked, lost = _lost(world, pool_writer.work)
+    resilience.record(
+        Outcome(
+            scenario="30 % packet loss on the primary's link for 30 s",
+            component="database",
+            outcome=f"{promotions} promotion(s) during the loss",
+            recover=recover,
+            acked=acked,
+            lost=lost,
+            promotions=_promotions(world),
+        )
+    )
+    assert lost == 0 and _promotions(world) <= 1
+
+
+def test_the_api_server_frozen_during_a_promotion_delays_it_and_loses_nothing(
+    start_databases: Callable[..., Databases], resilience: Recorder, request: pytest.FixtureRequest
+) -> None:
+    """db-0 blackholed; once the promotion is recorded the API server stops answering (SIGSTOP) for 10 s: the
+    operator finishes the promotion when it answers again, once, with no acknowledged write lost."""
+    world = start_databases()
+    sandbox = request.getfixturevalue("sandbox_api")
+    pool_writer = _start_writer(world)
+    world.hosts[0].blackhole()
+    cut_at = time.time()
+    wait_for(lambda: world.status().get("promotion"), DB_BOUND + 20, "a promotion under way")
+    freeze(sandbox.process)
+    try:
+        frozen_at = time.monotonic()
+        wait_for(lambda: time.monotonic() > frozen_at + 10, 15, "10 s without an API server")
+    finally:
+        thaw(sandbox.process)
+    status = wait_for(
+        lambda: (s := world.status()).get("currentPrimary") not in (None, "db-0") and not s.get("promotion") and s,
+        60,
+        "the promotion finished after the API came back",
+    )
+    promoted_at = _epoch(status["lastPromotionTime"])
+    wait_for(progressed(pool_writer.work), 40, "writes on the new primary")
+    recover = time.time() - cut_at
+    world.hosts[0].heal()
+    wait_for(_converged(world, frozenset({"db-0"})), 40, "one primary, db-0 a replica or quarantined")
+    pool_writer.stop()
+    acked, lost = _lost(world, pool_writer.work)
+    promotions = _promotions(world)
+    resilience.record(
+        Outcome(
+            scenario="API server frozen for 10 s during a promotion",
+            component="database",
+            outcome=f"{status['currentPrimary']} promoted once the API answered",
+            detect=promoted_at - cut_at,
+            recover=recover,
+            acked=acked,
+            lost=lost,
+            promotions=promotions,
+        )
+    )
+    assert promotions == 1 and lost == 0
+
+
+def test_a_stalling_primary_slower_than_the_probe_timeout_loses_no_acknowledged_write(
+    start_databases: Callable[..., Databases], resilience: Recorder
+) -> None:
+    """db-0 stalls 1.5 s of every 1.7 s for 20 s (SIGSTOP/SIGCONT: every reply comes later than the operator's
+    1 s probe timeout, as from an overloaded host; this kernel has no netem to delay packets instead). Whatever
+    the operator decides, every acknowledged write is on the final primary and the topology converges."""
+    world = start_databases()
+    pool_writer = _start_writer(world)
+    process = world.servers[0].process
+    assert process is not None
+    stop = threading.Event()
+
+    def stall() -> None:
+        while not stop.is_set():
+            freeze(process)
+            stop.wait(1.5)
+            thaw(process)
+            stop.wait(0.2)
+
+    staller = threading.Thread(target=stall, daemon=True)
+    started = time.monotonic()
+    staller.start()
+    try:
+        wait_for(lambda: time.monotonic() > started + 20, 25, "20 s of stalls")
+    finally:
+        stop.set()
+        staller.join(5)
+        thaw(process)
+    promotions = _promotions(world)
+    healed = time.monotonic()
+    wait_for(_converged(world, frozenset({"db-0"})), 60, "one primary, the others replicating or quarantined")
+    wait_for(progressed(pool_writer.work), 40, "writes after the stalls")
+    recover = time.monotonic() - healed
+    pool_writer.stop()
+    acked, lost = _lost(world, pool_writer.work)
+    resilience.record(
+        Outcome(
+            scenario="primary stalling 1.5 s of every 1.7 s for 20 s (slower than the probe timeout)",
+            component="database",
+            outcome=f"{promotions} promotion(s)",
+            recover=recover,
+            acked=acked,
+            lost=lost,
+            promotions=_promotions(world),
+        )
+    )
+    assert lost == 0 and _promotions(world) <= 1

@@ -20,7 +20,7 @@ from kubernetes import client
 
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.netns import Host, StartNetnsServers, TestNetwork
-from tests.fixtures.operator_process import StartOperator
+from tests.fixtures.operator_process import OperatorProcess, StartOperator
 from tests.kube_helpers import GROUP, VERSION, wait_for
 from whm_ha.apps.pool import ReadWritePool
 from whm_ha.apps.topology import KubernetesTopology
@@ -45,6 +45,7 @@ class Databases:
     namespace: str
     hosts: list[Host]
     servers: list[LocalMariaDB]
+    operator: OperatorProcess | None = None
 
     @property
     def custom(self) -> client.CustomObjectsApi:
@@ -138,7 +139,7 @@ def start_databases(
         hosts = [test_network.host(f"db-{i}") for i in range(3)]
         world = Databases(kube_client, kube_namespace, hosts, netns_mariadb(hosts, SERVER_ARGS))
         world.create(**overrides)
-        operator_process(kube_api.kubeconfig, kube_namespace)
+        world.operator = operator_process(kube_api.kubeconfig, kube_namespace)
         wait_for(lambda: world.healthy_on("db-0"), 60, "a Healthy replication on db-0")
         return world
 

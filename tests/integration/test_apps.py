@@ -23,7 +23,7 @@ from whm_ha.db.dsn import DSN
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
 from whm_ha.db.migrate import migrate
 from whm_ha.mysql import actions
-from whm_ha.mysql.dialect import MariaDBDialect, Source
+from whm_ha.mysql.dialect import SQL, MariaDBDialect, Source
 from whm_ha.mysql.member import Credentials, Session, connect
 
 pytestmark = pytest.mark.mariadb
@@ -290,4 +290,47 @@ def test_cache(replicated: Replicated) -> None:
     for thread in threads:
         thread.join()
     assert cache.get("shared") in (b"a", b"b", b"c")
+    pool.close()
+
+
+def test_a_write_running_on_a_demoted_primary_is_interrupted_at_once(replicated: Replicated) -> None:
+    """A write blocked on the primary (here by a table lock; in production, a primary cut off from its replicas
+    waits for a semi-sync acknowledgement) when the status names another primary: the writer gets an error
+    within the watch interval instead of waiting its 30 s read timeout, and its next write goes to the new one."""
+    pool = replicated.pool(watch=0.2)
+    holder = replicated.servers[0].connect()
+    with holder.cursor() as cur:
+        cur.execute("LOCK TABLES whm_ha.writes WRITE")
+    outcome: list[str] = []
+
+    def write() -> None:
+        try:
+            with pool.writer() as conn, conn.cursor() as cur:
+                cur.execute("INSERT INTO whm_ha.writes VALUES (1, @@server_id)")
+            outcome.append("acknowledged")
+        except pymysql.MySQLError as exc:
+            outcome.append(f"error {exc.args[0]}")
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    waiting = SQL("SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE 'INSERT INTO whm_ha.%'")
+
+    def blocked() -> bool:
+        with replicated.session(0) as session:
+            return bool(session.rows(waiting)[0][0] == 1)
+
+    wait_for(blocked, 10, "the write waiting on the lock")
+    with replicated.session(1) as replica:
+        replica.execute(SQL("STOP SLAVE"))
+        replica.execute(SQL("SET GLOBAL read_only = OFF"))
+    demoted = time.monotonic()
+    replicated.publish(1, {})
+    thread.join(10)
+    took = time.monotonic() - demoted
+    holder.close()
+    assert outcome == ["error 2013"], outcome
+    assert took < 3, f"the write waited {took:.1f}s"
+    with pool.writer() as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@server_id")
+        assert cur.fetchone() == (replicated.servers[1].server_id,)
     pool.close()

@@ -3,14 +3,19 @@
 Writes go to the current primary; reads are spread over the replicas within the lag limit, falling back
 to the primary. The topology comes from the MySQLReplication status, so the pool follows a promotion
 without a restart. Pooled connections are bounded per member, validated when taken, and dropped when their
-member changes role. A writer connection is checked to be on a writable server before it is handed out, and
+member changes role; a statement still running on a primary that was demoted is interrupted (its client gets
+an error at once instead of waiting its read timeout on a member that may never answer or acknowledge). A
+watcher thread re-reads the topology every ``watch`` seconds for that. A writer connection is checked to be on a
+writable server before it is handed out, and
 an account that MariaDB's read_only would not bind (SUPER, READ ONLY ADMIN, ALL PRIVILEGES) is refused, so no
 write reaches a fenced member even when a promotion fences it between the check and the write.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +44,8 @@ class _MemberPool:
     endpoint: Endpoint
     idle: list[pymysql.Connection[Any]] = field(default_factory=list)
     lent: int = 0
+    busy: set[pymysql.Connection[Any]] = field(default_factory=set)
+    """The lent connections."""
     generation: int = 0
 
 
@@ -55,6 +62,7 @@ class ReadWritePool:
         max_per_member: int = 10,
         acquire_timeout: float = 10.0,
         connect_timeout: float = 2.0,
+        watch: float = 1.0,
     ) -> None:
         self._topology = topology
         self._credentials = (user, password)
@@ -67,6 +75,14 @@ class ReadWritePool:
         self._lock = threading.Condition()
         self._round_robin = itertools.count()
         self._account_checked = False
+        self._closed = threading.Event()
+        if watch > 0:
+            threading.Thread(target=self._watch, args=(watch,), name="pool-topology", daemon=True).start()
+
+    def _watch(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            with contextlib.suppress(Exception):  # the topology source failed: the next round tries again
+                self._observe(self._topology.current())
 
     # -- topology --------------------------------------------------------------------------------
 
@@ -84,6 +100,9 @@ class ReadWritePool:
                     for conn in member.idle:
                         conn.close()
                     member.idle.clear()
+                    if self._roles.get(key) == "primary":
+                        for conn in member.busy:
+                            _interrupt(conn)
             self._roles = roles
 
     # -- connections -----------------------------------------------------------------------------
@@ -112,11 +131,15 @@ class ReadWritePool:
                 if not self._lock.wait(deadline - time.monotonic()):
                     raise PoolError(f"no free connection to {endpoint.name} within {self._acquire_timeout:g}s")
             conn = member.idle.pop() if member.idle else None
+            if conn is not None:
+                member.busy.add(conn)  # from here on a demotion interrupts it, the ping included
             member.lent += 1
             generation = member.generation
         try:
             if conn is None:
                 conn = self._connect(endpoint)
+                with self._lock:
+                    member.busy.add(conn)
             else:
                 conn.ping(reconnect=False)
         except pymysql.MySQLError:
@@ -129,6 +152,7 @@ class ReadWritePool:
     def _give_back(self, member: _MemberPool, conn: pymysql.Connection[Any] | None, generation: int) -> None:
         with self._lock:
             member.lent -= 1
+            member.busy = {c for c in member.busy if c is not conn and c.open}
             if conn is not None and conn.open and generation == member.generation:
                 member.idle.append(conn)
             elif conn is not None:
@@ -235,8 +259,18 @@ class ReadWritePool:
             yield conn
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             for member in self._members.values():
                 for conn in member.idle:
                     conn.close()
                 member.idle.clear()
+
+
+def _interrupt(conn: pymysql.Connection[Any]) -> None:
+    """End the statement running on ``conn`` from another thread: its socket is shut down, so the blocked read
+    returns and the driver raises a lost-connection error (pymysql has no public way to cancel)."""
+    sock = getattr(conn, "_sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

@@ -89,6 +89,19 @@ never two members acknowledging writes, the topology converges, one primary node
   `init_rpl_role=SLAVE`, so that only the operator opens a member and a crashed primary comes back fenced.
 - Applications write as the application account (Secret `<replication>-app`), which a fenced member refuses.
 
+## Limits, and what is lost or unavailable otherwise
+
+- With `semiSync: false` a failover may lose the commits the old primary acknowledged that no replica had
+  received; no quorum is required. The figures below are for the default test setting, `semiSync: true`.
+- A primary cut off from its replicas holds its writers' commits unacknowledged: clients of the applications
+  pool get an error within a second of the promotion (the pool interrupts statements on a demoted primary)
+  and write to the new primary; other clients wait for their own read timeout.
+- A former primary that committed what no replica received (commits it never acknowledged) comes back with
+  errant transactions: it is fenced and quarantined, and must be rebuilt; nothing is merged silently.
+- Slow links: this machine's kernel has no `netem`, so delay and jitter are not staged; a slow primary is
+  staged as a process stalling longer than the probe timeout (SIGSTOP/SIGCONT), a lossy link with nftables
+  random drops.
+
 ## Scenarios
 
 | scenario | component | outcome | detect | recover | acked | lost | promotions | limit | measured |

@@ -215,42 +215,45 @@ def _start_writer(world: Databases) -> RunningWriter:
     return RunningWriter(work, thread)
 
 
-def test_the_operator_cut_off_from_a_live_primary_does_not_promote(
-    start_databases: Callable[..., Databases], resilience: Recorder
-) -> None:
-    """Only the operator loses db-0 (a cut between the root namespace and db-0): the replicas still receive from
-    it, so it is not dead: no promotion, writers unaffected once the cut heals."""
-    world = start_databases()
+def _alive_primary_cut(
+    world: Databases, hosts: list[Host], peer: Host | str, scenario: str, resilience: Recorder
+) -> tuple[int, str]:
+    """Cut ``hosts`` from ``peer`` for several failure windows while db-0 stays alive, heal, and record: the
+    promotions made meanwhile (there must be none) and the status reason at the end of the cut."""
     pool_writer = _start_writer(world)
-    old = world.hosts[0]
-    root = f"10.213.{old.address.split('.')[2]}.1"
-    old.cut_from(root)
+    for host in hosts:
+        host.cut_from(peer)
     cut_at = time.monotonic()
     window = PERIOD * (THRESHOLD + 2) + DB_BOUND
     wait_for(lambda: time.monotonic() > cut_at + window, window + 5, "several failure windows")
     promotions = _promotions(world)
-    blocked = world.status().get("reason", "")
-    old.heal()
+    reason = str(world.status().get("reason", ""))
+    for host in hosts:
+        host.heal()
     healed = time.monotonic()
     wait_for(lambda: world.healthy_on("db-0"), 30, "Healthy on db-0 again")
     wait_for(progressed(pool_writer.work), 30, "writes after healing")
     recover = time.monotonic() - healed
     pool_writer.stop()
     acked, lost = _lost(world, pool_writer.work)
+    outcome = "no promotion" if promotions == 0 else f"{promotions} promotion(s)"
     resilience.record(
-        Outcome(
-            scenario="operator cut off from the primary only",
-            component="database",
-            outcome="no promotion" if promotions == 0 else f"{promotions} promotions",
-            detect=None,
-            recover=recover,
-            acked=acked,
-            lost=lost,
-            promotions=promotions,
-        )
+        Outcome(scenario, "database", outcome, recover=recover, acked=acked, lost=lost, promotions=promotions)
     )
-    assert promotions == 0, f"promoted while the replicas still received from db-0: {blocked}"
     assert lost == 0
+    return promotions, reason
+
+
+def test_the_operator_cut_off_from_a_live_primary_does_not_promote(
+    start_databases: Callable[..., Databases], resilience: Recorder
+) -> None:
+    """Only the operator loses db-0 (a cut between the root namespace and db-0): the replicas still receive from
+    it, so it is not dead: no promotion, writers unaffected once the cut heals."""
+    world = start_databases()
+    root = f"10.213.{world.hosts[0].address.split('.')[2]}.1"
+    scenario = "operator cut off from the primary only"
+    promotions, reason = _alive_primary_cut(world, [world.hosts[0]], root, scenario, resilience)
+    assert promotions == 0, f"promoted while the replicas still received from db-0: {reason}"
 
 
 def test_replicas_cut_off_from_the_primary_but_not_from_the_operator_do_not_cause_a_promotion(
@@ -259,38 +262,9 @@ def test_replicas_cut_off_from_the_primary_but_not_from_the_operator_do_not_caus
     """db-1 and db-2 lose db-0, the operator does not: the primary is alive, nothing is promoted; with semi-sync
     the primary's writers wait (no replica acknowledges) and resume when the replicas reconnect."""
     world = start_databases()
-    pool_writer = _start_writer(world)
-    for replica in world.hosts[1:]:
-        replica.cut_from(world.hosts[0])
-    cut_at = time.monotonic()
-    wait_for(
-        lambda: all(not m.get("ioRunning") for m in world.status().get("members", []) if m["name"] != "db-0"),
-        20,
-        "both replicas reported not receiving",
-    )
-    window = PERIOD * (THRESHOLD + 2) + DB_BOUND
-    wait_for(lambda: time.monotonic() > cut_at + window, window + 5, "several failure windows")
-    promotions = _promotions(world)
-    for replica in world.hosts[1:]:
-        replica.heal()
-    healed = time.monotonic()
-    wait_for(lambda: world.healthy_on("db-0"), 30, "Healthy on db-0 again")
-    wait_for(progressed(pool_writer.work), 30, "writes after healing")
-    recover = time.monotonic() - healed
-    pool_writer.stop()
-    acked, lost = _lost(world, pool_writer.work)
-    resilience.record(
-        Outcome(
-            scenario="replicas cut off from the primary, not from the operator",
-            component="database",
-            outcome="no promotion; writes wait for an acknowledgement" if promotions == 0 else "promoted",
-            recover=recover,
-            acked=acked,
-            lost=lost,
-            promotions=promotions,
-        )
-    )
-    assert promotions == 0 and lost == 0
+    scenario = "replicas cut off from the primary, not from the operator"
+    promotions, reason = _alive_primary_cut(world, world.hosts[1:], world.hosts[0], scenario, resilience)
+    assert promotions == 0, f"promoted while the operator reached db-0: {reason}"
 
 
 def test_a_primary_frozen_past_the_failure_window_comes_back_fenced(

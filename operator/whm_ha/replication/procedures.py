@@ -173,7 +173,7 @@ def _source_semi_sync_off(session: Session) -> bool:
 
 def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Outcome:
     """Apply ``plan``. A member that fails is reported and skipped; the primary is opened for writes only when
-    every member the plan touched is known to be read-only. Each change of a member's role is confirmed first
+    every member the inspection saw writable was fenced. Each change of a member's role is confirmed first
     (``confirm`` raises Superseded, which ends the pass)."""
     outcome = Outcome()
     with _Sessions(access) as sessions:
@@ -212,16 +212,14 @@ def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Out
         head = attempt(primary, "connect") if needs_primary else None
         if head is None:
             return outcome
+        if plan.open_primary and not outcome.unsafe:
+            _open(access, head, confirm, outcome)
         if plan.ensure_user:
             _ensure_accounts(access, head, outcome)
         for name in plan.join:
             confirm(f"make {name} a replica of {primary}")
             _join(access, sessions, head, name, outcome)
         try:
-            if plan.open_primary and not outcome.unsafe:
-                confirm(f"open {primary} for writes")
-                if actions.promote(head).changed:
-                    outcome.changes.append(f"{primary}: accepts writes")
             if plan.semi_sync:
                 wanted = [n for n in plan.replicas if n not in outcome.quarantined and n not in outcome.unsafe]
                 replicas = [s for n in wanted if (s := attempt(n, "semi-sync")) is not None]
@@ -233,6 +231,17 @@ def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Out
             if name not in outcome.unsafe:  # not known to be fenced: its waiting commits stay unacknowledged
                 each(name, "semi-sync", _source_semi_sync_off, "semi-sync source side off")
     return outcome
+
+
+def _open(access: Access, head: Session, confirm: Confirm, outcome: Outcome) -> None:
+    """Open the primary for writes. Every member the inspection saw writable is fenced by then; it opens before
+    the accounts are made on it, as a MySQL server started with super_read_only refuses CREATE USER."""
+    try:
+        confirm(f"open {head.name} for writes")
+        if actions.promote(head).changed:
+            outcome.changes.append(f"{head.name}: accepts writes")
+    except DatabaseError as exc:
+        outcome.errors.append(f"{head.name}: open: {access.describe(exc)}")
 
 
 def _ensure_accounts(access: Access, head: Session, outcome: Outcome) -> None:

@@ -1,0 +1,253 @@
+"""``whm-ha operator`` for MySQLReplication on every supported server: MariaDB 10.11 (the host's), MariaDB 11.8
+and MySQL 9.7 (chrooted roots, ``--databases``). A real operator process, three real servers of the flavour and
+the sandbox API: setup, a primary killed under writes, a switchover, errant transactions, and a promotion left
+past its point of no return by a killed operator.
+
+Every server starts read-only (MySQL also ``super_read_only``), so that only the operator opens a member.
+MariaDB also starts with ``--init-rpl-role=SLAVE``: a crashed semi-sync primary then drops at recovery the
+commits no replica acknowledged. MySQL has no such setting: its old primary may come back holding commits
+nobody acknowledged, and is then quarantined, named, rather than rejoined.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pymysql
+import pytest
+from kubernetes import client
+
+from tests.fixtures.kube import KubeAPI
+from tests.fixtures.mariadb import StartFlavourServers
+from tests.fixtures.operator_process import OperatorProcess, StartOperator
+from tests.kube_helpers import GROUP, VERSION, wait_for
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
+from whm_ha.mysql.dialect import Dialect, dialect_for
+
+pytestmark = pytest.mark.mariadb
+
+FAST = {"periodSeconds": 1, "failureThreshold": 2, "minIntervalSeconds": 0}
+
+
+class World:
+    """MySQLReplication ``db`` over m0..m2 of one flavour (m0 the bootstrap primary), and helpers."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, servers: list[LocalServer], dialect: Dialect) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+        self.servers = servers
+        self.dialect = dialect
+        self.operator: OperatorProcess | None = None
+
+    def create(self, **spec: Any) -> None:
+        for name, user, password in (("db-admin", ADMIN_USER, ADMIN_PASSWORD), ("db-repl", "repl", "repl-pw")):
+            self.core.create_namespaced_secret(
+                self.namespace, {"metadata": {"name": name}, "stringData": {"username": user, "password": password}}
+            )
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "MySQLReplication",
+            "metadata": {"name": "db"},
+            "spec": {
+                "flavor": self.dialect.flavor,
+                "primary": "m0",
+                "members": [{"name": f"m{i}", "host": s.host, "port": s.port} for i, s in enumerate(self.servers)],
+                "credentialsSecret": {"name": "db-admin"},
+                "replicationSecret": {"name": "db-repl"},
+                "applicationAccount": {"schemas": ["whm_ha", "app"]},
+                **FAST,
+                **spec,
+            },
+        }
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "mysqlreplications", body)
+
+    def status(self) -> dict[str, Any]:
+        obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "mysqlreplications", "db")
+        return obj.get("status") or {}  # type: ignore[no-any-return]
+
+    def wait(self, predicate: Callable[[dict[str, Any]], Any], timeout: float, what: str) -> dict[str, Any]:
+        status: dict[str, Any] = wait_for(lambda: (s := self.status()) and predicate(s) and s, timeout, what)
+        return status
+
+    def healthy_on(self, member: str, timeout: float = 60) -> dict[str, Any]:
+        return self.wait(
+            lambda s: s.get("currentPrimary") == member and s.get("phase") == "Healthy" and s.get("readyReplicas") == 2,
+            timeout,
+            f"Healthy on {member}",
+        )
+
+    def roles(self) -> dict[str, str]:
+        return {m["name"]: m["role"] for m in self.status().get("members", [])}
+
+    def sql(self, member: str, statement: str) -> list[tuple[Any, ...]]:
+        conn = self.servers[int(member[1:])].connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def writable(self, member: str) -> bool:
+        return bool(self.sql(member, "SELECT @@GLOBAL.read_only")[0][0] == 0)
+
+    def ids(self, member: str) -> set[int]:
+        return {int(r[0]) for r in self.sql(member, "SELECT id FROM app.t")}
+
+    def application(self) -> tuple[str, str]:
+        data = self.core.read_namespaced_secret("db-app", self.namespace).data or {}
+        return base64.b64decode(data["username"]).decode(), base64.b64decode(data["password"]).decode()
+
+
+class Writer(threading.Thread):
+    """Inserts ids 1, 2, ... into app.t on one member as the application account until an insert fails."""
+
+    def __init__(self, server: LocalServer, user: str, password: str) -> None:
+        super().__init__(daemon=True)
+        self.server, self.user, self.password = server, user, password
+        self.acked: list[int] = []
+
+    def run(self) -> None:
+        conn = pymysql.connect(
+            host=self.server.host,
+            port=self.server.port,
+            user=self.user,
+            password=self.password,
+            autocommit=True,
+            read_timeout=30,
+            ssl_disabled=True,
+        )
+        try:
+            with conn.cursor() as cur:
+                for row_id in range(1, 10**6):
+                    try:
+                        cur.execute("INSERT INTO app.t (id) VALUES (%s)", (row_id,))
+                    except pymysql.MySQLError:
+                        return
+                    self.acked.append(row_id)
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def world(
+    kube_api: KubeAPI,
+    kube_client: client.ApiClient,
+    kube_namespace: str,
+    database_servers: StartFlavourServers,
+    operator_process: StartOperator,
+) -> Callable[..., World]:
+    """``world(**spec)``: three servers of the flavour, the replication created, the operator started, Healthy."""
+    if kube_api.tier != "sandbox":
+        pytest.skip("the flavour matrix runs on the sandbox API")
+    flavour = database_servers.flavour
+    fenced = ("--read-only=ON", "--init-rpl-role=SLAVE") if flavour.product == "mariadb" else ("--super-read-only=ON",)
+
+    def start(**spec: Any) -> World:
+        created = World(kube_client, kube_namespace, database_servers(3, fenced), dialect_for(flavour.product))
+        created.create(**spec)
+        created.operator = operator_process(kube_api.kubeconfig, kube_namespace)
+        created.healthy_on("m0")
+        created.sql("m0", "CREATE DATABASE IF NOT EXISTS app")
+        created.sql("m0", "CREATE TABLE IF NOT EXISTS app.t (id INT PRIMARY KEY)")
+        return created
+
+    return start
+
+
+def test_setup_then_a_primary_killed_under_writes_loses_no_acknowledged_row(world: Callable[..., World]) -> None:
+    db = world(semiSync=True)
+    assert db.roles() == {"m0": "Primary", "m1": "Replica", "m2": "Replica"}
+    assert not db.writable("m1") and not db.writable("m2")
+    writer = Writer(db.servers[0], *db.application())
+    writer.start()
+    wait_for(lambda: len(writer.acked) >= 200, 30, "200 acknowledged inserts")
+    killed = time.monotonic()
+    db.servers[0].kill()
+    writer.join(30)
+    status = db.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 30, "a new primary")
+    took = time.monotonic() - killed
+    new = status["currentPrimary"]
+    print(f"{db.dialect.flavor}: kill -9 to new primary recorded {took:.2f}s; {len(writer.acked)} rows acknowledged")
+    assert took < 10
+    assert set(writer.acked) <= db.ids(new), "every acknowledged insert survived"
+    db.servers[0].start()
+    assert not db.writable("m0"), "the old primary comes back read-only"
+    settled = db.wait(
+        lambda s: s.get("phase") in ("Healthy", "Degraded") and db.roles().get("m0") in ("Replica", "Quarantined"),
+        40,
+        "m0 back as a replica, or quarantined if it kept commits nobody acknowledged",
+    )
+    m0 = next(m for m in settled["members"] if m["name"] == "m0")
+    if m0["role"] == "Quarantined":
+        assert db.dialect.flavor == "mysql", f"MariaDB drops unacknowledged commits at recovery: {m0}"
+        assert "errant" in m0.get("lastError", ""), m0
+
+
+def test_a_switchover_loses_no_acknowledged_row(world: Callable[..., World]) -> None:
+    db = world(semiSync=True)
+    writer = Writer(db.servers[0], *db.application())
+    writer.start()
+    wait_for(lambda: len(writer.acked) >= 100, 30, "100 acknowledged inserts")
+    db.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        db.namespace,
+        "mysqlreplications",
+        "db",
+        {"metadata": {"annotations": {"ha.whm.io/promote": "m2", "ha.whm.io/request-id": "flavour-1"}}},
+    )
+    db.healthy_on("m2", timeout=30)
+    writer.join(30)
+    assert set(writer.acked) <= db.ids("m2")
+    assert db.status()["lastRequest"]["result"] == "Succeeded"
+    assert db.writable("m2") and not db.writable("m0") and not db.writable("m1")
+
+
+def test_errant_transactions_on_a_replica_are_quarantined(world: Callable[..., World]) -> None:
+    db = world()
+    for statement in (*db_open(db.dialect), "CREATE DATABASE errant_here", *db_fence(db.dialect)):
+        db.sql("m1", statement)
+    status = db.wait(lambda s: db.roles().get("m1") == "Quarantined", 20, "m1 quarantined")
+    m1 = next(m for m in status["members"] if m["name"] == "m1")
+    assert "errant" in m1.get("lastError", ""), m1
+
+
+def test_a_promotion_left_past_its_point_of_no_return_is_finished(world: Callable[..., World]) -> None:
+    db = world()
+    assert db.operator is not None
+    db.operator.kill()
+    dialect = db.dialect
+    for sql in dialect.set_read_only(True):
+        db.sql("m0", sql.text)
+    for statement in (dialect.stop_replica().text, dialect.reset_replica_all().text, *db_open(dialect)):
+        db.sql("m1", statement)
+    obj = db.custom.get_namespaced_custom_object(GROUP, VERSION, db.namespace, "mysqlreplications", "db")
+    record = {"from": "m0", "to": "m1", "type": "manual", "step": "Promoting", "reason": "test"}
+    db.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        db.namespace,
+        "mysqlreplications",
+        "db",
+        {
+            "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+            "status": {"promotion": {**record, "detectedAt": "2026-01-01T00:00:00Z"}},
+        },
+    )
+    db.operator.start()
+    db.healthy_on("m1", timeout=40)
+    assert db.writable("m1") and not db.writable("m0") and not db.writable("m2")
+
+
+def db_open(dialect: Dialect) -> list[str]:
+    return [sql.text for sql in dialect.set_read_only(False)]
+
+
+def db_fence(dialect: Dialect) -> list[str]:
+    return [sql.text for sql in dialect.set_read_only(True)]

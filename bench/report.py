@@ -22,6 +22,7 @@ BENCHMARKS = {
     "MySQL promotion": "bench.promotion",
     "planned switchover": "bench.switchover",
     "a vanished host": "bench.blackhole",
+    "one replication among many with unreachable members": "bench.isolation",
 }
 
 

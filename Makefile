@@ -26,7 +26,7 @@ databases:
 	bash hack/build-databases
 
 test-databases: setup databases
-	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest --databases -m databases
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest --databases --faults -m databases
 
 control-plane:
 	bash hack/build-control-plane

@@ -267,6 +267,15 @@ class Dialect(ABC):
             "WHERE state LIKE 'Waiting for semi-sync ACK%' AND id <> CONNECTION_ID()"
         )
 
+    def release_semi_sync_waiters(self) -> list[SQL]:
+        """After their connections are killed, what ends the commits still waiting for an acknowledgement (they
+        hold the lock that setting read-only needs); nothing where killing ends the wait (MariaDB)."""
+        return []
+
+    def after_release(self) -> list[SQL]:
+        """What undoes `release_semi_sync_waiters` once the member is fenced."""
+        return []
+
     def semi_sync_settings(self, role: SemiSyncRole, enabled: bool, timeout_ms: int) -> dict[str, str | int]:
         """The variables (name -> value) for this role; disabling only turns the role off."""
         names = self.semi_sync_variables
@@ -445,6 +454,15 @@ class MySQLDialect(Dialect):
         the plugins loaded at startup (`semi_sync_prerequisite`)."""
         name, library = self.semi_sync_plugins[role]
         return SQL(f"INSTALL PLUGIN {name} SONAME '{library}'")
+
+    def release_semi_sync_waiters(self) -> list[SQL]:
+        """A killed MySQL session keeps waiting for its acknowledgement (its client is disconnected at once). First
+        offline_mode, which disconnects every client without CONNECTION_ADMIN and refuses new ones, so that no
+        client is left to be told of a commit; then the source side off, which ends the waits."""
+        return [SQL("SET GLOBAL offline_mode = ON"), SQL("SET GLOBAL rpl_semi_sync_source_enabled = OFF")]
+
+    def after_release(self) -> list[SQL]:
+        return [SQL("SET GLOBAL offline_mode = OFF")]
 
     def semi_sync_prerequisite(self, role: SemiSyncRole) -> str | None:
         name, library = self.semi_sync_plugins[role]

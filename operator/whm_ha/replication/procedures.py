@@ -147,14 +147,21 @@ def _kill_semi_sync_waiters(session: Session) -> None:
 def fence(session: Session) -> GtidResult:
     """Make the member read-only. Setting read-only waits for the commits in progress; on a former primary those
     may wait for an acknowledgement that never comes (it was cut off when it was demoted, then came back): the
-    fence then times out, and is tried once more after their connections are killed."""
+    fence then times out, and is tried once more after their connections are killed (and, where a kill does not
+    end the wait, once no client is left to be told: `Dialect.release_semi_sync_waiters`)."""
     try:
         return actions.fence(session)
     except pymysql.OperationalError as exc:
         if not exc.args or exc.args[0] != LOCK_WAIT_TIMEOUT:
             raise
     _kill_semi_sync_waiters(session)
-    return actions.fence(session)
+    for sql in session.dialect.release_semi_sync_waiters():
+        session.execute(sql)
+    try:
+        return actions.fence(session)
+    finally:
+        for sql in session.dialect.after_release():
+            session.execute(sql)
 
 
 def _source_semi_sync_off(session: Session) -> bool:

@@ -3,6 +3,7 @@ MySQL 9.7 with ``--databases``): setup, inspection, failover, rejoin, semi-sync.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -319,6 +320,49 @@ def test_semi_sync_on_and_off(replicating: Cluster) -> None:
     assert not primary.semi_sync_status().source_active
     assert not any(r.semi_sync_status().replica_active for r in replicas)
     assert actions.disable_semi_sync(replicating.sessions) is False
+
+
+def test_semi_sync_turned_on_under_writes_strands_no_commit(replicating: Cluster) -> None:
+    """A client commits without pause while semi-sync is turned on: no commit waits for an acknowledgement that
+    never comes (a replica already holding it when it reconnects announcing semi-sync never acknowledges it, and
+    there is no fallback), so the client goes on."""
+    primary, *replicas = replicating.sessions
+    server = replicating.servers[0]
+    committed: list[float] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        conn = pymysql.connect(
+            host=server.host,
+            port=server.port,
+            user=ADMIN_USER,
+            password=ADMIN_PASSWORD,
+            autocommit=True,
+            read_timeout=5,
+        )
+        row_id = 1000
+        try:
+            while not stop.is_set():
+                row_id += 1
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO app.t (id) VALUES (%s)", (row_id,))
+                committed.append(time.monotonic())
+        except pymysql.MySQLError as exc:
+            errors.append(str(exc))
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    wait_until(lambda: len(committed) > 20, "the writer commits")
+    assert actions.enable_semi_sync(primary, replicas, 3_600_000)
+    enabled = time.monotonic()
+    wait_until(lambda: len([t for t in committed if t > enabled]) > 20, "commits acknowledged after semi-sync", 8)
+    stop.set()
+    thread.join(10)
+    assert errors == [], errors
+    assert primary.semi_sync_status().source_active
 
 
 def access_to(cluster: Cluster) -> procedures.Access:

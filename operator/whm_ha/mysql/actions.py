@@ -261,14 +261,26 @@ def _reconnect_io(session: Session) -> None:
         session.execute(session.dialect.start_replica("io"))
 
 
-def enable_semi_sync(primary: Session, replicas: Sequence[Session], timeout_ms: int) -> bool:
-    """Semi-sync, AFTER_SYNC: the primary waits up to ``timeout_ms`` for one replica to acknowledge a commit."""
-    changed = _apply_semi_sync(primary, "source", True, timeout_ms)
+def enable_semi_sync(
+    primary: Session, replicas: Sequence[Session], timeout_ms: int, announce_timeout: float = 2.0
+) -> bool:
+    """Semi-sync, AFTER_SYNC: the primary waits up to ``timeout_ms`` for one replica to acknowledge a commit.
+
+    The replicas first, then the primary: a commit made once the primary waits but received over a connection
+    that did not announce semi-sync is never acknowledged (a replica that reconnects announcing it resumes after
+    that commit), so it would wait for the whole timeout, with no fallback forever, holding its row locks. So the
+    replicas reconnect announcing semi-sync, and the primary starts waiting once one of them is back (or after
+    ``announce_timeout`` seconds), seen in its count of semi-sync clients."""
+    changed = False
     for replica in replicas:
         if _apply_semi_sync(replica, "replica", True, timeout_ms):
             _reconnect_io(replica)
             changed = True
-    return changed
+    if changed:  # reconnecting: each counts as a semi-sync client of the primary once back (even with it off)
+        deadline = time.monotonic() + announce_timeout
+        while primary.semi_sync_status().source_clients == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return _apply_semi_sync(primary, "source", True, timeout_ms) or changed
 
 
 def disable_semi_sync(sessions: Iterable[Session]) -> bool:

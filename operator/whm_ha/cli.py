@@ -120,6 +120,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         scenario=args.scenario,
         proxy_port=args.proxy_port,
         shim_port=args.shim_port,
+        database=args.database,
     )
 
 
@@ -224,11 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="start the whole system locally (API, MariaDB, nodes, operator, proxy, shim)",
+        help="start the whole system locally (API, MariaDB or MySQL, nodes, operator, proxy, shim)",
         description="Start everything on loopback and show what happens.",
     )
     demo.add_argument("--api", choices=["sandbox", "real"], default="sandbox", help="which Kubernetes API")
     demo.add_argument("--kubeconfig", type=Path, default=None, help="use an existing cluster instead")
+    demo.add_argument(
+        "--database",
+        choices=["mariadb", "mysql"],
+        default="mariadb",
+        help="the database servers: the host's MariaDB 10.11 (default) or MySQL 9.7 from the root that "
+        "hack/build-databases builds",
+    )
     demo.add_argument("--scenario", choices=["failover"], default=None, help="run a scripted tour")
     demo.add_argument("--proxy-port", type=int, default=8080, help="the proxy's port on 127.0.0.1")
     demo.add_argument("--shim-port", type=int, default=4000, help="the shim's port on 127.0.0.1")

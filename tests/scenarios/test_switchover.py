@@ -22,12 +22,11 @@ from kubernetes import client
 
 from tests.fixtures.kube import TIERS
 from tests.kube_helpers import wait_for
+from tests.scenarios.system import running_system
 from whm_ha.apps.pool import PoolError
 from whm_ha.apps.sessions import SessionStore, session_hash
 from whm_ha.control_plane import find_bin_dir
-from whm_ha.db.local_server import free_port
 from whm_ha.db.server_checks import binlog_point, errant, transactions_after
-from whm_ha.demo.main import start_system
 from whm_ha.demo.stack import DEMO_SCHEMA, Stack
 from whm_ha.demo.tour import Traffic, Writer, application_pool, promote_through_shim, settled_on
 from whm_ha.demo.view import Observer
@@ -122,14 +121,8 @@ class Workload:
 def system(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System]:
     if request.param == "real" and find_bin_dir() is None:
         pytest.skip("the real control plane is not built (hack/build-control-plane)")
-    stack = Stack(tmp_path, proxy_port=free_port(), shim_port=free_port())
-    try:
-        api, observer = start_system(stack, api=request.param, say=lambda _: None)
+    with running_system(tmp_path, api=request.param) as (stack, api, observer):
         yield System(stack, api, observer)
-    finally:
-        stack.stop()
-    for log in tmp_path.glob("*.log"):
-        assert "Traceback" not in log.read_text(errors="replace"), f"{log.name}: {log.read_text()[-3000:]}"
 
 
 @pytest.fixture

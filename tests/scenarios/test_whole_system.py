@@ -14,8 +14,8 @@ import pytest
 from kubernetes import client
 
 from tests.kube_helpers import wait_for
+from tests.scenarios.system import running_system
 from whm_ha.db.local_server import free_port
-from whm_ha.demo.main import start_system
 from whm_ha.demo.stack import ADMIN_TOKEN, Stack
 from whm_ha.demo.tour import Traffic, database_failover, node_failover
 from whm_ha.demo.view import Observer
@@ -26,14 +26,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 @pytest.fixture
 def system(tmp_path: Path) -> Iterator[tuple[Stack, client.ApiClient, Observer]]:
-    stack = Stack(tmp_path, proxy_port=free_port(), shim_port=free_port())
-    try:
-        api, observer = start_system(stack, say=lambda _: None)
-        yield stack, api, observer
-    finally:
-        stack.stop()
-    for log in tmp_path.glob("*.log"):
-        assert "Traceback" not in log.read_text(errors="replace"), f"{log.name}: {log.read_text()[-3000:]}"
+    with running_system(tmp_path) as started:
+        yield started
 
 
 def test_get_traffic_survives_the_primary_node_dying(system: tuple[Stack, client.ApiClient, Observer]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +13,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SUBCOMMANDS = ["operator", "proxy", "shim", "sandbox", "demo", "crds", "migrate"]
 
 
-def whm_ha(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def whm_ha(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "whm_ha", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         timeout=60,
         check=False,
     )
@@ -51,3 +53,16 @@ def test_console_script_is_installed() -> None:
     assert script.exists(), "pip install -e . should install the whm-ha console script"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, check=False)
     assert result.stdout.startswith("whm-ha ")
+
+
+def test_demo_on_mysql_without_its_built_root_says_how_to_build_it(tmp_path: Path) -> None:
+    """``--database mysql`` runs MySQL 9.7 from the root hack/build-databases builds under the cache folder: with
+    none there, one line naming the command and exit status 2, before anything starts."""
+    result = whm_ha("demo", "--database", "mysql", env={"WHM_HA_CACHE": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("whm-ha demo: mysql-9.7: ")
+    assert "hack/build-databases" in lines[0] and str(tmp_path) in lines[0]
+    assert list(tmp_path.iterdir()) == [], "nothing was built or started"

@@ -15,7 +15,7 @@ import yaml
 from kubernetes import client, config
 
 from ..crd.generate import all_files
-from .stack import ADMIN_TOKEN, NAMESPACE, DemoError, Stack
+from .stack import ADMIN_TOKEN, DATABASES, NAMESPACE, DemoError, Stack
 from .tour import tour
 from .view import Observer
 
@@ -80,7 +80,7 @@ def start_system(
     stack.check_ports()
     say(f"Starting the Kubernetes API ({'an existing cluster' if kubeconfig else api}) with the CRDs ...")
     stack.start_api(api, kubeconfig)
-    say("Starting three MariaDB servers ...")
+    say(f"Starting three database servers ({stack.flavour.name}) ...")
     stack.start_databases()
     say("Starting three WHM nodes ...")
     for name in ("whm-node-1", "whm-node-2", "whm-node-3"):
@@ -122,9 +122,22 @@ def _watch(observer: Observer) -> None:
         time.sleep(1)
 
 
-def run(*, api: str, kubeconfig: Path | None, scenario: str | None, proxy_port: int, shim_port: int) -> int:
+def run(
+    *,
+    api: str,
+    kubeconfig: Path | None,
+    scenario: str | None,
+    proxy_port: int,
+    shim_port: int,
+    database: str = "mariadb",
+) -> int:
+    flavour = DATABASES[database]
+    missing = flavour.missing()
+    if missing:  # before anything starts: the server is not on this machine (or its root is not built)
+        print(f"whm-ha demo: {missing}", file=sys.stderr)
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix="whm-ha-demo-"))
-    stack = Stack(workdir, proxy_port=proxy_port, shim_port=shim_port)
+    stack = Stack(workdir, proxy_port=proxy_port, shim_port=shim_port, flavour=flavour)
     keep_logs = False
     try:
         api_client, observer = start_system(stack, api=api, kubeconfig=kubeconfig)

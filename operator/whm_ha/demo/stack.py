@@ -1,12 +1,12 @@
-"""Start and stop every part of the demo as processes on loopback: a Kubernetes API, three MariaDB servers,
-three stand-in WHM nodes, the operator, the proxy and the shim."""
+"""Start and stop every part of the demo as processes on loopback: a Kubernetes API, three database servers (the
+host's MariaDB 10.11, or MySQL 9.7 from the root hack/build-databases builds), three stand-in WHM nodes, the
+operator, the proxy and the shim."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +21,17 @@ import yaml
 
 from ..control_plane import ControlPlaneError, find_bin_dir, running
 from ..crd.generate import write_all
-from ..db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB, LocalServerError, free_port, init_template
+from ..db.local_server import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    FLAVOURS,
+    HOST_MARIADB,
+    Flavour,
+    LocalServer,
+    LocalServerError,
+    free_port,
+    init_template,
+)
 
 NAMESPACE = "default"
 CLUSTER = "whm"
@@ -30,6 +40,8 @@ ADMIN_TOKEN = "demo-admin-token"
 DEMO_SCHEMA = "demo"
 """The schema of the tour's writers, beside the legacy tables' whm_ha."""
 FAST_HEALTH = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
+DATABASES = {"mariadb": FLAVOURS["mariadb-10.11"], "mysql": FLAVOURS["mysql-9.7"]}
+"""``whm-ha demo --database``: the product -> the flavour the demo runs (the host's MariaDB; MySQL from its root)."""
 
 
 class DemoError(RuntimeError):
@@ -55,7 +67,9 @@ class Stack:
     proxy_port: int = 8080
     shim_port: int = 4000
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-    databases: list[LocalMariaDB] = field(default_factory=list)
+    flavour: Flavour = HOST_MARIADB
+    """The database servers' flavour; the MySQLReplication's ``spec.flavor`` is its product."""
+    databases: list[LocalServer] = field(default_factory=list)
     nodes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     node_ports: dict[str, int] = field(default_factory=dict)
     kubeconfig: Path | None = None
@@ -143,17 +157,28 @@ class Stack:
             raise DemoError(f"the real control plane did not start: {str(exc).splitlines()[0]}") from exc
         self.kubeconfig = plane.kubeconfigs["admin"]
 
+    def server_args(self) -> tuple[str, ...]:
+        """Each member's settings beyond the local server's own, as the README asks of its flavour: read-only
+        until the operator opens the primary; MariaDB: init_rpl_role=SLAVE (a crashed semi-sync primary drops its
+        unacknowledged transactions on recovery); MySQL: super_read_only (the semi-sync plugins are loaded at
+        startup by the local server)."""
+        if self.flavour.product == "mariadb":
+            return ("--read-only=ON", "--init-rpl-role=SLAVE")
+        return ("--read-only=ON", "--super-read-only=ON")
+
     def start_databases(self) -> None:
-        if shutil.which("mariadbd") is None and not Path("/usr/sbin/mariadbd").exists():
-            raise DemoError("mariadbd not found: install MariaDB (apt-get install mariadb-server)")
+        why = self.flavour.missing()
+        if why:
+            raise DemoError(why)
         try:
-            template = init_template(self.workdir / "mariadb-template")
+            template = init_template(self.workdir / f"{self.flavour.name}-template", flavour=self.flavour)
             for index in range(3):
-                server = LocalMariaDB.from_template(
+                server = LocalServer.from_template(
                     template,
-                    self.workdir / f"mariadb-{index}",
+                    self.workdir / f"{self.flavour.name}-{index}",
                     index + 1,
-                    extra_args=("--read-only=ON", "--init-rpl-role=SLAVE"),
+                    extra_args=self.server_args(),
+                    flavour=self.flavour,
                 )
                 server.start()
                 self.databases.append(server)
@@ -195,6 +220,7 @@ class Stack:
                 "kind": "MySQLReplication",
                 "metadata": {"name": REPLICATION},
                 "spec": {
+                    "flavor": self.flavour.product,
                     "primary": "db-0",
                     "semiSync": True,
                     "periodSeconds": self.db_period_seconds,

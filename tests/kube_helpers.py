@@ -90,8 +90,9 @@ def create_replication(
     replication: str,
     name: str = "db",
     schemas: tuple[str, ...] = ("whm_ha",),
+    flavor: str = "mariadb",
 ) -> None:
-    """A MySQLReplication whose bootstrap primary is the first member."""
+    """A MySQLReplication of the flavor (its members' product) whose bootstrap primary is the first member."""
     custom.create_namespaced_custom_object(
         GROUP,
         VERSION,
@@ -102,6 +103,7 @@ def create_replication(
             "kind": "MySQLReplication",
             "metadata": {"name": name},
             "spec": {
+                "flavor": flavor,
                 "primary": members[0]["name"],
                 "members": members,
                 "credentialsSecret": {"name": credentials},

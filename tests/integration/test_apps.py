@@ -1,5 +1,6 @@
 """The application library: the read/write-splitting pool across a real promotion, the shared session store
-and cache, on three real mariadbd and a MySQLReplication status in the sandbox API."""
+and cache, on three real servers of each flavour (MariaDB 10.11 on the host; MariaDB 11.8 and MySQL 9.7 with
+``--databases``) and a MySQLReplication status in the sandbox API."""
 
 from __future__ import annotations
 
@@ -13,35 +14,38 @@ import pymysql
 import pytest
 from kubernetes import client
 
-from tests.fixtures.mariadb import StartServers
+from tests.fixtures.mariadb import StartFlavourServers
 from tests.kube_helpers import GROUP, VERSION, create_replication, wait_for
 from whm_ha.apps.cache import CacheError, SharedCache
 from whm_ha.apps.pool import PoolError, ReadWritePool
 from whm_ha.apps.sessions import MAX_PAYLOAD_BYTES, SessionError, SessionStore
 from whm_ha.apps.topology import KubernetesTopology
 from whm_ha.db.dsn import DSN
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
 from whm_ha.db.migrate import migrate
 from whm_ha.mysql import actions
-from whm_ha.mysql.dialect import SQL, MariaDBDialect, Source
+from whm_ha.mysql.dialect import SQL, Dialect, Source, dialect_for
 from whm_ha.mysql.member import Credentials, Session, connect
 
 pytestmark = pytest.mark.mariadb
 APP_USER, APP_PASSWORD = "app", "app-password"
 ADMIN = Credentials(ADMIN_USER, ADMIN_PASSWORD)
-DIALECT = MariaDBDialect()
 
 
 @dataclass
 class Replicated:
     """db-0 primary, db-1 and db-2 replicas, the legacy schema, an application account without SUPER."""
 
-    servers: list[LocalMariaDB]
+    servers: list[LocalServer]
     custom: client.CustomObjectsApi
     namespace: str
 
+    @property
+    def dialect(self) -> Dialect:
+        return dialect_for(self.servers[0].flavour.product)
+
     def session(self, index: int) -> Session:
-        return connect(f"db-{index}", self.servers[index].host, self.servers[index].port, ADMIN, DIALECT)
+        return connect(f"db-{index}", self.servers[index].host, self.servers[index].port, ADMIN, self.dialect)
 
     def publish(self, primary: int, lags: dict[int, int]) -> None:
         """Write the status as the operator would: who is primary, which replicas replicate with what lag."""
@@ -76,8 +80,10 @@ class Replicated:
 
 
 @pytest.fixture
-def replicated(mariadb_servers: StartServers, sandbox_client: client.ApiClient, namespace: str) -> Iterator[Replicated]:
-    servers = mariadb_servers(3)
+def replicated(
+    database_servers: StartFlavourServers, sandbox_client: client.ApiClient, namespace: str
+) -> Iterator[Replicated]:
+    servers = database_servers(3)
     custom = client.CustomObjectsApi(sandbox_client)
     world = Replicated(servers, custom, namespace)
     with world.session(0) as primary:
@@ -93,7 +99,8 @@ def replicated(mariadb_servers: StartServers, sandbox_client: client.ApiClient, 
         cur.execute("CREATE TABLE whm_ha.writes (id INT PRIMARY KEY, server_id INT NOT NULL)")
     conn.close()
     members = [{"name": f"db-{i}", "host": s.host, "port": s.port} for i, s in enumerate(servers)]
-    create_replication(custom, namespace, members, credentials="admin", replication="repl")
+    flavor = database_servers.flavour.product
+    create_replication(custom, namespace, members, credentials="admin", replication="repl", flavor=flavor)
     world.publish(0, {})
 
     def replicated_everywhere() -> bool:
@@ -139,10 +146,16 @@ def test_writes_go_to_the_primary_and_reads_spread_over_replicas(replicated: Rep
 
 
 def test_pool_refuses_an_account_that_read_only_does_not_bind(replicated: Replicated) -> None:
+    """MariaDB's read_only lets ALL PRIVILEGES write; MySQL's super_read_only, which fences there, binds every
+    account, so the pool takes the admin account."""
     topology = KubernetesTopology(replicated.custom.api_client, replicated.namespace, "db", refresh=0.2)
     pool = ReadWritePool(topology, user=ADMIN_USER, password=ADMIN_PASSWORD, acquire_timeout=2)
-    with pytest.raises(PoolError, match="holds ALL PRIVILEGES: read_only does not bind it"), pool.writer():
-        pass
+    if replicated.dialect.flavor == "mariadb":
+        with pytest.raises(PoolError, match="holds ALL PRIVILEGES: read_only does not bind it"), pool.writer():
+            pass
+    else:
+        with pool.writer() as conn:
+            assert server_id(conn) == 1
     pool.close()
 
 
@@ -321,8 +334,9 @@ def test_a_write_running_on_a_demoted_primary_is_interrupted_at_once(replicated:
 
     wait_for(blocked, 10, "the write waiting on the lock")
     with replicated.session(1) as replica:
-        replica.execute(SQL("STOP SLAVE"))
-        replica.execute(SQL("SET GLOBAL read_only = OFF"))
+        replica.execute(replicated.dialect.stop_replica())
+        for statement in replicated.dialect.set_read_only(False):
+            replica.execute(statement)
     demoted = time.monotonic()
     replicated.publish(1, {})
     thread.join(10)

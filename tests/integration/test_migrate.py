@@ -1,4 +1,5 @@
-"""`whm-ha migrate` on a real MariaDB: idempotent, complete, and clear when it cannot work."""
+"""`whm-ha migrate` on a real server of each flavour (MariaDB 10.11 on the host; MariaDB 11.8 and MySQL 9.7 with
+``--databases``): idempotent, complete, and clear when it cannot work."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from whm_ha.db.local_server import ADMIN_PASSWORD, LocalMariaDB, free_port
+from tests.fixtures.mariadb import StartFlavourServers
+from whm_ha.db.local_server import ADMIN_PASSWORD, LocalServer, free_port
 
 pytestmark = pytest.mark.mariadb
 
@@ -34,6 +36,12 @@ EVENTS = {
 }
 
 
+@pytest.fixture
+def server(database_servers: StartFlavourServers) -> LocalServer:
+    """One running server of the test's flavour."""
+    return database_servers(1)[0]
+
+
 def migrate_cli(*args: str, password: str | None = ADMIN_PASSWORD) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "WHM_HA_DB_PASSWORD"}
     if password is not None:
@@ -48,11 +56,11 @@ def migrate_cli(*args: str, password: str | None = ADMIN_PASSWORD) -> subprocess
     )
 
 
-def dsn(server: LocalMariaDB, user: str = "root", database: str = "whm_ha") -> str:
+def dsn(server: LocalServer, user: str = "root", database: str = "whm_ha") -> str:
     return f"mysql://{user}@127.0.0.1:{server.port}/{database}"
 
 
-def schema_snapshot(server: LocalMariaDB) -> dict[str, object]:
+def schema_snapshot(server: LocalServer) -> dict[str, object]:
     conn = server.connect(database="whm_ha")
     with conn.cursor() as cur:
         cur.execute("SELECT TABLE_NAME, INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = 'whm_ha'")
@@ -80,16 +88,16 @@ def schema_snapshot(server: LocalMariaDB) -> dict[str, object]:
     }
 
 
-def test_migrate_twice_creates_everything_then_changes_nothing(mariadb: LocalMariaDB) -> None:
-    first = migrate_cli("--dsn", dsn(mariadb))
+def test_migrate_twice_creates_everything_then_changes_nothing(server: LocalServer) -> None:
+    first = migrate_cli("--dsn", dsn(server))
     assert first.returncode == 0, first.stderr
     assert "applied 001, 002" in first.stdout
-    before = schema_snapshot(mariadb)
+    before = schema_snapshot(server)
 
-    second = migrate_cli("--dsn", dsn(mariadb))
+    second = migrate_cli("--dsn", dsn(server))
     assert second.returncode == 0, second.stderr
     assert "is up to date (2 migrations already applied)" in second.stdout
-    assert schema_snapshot(mariadb) == before, "a second run changed the schema"
+    assert schema_snapshot(server) == before, "a second run changed the schema"
 
     assert before["indexes"] == TABLES
     events = before["events"]
@@ -102,18 +110,18 @@ def test_migrate_twice_creates_everything_then_changes_nothing(mariadb: LocalMar
     assert before["settings"] == {"health_check_retention_days": "7"}
 
 
-def test_retention_setting_changes_once(mariadb: LocalMariaDB) -> None:
-    assert migrate_cli("--dsn", dsn(mariadb)).returncode == 0
-    changed = migrate_cli("--dsn", dsn(mariadb), "--health-check-retention-days", "30")
+def test_retention_setting_changes_once(server: LocalServer) -> None:
+    assert migrate_cli("--dsn", dsn(server)).returncode == 0
+    changed = migrate_cli("--dsn", dsn(server), "--health-check-retention-days", "30")
     assert "settings changed: health_check_retention_days" in changed.stdout
-    again = migrate_cli("--dsn", dsn(mariadb), "--health-check-retention-days", "30")
+    again = migrate_cli("--dsn", dsn(server), "--health-check-retention-days", "30")
     assert "is up to date" in again.stdout
-    assert schema_snapshot(mariadb)["settings"] == {"health_check_retention_days": "30"}
+    assert schema_snapshot(server)["settings"] == {"health_check_retention_days": "30"}
 
 
-def test_events_delete_expired_rows(mariadb: LocalMariaDB) -> None:
-    assert migrate_cli("--dsn", dsn(mariadb)).returncode == 0
-    conn = mariadb.connect(database="whm_ha")
+def test_events_delete_expired_rows(server: LocalServer) -> None:
+    assert migrate_cli("--dsn", dsn(server)).returncode == 0
+    conn = server.connect(database="whm_ha")
     with conn.cursor() as cur:
         cur.execute(
             "INSERT INTO ha_sessions (session_hash, user_id, data, expires_at) VALUES "
@@ -143,13 +151,13 @@ def test_events_delete_expired_rows(mariadb: LocalMariaDB) -> None:
     conn.close()
 
 
-def test_edited_applied_migration_is_refused(mariadb: LocalMariaDB, tmp_path: Path) -> None:
+def test_edited_applied_migration_is_refused(server: LocalServer, tmp_path: Path) -> None:
     sql = tmp_path / "sql"
     sql.mkdir()
     (sql / "001_t.sql").write_text("CREATE TABLE IF NOT EXISTS t1 (id INT PRIMARY KEY);\n")
-    assert migrate_cli("--dsn", dsn(mariadb, database="other"), "--sql-dir", str(sql)).returncode == 0
+    assert migrate_cli("--dsn", dsn(server, database="other"), "--sql-dir", str(sql)).returncode == 0
     (sql / "001_t.sql").write_text("CREATE TABLE IF NOT EXISTS t2 (id INT PRIMARY KEY);\n")
-    result = migrate_cli("--dsn", dsn(mariadb, database="other"), "--sql-dir", str(sql))
+    result = migrate_cli("--dsn", dsn(server, database="other"), "--sql-dir", str(sql))
     assert result.returncode == 1
     assert "changed after it was applied" in result.stderr
 
@@ -168,19 +176,19 @@ def test_unreachable_server() -> None:
     assert "cannot connect" in line and "2003" in line
 
 
-def test_bad_credentials(mariadb: LocalMariaDB) -> None:
-    line = _one_clean_line(migrate_cli("--dsn", dsn(mariadb), password="wrong"))
+def test_bad_credentials(server: LocalServer) -> None:
+    line = _one_clean_line(migrate_cli("--dsn", dsn(server), password="wrong"))
     assert "Access denied" in line and "1045" in line
 
 
-def test_missing_privileges(mariadb: LocalMariaDB) -> None:
-    conn = mariadb.connect()
+def test_missing_privileges(server: LocalServer) -> None:
+    conn = server.connect()
     with conn.cursor() as cur:
         cur.execute("CREATE USER 'reader'@'%' IDENTIFIED BY 'pw'")
         cur.execute("CREATE DATABASE whm_ha")
         cur.execute("GRANT SELECT ON whm_ha.* TO 'reader'@'%'")
     conn.close()
-    line = _one_clean_line(migrate_cli("--dsn", dsn(mariadb, user="reader"), password="pw"))
+    line = _one_clean_line(migrate_cli("--dsn", dsn(server, user="reader"), password="pw"))
     assert "denied" in line
 
 
@@ -190,8 +198,8 @@ def test_password_in_dsn_is_refused() -> None:
     assert "secret" not in line
 
 
-def test_password_file(mariadb: LocalMariaDB, tmp_path: Path) -> None:
+def test_password_file(server: LocalServer, tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text(ADMIN_PASSWORD + "\n")
-    result = migrate_cli("--dsn", dsn(mariadb), "--password-file", str(secret), password=None)
+    result = migrate_cli("--dsn", dsn(server), "--password-file", str(secret), password=None)
     assert result.returncode == 0, result.stderr

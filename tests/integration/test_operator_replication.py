@@ -912,3 +912,31 @@ def test_fifty_replications_whose_members_never_answer_do_not_delay_a_failover(
     finally:
         for sock in silent:
             sock.close()
+
+
+def test_a_member_replicating_from_elsewhere_stops_before_the_set_that_decides_its_rejoin_is_read(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    """m2 replicates from m1 instead of the primary m0. Its executed GTIDs decide whether it may rejoin: read
+    while it still receives from m1, the set could miss what arrives next. The operator's statements on m2, in
+    order, from m2's general log: the set is read after STOP SLAVE and before m2 is pointed at m0."""
+    replication.create()
+    first = start(replication, kube_api, operator_process)
+    replication.healthy()
+    first.kill()
+    for statement in (
+        "STOP SLAVE",
+        f"CHANGE MASTER TO MASTER_PORT = {replication.port('m1')}",
+        "START SLAVE",
+        "SET GLOBAL log_output = 'TABLE'",
+        "SET GLOBAL general_log = ON",
+    ):
+        replication.sql("m2", statement)
+    start(replication, kube_api, operator_process)
+    wait_for(lambda: replication.replicates_from("m2", "m0"), 20, "m2 back on m0")
+    replication.sql("m2", "SET GLOBAL general_log = OFF")
+    log = [str(r[0]) for r in replication.sql("m2", "SELECT argument FROM mysql.general_log ORDER BY event_time")]
+    repoint = next(i for i, s in enumerate(log) if s.startswith("CHANGE MASTER") and "MASTER_HOST" in s)
+    stop = log.index("STOP SLAVE")
+    reads = [i for i, s in enumerate(log) if s == "SELECT @@GLOBAL.gtid_binlog_state"]
+    assert any(stop < i < repoint for i in reads), f"no read of the set between STOP SLAVE and CHANGE MASTER: {log}"

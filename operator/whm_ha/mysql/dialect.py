@@ -176,6 +176,10 @@ class Dialect(ABC):
 
     # --- inspection -----------------------------------------------------------------------------------------
 
+    def executed(self) -> SQL:
+        """One row: the executed GTIDs."""
+        return SQL(f"SELECT @@GLOBAL.{self.executed_variable}")
+
     def server_state(self) -> SQL:
         """One row: server id, read-only (not writable), fenced (the read-only this library enforces), executed
         GTIDs."""

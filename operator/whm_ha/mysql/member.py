@@ -93,7 +93,9 @@ class Session:
         return ServerState(int(server_id), _on(read_only), _on(fenced), self.dialect.parse_gtid(executed))
 
     def executed(self) -> GtidSet:
-        return self.server_state().executed
+        row = self.row(self.dialect.executed())
+        assert row is not None
+        return self.dialect.parse_gtid(row[0])
 
     def read_only(self) -> bool:
         """Not writable: some read-only variable is on."""

@@ -109,38 +109,48 @@ def _wait_for(what: str, check: Callable[[], bool], deadline: float, processes: 
         time.sleep(POLL_INTERVAL)
 
 
-def make_certs(data_dir: Path) -> tuple[Path, Path, Path]:
-    """A self-signed CA and a serving certificate for 127.0.0.1 and localhost: (ca, cert, key)."""
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def make_certs(data_dir: Path, sans: str = "IP:127.0.0.1,DNS:localhost") -> tuple[Path, Path, Path]:
+    """A self-signed CA (``pki/ca.crt``, ``pki/ca.key``) and a serving certificate for ``sans``: (ca, cert, key)."""
     certs = data_dir / "pki"
     certs.mkdir(parents=True)
-    ca_key, ca, key, csr, cert = (certs / n for n in ("ca.key", "ca.crt", "tls.key", "tls.csr", "tls.crt"))
-    ext = certs / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    for argv in (
-        ["genrsa", "-out", str(ca_key), "2048"],
-        ["req", "-x509", "-new", "-key", str(ca_key), "-subj", "/CN=whm-ha-test-ca", "-days", "2", "-out", str(ca)],
-        ["genrsa", "-out", str(key), "2048"],
-        ["req", "-new", "-key", str(key), "-subj", "/CN=kube-apiserver", "-out", str(csr)],
-        [
-            "x509",
-            "-req",
-            "-in",
-            str(csr),
-            "-CA",
-            str(ca),
-            "-CAkey",
-            str(ca_key),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            str(ext),
-            "-out",
-            str(cert),
-        ],
-    ):
-        subprocess.run(["openssl", *argv], check=True, capture_output=True, timeout=60)
+    ca_key, ca = certs / "ca.key", certs / "ca.crt"
+    _openssl("genrsa", "-out", str(ca_key), "2048")
+    _openssl("req", "-x509", "-new", "-key", str(ca_key), "-subj", "/CN=whm-ha-test-ca", "-days", "2", "-out", str(ca))
+    cert, key = sign_certificate(
+        certs, "tls", "/CN=kube-apiserver", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth"
+    )
     return ca, cert, key
+
+
+def sign_certificate(certs: Path, name: str, subject: str, extensions: str) -> tuple[Path, Path]:
+    """A key and a certificate for ``subject`` signed by ``certs/ca.crt``: (``name``.crt, ``name``.key)."""
+    key, csr, cert, ext = (certs / f"{name}.{suffix}" for suffix in ("key", "csr", "crt", "ext"))
+    ext.write_text(extensions + "\n")
+    _openssl("genrsa", "-out", str(key), "2048")
+    _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
+    ca, ca_key = str(certs / "ca.crt"), str(certs / "ca.key")
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        ca,
+        "-CAkey",
+        ca_key,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(cert),
+    )
+    return cert, key
 
 
 def _get(url: str, token: str, ca: Path) -> tuple[int, bytes]:

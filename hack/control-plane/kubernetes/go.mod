@@ -1,4 +1,4 @@
-module whm-ha/hack/control-plane/kube-apiserver
+module whm-ha/hack/control-plane/kubernetes
 
 go 1.26.0
 

@@ -1,0 +1,3 @@
+module whm-ha/hack/control-plane/pause
+
+go 1.26

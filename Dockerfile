@@ -1,15 +1,19 @@
 # One small image for every component: the entrypoint is `whm-ha` (operator, proxy, shim, sandbox, ...).
-# Built by the kind end-to-end suite (make e2e-kind); the development machines have no Docker engine.
-FROM python:3.11.11-slim-bookworm AS build
+# Built by the kind end-to-end suite (make e2e-kind) from the default base, and by hack/build-images for the
+# local cluster (no Docker engine, no registry) with --build-arg BASE_IMAGE=localhost/whm-ha-base:bookworm: a
+# debootstrap'ed bookworm whose `python`/`pip` are those of a venv at /opt/venv, first on PATH.
+# Every dependency installs from a wheel (no compiler, no apt-get in either stage).
+ARG BASE_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
-RUN apt-get update && apt-get install -y --no-install-recommends build-essential && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY proxy ./proxy
 COPY sql ./sql
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
-FROM python:3.11.11-slim-bookworm
+FROM ${BASE_IMAGE}
 RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin whm-ha
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-compile /wheels/*.whl && rm -rf /wheels

@@ -1,5 +1,5 @@
 # Entry points. `make test` and `make demo` work on a fresh Debian machine: they install what is missing first.
-.PHONY: setup test test-real test-faults databases test-databases control-plane lint unit crds demo e2e-kind clean
+.PHONY: setup test test-real test-faults databases test-databases control-plane images test-cluster lint unit crds demo e2e-kind clean
 
 VENV := .venv/bin
 
@@ -30,6 +30,14 @@ test-databases: setup databases
 
 control-plane:
 	bash hack/build-control-plane
+
+# The local-cluster tier: a single-node cluster (kubelet + containerd) running the images built here (root).
+# WHM_HA_REQUIRE_CLUSTER=1 fails instead of skipping when binaries or images are missing.
+images: control-plane
+	bash hack/build-images
+
+test-cluster: setup images
+	$(VENV)/pytest tests/cluster --cluster -v
 
 test-real: control-plane
 	$(MAKE) test WHM_HA_REAL_API=1 WHM_HA_REQUIRE_REAL_API=1

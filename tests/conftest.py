@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.proxy_process",
     "tests.fixtures.shim_process",
     "tests.fixtures.netns",
+    "tests.fixtures.local_cluster",
 ]

@@ -38,7 +38,6 @@ import yaml
 from .control_plane import find_bin_dir, make_certs, sign_certificate, write_kubeconfig
 
 STATE_DIR = Path(os.environ.get("WHM_HA_CLUSTER_DIR", "/var/lib/whm-ha/cluster"))
-IMAGE_DIR = Path(os.environ.get("WHM_HA_IMAGE_CACHE", Path.home() / ".cache" / "whm-ha" / "images")) / "tars"
 BRIDGE = "whmha0"
 NODE_IP = "10.244.0.1"
 POD_SUBNET = "10.244.0.0/24"
@@ -59,6 +58,16 @@ BINARIES = (
     "kubectl",
     "coredns",
     "crictl",
+)
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "containerd",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "coredns",
 )
 UP_TIMEOUT = 120.0
 POLL_INTERVAL = 0.25
@@ -233,7 +242,7 @@ def _spawn(paths: Paths, name: str, argv: list[str], env: dict[str, str] | None 
     (paths.pids / name).write_text(str(proc.pid))
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -241,32 +250,32 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _pid(paths: Paths, name: str) -> int | None:
+def pid_of(paths: Paths, name: str) -> int | None:
     try:
         return int(_read(paths.pids / name))
     except (OSError, ValueError):
         return None
 
 
-def _check_alive(paths: Paths, names: list[str]) -> None:
+def _checkalive(paths: Paths, names: list[str]) -> None:
     for name in names:
-        pid = _pid(paths, name)
-        if pid is None or not _alive(pid):
+        pid = pid_of(paths, name)
+        if pid is None or not alive(pid):
             raise ClusterError(f"{name} exited; last lines of its log:\n{_tail(paths.logs / f'{name}.log')}")
 
 
 def _stop(paths: Paths, name: str, grace: float = 0.0) -> None:
     """SIGTERM (when ``grace``), then SIGKILL the component's process group."""
-    pid = _pid(paths, name)
+    pid = pid_of(paths, name)
     if pid is None:
         return
-    if grace and _alive(pid):
+    if grace and alive(pid):
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
-        _poll(lambda: not _alive(pid), grace)
+        _poll(lambda: not alive(pid), grace)
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    _poll(lambda: not _alive(pid), 10.0)
+    _poll(lambda: not alive(pid), 10.0)
     (paths.pids / name).unlink(missing_ok=True)
 
 
@@ -288,7 +297,7 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 def _wait(paths: Paths, what: str, check: Callable[[], bool], deadline: float, watched: list[str]) -> None:
     while True:
-        _check_alive(paths, watched)
+        _checkalive(paths, watched)
         if check():
             return
         if time.monotonic() > deadline:
@@ -550,11 +559,17 @@ def _start_node(paths: Paths, bin_dir: Path) -> None:
     _spawn(paths, "coredns", [str(bin_dir / "coredns"), "-conf", str(paths.root / "Corefile")])
 
 
+def image_dir() -> Path:
+    """Where ``hack/build-images`` leaves the images' tars."""
+    cache = Path(os.environ.get("WHM_HA_IMAGE_CACHE", Path.home() / ".cache" / "whm-ha" / "images"))
+    return cache / "tars"
+
+
 def _import_images(paths: Paths) -> list[str]:
     """Import every image ``hack/build-images`` left; returns their names."""
-    tars = sorted(IMAGE_DIR.glob("*.tar"))
+    tars = sorted(image_dir().glob("*.tar"))
     if not tars:
-        raise ClusterError(f"no images in {IMAGE_DIR}: run hack/build-images first")
+        raise ClusterError(f"no images in {image_dir()}: run hack/build-images first")
     ctr = ["ctr", f"--address={paths.containerd_socket}", "--namespace=k8s.io"]
     imports = [
         subprocess.Popen([*ctr, "images", "import", "--no-unpack", str(tar)], stdout=subprocess.PIPE, text=True)
@@ -671,7 +686,7 @@ def up(paths: Paths, timeout: float = UP_TIMEOUT, log: Callable[[str], None] = p
         _wait(paths, "the API server", lambda: _api_get(paths, "/readyz")[0] == 200, deadline, core)
         _kubectl(paths, "apply", "-f", "-", stdin=COREDNS_RBAC)
         _start_node(paths, bin_dir)
-        everything = [*core, "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "coredns"]
+        everything = list(COMPONENTS)
         _wait(paths, f"node {NODE_NAME} Ready", lambda: _node_ready(paths), deadline, everything)
         service = f"kubernetes.default.svc.{CLUSTER_DOMAIN}"
         _wait(paths, "cluster DNS", lambda: dns_query(service) == (0, [API_SERVICE_IP]), deadline, everything)
@@ -797,9 +812,7 @@ def _remove_pod_cgroups() -> None:
 
 def status(paths: Paths) -> dict[str, object]:
     """Which components run, whether the node is Ready and DNS answers."""
-    names = ["etcd", "kube-apiserver", "containerd", "kube-controller-manager", "kube-scheduler", "kubelet"]
-    names += ["kube-proxy", "coredns"]
-    components = {name: (pid is not None and _alive(pid)) for name in names for pid in [_pid(paths, name)]}
+    components = {name: (pid is not None and alive(pid)) for name in COMPONENTS for pid in [pid_of(paths, name)]}
     up_ = paths.kubeconfig.exists() and all(components.values())
     return {
         "up": up_,

@@ -93,19 +93,21 @@ def _answers(url: str) -> bool:
     return True
 
 
-def test_cluster_came_up_within_its_bound(cluster: Cluster) -> None:
-    if cluster.startup_seconds is None:
-        pytest.skip("the cluster was already up")
-    print(f"local cluster up in {cluster.startup_seconds:.1f}s")
-    assert cluster.startup_seconds <= 60.0
+def test_cluster_came_up_within_its_bound(k8s_cluster: Cluster) -> None:
+    if k8s_cluster.startup_seconds is None:
+        pytest.skip("the k8s_cluster was already up")
+    print(f"local k8s_cluster up in {k8s_cluster.startup_seconds:.1f}s")
+    assert k8s_cluster.startup_seconds <= 60.0
 
 
-def test_readiness_probes_gate_a_service_reached_from_the_host_and_from_a_pod(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(_web("web", 2), namespace)
-    _rollout(cluster, namespace, "web")
-    pods = _pods(cluster, namespace, "web")
+def test_readiness_probes_gate_a_service_reached_from_the_host_and_from_a_pod(
+    k8s_cluster: Cluster, k8s_namespace: str
+) -> None:
+    k8s_cluster.apply(_web("web", 2), k8s_namespace)
+    _rollout(k8s_cluster, k8s_namespace, "web")
+    pods = _pods(k8s_cluster, k8s_namespace, "web")
     names = {p["metadata"]["name"] for p in pods}  # type: ignore[index]
-    service_ip = cluster.get("service", "-n", namespace, "web")["spec"]["clusterIP"]
+    service_ip = k8s_cluster.get("service", "-n", k8s_namespace, "web")["spec"]["clusterIP"]
 
     # From the host, through kube-proxy's rules (once it has synced both endpoints): both pods answer.
     took = wait_until(
@@ -119,8 +121,8 @@ def test_readiness_probes_gate_a_service_reached_from_the_host_and_from_a_pod(cl
     print(f"Service answering from both pods {took:.1f}s after the rollout")
 
     # From a pod, by the Service's DNS name (the pod's search path).
-    answer = cluster.exec_python(
-        namespace,
+    answer = k8s_cluster.exec_python(
+        k8s_namespace,
         "deploy/web",
         "import urllib.request; print(urllib.request.urlopen('http://web/', timeout=5).read().decode())",
     )
@@ -138,14 +140,14 @@ def test_readiness_probes_gate_a_service_reached_from_the_host_and_from_a_pod(cl
         timeout=30,
     )
     print(f"unhealthy pod out of the Service's routing after {took:.1f}s")
-    assert _ready_addresses(cluster, namespace, "web") == {pods[1]["status"]["podIP"]}  # type: ignore[index]
+    assert _ready_addresses(k8s_cluster, k8s_namespace, "web") == {pods[1]["status"]["podIP"]}  # type: ignore[index]
     control.data = b'{"mode": "healthy"}'
     urllib.request.urlopen(control, timeout=5).close()
-    wait_until("the pod to return", lambda: len(_ready_addresses(cluster, namespace, "web")) == 2, timeout=30)
+    wait_until("the pod to return", lambda: len(_ready_addresses(k8s_cluster, k8s_namespace, "web")) == 2, timeout=30)
 
 
-def test_cluster_dns_resolves_services_and_statefulset_pods(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(
+def test_cluster_dns_resolves_services_and_statefulset_pods(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    k8s_cluster.apply(
         _web("web", 1)
         + f"""
 ---
@@ -174,29 +176,33 @@ spec:
           imagePullPolicy: Never
           command: [python, -m, whm_ha.demo_node, --host, 0.0.0.0, --port, "8080", --name, db-0]
 """,
-        namespace,
+        k8s_namespace,
     )
-    _rollout(cluster, namespace, "web")
-    cluster.kubectl("rollout", "status", "-n", namespace, "statefulset/db", f"--timeout={ROLLOUT_TIMEOUT:.0f}s")
-    service_ip = cluster.get("service", "-n", namespace, "web")["spec"]["clusterIP"]
-    pod_ip = cluster.get("pod", "-n", namespace, "db-0")["status"]["podIP"]
+    _rollout(k8s_cluster, k8s_namespace, "web")
+    k8s_cluster.kubectl("rollout", "status", "-n", k8s_namespace, "statefulset/db", f"--timeout={ROLLOUT_TIMEOUT:.0f}s")
+    service_ip = k8s_cluster.get("service", "-n", k8s_namespace, "web")["spec"]["clusterIP"]
+    pod_ip = k8s_cluster.get("pod", "-n", k8s_namespace, "db-0")["status"]["podIP"]
     domain = local_cluster.CLUSTER_DOMAIN
 
     # From the host, at the cluster's DNS server.
-    assert local_cluster.dns_query(f"web.{namespace}.svc.{domain}") == (0, [service_ip])
-    name = f"db-0.db.{namespace}.svc.{domain}"
+    assert local_cluster.dns_query(f"web.{k8s_namespace}.svc.{domain}") == (0, [service_ip])
+    name = f"db-0.db.{k8s_namespace}.svc.{domain}"
     wait_until(f"{name} in DNS", lambda: local_cluster.dns_query(name) == (0, [pod_ip]), timeout=30)
 
     # From a pod, through its resolv.conf (ClusterFirst), short names included.
-    resolved = cluster.exec_python(
-        namespace, "deploy/web", "import socket; print(socket.gethostbyname('db-0.db'), socket.gethostbyname('web'))"
+    resolved = k8s_cluster.exec_python(
+        k8s_namespace,
+        "deploy/web",
+        "import socket; print(socket.gethostbyname('db-0.db'), socket.gethostbyname('web'))",
     )
     assert resolved.split() == [pod_ip, service_ip]
 
 
-def test_a_service_account_token_authenticates_a_pod_to_the_api_server(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(_web("web", 1), namespace)
-    _rollout(cluster, namespace, "web")
+def test_a_service_account_token_authenticates_a_pod_to_the_api_server(
+    k8s_cluster: Cluster, k8s_namespace: str
+) -> None:
+    k8s_cluster.apply(_web("web", 1), k8s_namespace)
+    _rollout(k8s_cluster, k8s_namespace, "web")
     code = """
 import json, ssl, urllib.request
 base = "/var/run/secrets/kubernetes.io/serviceaccount/"
@@ -208,28 +214,31 @@ request = urllib.request.Request(
     headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
 print(json.load(urllib.request.urlopen(request, context=context, timeout=10))["status"]["userInfo"]["username"])
 """
-    assert cluster.exec_python(namespace, "deploy/web", code).strip() == f"system:serviceaccount:{namespace}:default"
+    assert (
+        k8s_cluster.exec_python(k8s_namespace, "deploy/web", code).strip()
+        == f"system:serviceaccount:{k8s_namespace}:default"
+    )
 
 
-def test_a_deleted_pod_is_replaced(cluster: Cluster, namespace: str) -> None:
-    cluster.apply(_web("web", 1), namespace)
-    _rollout(cluster, namespace, "web")
-    (old,) = (p["metadata"]["name"] for p in _pods(cluster, namespace, "web"))  # type: ignore[index]
+def test_a_deleted_pod_is_replaced(k8s_cluster: Cluster, k8s_namespace: str) -> None:
+    k8s_cluster.apply(_web("web", 1), k8s_namespace)
+    _rollout(k8s_cluster, k8s_namespace, "web")
+    (old,) = (p["metadata"]["name"] for p in _pods(k8s_cluster, k8s_namespace, "web"))  # type: ignore[index]
     began = time.monotonic()
-    cluster.kubectl("delete", "pod", "-n", namespace, old, "--wait=false")
+    k8s_cluster.kubectl("delete", "pod", "-n", k8s_namespace, old, "--wait=false")
 
     def replaced() -> bool:
-        pods = _pods(cluster, namespace, "web")
+        pods = _pods(k8s_cluster, k8s_namespace, "web")
         return any(p["metadata"]["name"] != old and _ready(p) for p in pods)  # type: ignore[index]
 
     wait_until("a Ready replacement", replaced, timeout=60)
     print(f"replacement Ready {time.monotonic() - began:.1f}s after the delete")
 
 
-def test_nothing_a_pod_sends_leaves_the_machine(cluster: Cluster, namespace: str) -> None:
+def test_nothing_a_pod_sends_leaves_the_machine(k8s_cluster: Cluster, k8s_namespace: str) -> None:
     """No route out of a pod (connects fail at once, not after a timeout), no upstream DNS."""
-    cluster.apply(_web("web", 1), namespace)
-    _rollout(cluster, namespace, "web")
+    k8s_cluster.apply(_web("web", 1), k8s_namespace)
+    _rollout(k8s_cluster, k8s_namespace, "web")
     routes = json.loads(subprocess.run(["ip", "-j", "route"], capture_output=True, text=True, check=True).stdout)
     default = next(route for route in routes if route["dst"] == "default")
     own = next(route["prefsrc"] for route in routes if route.get("dev") == default["dev"] and "prefsrc" in route)
@@ -252,7 +261,7 @@ try:
 except OSError:
     print("dns failed", round(time.monotonic() - began, 3))
 """
-    lines = [line.split() for line in cluster.exec_python(namespace, "deploy/web", code).splitlines()]
+    lines = [line.split() for line in k8s_cluster.exec_python(k8s_namespace, "deploy/web", code).splitlines()]
     print("\n".join(" ".join(line) for line in lines))
     for address, result, seconds in lines[:-1]:
         assert result == "ENETUNREACH", f"{address}: {result}"
@@ -265,16 +274,16 @@ except OSError:
     assert rcode > 0 and not addresses and time.monotonic() - began < 0.5
 
 
-def test_the_bridge_forwards_nothing_to_other_interfaces(cluster: Cluster) -> None:
+def test_the_bridge_forwards_nothing_to_other_interfaces(k8s_cluster: Cluster) -> None:
     """A host on the cluster's bridge that does have a default route (as a pod with NET_ADMIN could make) is
     refused at once by the containment table: forwarding off the bridge is rejected, not routed out."""
-    namespace, host_end = "whmha-escape", "whmhaesc0"
+    netns, host_end = "whmha-escape", "whmhaesc0"
     run = partial(subprocess.run, check=True, capture_output=True, text=True, timeout=30)
     try:
-        run(["ip", "netns", "add", namespace])
-        run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", namespace])
+        run(["ip", "netns", "add", netns])
+        run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", netns])
         run(["ip", "link", "set", host_end, "master", local_cluster.BRIDGE, "up"])
-        inside = ["ip", "netns", "exec", namespace]
+        inside = ["ip", "netns", "exec", netns]
         run([*inside, "ip", "addr", "add", "10.244.0.254/24", "dev", "eth0"])
         run([*inside, "ip", "link", "set", "eth0", "up"])
         run([*inside, "ip", "route", "add", "default", "via", local_cluster.NODE_IP])
@@ -289,7 +298,7 @@ except OSError as exc:
 """
         result, seconds = run([*inside, sys.executable, "-c", code]).stdout.split()
     finally:
-        subprocess.run(["ip", "netns", "delete", namespace], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True)
         subprocess.run(["ip", "link", "delete", host_end], check=False, capture_output=True)
     print(f"connect to 1.1.1.1 from the bridge with a default route: {result} in {seconds}s")
     assert result == "EHOSTUNREACH" and float(seconds) < 1.0

@@ -1,12 +1,18 @@
 """Read/write splitting: ``<name>-primary`` and ``<name>-replicas`` Services without selectors, each with
-EndpointSlices naming the current primary and the replicas fit to serve reads. Owned by the MySQLReplication."""
+EndpointSlices naming the current primary and the replicas fit to serve reads. Owned by the MySQLReplication.
+
+kube-proxy routes to IP addresses only (it ignores FQDN slices), so a member named by a host name (a
+StatefulSet pod's DNS name, say) is published by the address it resolves to at each pass: a pod that comes back
+with a new IP is followed within a pass."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +28,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY = "whm-ha-operator"
 REPLICATION_LABEL = "ha.whm.io/replication"
+RESOLVE_TIMEOUT = 2.0
 RESYNC_SECONDS = 60.0
 """How often the objects are read back, should someone have changed or deleted them."""
 
@@ -29,18 +36,25 @@ Key = tuple[str, str]
 """(plural, name) of an object."""
 
 
-def address_type(host: str) -> str:
-    """IPv4 or IPv6 for an IP address, FQDN for a host name."""
+def address_type(address: str) -> str:
+    """IPv4 or IPv6."""
+    return "IPv4" if ipaddress.ip_address(address).version == 4 else "IPv6"
+
+
+def literal_address(host: str) -> str | None:
+    """The IP address ``host`` is written as, or None for a host name."""
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        return str(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
-        return "FQDN"
-    return "IPv4" if address.version == 4 else "IPv6"
+        return None
 
 
-def desired_objects(owner: Obj, primary: Member | None, replicas: Sequence[Member]) -> dict[Key, Obj]:
+def desired_objects(
+    owner: Obj, primary: Member | None, replicas: Sequence[Member], addresses: Mapping[str, str]
+) -> dict[Key, Obj]:
     """The Services and EndpointSlices that should exist: one slice per address type and port, since a slice has
-    one of each for all its endpoints."""
+    one of each for all its endpoints. ``addresses`` maps a member's host to its IP address; a member without
+    one (a name that did not resolve) is left out."""
     meta = owner["metadata"]
     name = meta["name"]
     reference = {
@@ -62,7 +76,8 @@ def desired_objects(owner: Obj, primary: Member | None, replicas: Sequence[Membe
         }
         groups: dict[tuple[str, int], list[str]] = {}
         for member in members:
-            groups.setdefault((address_type(member.host), member.port), []).append(member.host.strip("[]"))
+            if (address := addresses.get(member.host)) is not None:
+                groups.setdefault((address_type(address), member.port), []).append(address)
         for (kind, port), hosts in sorted(groups.items()):
             slice_name = f"{service}-{kind.lower()}-{port}"
             objects[(ENDPOINTSLICES.plural, slice_name)] = {
@@ -78,6 +93,20 @@ def desired_objects(owner: Obj, primary: Member | None, replicas: Sequence[Membe
                 "ports": [{"name": PORT_NAME, "port": port, "protocol": "TCP"}],
             }
     return objects
+
+
+async def resolve(host: str) -> str | None:
+    """The IP address to publish for a member's host: the host itself when it is one, else the first address
+    it resolves to (IPv4 first); None when it does not resolve in time."""
+    if (address := literal_address(host)) is not None:
+        return address
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout=RESOLVE_TIMEOUT)
+    except (OSError, TimeoutError):
+        return None
+    found = sorted((info[0] != socket.AF_INET, str(info[4][0])) for info in infos)
+    return found[0][1] if found else None
 
 
 def contains(current: Any, wanted: Any) -> bool:
@@ -120,7 +149,17 @@ class ServicePublisher:
             )
             self.applied = {(ENDPOINTSLICES.plural, i["metadata"]["name"]): None for i in listed.get("items", [])}
             self.synced_at = now
-        wanted = desired_objects(owner, primary, replicas or [])
+        members = ([primary] if primary else []) + list(replicas or [])
+        hosts = sorted({member.host for member in members})
+        resolved = dict(zip(hosts, await asyncio.gather(*(resolve(host) for host in hosts)), strict=True))
+        for host in [h for h, address in resolved.items() if address is None]:
+            if self.refused.get(("hosts", host)) is None:
+                log.warning("%s/%s: %s does not resolve; left out of the Services", self.namespace, self.name, host)
+                self.refused[("hosts", host)] = "unresolved"
+        for host in [h for h, address in resolved.items() if address is not None]:
+            self.refused.pop(("hosts", host), None)
+        addresses = {host: address for host, address in resolved.items() if address is not None}
+        wanted = desired_objects(owner, primary, replicas or [], addresses)
         if replicas is None:
             kept = f"{self.name}-replicas"
             wanted = {k: v for k, v in wanted.items() if not k[1].startswith(kept)}

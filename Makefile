@@ -1,5 +1,5 @@
 # Entry points. `make test` and `make demo` work on a fresh Debian machine: they install what is missing first.
-.PHONY: setup test test-real test-faults databases test-databases control-plane images test-cluster lint unit crds demo e2e-kind clean
+.PHONY: setup test test-real test-faults databases test-databases control-plane images test-cluster e2e lint unit crds demo e2e-kind clean
 
 VENV := .venv/bin
 
@@ -53,9 +53,13 @@ crds: setup
 demo: setup
 	$(VENV)/whm-ha demo
 
-# Needs Docker and kind (not on the development machines): builds the image, installs the chart on kind.
+# The end-to-end suite (tests/e2e): helm install, then pods killed under traffic and writes. `make e2e` runs it on
+# the local cluster (root; what CI runs), `make e2e-kind` on kind (needs Docker and kind, as on users' machines).
+e2e: setup images
+	$(VENV)/pytest tests/e2e --e2e=local -v -s
+
 e2e-kind: setup
-	$(VENV)/pytest tests/e2e -m e2e -v
+	$(VENV)/pytest tests/e2e --e2e=kind -v -s
 
 clean:
 	rm -rf .venv build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

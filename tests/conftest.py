@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.shim_process",
     "tests.fixtures.netns",
     "tests.fixtures.local_cluster",
+    "tests.fixtures.e2e",
 ]

@@ -1,0 +1,389 @@
+"""End to end as users deploy it: ``helm install`` the chart, deploy MariaDB, WHM nodes and a writer as pods,
+apply the custom resources, then kill pods and containers and measure the failovers.
+
+    make e2e        # on the local cluster (root)
+    make e2e-kind   # on kind (Docker and kind)
+
+The tests run in file order on one release; each leaves it Healthy for the next.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+import pytest
+
+from tests.fixtures.e2e import ROOT, Provider
+from tests.fixtures.local_cluster import wait_until
+
+NAMESPACE = "whm-ha"
+MANIFESTS = Path(__file__).parent / "manifests"
+INSTALL_TIMEOUT = 300.0
+NODE_FAILOVER_BOUND = 1 * 2 + 1  # periodSeconds x failureThreshold + one period of the resources.yaml cluster
+DB_FAILOVER_BOUND = 1 * 2 + 10  # periodSeconds x failureThreshold + the promotion itself
+PEERING_LIFETIME = 10
+
+
+def install_command(provider: Provider) -> list[str]:
+    """The README's install command, with the image built here. No ``--wait``: the proxy is Ready only once its
+    WHMCluster has a routable node, and the custom resources come after the chart."""
+    return [
+        *("install", "whm-ha", str(ROOT / "charts" / "whm-ha"), "-n", NAMESPACE, "--create-namespace"),
+        *("--set", f"image.repository={provider.image_repository}", "--set", "proxy.cluster=whm"),
+        *("--set", f"image.tag={provider.image_tag}"),
+    ]
+
+
+def _manifest(name: str, provider: Provider) -> str:
+    return Template((MANIFESTS / name).read_text()).safe_substitute(
+        IMAGE=provider.image,
+        MARIADB_IMAGE=provider.mariadb_image,
+        VOLUME_ROOT=provider.volume_root,
+        NAMESPACE=NAMESPACE,
+    )
+
+
+@dataclass
+class Release:
+    provider: Provider
+    proxy_url: str
+    install_seconds: float
+    uninstalled: bool = False
+
+    def get(self, kind: str, name: str) -> dict[str, object]:
+        found: dict[str, object] = json.loads(self.provider.kubectl("get", "-n", NAMESPACE, kind, name, "-o", "json"))
+        return found
+
+    def status(self, kind: str, name: str) -> dict[str, object]:
+        status: dict[str, object] = self.get(kind, name).get("status", {})  # type: ignore[assignment]
+        return status
+
+    def pods(self, selector: str) -> list[dict[str, object]]:
+        selection = ("-l", selector) if selector else ()
+        items: list[dict[str, object]] = json.loads(
+            self.provider.kubectl("get", "pods", "-n", NAMESPACE, *selection, "-o", "json")
+        )["items"]
+        return items
+
+    def describe(self) -> str:
+        """The phases and conditions that are not as they should be, and the pods that are not Ready."""
+        lines = []
+        for kind, name in (("whmcluster", "whm"), ("mysqlreplication", "whm-db")):
+            status = self.status(kind, name)
+            lines.append(f"{kind}/{name} {status.get('phase')}")
+            for condition in status.get("conditions") or []:  # type: ignore[attr-defined]
+                lines.append(f"  {condition['type']}={condition['status']}: {condition.get('message')}")
+        lines += [f"pod {p['metadata']['name']} not Ready" for p in self.pods("") if not _ready(p)]  # type: ignore[index]
+        return "\n".join(lines)
+
+    def healthy(self) -> bool:
+        return (
+            self.status("whmcluster", "whm").get("phase") == "Healthy"
+            and self.status("mysqlreplication", "whm-db").get("phase") == "Healthy"
+        )
+
+    def acknowledged(self) -> list[int]:
+        """The writer's acknowledged rows, from its log."""
+        log = self.provider.kubectl("logs", "-n", NAMESPACE, "deploy/writer", "--tail=-1")
+        return [int(line.split()[1]) for line in log.splitlines() if line.startswith("ack ")]
+
+    def sql(self, pod: str, query: str) -> str:
+        return self.provider.kubectl(
+            *("exec", "-n", NAMESPACE, pod, "-c", "mariadb", "--"),
+            *("mariadb", "-uroot", "-N", "-B", "-e", query),  # root@localhost by the socket
+        )
+
+
+@dataclass
+class Traffic:
+    """GETs through the proxy's Service from the host, back to back, until stopped."""
+
+    url: str
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Traffic:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    response.read()
+                self.ok += 1
+            except OSError as exc:
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {exc}")
+            time.sleep(0.02)
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def release(provider: Provider) -> Iterator[Release]:
+    began = time.monotonic()
+    provider.helm(*install_command(provider))
+    install_seconds = time.monotonic() - began
+    provider.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=_manifest("workloads.yaml", provider))
+    provider.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=_manifest("resources.yaml", provider))
+    proxy_url = provider.service_url(NAMESPACE, "whm-ha-proxy", 80)
+    deployed = Release(provider=provider, proxy_url=proxy_url, install_seconds=install_seconds)
+    wait_until(
+        "the cluster and the replication Healthy",
+        deployed.healthy,
+        timeout=INSTALL_TIMEOUT,
+        interval=1.0,
+        explain=deployed.describe,
+    )
+    for component in ("operator", "proxy", "shim"):
+        provider.kubectl("rollout", "status", "-n", NAMESPACE, f"deploy/whm-ha-{component}", "--timeout=120s")
+    deployed.install_seconds = time.monotonic() - began
+    provider.kubectl("rollout", "status", "-n", NAMESPACE, "deploy/writer", "--timeout=120s")
+    yield deployed
+    if not deployed.uninstalled:
+        provider.helm("uninstall", "whm-ha", "-n", NAMESPACE, "--wait", "--timeout=120s")
+
+
+def test_install_brings_up_every_component_under_its_probes(release: Release) -> None:
+    print(f"helm install to everything Ready and Healthy: {release.install_seconds:.1f}s")
+    for component, replicas in (("operator", 2), ("proxy", 2), ("shim", 2)):
+        pods = release.pods(f"app.kubernetes.io/component={component}")
+        ready = [p for p in pods if _ready(p)]
+        assert len(ready) == replicas, f"{component}: {len(ready)} of {replicas} Ready"
+    peers = _operator_peers(release)
+    assert len(peers) == 2, peers
+    with Traffic(release.proxy_url) as traffic:
+        wait_until("GETs through the proxy's Service", lambda: traffic.ok >= 20, timeout=30)
+    assert not traffic.failures
+
+
+def test_the_primary_node_pod_deleted_fails_over_without_a_failed_get(release: Release) -> None:
+    cluster = release.status("whmcluster", "whm")
+    primary = str(cluster["primaryNode"])
+    pod = str(release.get("whmnode", primary)["spec"]["podRef"]["name"])  # type: ignore[index]
+    with Traffic(release.proxy_url) as traffic:
+        wait_until("traffic", lambda: traffic.ok >= 10, timeout=30)
+        began = time.monotonic()
+        release.provider.kubectl("delete", "pod", "-n", NAMESPACE, pod, "--wait=false")
+        took = wait_until(
+            "a new primary node",
+            lambda: release.status("whmcluster", "whm").get("primaryNode") not in (None, primary),
+            timeout=60,
+        )
+        print(f"primary node {primary} (pod deleted) replaced after {took:.1f}s")
+        wait_until("the replacement pod discovered and Healthy", lambda: _nodes_healthy(release, 3), timeout=120)
+    print(f"GETs during the failover: {traffic.ok} ok, {len(traffic.failures)} failed")
+    assert took <= NODE_FAILOVER_BOUND + 2, "a deleted pod is gone at once: the bound plus the API's delay"
+    assert not traffic.failures, traffic.failures[:5]
+    assert time.monotonic() - began < 180
+
+
+def _crash(
+    release: Release, pod: str, container: str, replaced: Callable[[], bool], recovered: Callable[[], bool]
+) -> float:
+    """Kill the container as a crash would. The kubelet restarts it at once, so it may be back within its failure
+    threshold and keep its role; then it is killed again, and the kubelet's back-off (10 s) outlasts the threshold.
+    Returns the seconds from the kill that was failed over to the failover."""
+
+    def restarts() -> int:
+        statuses = release.get("pod", pod)["status"]["containerStatuses"]  # type: ignore[index]
+        return int(next(s for s in statuses if s["name"] == container)["restartCount"])
+
+    before = restarts()
+    began = time.monotonic()
+    release.provider.kill_container(NAMESPACE, pod, container)
+    failed_over: list[float] = []
+
+    def settled() -> bool:
+        if replaced():
+            failed_over.append(time.monotonic() - began)
+            return True
+        return restarts() > before and recovered()
+
+    wait_until("a failover, or the container back within its threshold", settled, timeout=120)
+    if failed_over:
+        print(f"{pod}/{container} killed: failed over after {failed_over[0]:.1f}s")
+        return failed_over[0]
+    began = time.monotonic()
+    release.provider.kill_container(NAMESPACE, pod, container)
+    took = wait_until("a failover after the second kill", replaced, timeout=120)
+    print(f"{pod}/{container} killed: back within its threshold; killed again: failed over after {took:.1f}s")
+    return took
+
+
+def test_the_primary_node_container_killed_fails_over_without_a_failed_get(release: Release) -> None:
+    primary = str(release.status("whmcluster", "whm")["primaryNode"])
+    pod = str(release.get("whmnode", primary)["spec"]["podRef"]["name"])  # type: ignore[index]
+    with Traffic(release.proxy_url) as traffic:
+        wait_until("traffic", lambda: traffic.ok >= 10, timeout=30)
+        took = _crash(
+            release,
+            pod,
+            "node",
+            lambda: release.status("whmcluster", "whm").get("primaryNode") not in (None, primary),
+            lambda: _nodes_healthy(release, 3),
+        )
+        wait_until("the restarted container Healthy again", lambda: _nodes_healthy(release, 3), timeout=120)
+    print(f"GETs during the kills: {traffic.ok} ok, {len(traffic.failures)} failed")
+    assert took <= NODE_FAILOVER_BOUND + 1
+    assert not traffic.failures, traffic.failures[:5]
+
+
+def test_the_database_primary_container_killed_promotes_without_losing_an_acknowledged_write(
+    release: Release,
+) -> None:
+    status = release.status("mysqlreplication", "whm-db")
+    old = str(status["currentPrimary"])
+    old_pod = f"mysql-{old.rsplit('-', 1)[1]}"
+    wait_until("the writer writing", lambda: len(release.acknowledged()) >= 20, timeout=60)
+    took = _crash(
+        release,
+        old_pod,
+        "mariadb",
+        lambda: release.status("mysqlreplication", "whm-db").get("currentPrimary") not in (None, old),
+        release.healthy,
+    )
+    new = str(release.status("mysqlreplication", "whm-db")["currentPrimary"])
+    print(f"database primary {old} (container killed) replaced by {new} after {took:.1f}s")
+    before = len(release.acknowledged())
+    resumed = wait_until("the writer resuming", lambda: len(release.acknowledged()) >= before + 20, timeout=60)
+    print(f"writer resumed through whm-db-primary {resumed:.1f}s after the promotion was recorded")
+    wait_until("the old primary rejoining", release.healthy, timeout=180, interval=1.0, explain=release.describe)
+    acknowledged = set(release.acknowledged())
+    new_pod = f"mysql-{new.rsplit('-', 1)[1]}"
+    stored = {int(row) for row in release.sql(new_pod, "SELECT id FROM whm_ha.e2e_writes").split()}
+    lost = sorted(acknowledged - stored)
+    print(f"{len(acknowledged)} acknowledged writes, {len(lost)} lost")
+    assert not lost, lost[:20]
+    assert took <= DB_FAILOVER_BOUND
+    rejoined = release.status("mysqlreplication", "whm-db")
+    assert rejoined["currentPrimary"] == new
+    assert release.sql(old_pod, "SELECT @@read_only").strip() == "1"
+
+
+WRITABLE_SAMPLER = """
+import os, sys, time, pymysql
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    writable = []
+    for host in ("mysql-0.mysql", "mysql-1.mysql", "mysql-2.mysql"):
+        try:
+            conn = pymysql.connect(host=host, user=os.environ["DB_USER"], password=os.environ["DB_PASSWORD"],
+                                   connect_timeout=1, read_timeout=1)
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@read_only")
+                if cur.fetchone()[0] == 0:
+                    writable.append(host.split(".")[0])
+            conn.close()
+        except pymysql.err.MySQLError:
+            pass
+    print(time.time(), ",".join(writable), flush=True)
+    time.sleep(0.05)
+"""
+
+
+def test_the_active_operator_pod_deleted_hands_over_without_a_second_primary(release: Release) -> None:
+    """The other replica takes over; sampled throughout, from a pod (the writable MySQL servers, about ten times a
+    second) and from the API (the WHM nodes whose role is Primary): never two of either."""
+    seconds = 60
+    sampler = subprocess.Popen(
+        [
+            *(release.provider.kubectl_binary, f"--kubeconfig={release.provider.kubeconfig}", "exec", "-n", NAMESPACE),
+            *("deploy/writer", "--", "python", "-c", WRITABLE_SAMPLER, str(seconds)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    primary_nodes: list[int] = []
+    database_samples: list[str] = []
+    stop = threading.Event()
+
+    def sample_nodes() -> None:
+        while not stop.is_set():
+            nodes = json.loads(release.provider.kubectl("get", "whmnodes", "-n", NAMESPACE, "-o", "json"))["items"]
+            primary_nodes.append(sum(1 for n in nodes if (n.get("status") or {}).get("role") == "Primary"))
+
+    def read_samples() -> None:
+        assert sampler.stdout is not None
+        for line in sampler.stdout:
+            database_samples.append(line.rstrip("\n").split(" ", 1)[1] if " " in line else "")
+
+    threads = [threading.Thread(target=target, daemon=True) for target in (sample_nodes, read_samples)]
+    for thread in threads:
+        thread.start()
+    wait_until("the samplers running", lambda: len(database_samples) >= 3 and len(primary_nodes) >= 3, timeout=60)
+    active = _operator_peers(release)[0]
+    release.provider.kubectl("delete", "pod", "-n", NAMESPACE, active, "--wait=false")
+    try:
+        took = wait_until(
+            "another operator active",
+            lambda: (peers := _operator_peers(release)) != [] and peers[0] != active,
+            timeout=PEERING_LIFETIME * 3,
+        )
+        print(f"operator {active} deleted; another active after {took:.1f}s")
+        # The one now active fails a node over as the deleted one would.
+        primary = str(release.status("whmcluster", "whm")["primaryNode"])
+        pod = str(release.get("whmnode", primary)["spec"]["podRef"]["name"])  # type: ignore[index]
+        release.provider.kubectl("delete", "pod", "-n", NAMESPACE, pod, "--wait=false")
+        failover = wait_until(
+            "a failover by the new operator",
+            lambda: release.status("whmcluster", "whm").get("primaryNode") not in (None, primary),
+            timeout=PEERING_LIFETIME + NODE_FAILOVER_BOUND + 10,
+        )
+        print(f"then a node failover by it in {failover:.1f}s")
+        wait_until(
+            "Healthy again",
+            lambda: release.healthy() and _nodes_healthy(release, 3),
+            timeout=180,
+            explain=release.describe,
+        )
+        settled = len(database_samples)
+        wait_until("samples after it settled", lambda: len(database_samples) >= settled + 3, timeout=30)
+    finally:
+        stop.set()
+        sampler.terminate()
+        for thread in threads:
+            thread.join(30)
+        sampler.wait(30)
+    print(f"{len(database_samples)} samples of the writable servers, {len(primary_nodes)} of the primary nodes")
+    assert all("," not in writable for writable in database_samples), "two writable MySQL servers at once"
+    assert max(primary_nodes) <= 1, "two primary WHM nodes at once"
+
+
+def _terminating(pod: dict[str, object]) -> bool:
+    return bool(pod["metadata"].get("deletionTimestamp"))  # type: ignore[attr-defined]
+
+
+def _ready(pod: dict[str, object]) -> bool:
+    conditions = pod.get("status", {}).get("conditions", [])  # type: ignore[attr-defined]
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _nodes_healthy(release: Release, count: int) -> bool:
+    nodes = json.loads(release.provider.kubectl("get", "whmnodes", "-n", NAMESPACE, "-o", "json"))["items"]
+    healthy = [n for n in nodes if n.get("status", {}).get("health") == "Healthy"]
+    return len(healthy) >= count and release.status("whmcluster", "whm").get("phase") == "Healthy"
+
+
+def _operator_peers(release: Release) -> list[str]:
+    """The operator pods alive in kopf's peering, the active one (highest priority) first."""
+    peering = json.loads(release.provider.kubectl("get", "clusterkopfpeering", "whm-ha", "-o", "json"))
+    peers = [(info.get("priority", 0), peer_id) for peer_id, info in (peering.get("status") or {}).items()]
+    pods = {str(p["metadata"]["name"]) for p in release.pods("app.kubernetes.io/component=operator")}  # type: ignore[index]
+    ranked = [pod for _, peer_id in sorted(peers, reverse=True) for pod in pods if pod in peer_id]
+    return list(dict.fromkeys(ranked))

@@ -39,9 +39,12 @@ class Worker:
     channel: Channel
     pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     reader: asyncio.Task[None] | None = None
+    listening: bool = False
+    """It has answered a message: it answers only once its socket listens."""
 
     async def read(self) -> None:
         while (message := await self.channel.receive()) is not None:
+            self.listening = True
             future = self.pending.pop(message["id"], None)
             if future is not None and not future.done():
                 future.set_result(message)
@@ -68,15 +71,15 @@ class Supervisor:
         return self.watcher.config
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready once the configuration is loaded, a node is routable and a worker runs."""
+        """Ready once the configuration is loaded, a node is routable and a worker listens."""
         if not self.watcher.loaded:
             return False, "configuration not loaded yet"
         if self.config is None:
             return False, f"WHMCluster {self.options.namespace}/{self.options.cluster} not found"
         if not self.config.routable:
             return False, "no routable node"
-        if not self.workers:
-            return False, "no worker running"
+        if not any(worker.listening for worker in self.workers.values()):
+            return False, "no worker listening yet"
         return True, "ready"
 
     async def call(self, worker: Worker, message: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -183,3 +188,37 @@ def test_metrics_and_healthz(
     assert samples["whm_ha_proxy_request_duration_seconds_count", labels] == 20
     assert samples["whm_ha_proxy_active_requests", labels] == 0
     assert proxy.admin("GET", "/healthz") == (200, {"status": "ok"})
+
+
+def test_ready_only_once_a_worker_listens(
+    kube_api: KubeAPI, cluster: Cluster, node_servers: StartNodes, tmp_path: Path
+) -> None:
+    """Kubernetes sends traffic to a pod as soon as /readyz answers 200: the traffic port must accept by then
+    (a worker process starts and binds its socket some time after it is spawned)."""
+    cluster.create()
+    (server,) = node_servers("n1")
+    cluster.add_node("n1", server.host, server.port)
+    proxy = ProxyProcess(kube_api.kubeconfig, cluster.namespace, "whm", tmp_path / "proxy.log", workers=2)
+    command = [
+        *(sys.executable, "-m", "whm_ha", "proxy", f"--cluster={proxy.cluster}", f"--namespace={proxy.namespace}"),
+        *(f"--listen=127.0.0.1:{proxy.port}", f"--admin={proxy.admin_host}:{proxy.admin_port}", "--workers=2"),
+    ]
+    with proxy.log.open("ab") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "KUBECONFIG": str(kube_api.kubeconfig)}
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, proxy.log_text()[-3000:]
+            try:
+                if HTTP.request("GET", proxy.admin_url + "/readyz", retries=False).status == 200:
+                    break
+            except urllib3.exceptions.HTTPError:
+                pass
+            time.sleep(0.005)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5):
+            pass  # refused here: ready was said before a worker listened
+    finally:
+        process.terminate()
+        process.wait(30)

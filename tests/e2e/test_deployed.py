@@ -387,3 +387,148 @@ def _operator_peers(release: Release) -> list[str]:
     pods = {str(p["metadata"]["name"]) for p in release.pods("app.kubernetes.io/component=operator")}  # type: ignore[index]
     ranked = [pod for _, peer_id in sorted(peers, reverse=True) for pod in pods if pod in peer_id]
     return list(dict.fromkeys(ranked))
+
+
+LEGACY_TOOL_RBAC = """
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: legacy-tool}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: legacy-tool}
+rules:
+  - apiGroups: [ha.whm.io]
+    resources: [whmclusters, whmnodes, mysqlreplications]
+    verbs: [get, list, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: legacy-tool}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: legacy-tool}
+subjects: [{kind: ServiceAccount, name: legacy-tool, namespace: whm-ha}]
+"""
+
+
+def _call(url: str, token: str | None, body: dict[str, object] | None = None) -> tuple[int, dict[str, object]]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def test_the_shim_serves_the_seeds_calls_with_a_service_account_token(release: Release) -> None:
+    """Through the shim's Service, as a legacy tool in the cluster would: TokenReview and SubjectAccessReview in
+    the cluster decide, and a failover asked through it takes effect."""
+    provider = release.provider
+    provider.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=LEGACY_TOOL_RBAC)
+    token = provider.kubectl("create", "token", "legacy-tool", "-n", NAMESPACE, "--duration=10m").strip()
+    shim = provider.service_url(NAMESPACE, "whm-ha-shim", 4000)
+    wait_until("the shim's Service", lambda: _answers(f"{shim}/api/ha/status"), timeout=30)
+
+    status, body = _call(f"{shim}/api/ha/status", None)
+    assert status == 401 and body["success"] is False
+    status, body = _call(f"{shim}/api/ha/status", token)
+    assert status == 200 and body["success"] is True, body
+    status, body = _call(f"{shim}/api/ha/database/replication", token)
+    assert status == 200 and body["success"] is True, body
+    status, body = _call(f"{shim}/api/ha/nodes", token)
+    assert status == 200, body
+    nodes: list[dict[str, object]] = body["nodes"]  # type: ignore[assignment]
+    target = next(n for n in nodes if n["role"] != "primary" and n["status"] == "healthy")
+    status, body = _call(f"{shim}/api/ha/failover", token, {"targetNodeId": target["id"]})
+    assert status == 200 and body["success"] is True, body
+    took = wait_until(
+        "the failover asked through the shim",
+        lambda: release.status("whmcluster", "whm").get("primaryNode") == target["name"],
+        timeout=30,
+    )
+    print(f"failover through the shim to {target['name']} took effect after {took:.1f}s")
+    status, body = _call(f"{shim}/api/ha/failover/history", token)
+    assert status == 200 and str(target["name"]) in json.dumps(body["history"]), body
+    # A token without the permission is refused, and the change is not made.
+    provider.kubectl("create", "serviceaccount", "nobody", "-n", NAMESPACE)
+    nobody = provider.kubectl("create", "token", "nobody", "-n", NAMESPACE, "--duration=10m").strip()
+    other = next(n for n in nodes if n["name"] != target["name"])
+    status, body = _call(f"{shim}/api/ha/failover", nobody, {"targetNodeId": other["id"]})
+    assert status == 403 and body["success"] is False, body
+    assert release.status("whmcluster", "whm").get("primaryNode") == target["name"]
+
+
+def test_the_pods_have_the_charts_service_accounts_and_nothing_else(release: Release) -> None:
+    provider = release.provider
+    accounts = {"operator": "whm-ha-operator", "proxy": "whm-ha-proxy", "shim": "whm-ha-shim"}
+    for component, account in accounts.items():
+        for pod in release.pods(f"app.kubernetes.io/component={component}"):
+            assert pod["spec"]["serviceAccountName"] == account, (component, pod["metadata"]["name"])  # type: ignore[index]
+    subjects = {f"system:serviceaccount:{NAMESPACE}:{a}" for a in accounts.values()}
+    bindings = json.loads(provider.kubectl("get", "clusterrolebindings,rolebindings", "-A", "-o", "json"))["items"]
+    checked = 0
+    for binding in bindings:
+        named = {
+            f"system:serviceaccount:{s.get('namespace', binding['metadata'].get('namespace'))}:{s['name']}"
+            for s in binding.get("subjects") or []
+            if s["kind"] == "ServiceAccount"
+        }
+        if named & subjects:
+            annotations = binding["metadata"].get("annotations") or {}
+            assert annotations.get("meta.helm.sh/release-name") == "whm-ha", binding["metadata"]["name"]
+            checked += 1
+    assert checked >= 3, "each component's bindings come from the chart"
+
+
+def test_helm_upgrade_and_rollback_roll_the_proxy_without_a_failed_get(release: Release) -> None:
+    provider = release.provider
+    provider.retag_image("e2e-upgrade")
+    chart = str(ROOT / "charts" / "whm-ha")
+    with Traffic(release.proxy_url) as traffic:
+        wait_until("traffic", lambda: traffic.ok >= 10, timeout=30)
+        began = time.monotonic()
+        provider.helm(
+            *("upgrade", "whm-ha", chart, "-n", NAMESPACE, "--reuse-values"),
+            *("--set", "proxy.replicas=3", "--set", "image.tag=e2e-upgrade", "--wait", "--timeout=300s"),
+        )
+        upgraded = time.monotonic() - began
+        proxies = [p for p in release.pods("app.kubernetes.io/component=proxy") if not _terminating(p)]
+        assert len([p for p in proxies if _ready(p)]) == 3
+        assert all(p["spec"]["containers"][0]["image"].endswith(":e2e-upgrade") for p in proxies)  # type: ignore[index]
+        began = time.monotonic()
+        provider.helm("rollback", "whm-ha", "1", "-n", NAMESPACE, "--wait", "--timeout=300s")
+        rolled_back = time.monotonic() - began
+        wait_until("GETs after the rollback", lambda: traffic.ok >= 50, timeout=30)
+    print(
+        f"upgrade {upgraded:.1f}s, rollback {rolled_back:.1f}s; GETs: {traffic.ok} ok, {len(traffic.failures)} failed"
+    )
+    assert not traffic.failures, traffic.failures[:5]
+    proxies = [p for p in release.pods("app.kubernetes.io/component=proxy") if not _terminating(p)]
+    images = {p["spec"]["containers"][0]["image"] for p in proxies}  # type: ignore[index]
+    assert images == {provider.image}
+    wait_until("Healthy after the rollback", release.healthy, timeout=120, explain=release.describe)
+
+
+def test_helm_uninstall_leaves_the_custom_resources_and_their_definitions(release: Release) -> None:
+    provider = release.provider
+    provider.helm("uninstall", "whm-ha", "-n", NAMESPACE, "--wait", "--timeout=120s")
+    release.uninstalled = True
+    assert release.get("whmcluster", "whm")["metadata"]["name"] == "whm"  # type: ignore[index]
+    assert release.get("mysqlreplication", "whm-db")["metadata"]["name"] == "whm-db"  # type: ignore[index]
+    crds = provider.kubectl("get", "crds", "-o", "name")
+    for name in ("whmclusters.ha.whm.io", "whmnodes.ha.whm.io", "mysqlreplications.ha.whm.io"):
+        assert f"customresourcedefinition.apiextensions.k8s.io/{name}" in crds
+    wait_until("the chart's pods gone", lambda: not release.pods("app.kubernetes.io/instance=whm-ha"), timeout=90)

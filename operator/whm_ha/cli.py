@@ -112,6 +112,11 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    if args.api == "cluster":
+        from .demo import deployed
+        from .demo.main import say
+
+        return deployed.run(args.scenario, say)
     from .demo.main import run
 
     return run(
@@ -228,7 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the whole system locally (API, MariaDB or MySQL, nodes, operator, proxy, shim)",
         description="Start everything on loopback and show what happens.",
     )
-    demo.add_argument("--api", choices=["sandbox", "real"], default="sandbox", help="which Kubernetes API")
+    demo.add_argument(
+        "--api",
+        choices=["sandbox", "real", "cluster"],
+        default="sandbox",
+        help="which Kubernetes: the sandbox API, a real kube-apiserver + etcd, or the local cluster with pods "
+        "(hack/local-cluster: helm install, MariaDB and WHM nodes as pods; root)",
+    )
     demo.add_argument("--kubeconfig", type=Path, default=None, help="use an existing cluster instead")
     demo.add_argument(
         "--database",

@@ -810,6 +810,16 @@ def _remove_pod_cgroups() -> None:
                     directory.rmdir()
 
 
+def kill_container(paths: Paths, container_id: str) -> None:
+    """SIGKILL a container's main process, as a crash would (the kubelet restarts it; its pod stays)."""
+    bin_dir = find_bin_dir()
+    assert bin_dir is not None
+    crictl = [str(bin_dir / "crictl"), f"--runtime-endpoint=unix://{paths.containerd_socket}"]
+    template = ["--output", "go-template", "--template", "{{.info.pid}}"]
+    pid = int(_run(*crictl, "inspect", *template, container_id).stdout.strip())
+    os.kill(pid, signal.SIGKILL)
+
+
 def status(paths: Paths) -> dict[str, object]:
     """Which components run, whether the node is Ready and DNS answers."""
     components = {name: (pid is not None and alive(pid)) for name in COMPONENTS for pid in [pid_of(paths, name)]}

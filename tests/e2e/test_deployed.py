@@ -17,16 +17,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from string import Template
 
 import pytest
 
 from tests.fixtures.e2e import ROOT, Provider
 from tests.fixtures.local_cluster import wait_until
+from whm_ha.demo.deployed import NAMESPACE, install_args, render
 
-NAMESPACE = "whm-ha"
-MANIFESTS = Path(__file__).parent / "manifests"
 INSTALL_TIMEOUT = 300.0
 NODE_FAILOVER_BOUND = 1 * 2 + 1  # periodSeconds x failureThreshold + one period of the resources.yaml cluster
 DB_FAILOVER_BOUND = 1 * 2 + 10  # periodSeconds x failureThreshold + the promotion itself
@@ -34,22 +31,11 @@ PEERING_LIFETIME = 10
 
 
 def install_command(provider: Provider) -> list[str]:
-    """The README's install command, with the image built here. No ``--wait``: the proxy is Ready only once its
-    WHMCluster has a routable node, and the custom resources come after the chart."""
-    return [
-        *("install", "whm-ha", str(ROOT / "charts" / "whm-ha"), "-n", NAMESPACE, "--create-namespace"),
-        *("--set", f"image.repository={provider.image_repository}", "--set", "proxy.cluster=whm"),
-        *("--set", f"image.tag={provider.image_tag}"),
-    ]
+    return install_args(ROOT / "charts" / "whm-ha", provider.image_repository, provider.image_tag)
 
 
 def _manifest(name: str, provider: Provider) -> str:
-    return Template((MANIFESTS / name).read_text()).safe_substitute(
-        IMAGE=provider.image,
-        MARIADB_IMAGE=provider.mariadb_image,
-        VOLUME_ROOT=provider.volume_root,
-        NAMESPACE=NAMESPACE,
-    )
+    return render(name, image=provider.image, mariadb_image=provider.mariadb_image, volume_root=provider.volume_root)
 
 
 @dataclass

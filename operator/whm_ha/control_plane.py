@@ -60,7 +60,7 @@ def find_bin_dir() -> Path | None:
     return None
 
 
-def _tail(path: Path, lines: int = 20) -> str:
+def log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -82,7 +82,7 @@ class _Process:
         """Raise with the end of the log if the process has exited."""
         if self.proc.poll() is not None:
             raise ControlPlaneError(
-                f"{self.name} exited with {self.proc.returncode}; last lines of {self.log}:\n{_tail(self.log)}"
+                f"{self.name} exited with {self.proc.returncode}; last lines of {self.log}:\n{log_tail(self.log)}"
             )
 
     def stop(self) -> None:
@@ -104,7 +104,7 @@ def _wait_for(what: str, check: Callable[[], bool], deadline: float, processes: 
         if check():
             return
         if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.log}:\n{_tail(p.log)}" for p in processes)
+            logs = "\n".join(f"--- {p.log}:\n{log_tail(p.log)}" for p in processes)
             raise ControlPlaneError(f"timed out waiting for {what}\n{logs}")
         time.sleep(POLL_INTERVAL)
 

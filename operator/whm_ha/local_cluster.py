@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from .control_plane import find_bin_dir, make_certs, sign_certificate, write_kubeconfig
+from .control_plane import find_bin_dir, log_tail, make_certs, sign_certificate, write_kubeconfig
 
 STATE_DIR = Path(os.environ.get("WHM_HA_CLUSTER_DIR", "/var/lib/whm-ha/cluster"))
 BRIDGE = "whmha0"
@@ -257,11 +257,11 @@ def pid_of(paths: Paths, name: str) -> int | None:
         return None
 
 
-def _checkalive(paths: Paths, names: list[str]) -> None:
+def _check_running(paths: Paths, names: list[str]) -> None:
     for name in names:
         pid = pid_of(paths, name)
         if pid is None or not alive(pid):
-            raise ClusterError(f"{name} exited; last lines of its log:\n{_tail(paths.logs / f'{name}.log')}")
+            raise ClusterError(f"{name} exited; last lines of its log:\n{log_tail(paths.logs / f'{name}.log')}")
 
 
 def _stop(paths: Paths, name: str, grace: float = 0.0) -> None:
@@ -288,20 +288,13 @@ def _poll(check: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def _wait(paths: Paths, what: str, check: Callable[[], bool], deadline: float, watched: list[str]) -> None:
     while True:
-        _checkalive(paths, watched)
+        _check_running(paths, watched)
         if check():
             return
         if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {name}:\n{_tail(paths.logs / f'{name}.log', 10)}" for name in watched)
+            logs = "\n".join(f"--- {name}:\n{log_tail(paths.logs / f'{name}.log', 10)}" for name in watched)
             raise ClusterError(f"timed out waiting for {what}\n{logs}")
         time.sleep(POLL_INTERVAL)
 

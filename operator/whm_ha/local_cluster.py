@@ -309,8 +309,8 @@ def _write(path: Path, text: str, mode: int = 0o644) -> Path:
     return path
 
 
-def _configure(paths: Paths, bin_dir: Path) -> dict[str, str]:
-    """Certificates, tokens, kubeconfigs and component configs; returns the tokens by identity."""
+def _configure(paths: Paths) -> None:
+    """Certificates, tokens, kubeconfigs and component configs."""
     paths.root.mkdir(parents=True, exist_ok=True)
     sans = ",".join(
         [f"IP:{NODE_IP}", f"IP:{API_SERVICE_IP}", "IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes"]
@@ -340,7 +340,6 @@ def _configure(paths: Paths, bin_dir: Path) -> dict[str, str]:
     _write(paths.root / "kubelet.yaml", yaml.safe_dump(_kubelet_config(paths, ca)))
     _write(paths.root / "kube-proxy.yaml", yaml.safe_dump(_kube_proxy_config(paths)))
     _write(paths.root / "Corefile", _corefile(paths))
-    return tokens
 
 
 def _cni_config(paths: Paths) -> dict[str, object]:
@@ -669,7 +668,7 @@ def up(paths: Paths, timeout: float = UP_TIMEOUT, log: Callable[[str], None] = p
     started = time.monotonic()
     deadline = started + timeout
     try:
-        _configure(paths, bin_dir)
+        _configure(paths)
         _network_up(paths)
         _start_control_plane(paths, bin_dir)
         core = ["etcd", "kube-apiserver", "containerd"]

@@ -112,9 +112,11 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from .lifecycle import say, stop_on_signals
+
+    stop_on_signals()
     if args.api == "cluster":
         from .demo import deployed
-        from .demo.main import say
 
         return deployed.run(args.scenario, say)
     from .demo.main import run

@@ -30,6 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from .crd.common import GROUP
 from .crd.generate import all_files
 from .db.local_server import free_port
+from .lifecycle import die_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-control-plane"
@@ -75,7 +76,12 @@ class _Process:
         self.log = log
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (started from the main thread: a fixture, the demo)
             )
 
     def check_alive(self) -> None:

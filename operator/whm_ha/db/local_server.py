@@ -28,6 +28,8 @@ from typing import Literal, Self
 import pymysql
 import pymysql.cursors
 
+from ..lifecycle import die_with_parent
+
 ADMIN_USER = "root"
 ADMIN_PASSWORD = "whm-ha-admin"
 """The administrative account created on every local server (host '%')."""
@@ -207,6 +209,8 @@ class LocalServer:
     netns: str | None = None
     bind_host: str = "127.0.0.1"
     flavour: Flavour = HOST_MARIADB
+    dies_with_parent: bool = False
+    """The kernel kills the server when the thread that started it ends (``whm-ha demo``: its main thread)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -296,6 +300,7 @@ class LocalServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent if self.dies_with_parent else None,  # noqa: PLW1509
         )
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None

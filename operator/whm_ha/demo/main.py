@@ -15,13 +15,10 @@ import yaml
 from kubernetes import client, config
 
 from ..crd.generate import all_files
+from ..lifecycle import say
 from .stack import ADMIN_TOKEN, DATABASES, NAMESPACE, DemoError, Stack
 from .tour import tour
 from .view import Observer
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 def _apply(api: client.ApiClient, docs: list[dict[str, Any]]) -> None:

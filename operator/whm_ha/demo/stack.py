@@ -32,6 +32,7 @@ from ..db.local_server import (
     free_port,
     init_template,
 )
+from ..lifecycle import die_with_parent
 
 NAMESPACE = "default"
 CLUSTER = "whm"
@@ -82,7 +83,12 @@ class Stack:
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.workdir / f"{name}.log").open("ab") as log:  # the child keeps its own copy
             process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (the demo spawns from its main thread only)
             )
         self.processes.append((name, process))
         return process
@@ -179,6 +185,7 @@ class Stack:
                     index + 1,
                     extra_args=self.server_args(),
                     flavour=self.flavour,
+                    dies_with_parent=True,
                 )
                 server.start()
                 self.databases.append(server)

@@ -1,0 +1,41 @@
+"""Commands that start children stop them however they are stopped: SIGTERM and SIGHUP are handled as Ctrl-C,
+a closed output stops nothing half-way, and a child dies with the parent even when the parent is killed."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from types import FrameType
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """For ``subprocess.Popen(preexec_fn=...)``: the kernel sends the child SIGKILL when its parent dies. (It is
+    the parent *thread* that counts: spawn from the main thread.)"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the prctl
+        os._exit(1)
+
+
+def _interrupt(signum: int, _: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, so the cleanup that Ctrl-C runs runs for them too."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+
+
+def say(text: str) -> None:
+    """Print a line; when the reader has gone (``| tee`` stopped), go on without output instead of failing."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .kube.config import KubeConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 DEFAULT_PASSWORD_ENV = "WHM_HA_DB_PASSWORD"
@@ -297,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except KubeConfigError as exc:
+        print(f"whm-ha {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +80,22 @@ def test_in_cluster_is_last(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert found.server == "https://10.96.0.1:443"
     assert found.token == "sa-token"
     assert found.source == "in-cluster service account"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["operator"], ["proxy", "--cluster=whm"], ["shim"], ["demo", "--proxy-port=0", "--shim-port=0"]],
+    ids=lambda c: c[0],
+)
+def test_a_malformed_kubeconfig_is_one_line_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("apiVersion: v1\nclusters: [oops\n")
+    env = {**os.environ, "KUBECONFIG": str(broken)}
+    if command[0] == "demo":
+        command = [*command, f"--kubeconfig={broken}"]
+    result = subprocess.run(
+        [sys.executable, "-m", "whm_ha", *command], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert result.returncode in (1, 2)
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"cannot use kubeconfig {broken}" in result.stderr

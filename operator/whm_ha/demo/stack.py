@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from ..db.local_server import (
     free_port,
     init_template,
 )
+from ..kube import config as kube_config
 from ..lifecycle import die_with_parent
 
 NAMESPACE = "default"
@@ -58,6 +60,20 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+@contextlib.contextmanager
+def _kubeconfig_env(path: Path) -> Iterator[None]:
+    """KUBECONFIG set to ``path`` for the block (the standard rules then read that file)."""
+    before = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["KUBECONFIG"]
+        else:
+            os.environ["KUBECONFIG"] = before
 
 
 @dataclass
@@ -123,6 +139,11 @@ class Stack:
         if kubeconfig is not None:
             if not kubeconfig.exists():
                 raise DemoError(f"kubeconfig {kubeconfig} does not exist")
+            with _kubeconfig_env(kubeconfig):
+                try:
+                    kube_config.load()
+                except kube_config.KubeConfigError as exc:
+                    raise DemoError(str(exc)) from None
             self.kubeconfig = kubeconfig
             return
         if api == "real":

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from kubernetes import client, config
 
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -28,6 +29,11 @@ class ApiEndpoint:
     source: str
 
 
+def one_line(exc: BaseException) -> str:
+    """An error's text on one line (YAML parse errors span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _kubeconfig_paths() -> list[str]:
     env = os.environ.get("KUBECONFIG")
     if env:
@@ -47,14 +53,14 @@ def _load(context: str | None) -> tuple[client.Configuration, str]:
             config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=existing[0], context=context, client_configuration=configuration
             )
-        except config.ConfigException as exc:
-            raise KubeConfigError(f"cannot use kubeconfig {existing[0]}: {exc}") from exc
+        except (config.ConfigException, yaml.YAMLError, TypeError, KeyError, AttributeError, ValueError) as exc:
+            raise KubeConfigError(f"cannot use kubeconfig {existing[0]}: {one_line(exc)}") from exc
         return configuration, f"kubeconfig {existing[0]}"
     if IN_CLUSTER_TOKEN.exists():
         try:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except config.ConfigException as exc:
-            raise KubeConfigError(f"cannot use the in-cluster service account: {exc}") from exc
+            raise KubeConfigError(f"cannot use the in-cluster service account: {one_line(exc)}") from exc
         return configuration, "in-cluster service account"
     raise KubeConfigError("no Kubernetes API found: set KUBECONFIG, create ~/.kube/config, or run in a cluster")
 

@@ -105,6 +105,7 @@ def _add_proxy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     proxy = sub.add_parser(
         "proxy",
+        formatter_class=DefaultsShown,
         help="run the HTTP load balancer in front of a WHMCluster's healthy nodes",
         description="Route HTTP traffic to the healthy nodes of one WHMCluster.",
     )
@@ -132,12 +133,22 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
 
 
+class DefaultsShown(argparse.HelpFormatter):
+    """Help that ends each option with its default, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        shown = action.default not in (None, False, "", argparse.SUPPRESS) and "default" not in text
+        return f"{text} (default: %(default)s)" if shown and action.option_strings else text
+
+
 def _kube_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", "-n", default=None, help="namespace to watch (default: all namespaces)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=DefaultsShown,
         prog="whm-ha",
         description=(
             "Keeps WHM web-panel nodes and their MySQL/MariaDB replication highly available on Kubernetes. "
@@ -150,12 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     operator = sub.add_parser(
         "operator",
+        formatter_class=DefaultsShown,
         help="run the operator (health probing, election, failover, MySQL replication)",
         description="Run the kopf operator for WHMCluster, WHMNode and MySQLReplication.",
     )
     _kube_args(operator)
     operator.add_argument(
-        "--metrics", default="0.0.0.0:9090", metavar="HOST:PORT", help="Prometheus metrics address ('' to disable)"
+        "--metrics",
+        default="0.0.0.0:9090",
+        metavar="HOST:PORT",
+        help="Prometheus metrics address (default: 0.0.0.0:9090; '' to disable)",
     )
     operator.add_argument(
         "--health", default="", metavar="HOST:PORT", help="liveness endpoint (/healthz), e.g. 0.0.0.0:8082"
@@ -178,12 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     shim = sub.add_parser(
         "shim",
+        formatter_class=DefaultsShown,
         help="serve the legacy /api/ha REST API over the custom resources",
         description="Serve the 12 legacy /api/ha endpoints, backed by the custom resources.",
     )
-    shim.add_argument("--listen", default="0.0.0.0:4000", metavar="HOST:PORT", help="API address")
+    shim.add_argument(
+        "--listen", default="0.0.0.0:4000", metavar="HOST:PORT", help="API address (default: 0.0.0.0:4000)"
+    )
     shim.add_argument("--cluster", default=None, help="WHMCluster to serve (default: the only one)")
-    shim.add_argument("--namespace", "-n", default="default", help="namespace of the WHMCluster")
+    shim.add_argument("--namespace", "-n", default="default", help="namespace of the WHMCluster (default: default)")
     shim.add_argument(
         "--anonymous-reads", action="store_true", help="allow GET requests without a token (off by default)"
     )
@@ -216,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = sub.add_parser(
         "sandbox",
+        formatter_class=DefaultsShown,
         help="run a local Kubernetes-like API server for tests, the demo and development",
         description="Run the sandbox Kubernetes API server (development and tests only).",
     )
@@ -233,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
+        formatter_class=DefaultsShown,
         help="start the whole system locally (API, MariaDB or MySQL, nodes, operator, proxy, shim)",
         description="Start everything on loopback and show what happens.",
     )
@@ -240,8 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--api",
         choices=["sandbox", "real", "cluster"],
         default="sandbox",
-        help="which Kubernetes: the sandbox API, a real kube-apiserver + etcd, or the local cluster with pods "
-        "(hack/local-cluster: helm install, MariaDB and WHM nodes as pods; root)",
+        help="which Kubernetes (default: sandbox): the sandbox API, a real kube-apiserver + etcd, or the local "
+        "cluster with pods (hack/local-cluster: helm install, MariaDB and WHM nodes as pods; root)",
     )
     demo.add_argument("--kubeconfig", type=Path, default=None, help="use an existing cluster instead")
     demo.add_argument(
@@ -258,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     crds = sub.add_parser(
         "crds",
+        formatter_class=DefaultsShown,
         help="write the CustomResourceDefinitions generated from the models",
         description="Generate apiextensions.k8s.io/v1 CRDs (one file per CRD) from the pydantic models.",
     )
@@ -266,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser(
         "migrate",
+        formatter_class=DefaultsShown,
         help="create or upgrade the legacy SQL schema (idempotent)",
         description=(
             "Apply the legacy schema (tables whm_cluster_nodes, ha_failover_events, ha_sessions, ha_cache, "

@@ -110,13 +110,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     seconds = _positive(float)
     add = parser.add_argument
     add("--cluster", required=True, help="name of the WHMCluster")
-    add("--namespace", "-n", default="default", help="namespace of the WHMCluster")
-    add("--listen", default="0.0.0.0:8080", metavar="HOST:PORT", help="traffic address")
+    add("--namespace", "-n", default="default", help="namespace of the WHMCluster (default: default)")
+    add("--listen", default="0.0.0.0:8080", metavar="HOST:PORT", help="traffic address (default: 0.0.0.0:8080)")
     add(
         "--admin",
         default="127.0.0.1:8081",
         metavar="HOST:PORT",
-        help="stats/metrics/health address: loopback by default, the pod IP to be scraped (POST /reload "
+        help="stats/metrics/health address (default: 127.0.0.1:8081; the pod IP to be scraped; POST /reload "
         "answers loopback clients only)",
     )
     add("--workers", type=int, default=0, help="worker processes (default: one per core)")

@@ -39,6 +39,13 @@ def _run_migrate(args: argparse.Namespace) -> int:
         print(f"migrated {dsn}: applied {applied}; settings changed: {changed}")
     else:
         print(f"{dsn} is up to date ({len(report.already)} migrations already applied)")
+    if not report.event_scheduler:
+        print(
+            f"whm-ha migrate: warning: event_scheduler is OFF on {dsn.host}: the cleanup events (expired sessions,"
+            " cache entries, old health checks) will not run until it is ON (SET GLOBAL event_scheduler = ON, and"
+            " event_scheduler=ON in the server's configuration)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -110,6 +110,18 @@ def test_migrate_twice_creates_everything_then_changes_nothing(server: LocalServ
     assert before["settings"] == {"health_check_retention_days": "7"}
 
 
+def test_a_server_that_runs_no_events_gets_a_one_line_warning(server: LocalServer) -> None:
+    conn = server.connect()
+    with conn.cursor() as cur:
+        cur.execute("SET GLOBAL event_scheduler = OFF")
+    off = migrate_cli("--dsn", dsn(server))
+    assert off.returncode == 0 and "event_scheduler is OFF" in off.stderr and len(off.stderr.splitlines()) == 1
+    with conn.cursor() as cur:
+        cur.execute("SET GLOBAL event_scheduler = ON")
+    conn.close()
+    assert "event_scheduler" not in migrate_cli("--dsn", dsn(server)).stderr
+
+
 def test_retention_setting_changes_once(server: LocalServer) -> None:
     assert migrate_cli("--dsn", dsn(server)).returncode == 0
     changed = migrate_cli("--dsn", dsn(server), "--health-check-retention-days", "30")

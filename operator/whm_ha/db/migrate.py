@@ -51,6 +51,8 @@ class MigrationReport:
     applied: list[int]
     already: list[int]
     settings_changed: list[str]
+    event_scheduler: bool = True
+    """Whether the server runs events: the cleanup events of the schema run only when it does."""
 
 
 def bundled_migrations() -> list[Migration]:
@@ -134,8 +136,12 @@ def migrate(
                 )
                 if rows:
                     changed.append(SETTING_RETENTION)
+            cur.execute("SELECT @@GLOBAL.event_scheduler")
+            (scheduler,) = cur.fetchone() or ("OFF",)
     except pymysql.MySQLError as exc:
         raise MigrationError(f"migration failed on {dsn}: {_describe(exc)}") from exc
     finally:
         conn.close()
-    return MigrationReport(applied=applied, already=already, settings_changed=changed)
+    return MigrationReport(
+        applied=applied, already=already, settings_changed=changed, event_scheduler=str(scheduler).upper() == "ON"
+    )

@@ -53,6 +53,7 @@ def test_a_stopped_demo_leaves_no_process(how: str) -> None:
         while STARTED not in (line := demo.stdout.readline().decode()):
             lines.append(line)
             assert line and time.monotonic() < deadline, "".join(lines)
+        assert not any("] nodes:" in line for line in lines), "the status block comes once, after the hint"
         children = _marked(mark)
         assert len(children) >= 9, children  # API, 3 databases, 3 nodes, operator, proxy (+ workers), shim
         if how == "Ctrl-C with the pipe closed":  # `whm-ha demo | tee log`, then Ctrl-C: tee goes first

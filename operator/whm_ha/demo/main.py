@@ -149,10 +149,10 @@ def run(
         )
         say(f"  logs        {workdir}")
         say("")
-        for line in observer.lines():
-            if line:
-                say(line)
         if scenario == "failover":
+            for line in observer.lines():
+                if line:
+                    say(line)
             return 0 if tour(stack, api_client, say) else 1
         _watch(observer)
         return 0

@@ -247,6 +247,8 @@ def test_add_and_remove_nodes(
         {"hostname": "whm-node-4.example.com", "ip": "10.0.0.4", "port": 4000, "priority": 10},
     )
     assert status == 201 and body["node"]["name"] == "whm-node-4"
+    # No operator runs here, so the node has no id yet: none is made up, and the answer says when it comes.
+    assert "id" not in body["node"] and "GET /api/ha/nodes shows its id" in body["message"]
     node = world.get_namespaced_custom_object(GROUP, VERSION, kube_namespace, "whmnodes", "whm-node-4")
     assert node["spec"] == {
         "cluster": "whm",

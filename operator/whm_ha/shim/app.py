@@ -108,6 +108,11 @@ def _label(hostname: str) -> str:
     return _LABEL.sub("-", hostname.split(".", maxsplit=1)[0].lower()).strip("-")[:63] or "node"
 
 
+NODE_ID_WAIT = 5.0
+"""How long POST /api/ha/nodes waits for the operator to number the new node."""
+NO_ID_YET = "the operator has not numbered the node yet; GET /api/ha/nodes shows its id once it has probed it"
+
+
 def _ok(body: Obj, status: int = 200) -> web.Response:
     return web.json_response({"success": True, **body}, status=status)
 
@@ -317,7 +322,24 @@ class ShimApp:
                 fields = {c.get("field", "?"): c.get("message", "") for c in causes}
                 raise errors.unprocessable(str(exc.body.get("message", "invalid node")), fields) from exc
             raise
-        return _ok({"node": node_view(created)}, status=201)
+        numbered = await self._numbered(created)
+        view = node_view(numbered)
+        if view["id"] is None:
+            del view["id"]
+            return _ok({"node": view, "message": NO_ID_YET}, status=201)
+        return _ok({"node": view}, status=201)
+
+    async def _numbered(self, node: Obj) -> Obj:
+        """The node once the operator has given it its id (``status.nodeId``), or as it is after NODE_ID_WAIT."""
+        deadline = time.monotonic() + min(NODE_ID_WAIT, self.request_timeout)
+        while not (node.get("status") or {}).get("nodeId") and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            try:
+                node = await self.kube.get(WHMNODES, self.namespace, node["metadata"]["name"])
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+        return node
 
     async def _find_node(self, cluster: Obj, ident: str) -> Obj:
         try:

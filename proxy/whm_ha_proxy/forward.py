@@ -153,6 +153,8 @@ class Forwarder:
         self.balancer.configure(config.algorithm if config is not None else "roundRobin", nodes)
         for node in nodes:
             self.stats.setdefault(node.name, NodeStats())
+        for gone in set(self.stats) - {node.name for node in nodes}:
+            del self.stats[gone]  # a deleted node leaves /stats and /metrics (requests in flight keep their object)
         if config is not None and previous is not None and config.generation != previous.generation:
             self.balancer.reset_ejections()
 
@@ -196,9 +198,9 @@ class Forwarder:
                 if failure is None:
                     return self._unavailable(request)
                 return error(request, failure[0], failure[1], node=failure[2])
-            stats = self.stats[backend.name]
-            if tried:
-                self.stats[tried[-1].name].retries += 1
+            stats = self.stats[backend.name]  # configure() keeps one for every node the balancer picks from
+            if tried and (previous := self.stats.get(tried[-1].name)) is not None:
+                previous.retries += 1
             tried.append(backend)
             stats.requests += 1
             started = self._loop.time()

@@ -455,6 +455,8 @@ def test_pods_matching_the_selector_become_nodes(
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
     assert f'whm_ha_probes_total{{cluster="whm",namespace="{cluster.namespace}",result="success"}}' in metrics
     assert "whm_ha_failovers_total" in metrics and "whm_ha_healthy_nodes" in metrics
+    # The node of the deleted pod took its primary-node series with it.
+    assert f'node="whm-{other}"' in metrics and f'node="whm-{primary_pod}"' not in metrics
 
 
 @pytest.mark.mariadb

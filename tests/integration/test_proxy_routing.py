@@ -64,6 +64,8 @@ def test_routes_by_health_maintenance_weight_and_membership(
 
     cluster.delete_node("n2")
     wait_for(lambda: not proxy.routable(), 10, "no routable node")
+    assert set(proxy.stats()["nodes"]) == {"n1", "n3"}, "a deleted node leaves /stats"
+    assert 'node="n2"' not in HTTP.request("GET", proxy.admin_url + "/metrics").data.decode()
     response = HTTP.request("GET", proxy.url + "/page")
     assert response.status == 503
     assert json.loads(response.data)["error"] == "no healthy node"

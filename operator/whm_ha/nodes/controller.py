@@ -70,6 +70,8 @@ class ClusterController:
     next_cleanup: float = 0.0
     replications: Callable[[str], Obj | None] = lambda _: None
     """A MySQLReplication by name, as the operator's watch last saw it (None: not seen)."""
+    primary_series: set[str] = field(default_factory=set)
+    """The nodes with a whm_ha_primary_node series: a node that goes takes its series with it."""
     _session: aiohttp.ClientSession | None = None
 
     # -- the loop --------------------------------------------------------------------------------
@@ -98,6 +100,15 @@ class ClusterController:
             await self._session.close()
             if self.legacy is not None:
                 self.legacy.workers.close()
+            self._drop_series()
+
+    def _drop_series(self) -> None:
+        """This process no longer works on the cluster (deleted, or another replica is active): no series of it."""
+        for name in self.primary_series:
+            metrics.PRIMARY.remove(self.namespace, self.name, name)
+        self.primary_series = set()
+        with contextlib.suppress(KeyError):
+            metrics.HEALTHY_NODES.remove(self.namespace, self.name)
 
     async def step(self, cluster: Obj, nodes: list[Obj], *, probe: bool = True) -> None:
         spec = WHMClusterSpec.model_validate(cluster.get("spec") or {})
@@ -594,10 +605,12 @@ class ClusterController:
             return
         await self.kube.patch(WHMCLUSTERS, self.namespace, self.name, {"status": summary}, subresource="status")
         metrics.HEALTHY_NODES.labels(self.namespace, self.name).set(healthy)
-        for node in nodes:
-            metrics.PRIMARY.labels(self.namespace, self.name, node["metadata"]["name"]).set(
-                1 if node["metadata"]["name"] == primary else 0
-            )
+        names = {node["metadata"]["name"] for node in nodes}
+        for gone in self.primary_series - names:
+            metrics.PRIMARY.remove(self.namespace, self.name, gone)
+        for name in names:
+            metrics.PRIMARY.labels(self.namespace, self.name, name).set(1 if name == primary else 0)
+        self.primary_series = names
 
     @staticmethod
     def _same_summary(current: Obj, new: Obj) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, cast
 import yaml
 from kubernetes import client, config
 
+from ..control_plane import find_bin_dir
 from ..crd.generate import all_files
 from ..lifecycle import say
 from .stack import ADMIN_TOKEN, DATABASES, NAMESPACE, DemoError, Stack
@@ -103,6 +104,15 @@ def start_system(
     return api_client, observer
 
 
+def _kubectl() -> str:
+    """The kubectl to suggest: the current one hack/build-control-plane built, else the one on PATH (Debian's is
+    too old for some of our fields), with how to get the other."""
+    bin_dir = find_bin_dir()
+    if bin_dir is not None and (bin_dir / "kubectl").exists():
+        return str(bin_dir / "kubectl")
+    return "kubectl" if shutil.which("kubectl") else "kubectl (none here: hack/build-control-plane builds one)"
+
+
 def _watch(observer: Observer) -> None:
     """Print what changes, until Ctrl-C."""
     say("Press Ctrl-C to stop everything.")
@@ -139,7 +149,7 @@ def run(
     try:
         api_client, observer = start_system(stack, api=api, kubeconfig=kubeconfig)
         say("")
-        say(f"  kubeconfig  export KUBECONFIG={stack.kubeconfig}   (then: kubectl get whmc,whmn,myrepl)")
+        say(f"  kubeconfig  export KUBECONFIG={stack.kubeconfig}   (then: {_kubectl()} get whmc,whmn,myrepl)")
         say(f"  proxy       http://127.0.0.1:{stack.proxy_port}/")
         token = "a token of that cluster" if kubeconfig else ADMIN_TOKEN
         say(f"  shim        http://127.0.0.1:{stack.shim_port}/api/ha/status   (Authorization: Bearer {token})")

@@ -11,9 +11,9 @@ lint: setup
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
 
-# WHM_HA_REAL_API=1 adds the real kube-apiserver + etcd tier (build it first: make control-plane).
+# The fast tiers: unit, MariaDB and the sandbox API (under 15 minutes on 2 cores).
 test: lint
-	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest $(if $(filter 1,$(WHM_HA_REAL_API)),--real-api)
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest
 
 # The fault tier: hosts in network namespaces (root; WHM_HA_REQUIRE_FAULTS=1 fails instead of skipping).
 test-faults: setup
@@ -39,8 +39,9 @@ images: control-plane
 test-cluster: setup images
 	$(VENV)/pytest tests/cluster --cluster -v
 
-test-real: control-plane
-	$(MAKE) test WHM_HA_REAL_API=1 WHM_HA_REQUIRE_REAL_API=1
+# The real kube-apiserver + etcd tier: the tests that take kube_api, on the real server only.
+test-real: setup control-plane
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} WHM_HA_REQUIRE_REAL_API=1 $(VENV)/pytest --real-api -m real_api
 
 unit: setup
 	$(VENV)/pytest tests/unit

@@ -251,11 +251,11 @@ class Forwarder:
         """
         for attempt in (0, 1):
             connection = await self.pool.acquire(backend.name, backend.spec.address, backend.spec.port)
-            connection.begin(head, method_head=request.method == "HEAD")
-            if request.has_body:
-                writer = asyncio.ensure_future(connection.send_body(request.body.chunks(), chunked=request.chunked))
-                writer.add_done_callback(_abort_on_failure(connection))
             try:
+                connection.begin(head, method_head=request.method == "HEAD")
+                if request.has_body:
+                    writer = asyncio.ensure_future(connection.send_body(request.body.chunks(), chunked=request.chunked))
+                    writer.add_done_callback(_abort_on_failure(connection))
                 return connection, await connection.response(self.timeouts.header)
             except UpstreamClosed:
                 connection.abort()

@@ -169,7 +169,12 @@ class Connection(asyncio.Protocol):
         self._error = None
         self._method_head = method_head
         self.received = False
-        self.transport.write(head)
+        if self.closed:  # a pooled connection the node closed after it was taken: nothing is sent
+            raise UpstreamClosed("the node closed the connection before the request was sent")
+        try:
+            self.transport.write(head)
+        except RuntimeError as exc:  # uvloop refuses a write on a transport that closed under it
+            raise UpstreamClosed("the node closed the connection before the request was sent") from exc
 
     async def send_body(self, body: AsyncIterable[bytes], *, chunked: bool) -> None:
         """Stream a request body (chunk-encoded when ``chunked``), respecting the node's pace."""

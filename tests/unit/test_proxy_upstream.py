@@ -25,6 +25,9 @@ class FakeTransport:
     def close(self) -> None:
         self.closed = True
 
+    def is_closing(self) -> bool:
+        return self.closed
+
     def pause_reading(self) -> None:
         self.paused = True
 
@@ -196,3 +199,21 @@ async def test_pooled_connections_are_reused_then_closed_when_idle() -> None:
     assert (await get()) is not first
     pool.close()
     server.close()
+
+
+class VanishedTransport(FakeTransport):
+    """uvloop's transport once the node has gone: not yet marked closing, but every write refused."""
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+
+@pytest.mark.parametrize("gone", ["closing", "refusing writes"])
+async def test_a_pooled_connection_the_node_closed_is_an_upstream_error_not_a_crash(gone: str) -> None:
+    """The forwarder retries an UpstreamClosed on a fresh connection; a RuntimeError failed the request."""
+    connection = Connection(asyncio.get_running_loop(), "n")
+    transport: Any = FakeTransport() if gone == "closing" else VanishedTransport()
+    connection.connection_made(transport)
+    transport.closed = gone == "closing"
+    with pytest.raises(UpstreamClosed):
+        connection.begin(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", method_head=False)

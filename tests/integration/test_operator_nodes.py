@@ -531,7 +531,12 @@ def test_legacy_tables_are_filled(
     )
     assert [c[0] for c in checks] == ["n1", "n2", "n3"]
     assert all(c[2] >= 2 for c in checks) and checks[0][1] < checks[0][2], "n1 has failed checks"
-    assert rows("SELECT COUNT(*) FROM ha_sessions") == [(1,)] and rows("SELECT COUNT(*) FROM ha_cache") == [(0,)]
+    # The first cleanup runs at the first probe round that finds the database's primary (retried until then).
+    wait_for(
+        lambda: rows("SELECT COUNT(*) FROM ha_sessions") == [(1,)] and rows("SELECT COUNT(*) FROM ha_cache") == [(0,)],
+        15,
+        "the expired session and cache rows deleted",
+    )
     assert (
         '"event": "expired-rows-deleted"' in operator.log_text() and '"sessions": 1, "cache": 1' in operator.log_text()
     )

@@ -330,15 +330,14 @@ class ShimApp:
         return _ok({"node": view}, status=201)
 
     async def _numbered(self, node: Obj) -> Obj:
-        """The node once the operator has given it its id (``status.nodeId``), or as it is after NODE_ID_WAIT."""
+        """The node once the operator has given it its id (``status.nodeId``), or as it is after NODE_ID_WAIT.
+        It is read by listing, which the shim's RBAC grants (get on WHMNodes it does not need otherwise)."""
         deadline = time.monotonic() + min(NODE_ID_WAIT, self.request_timeout)
+        name = node["metadata"]["name"]
         while not (node.get("status") or {}).get("nodeId") and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
-            try:
-                node = await self.kube.get(WHMNODES, self.namespace, node["metadata"]["name"])
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
+            listed = (await self.kube.list(WHMNODES, self.namespace))["items"]
+            node = next((n for n in listed if n["metadata"]["name"] == name), node)
         return node
 
     async def _find_node(self, cluster: Obj, ident: str) -> Obj:

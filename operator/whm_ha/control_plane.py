@@ -159,7 +159,7 @@ def sign_certificate(certs: Path, name: str, subject: str, extensions: str) -> t
     return cert, key
 
 
-def _get(url: str, token: str, ca: Path) -> tuple[int, bytes]:
+def api_get(url: str, token: str, ca: Path) -> tuple[int, bytes]:
     """Status and body of a GET with a bearer token, verified against the test CA; status 0 when the connection
     fails."""
     context = ssl.create_default_context(cafile=str(ca))
@@ -174,7 +174,7 @@ def _get(url: str, token: str, ca: Path) -> tuple[int, bytes]:
 
 
 def _http_status(url: str, token: str, ca: Path) -> int:
-    return _get(url, token, ca)[0]
+    return api_get(url, token, ca)[0]
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, name: str, token: str) -> Path:
@@ -304,7 +304,7 @@ def _status_message(exc: Exception) -> str:
 
 def _openapi_kinds(url: str, token: str, ca: Path) -> set[str]:
     """Kinds (by their x-kubernetes-group-version-kind) in one OpenAPI v3 group-version document."""
-    status, body = _get(url, token, ca)
+    status, body = api_get(url, token, ca)
     if status != 200:
         return set()
     schemas = json.loads(body).get("components", {}).get("schemas", {}).values()

@@ -21,13 +21,10 @@ import secrets
 import shutil
 import signal
 import socket
-import ssl
 import struct
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -35,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from .control_plane import find_bin_dir, log_tail, make_certs, sign_certificate, write_kubeconfig
+from .control_plane import api_get, find_bin_dir, log_tail, make_certs, sign_certificate, write_kubeconfig
 
 STATE_DIR = Path(os.environ.get("WHM_HA_CLUSTER_DIR", "/var/lib/whm-ha/cluster"))
 BRIDGE = "whmha0"
@@ -579,17 +576,7 @@ def _import_images(paths: Paths) -> list[str]:
 
 def _api_get(paths: Paths, path: str) -> tuple[int, bytes]:
     """Status and body of a GET of ``path`` from the API server as the admin; status 0 when it does not answer."""
-    token = _admin_token(paths)
-    context = ssl.create_default_context(cafile=str(paths.root / "pki" / "ca.crt"))
-    url = f"https://{NODE_IP}:{API_PORT}{path}"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=5, context=context) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
-    except OSError:
-        return 0, b""
+    return api_get(f"https://{NODE_IP}:{API_PORT}{path}", _admin_token(paths), paths.root / "pki" / "ca.crt")
 
 
 def _admin_token(paths: Paths) -> str:

@@ -1,6 +1,7 @@
 """Shared fixtures: real MariaDB servers (more fixtures join as components are built)."""
 
 pytest_plugins = [
+    "tests.fixtures.reports",
     "tests.fixtures.mariadb",
     "tests.fixtures.sandbox",
     "tests.fixtures.control_plane",

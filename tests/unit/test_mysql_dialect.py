@@ -34,7 +34,7 @@ def test_dialect_for_flavor() -> None:
 
 def test_secrets_stay_out_of_text_and_reprs() -> None:
     statements = [
-        *MARIADB.configure_source(SOURCE),
+        *MARIADB.configure_source(SOURCE, ("", "")),
         *MYSQL.configure_source(TLS_SOURCE),
         MARIADB.create_user("repl", "%", SECRET),
         MYSQL.set_password("repl", "%", SECRET),
@@ -47,8 +47,10 @@ def test_secrets_stay_out_of_text_and_reprs() -> None:
 
 
 def test_mariadb_configure_source() -> None:
-    sync, change = MARIADB.configure_source(SOURCE)
-    assert sync == SQL("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos")
+    assert MARIADB.resume_position() == SQL("SELECT @@GLOBAL.gtid_binlog_pos, @@GLOBAL.gtid_slave_pos")
+    assert MYSQL.resume_position() is None
+    sync, change = MARIADB.configure_source(SOURCE, ("0-2-6", "0-2-5"))
+    assert sync == SQL("SET GLOBAL gtid_slave_pos = %s", ("0-2-6",))
     assert change.text == (
         "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, MASTER_PASSWORD = %s, "
         "MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, MASTER_HEARTBEAT_PERIOD = 1, MASTER_SSL = 0, "
@@ -58,11 +60,11 @@ def test_mariadb_configure_source() -> None:
 
 
 def test_mariadb_configure_source_with_tls_verifies_against_the_ca() -> None:
-    (_, change) = MARIADB.configure_source(TLS_SOURCE)
+    (_, change) = MARIADB.configure_source(TLS_SOURCE, ("", ""))
     assert "MASTER_SSL = 1" in change.text
     assert "MASTER_SSL_VERIFY_SERVER_CERT = 1" in change.text
     assert change.params[-1] == "/tls/ca.crt"
-    (_, encrypted_only) = MARIADB.configure_source(Source("h", 1, "u", "p", tls=True))
+    (_, encrypted_only) = MARIADB.configure_source(Source("h", 1, "u", "p", tls=True), ("", ""))
     assert "MASTER_SSL = 1" in encrypted_only.text
     assert "MASTER_SSL_VERIFY_SERVER_CERT = 0" in encrypted_only.text
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from whm_ha.mysql.gtid import GtidParseError, MariaDBGtidSet, MySQLGtidSet, parse_gtid_set
+from whm_ha.mysql.gtid import GtidParseError, MariaDBGtidSet, MySQLGtidSet, parse_gtid_set, resume_position
 
 U1 = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 U2 = "4f22ab58-82db-22f2-af44-d91bb0530673"
@@ -229,3 +229,26 @@ def test_mariadb_algebra_on_server_states(x: MariaDBGtidSet, y: MariaDBGtidSet) 
     assert difference.difference(y) == difference
     union = x.union(y)
     assert union.contains(x) and union.contains(y)
+
+
+def test_resume_position_takes_what_the_binlog_holds_when_the_slave_position_lags() -> None:
+    # Seen on MariaDB 10.11: the applier, killed while it committed a replicated DDL, binlogged 0-2-6 but left
+    # gtid_slave_pos at 0-2-5; @@gtid_current_pos (0-2-5, another server's GTID) re-applied 0-2-6.
+    assert resume_position("0-2-6", "0-2-5") == "0-2-6"
+
+
+def test_resume_position_of_a_demoted_primary_and_of_a_seeded_replica() -> None:
+    assert resume_position("0-1-9", "0-2-5") == "0-1-9"  # its own writes after it last replicated
+    assert resume_position("", "0-1-101") == "0-1-101"  # seeded from a backup, nothing binlogged
+    assert resume_position("0-3-2,1-1-4", "0-1-101") == "0-1-101,1-1-4"  # a local write before it was seeded
+    assert resume_position("", "") == ""
+
+
+@given(st.lists(servers, min_size=1, max_size=20), st.data())
+def test_resume_position_is_the_end_of_one_domains_history(history: list[int], data: st.DataObject) -> None:
+    """A replica that applied ``history`` (binlogged all of it) with its slave position recorded up to any
+    earlier point, or not at all, resumes after the whole history."""
+    binlog = maria(state_of(history).position())
+    recorded = data.draw(st.integers(0, len(history)))
+    slave = f"0-{history[recorded - 1]}-{recorded}" if recorded else ""
+    assert resume_position(binlog.position(), slave) == f"0-{history[-1]}-{len(history)}"

@@ -128,7 +128,9 @@ def ensure_replica(session: Session, source: Source, *, read_only: bool = True) 
     if status is None or not status.matches(source) or status.last_io_errno in AUTH_ERRNOS:
         if status is not None:
             session.execute(dialect.stop_replica())
-        for sql in dialect.configure_source(source):
+        query = dialect.resume_position()
+        resume = None if query is None else session.row(query)
+        for sql in dialect.configure_source(source, None if resume is None else (str(resume[0]), str(resume[1]))):
             session.execute(sql)
         session.execute(dialect.start_replica())
         return True

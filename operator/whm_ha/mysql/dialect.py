@@ -17,8 +17,10 @@ Choices that differ per flavor:
   the variable above is on: a MySQL member started with ``read_only=ON`` alone is neither (its applications cannot
   write, accounts with SUPER still can), so it is opened when it is the primary and fenced when it is not.
 * Replica position. MariaDB replicas use ``MASTER_USE_GTID=slave_pos``; before (re)configuring, ``gtid_slave_pos``
-  is set to ``@@gtid_current_pos``, so a demoted primary resumes after its own binlogged transactions and a
-  replica seeded from a backup keeps its seeded position. MySQL uses ``SOURCE_AUTO_POSITION=1``.
+  is set per domain to the later of ``@@gtid_binlog_pos`` and ``@@gtid_slave_pos`` (`gtid.resume_position`), so
+  a demoted primary resumes after its own binlogged transactions, a replica whose ``gtid_slave_pos`` update was
+  lost (a killed DDL) after what its binlog holds, and a replica seeded from a backup at its seeded position
+  (``@@gtid_current_pos`` gets the second wrong). MySQL uses ``SOURCE_AUTO_POSITION=1``.
 * Semi-sync. MariaDB 10.3+ has it built in (``rpl_semi_sync_master_*``/``_slave_*``); MySQL 8.0.26+ needs the
   ``rpl_semi_sync_source``/``rpl_semi_sync_replica`` plugins. Both wait ``AFTER_SYNC`` (lossless). A fenced MySQL
   member (``super_read_only``) refuses ``INSTALL PLUGIN``, so its configuration must load them at startup.
@@ -32,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from .gtid import Flavor, GtidSet, MariaDBGtidSet, parse_gtid_set
+from .gtid import Flavor, GtidSet, MariaDBGtidSet, parse_gtid_set, resume_position
 
 Thread = Literal["io", "sql"]
 SemiSyncRole = Literal["source", "replica"]
@@ -234,9 +236,14 @@ class Dialect(ABC):
 
     # --- replication ----------------------------------------------------------------------------------------
 
+    def resume_position(self) -> SQL | None:
+        """One row, what `configure_source` needs to know where the replica resumes; None: the server knows."""
+        return None
+
     @abstractmethod
-    def configure_source(self, source: Source) -> list[SQL]:
-        """Point a stopped replica at ``source`` with GTID positioning, 1 s connect retry and heartbeat."""
+    def configure_source(self, source: Source, resume: tuple[str, str] | None = None) -> list[SQL]:
+        """Point a stopped replica at ``source`` with GTID positioning, 1 s connect retry and heartbeat;
+        ``resume`` is the row `resume_position` read."""
 
     def start_replica(self, thread: Thread | None = None) -> SQL:
         return SQL(f"START {self.replica_word}{self._thread(thread)}")
@@ -265,10 +272,12 @@ class Dialect(ABC):
         return SQL("SHOW GLOBAL VARIABLES LIKE 'rpl_semi_sync%'")
 
     def semi_sync_waiters(self) -> SQL:
-        """The connections whose commit waits for a replica's acknowledgement (both flavours name the state so)."""
+        """The client connections whose commit waits for a replica's acknowledgement (both flavours name the state
+        so). Never the replication threads (``system user``): a killed applier may have binlogged a DDL without
+        recording it in its position."""
         return SQL(
-            "SELECT id FROM information_schema.processlist "
-            "WHERE state LIKE 'Waiting for semi-sync ACK%' AND id <> CONNECTION_ID()"
+            "SELECT id FROM information_schema.processlist WHERE state LIKE 'Waiting for semi-sync ACK%' "
+            "AND id <> CONNECTION_ID() AND user <> 'system user'"
         )
 
     def release_semi_sync_waiters(self) -> list[SQL]:
@@ -367,10 +376,15 @@ class MariaDBDialect(Dialect):
     def _auto_position(self, value: object) -> bool:
         return str(value) == "Slave_Pos"
 
-    def configure_source(self, source: Source) -> list[SQL]:
+    def resume_position(self) -> SQL:
+        return SQL("SELECT @@GLOBAL.gtid_binlog_pos, @@GLOBAL.gtid_slave_pos")
+
+    def configure_source(self, source: Source, resume: tuple[str, str] | None = None) -> list[SQL]:
+        if resume is None:
+            raise ValueError("a MariaDB replica needs its binlog and slave positions (resume_position)")
         ca = source.ca_file
         return [
-            SQL("SET GLOBAL gtid_slave_pos = @@GLOBAL.gtid_current_pos"),
+            SQL("SET GLOBAL gtid_slave_pos = %s", (resume_position(*resume),)),
             SQL(
                 "CHANGE MASTER TO MASTER_HOST = %s, MASTER_PORT = %s, MASTER_USER = %s, MASTER_PASSWORD = %s, "
                 f"MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = {CONNECT_RETRY_SECONDS}, "
@@ -431,7 +445,7 @@ class MySQLDialect(Dialect):
     def _auto_position(self, value: object) -> bool:
         return str(value) == "1"
 
-    def configure_source(self, source: Source) -> list[SQL]:
+    def configure_source(self, source: Source, resume: tuple[str, str] | None = None) -> list[SQL]:
         ca = source.ca_file
         return [
             SQL(

@@ -346,3 +346,12 @@ class MariaDBGtidSet(GtidSet):
                 else:
                     items.append(f"{d.domain}-{server}-{seq}")
         return ",".join(items)
+
+
+def resume_position(binlog_pos: str, slave_pos: str) -> str:
+    """Where a MariaDB replica resumes: per domain, the later of the last GTID its binlog holds and its
+    ``gtid_slave_pos``. ``@@gtid_current_pos`` trusts ``gtid_slave_pos`` for other servers' GTIDs, and that lags
+    the binlog when applying a DDL was killed after it was binlogged; a replica seeded from a backup has an
+    empty binlog and only its ``gtid_slave_pos``. Seqs grow along a domain (``gtid_strict_mode``), so the later is
+    the higher."""
+    return MariaDBGtidSet.parse(binlog_pos).union(MariaDBGtidSet.parse(slave_pos)).position()

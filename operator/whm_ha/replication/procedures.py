@@ -268,7 +268,8 @@ def _ensure_accounts(access: Access, head: Session, outcome: Outcome) -> None:
 
 def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome: Outcome) -> None:
     """Fence the member, stop it replicating from any other source, then make it a replica of the primary unless
-    it has transactions the primary lacks (read after the stop, and before the primary's)."""
+    it has transactions the primary lacks (read after the stop, and before the primary's); its source side of
+    semi-sync is turned off before it replicates."""
     try:
         session = sessions[name]
         fenced = fence(session)
@@ -289,6 +290,10 @@ def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome
             outcome.quarantined[name] = verdict.reason
             return
         outcome.joined.append(name)
+        # Before its applier starts: with the source side on, the applier's commits would wait for an
+        # acknowledgement no replica of this member sends.
+        if _source_semi_sync_off(session):
+            outcome.changes.append(f"{name}: semi-sync source side off")
         if actions.ensure_replica(session, source):
             outcome.changes.append(f"{name}: replicates from {head.name}")
     except DatabaseError as exc:

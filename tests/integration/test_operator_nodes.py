@@ -526,10 +526,21 @@ def test_legacy_tables_are_filled(
         ("n2", 2, "primary"),
         ("n3", 3, "secondary"),
     ]
-    checks = rows(
-        "SELECT node_name, SUM(healthy), COUNT(*) FROM ha_health_checks GROUP BY node_name ORDER BY node_name"
+    # A round writes the registry before its probe results, and rounds that found no database primary yet kept
+    # theirs for later: wait for the batch rather than read it once.
+    checks = wait_for(
+        lambda: (
+            (
+                c := rows(
+                    "SELECT node_name, SUM(healthy), COUNT(*) FROM ha_health_checks GROUP BY node_name ORDER BY node_name"
+                )
+            )
+            and [r[0] for r in c] == ["n1", "n2", "n3"]
+            and c
+        ),
+        15,
+        "the probe results of all three nodes",
     )
-    assert [c[0] for c in checks] == ["n1", "n2", "n3"]
     assert all(c[2] >= 2 for c in checks) and checks[0][1] < checks[0][2], "n1 has failed checks"
     # The first cleanup runs at the first probe round that finds the database's primary (retried until then).
     wait_for(

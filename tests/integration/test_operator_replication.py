@@ -675,8 +675,7 @@ def test_operator_killed_mid_promotion_converges_with_one_promotion(
     second.kill()
     replication.left_promoting("m1", "m2", requestId="kill-2")
     start(replication, kube_api, operator_process)
-    # The new process first waits out the killed one's peering record (up to its 10 s lifetime).
-    status = replication.wait(lambda s: s.get("currentPrimary") == "m2" and s.get("phase") == "Healthy", 45, "m2")
+    status = replication.wait(lambda s: s.get("currentPrimary") == "m2" and s.get("phase") == "Healthy", 30, "m2")
     assert [(h["from"], h["to"]) for h in status["promotionHistory"]] == [("m1", "m2"), ("m0", "m1")]
     assert "promotion" not in status and status["lastRequest"]["id"] == "kill-2"
     assert replication.replicates_from("m0", "m2") and replication.replicates_from("m1", "m2")

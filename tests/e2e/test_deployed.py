@@ -22,6 +22,7 @@ import pytest
 
 from tests.fixtures.e2e import ROOT, Provider
 from tests.fixtures.local_cluster import wait_until
+from tests.fixtures.reports import failed
 from whm_ha.demo.deployed import NAMESPACE, install_args, render
 
 INSTALL_TIMEOUT = 300.0
@@ -145,6 +146,22 @@ def release(provider: Provider) -> Iterator[Release]:
         provider.helm("uninstall", "whm-ha", "-n", NAMESPACE, "--wait", "--timeout=120s")
 
 
+@pytest.fixture(autouse=True)
+def logs_when_failed(release: Release, request: pytest.FixtureRequest) -> Iterator[None]:
+    """When a test fails: the custom resources' state, the operators' logs and the namespace's events."""
+    yield
+    if not failed(request) or release.uninstalled:
+        return
+    kubectl = release.provider.kubectl
+    print(release.describe())
+    print(kubectl("get", "-n", NAMESPACE, "mysqlreplication", "whm-db", "-o", "jsonpath={.status}", check=False))
+    for pod in release.pods("app.kubernetes.io/component=operator"):
+        name = pod["metadata"]["name"]  # type: ignore[index]
+        print(f"----- logs of {name} -----")
+        print(kubectl("logs", "-n", NAMESPACE, name, "--tail=200", check=False))
+    print(kubectl("get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp", check=False)[-6000:])
+
+
 def test_install_brings_up_every_component_under_its_probes(release: Release) -> None:
     print(f"helm install to everything Ready and Healthy: {release.install_seconds:.1f}s")
     for component, replicas in (("operator", 2), ("proxy", 2), ("shim", 2)):
@@ -230,11 +247,6 @@ def test_the_primary_node_container_killed_fails_over_without_a_failed_get(relea
     assert not traffic.failures, traffic.failures[:5]
 
 
-@pytest.mark.xfail(
-    reason="issue 20 (open): from a clean clone, no promotion came within 120 s of the second kill with "
-    "init_rpl_role=SLAVE; the cause is not found yet",
-    strict=False,
-)
 def test_the_database_primary_container_killed_promotes_without_losing_an_acknowledged_write(
     release: Release,
 ) -> None:

@@ -252,3 +252,9 @@ def test_resume_position_is_the_end_of_one_domains_history(history: list[int], d
     recorded = data.draw(st.integers(0, len(history)))
     slave = f"0-{history[recorded - 1]}-{recorded}" if recorded else ""
     assert resume_position(binlog.position(), slave) == f"0-{history[-1]}-{len(history)}"
+
+
+def test_origins_are_the_servers_a_set_holds_transactions_of() -> None:
+    assert maria("0-1-10,0-2-11,1-3-4").origins == {"1", "2", "3"}
+    assert maria("0-1-12").difference(maria("0-1-10")).origins == {"1"}
+    assert mysql(f"{U1}:1-5,{U2}:tag:1").origins == {U1, U2}

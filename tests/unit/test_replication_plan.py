@@ -229,6 +229,29 @@ def test_a_dead_primary_is_replaced_by_the_most_advanced_replica() -> None:
     assert "replicas m1, m2 lost it too" in decision.reason
 
 
+def test_a_primary_back_read_only_behind_a_replica_is_switched_over_from_never_reopened() -> None:
+    # MariaDB with init_rpl_role=SLAVE dropped 0-1-11 on recovery; m1 had received it.
+    states = topology(primary(read_only=True), replica("m1", "0-1-11"), replica("m2"))
+    assert not converge_plan("m0", states, semi_sync=True).open_primary
+    decision = failover(states)
+    assert (decision.candidate, decision.dead, decision.planned) == ("m1", True, True)
+    assert "m0 came back read-only without transactions replicas received: m1 (1: 0-1-11..11)" in decision.reason
+    blocked = failover(states, since=5.0, minIntervalSeconds=60)
+    assert blocked.candidate is None and blocked.blocked_by.startswith("the last automatic promotion")
+
+
+def test_a_primary_back_read_only_with_everything_is_opened_again() -> None:
+    states = topology(primary(read_only=True, gtid_executed=MariaDBGtidSet.parse("0-1-12")), replica("m1", "0-1-11"))
+    assert converge_plan("m0", states, semi_sync=True).open_primary
+    assert failover(states).candidate is None
+
+
+def test_a_read_only_primary_is_not_behind_a_replicas_own_errant_writes() -> None:
+    states = topology(primary(read_only=True), replica("m1", "0-1-10,0-2-11"), replica("m2"))
+    assert converge_plan("m0", states, semi_sync=True).open_primary
+    assert failover(states).candidate is None
+
+
 def test_replicas_that_still_replicate_veto_the_promotion() -> None:
     decision = failover(topology(DEAD, replica("m1"), lost(replica("m2"))))
     assert decision.candidate is None and not decision.dead

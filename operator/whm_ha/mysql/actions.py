@@ -285,6 +285,14 @@ def enable_semi_sync(
     return _apply_semi_sync(primary, "source", True, timeout_ms) or changed
 
 
+def replica_semi_sync_on(session: Session) -> bool:
+    """The replica side of semi-sync on a member about to replicate (its IO thread not started yet): it then
+    announces semi-sync from its first connection, and a MariaDB member in gtid_strict_mode applies the
+    transactions under its own server id that it lacks (a former primary whose recovery dropped what a replica
+    held) instead of skipping them as its own."""
+    return _apply_semi_sync(session, "replica", True, 0)
+
+
 def disable_semi_sync(sessions: Iterable[Session]) -> bool:
     """Turn semi-sync off on both sides of every member."""
     changed = False

@@ -68,6 +68,11 @@ class GtidSet(ABC):
     def count(self) -> int:
         """How many transactions the set holds."""
 
+    @property
+    @abstractmethod
+    def origins(self) -> frozenset[str]:
+        """The servers whose transactions the set holds: MariaDB server ids, MySQL source UUIDs."""
+
     @abstractmethod
     def __str__(self) -> str:
         """The canonical text, as the server would accept it."""
@@ -200,6 +205,10 @@ class MySQLGtidSet(GtidSet):
     def count(self) -> int:
         return sum(last - first + 1 for _, intervals in self.entries for first, last in intervals)
 
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(uuid for (uuid, _), _ in self.entries)
+
     def __str__(self) -> str:
         by_uuid: dict[str, list[str]] = {}
         for (uuid, tag), intervals in self.entries:
@@ -330,6 +339,10 @@ class MariaDBGtidSet(GtidSet):
     @property
     def count(self) -> int:
         return sum(d.top - d.after for d in self.domains)
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(str(server) for d in self.domains for server, _ in d.tops)
 
     def position(self) -> str:
         """The last GTID of every domain: the form ``MASTER_GTID_WAIT`` and ``gtid_slave_pos`` take."""

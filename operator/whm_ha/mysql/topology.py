@@ -99,6 +99,32 @@ def primary_confirmed_dead(
     )
 
 
+def primary_behind(primary: MemberState, replicas: Sequence[MemberState]) -> Verdict:
+    """A primary found read-only (it restarted) that lacks transactions a reachable replica received must not be
+    opened again: a MariaDB started with init_rpl_role=SLAVE drops on recovery what it had binlogged but not
+    committed, some of which a replica may hold; reopened, it would write new transactions under the same GTIDs,
+    which that replica skips (and the candidate chosen later cannot tell apart), and an acknowledged write is
+    lost. ``dead`` (to be replaced) when so, with what each replica holds that it lacks. Only the primary's own
+    transactions count: others a replica holds are its errant writes (quarantined once the primary is open), and
+    MySQL (whose recovery keeps what it binlogged) is never behind so."""
+    if not primary.reachable or primary.read_only is not True or primary.gtid_executed is None:
+        return Verdict(False, "the primary is not a read-only member that answers")
+    ahead = []
+    for state in replicas:
+        have = received(state) if state.reachable else None
+        if have is None or primary.gtid_executed.contains(have):
+            continue
+        missing = have.difference(primary.gtid_executed)
+        if missing.origins == {str(primary.server_id)}:
+            ahead.append(f"{state.name} ({missing.count}: {missing})")
+    if not ahead:
+        return Verdict(False, "the primary holds every transaction the replicas received")
+    return Verdict(
+        True,
+        f"the primary {primary.name} came back read-only without transactions replicas received: {', '.join(ahead)}",
+    )
+
+
 def received(state: MemberState) -> GtidSet | None:
     """Executed plus retrieved GTIDs: what the member will hold once its relay log is applied."""
     if state.gtid_executed is None:

@@ -218,6 +218,7 @@ class ReplicationController:
                 from_=primary,
                 to=failover.candidate,
                 type="automatic",
+                planned=failover.planned,
                 reason=failover.reason,
                 detected_at=datetime.fromtimestamp(detected, UTC),
             )
@@ -327,9 +328,11 @@ class ReplicationController:
 
     async def _detect_errant(self, obj: Obj, access: Access, primary: str) -> None:
         """Quarantine every member holding transactions the primary lacks, at the first inspection that shows
-        them. Suspects from the last inspection are confirmed against the primary's set read afterwards."""
+        them. Suspects from the last inspection are confirmed against the primary's set read afterwards. Not
+        while the primary is read-only: one that came back so may have lost what a replica holds, and is
+        switched over from (`primary_behind`)."""
         head = self.states.get(primary)
-        if head is None or head.gtid_executed is None:
+        if head is None or head.gtid_executed is None or head.read_only is True:
             return
         if not errant_members(self.states, primary, head.gtid_executed, skip=self.quarantined):
             return

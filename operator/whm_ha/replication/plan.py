@@ -11,7 +11,7 @@ from typing import Any, Literal
 from ..crd.mysqlreplication import Member, MySQLReplicationSpec
 from ..mysql.actions import AUTH_ERRNOS
 from ..mysql.member import MemberState
-from ..mysql.topology import Problem, choose_candidate, primary_confirmed_dead, replica_health
+from ..mysql.topology import Problem, choose_candidate, primary_behind, primary_confirmed_dead, replica_health
 
 # -- timeouts ----------------------------------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ def converge_plan(
         fence=fence,
         ensure_user=full or any(s.last_io_errno in AUTH_ERRNOS for s in others),
         join=join,
-        open_primary=head.read_only is True,
+        open_primary=head.read_only is True and not primary_behind(head, others).dead,
         semi_sync=wants_semi,
         replicas=replicas,
         source_off=tuple(s.name for s in replica_off) + ((primary,) if head_off else ()),
@@ -212,6 +212,8 @@ class Failover:
     dead: bool = False
     blocked_by: str = ""
     refusals: Mapping[str, str] = field(default_factory=dict)
+    planned: bool = False
+    """The primary answers (it came back behind a replica): a switchover from it, not a failover."""
 
 
 def exclusions(primary: str, quarantined: Mapping[str, str]) -> dict[str, str]:
@@ -230,15 +232,19 @@ def decide_failover(
     stale: Mapping[str, str] | None = None,
 ) -> Failover:
     """Promote only when the primary is confirmed dead (by the operator and by the replicas that were receiving
-    from it), automatic failover is on, the last automatic promotion is old enough, enough replicas answer, and
-    a candidate that was receiving has everything any replica received. ``stale``: replicas that had stopped
-    receiving from the primary well before it failed, with why: they neither confirm its death nor are chosen."""
+    from it) or came back read-only behind a replica (`primary_behind`), automatic failover is on, the last
+    automatic promotion is old enough, enough replicas answer, and a candidate that was receiving has everything
+    any replica received. ``stale``: replicas that had stopped receiving from the primary well before it failed,
+    with why: they neither confirm its death nor are chosen."""
     stale = stale or {}
     replicas = [s for name, s in states.items() if name != primary]
-    verdict = primary_confirmed_dead(states[primary], failures, spec.failure_threshold, replicas)
-    if verdict.dead and stale:  # a stale replica may veto (it receives after all), never confirm
-        fresh = [s for s in replicas if s.name not in stale]
-        verdict = primary_confirmed_dead(states[primary], failures, spec.failure_threshold, fresh)
+    verdict = primary_behind(states[primary], replicas)
+    planned = verdict.dead
+    if not verdict.dead:
+        verdict = primary_confirmed_dead(states[primary], failures, spec.failure_threshold, replicas)
+        if verdict.dead and stale:  # a stale replica may veto (it receives after all), never confirm
+            fresh = [s for s in replicas if s.name not in stale]
+            verdict = primary_confirmed_dead(states[primary], failures, spec.failure_threshold, fresh)
     if not verdict.dead:
         left_out = "; ".join(f"{name} left out, {why}" for name, why in sorted(stale.items()))
         return Failover(None, f"{verdict.reason} ({left_out})" if left_out else verdict.reason)
@@ -263,7 +269,7 @@ def decide_failover(
     )
     if choice.candidate is None:
         return Failover(None, verdict.reason, True, "no member can take over", choice.refusals)
-    return Failover(choice.candidate, verdict.reason, True, refusals=choice.refusals)
+    return Failover(choice.candidate, verdict.reason, True, refusals=choice.refusals, planned=planned)
 
 
 SEMI_SYNC_ACKS = 1

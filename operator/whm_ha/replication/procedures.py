@@ -225,7 +225,7 @@ def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Out
             _ensure_accounts(access, head, outcome)
         for name in plan.join:
             confirm(f"make {name} a replica of {primary}")
-            _join(access, sessions, head, name, outcome)
+            _join(access, sessions, head, name, outcome, semi_sync=plan.semi_sync)
         try:
             if plan.semi_sync:
                 wanted = [n for n in plan.replicas if n not in outcome.quarantined and n not in outcome.unsafe]
@@ -266,10 +266,10 @@ def _ensure_accounts(access: Access, head: Session, outcome: Outcome) -> None:
         outcome.errors.append(f"{head.name}: application account: {access.describe(exc)}")
 
 
-def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome: Outcome) -> None:
+def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome: Outcome, *, semi_sync: bool) -> None:
     """Fence the member, stop it replicating from any other source, then make it a replica of the primary unless
     it has transactions the primary lacks (read after the stop, and before the primary's); its source side of
-    semi-sync is turned off before it replicates."""
+    semi-sync is turned off, and with ``semi_sync`` its replica side on, before it replicates."""
     try:
         session = sessions[name]
         fenced = fence(session)
@@ -294,6 +294,8 @@ def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome
         # acknowledgement no replica of this member sends.
         if _source_semi_sync_off(session):
             outcome.changes.append(f"{name}: semi-sync source side off")
+        if semi_sync and actions.replica_semi_sync_on(session):
+            outcome.changes.append(f"{name}: semi-sync replica side on")
         if actions.ensure_replica(session, source):
             outcome.changes.append(f"{name}: replicates from {head.name}")
     except DatabaseError as exc:

@@ -13,7 +13,24 @@ Matcher = Callable[[dict[str, Any]], bool]
 _SET = re.compile(r"^\s*([^\s!=(),]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
 _EQ = re.compile(r"^\s*([^\s!=(),]+)\s*(==|=|!=)\s*([^\s!=(),]*)\s*$")
 _EXISTS = re.compile(r"^\s*(!?)\s*([^\s!=(),]+)\s*$")
-FIELDS = {"metadata.name": ("metadata", "name"), "metadata.namespace": ("metadata", "namespace")}
+FIELDS = ("metadata.name", "metadata.namespace")
+RESOURCE_FIELDS = {
+    ("", "events"): (
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    )
+}
+"""The fields each resource may be selected by besides FIELDS, as the API server's field label conversions."""
+FIELD_PATHS = {"source": "source.component"}
 
 
 def _split(text: str) -> list[str]:
@@ -64,23 +81,28 @@ def label_selector(text: str | None) -> Matcher:
     return matches
 
 
-def field_selector(text: str | None) -> Matcher:
-    """A predicate on objects from a fieldSelector query parameter (metadata.name, metadata.namespace)."""
+def _field(obj: dict[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in FIELD_PATHS.get(path, path).split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+def field_selector(text: str | None, resource: tuple[str, str] = ("", "")) -> Matcher:
+    """A predicate on objects from a fieldSelector query parameter: metadata.name and metadata.namespace, and
+    the resource's own fields (``resource`` is its (group, plural); Events: involvedObject.*, reason, type...)."""
     if not text:
         return lambda obj: True
+    supported = FIELDS + RESOURCE_FIELDS.get(resource, ())
     checks = []
     for part in _split(text):
         match = _EQ.match(part)
-        if not match or match.group(1) not in FIELDS:
+        if not match or match.group(1) not in supported:
             raise bad_request(f'field label not supported: "{part.strip()}"')
-        path, op, value = FIELDS[match.group(1)], match.group(2), match.group(3)
+        path, op, value = match.group(1), match.group(2), match.group(3)
         checks.append((path, op == "!=", value))
 
     def matches(obj: dict[str, Any]) -> bool:
-        for (outer, inner), negate, value in checks:
-            actual = (obj.get(outer) or {}).get(inner, "") or ""
-            if (actual == value) == negate:
-                return False
-        return True
+        return all((_field(obj, path) == value) != negate for path, negate, value in checks)
 
     return matches

@@ -212,7 +212,8 @@ class SandboxAPI:
             if method == "GET":
                 obj = self.store.get(rt, target.namespace, target.name)
                 if wants_table(request.headers.get("Accept", "")):
-                    return _json(table(rt, [obj], obj["metadata"]["resourceVersion"]))
+                    include = request.query.get("includeObject", "Metadata")
+                    return _json(table(rt, [obj], obj["metadata"]["resourceVersion"], include))
                 return _json(obj)
             if method == "PUT":
                 body = await request.json()
@@ -250,13 +251,13 @@ class SandboxAPI:
                 return _json(obj, 200 if gone else 202)
         raise errors.ApiError(405, "MethodNotAllowed", f"the server does not allow {method} here")
 
-    def _matcher(self, request: web.Request) -> Any:
+    def _matcher(self, request: web.Request, rt: ResourceType) -> Any:
         labels = label_selector(request.query.get("labelSelector"))
-        fields = field_selector(request.query.get("fieldSelector"))
+        fields = field_selector(request.query.get("fieldSelector"), rt.key)
         return lambda obj: labels(obj) and fields(obj)
 
     def _list(self, request: web.Request, target: Target) -> web.Response:
-        items, rv = self.store.list_objects(target.rt, target.namespace, self._matcher(request))
+        items, rv = self.store.list_objects(target.rt, target.namespace, self._matcher(request, target.rt))
         offset = int(request.query.get("continue") or 0)
         limit = int(request.query.get("limit") or 0)
         page = items[offset : offset + limit] if limit else items[offset:]
@@ -266,7 +267,7 @@ class SandboxAPI:
             metadata["continue"] = str(offset + limit)
             metadata["remainingItemCount"] = len(items) - offset - limit
         if wants_table(request.headers.get("Accept", "")):
-            result = table(target.rt, page, str(rv))
+            result = table(target.rt, page, str(rv), request.query.get("includeObject", "Metadata"))
             result["metadata"].update(metadata)
             return _json(result)
         return _json(
@@ -274,7 +275,7 @@ class SandboxAPI:
         )
 
     def _delete_collection(self, request: web.Request, target: Target) -> web.Response:
-        items, _ = self.store.list_objects(target.rt, target.namespace, self._matcher(request))
+        items, _ = self.store.list_objects(target.rt, target.namespace, self._matcher(request, target.rt))
         for obj in items:
             with contextlib.suppress(errors.ApiError):
                 self.store.delete(target.rt, obj["metadata"].get("namespace"), obj["metadata"]["name"])
@@ -290,7 +291,7 @@ class SandboxAPI:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         try:
-            watcher, initial = self.store.watch(rt, target.namespace, self._matcher(request), since)
+            watcher, initial = self.store.watch(rt, target.namespace, self._matcher(request, rt), since)
         except errors.ApiError as exc:
             if exc.code != 410:
                 raise

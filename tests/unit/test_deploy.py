@@ -41,8 +41,10 @@ def validate(obj: dict[str, Any]) -> None:
     if obj["kind"] in OURS:
         _, errors = admit(resource_schema(OURS[obj["kind"]]), obj)
         assert errors == [], f"{obj['kind']}/{obj['metadata']['name']}: {errors}"
-    elif obj["apiVersion"].startswith("monitoring.coreos.com/"):
+    elif obj["kind"] == "ServiceMonitor":
         assert obj["spec"]["endpoints"], "a ServiceMonitor with no endpoints"
+    elif obj["kind"] == "PrometheusRule":
+        assert all(g["rules"] for g in obj["spec"]["groups"]), "a rule group with no rules"
     else:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -52,6 +54,8 @@ VALUE_SETS = {
     "single-namespace": {"watchNamespace": "apps", "shim": {"anonymousReads": True, "staticTokensSecret": "tokens"}},
     "monitoring-and-policy": {
         "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "WHM"}},
         "networkPolicy": {"metricsNamespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
     },
     "no-policy": {"networkPolicy": {"enabled": False}},

@@ -111,6 +111,8 @@ class ClusterController:
             metrics.HEALTHY_NODES.remove(self.namespace, self.name)
 
     async def step(self, cluster: Obj, nodes: list[Obj], *, probe: bool = True) -> None:
+        for kind in metrics.FAILOVER_TYPES:  # at 0 from the start, so that alerts see the first failover as an increase
+            metrics.FAILOVERS.labels(self.namespace, self.name, kind)
         spec = WHMClusterSpec.model_validate(cluster.get("spec") or {})
         status: Obj = cluster.get("status") or {}
         if spec.discovery is not None:

@@ -10,6 +10,7 @@ PROBE_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 FAILOVERS = Counter("whm_ha_failovers_total", "Changes of primary node by type.", ["namespace", "cluster", "type"])
+FAILOVER_TYPES = ("automatic", "failback", "manual")
 HEALTHY_NODES = Gauge("whm_ha_healthy_nodes", "Healthy nodes per cluster.", ["namespace", "cluster"])
 PRIMARY = Gauge(
     "whm_ha_primary_node", "1 for the current primary node of each cluster.", ["namespace", "cluster", "node"]

@@ -110,6 +110,8 @@ class ReplicationController:
     """The last step changed the topology and left status alone; the next one writes it whatever happens."""
     blocked: str = ""
     """The cause of the last FailoverBlocked Event, so that it is posted once."""
+    conditions_published: set[str] = field(default_factory=set)
+    """The conditions this process exports as metrics (removed when it stops deciding)."""
     credentials: tuple[str, ...] = ()
     secrets: dict[str, tuple[float, tuple[str, str]]] = field(default_factory=dict)
     """Credentials by Secret name, with when they were read."""
@@ -163,11 +165,16 @@ class ReplicationController:
                         await asyncio.wait_for(self.wake.wait(), remaining)
         finally:
             self.deciding = False
+            for condition in self.conditions_published:
+                metrics.CONDITION.remove(self.namespace, self.name, condition)
+            self.conditions_published = set()
             if self.tasks:
                 await asyncio.wait(self.tasks, timeout=5)
             self.workers.close()
 
     async def step(self, *, inspect: bool) -> None:
+        for kind in ("automatic", "manual"):  # at 0 from the start, so that alerts see the first as an increase
+            metrics.PROMOTIONS.labels(self.namespace, self.name, kind)
         obj = await self.kube.get(MYSQLREPLICATIONS, self.namespace, self.name)
         spec = MySQLReplicationSpec.model_validate(obj.get("spec") or {})
         status: Obj = obj.get("status") or {}
@@ -706,6 +713,8 @@ class ReplicationController:
         conditions = status.get("conditions", [])
         for c in summary.conditions:
             conditions = set_condition(conditions, c.type, c.status, c.reason, c.message, generation=generation)
+            metrics.CONDITION.labels(self.namespace, self.name, c.type).set(1 if c.status else 0)
+            self.conditions_published.add(c.type)
         new: Obj = {
             "phase": summary.phase,
             "reason": summary.reason[:4096],

@@ -14,3 +14,9 @@ PROMOTIONS = Counter("whm_ha_mysql_promotions_total", "Promotions of a new prima
 SINCE_PROMOTION = Gauge(
     "whm_ha_mysql_seconds_since_last_promotion", "Seconds since the last promotion finished.", LABELS
 )
+CONDITION = Gauge(
+    "whm_ha_mysql_condition",
+    "1 when the MySQLReplication's condition (Ready, Degraded, ReplicationBroken, LagHigh, ErrantTransactions, "
+    "PrimaryUnreachable) is True, 0 when False; only from the replica that decides.",
+    [*LABELS, "condition"],
+)

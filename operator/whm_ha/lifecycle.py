@@ -26,8 +26,10 @@ def _interrupt(signum: int, _: FrameType | None) -> None:
 
 
 def stop_on_signals() -> None:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt, so the cleanup that Ctrl-C runs runs for them too."""
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, so the cleanup that Ctrl-C runs runs for them too; so does
+    SIGINT even when it was ignored at start (a non-interactive shell's ``&`` starts jobs so, and Python then
+    leaves it ignored)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, _interrupt)
 
 

@@ -207,6 +207,12 @@ def test_inner(test_network):
 """
 
 
+def _interruptible() -> None:
+    """SIGINT back to its default in the child: a run started by a non-interactive shell's ``&`` (as a CI script
+    may) ignores it, and Python would then never raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("mode", ["fail", "interrupt", "kill"])
 def test_a_failed_interrupted_or_killed_run_leaves_nothing_behind(tmp_path: Path, mode: str) -> None:
     """A failing or Ctrl-C'ed test tears its network down; one killed outright leaves it to the next network."""
@@ -221,6 +227,7 @@ def test_a_failed_interrupted_or_killed_run_leaves_nothing_behind(tmp_path: Path
         env={**os.environ, "WHMT_READY": str(ready), "WHMT_MODE": mode},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=_interruptible,  # noqa: PLW1509 (a signal disposition only)
     )
     try:
         wait_for(lambda: ready.exists() and ready.read_text(), 30, "the inner test's host")

@@ -2,6 +2,9 @@
 .PHONY: setup test test-real test-faults databases test-databases control-plane images test-cluster e2e lint unit crds demo e2e-kind clean
 
 VENV := .venv/bin
+# A Python that dies of SIGABRT/SIGSEGV prints every thread's stack, also during interpreter shutdown (a CI run
+# once ended "Aborted" after pytest's summary, with nothing else to go on).
+export PYTHONFAULTHANDLER := 1
 
 setup:
 	@bash hack/setup

@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.reports",
+    "tests.fixtures.session_exit",
     "tests.fixtures.mariadb",
     "tests.fixtures.sandbox",
     "tests.fixtures.control_plane",

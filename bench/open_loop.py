@@ -17,11 +17,10 @@ import datetime
 import json
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.proxy_vs_nginx import RESULTS, WORKERS, Rig, ensure_tools, wrk
+from bench.proxy_vs_nginx import RESULTS, WORKERS, ensure_tools, running_rig, wrk
 
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12@v12.13.0"
 TOOLS = Path.home() / ".cache" / "whm-ha" / "tools"
@@ -94,27 +93,17 @@ def main() -> None:
     ensure_tools()
     vegeta()
     rounds: list[list[Round]] = []
-    with tempfile.TemporaryDirectory(prefix="whm-bench-") as tmp:
-        workdir = Path(tmp)
-        rig = Rig(workdir)
-        try:
-            rig.start()
-            assert rig.proxy is not None
-            proxy_url, nginx_url = rig.proxy.url + "/", f"http://127.0.0.1:{rig.nginx_port}/"
-            direct_url = f"http://127.0.0.1:{rig.backend_ports[0]}/"
-            wrk(proxy_url, 2, 64, workdir)  # warm up pools and caches
-            saturation = wrk(nginx_url, seconds, 64, workdir).rps
-            print(f"nginx saturation: {saturation:,.0f} req/s")
-            for run in range(args.runs):
-                this: list[Round] = []
-                for fraction in FRACTIONS:
-                    rate = saturation * fraction
-                    loads = [attack(url, rate, seconds) for url in (direct_url, nginx_url, proxy_url)]
-                    this.append(Round(fraction, *loads))
-                    print(f"run {run + 1}, {fraction:.0%} ({rate:,.0f} req/s): " + _line(this[-1]))
-                rounds.append(this)
-        finally:
-            rig.close()
+    with running_rig() as rig:
+        saturation = wrk(rig.nginx_url, seconds, 64, rig.workdir).rps
+        print(f"nginx saturation: {saturation:,.0f} req/s")
+        for run in range(args.runs):
+            this: list[Round] = []
+            for fraction in FRACTIONS:
+                rate = saturation * fraction
+                loads = [attack(url, rate, seconds) for url in (rig.direct_url, rig.nginx_url, rig.proxy_url)]
+                this.append(Round(fraction, *loads))
+                print(f"run {run + 1}, {fraction:.0%} ({rate:,.0f} req/s): " + _line(this[-1]))
+            rounds.append(this)
     report(saturation, seconds, rounds, write=not args.no_write)
 
 

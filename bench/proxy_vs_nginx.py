@@ -20,6 +20,7 @@ Each figure is printed beside its reference and goal, and appended to bench/RESU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import re
@@ -28,6 +29,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,6 +194,20 @@ class Rig:
         wait_for(self.proxy.ready, 15, "proxy ready")
         self.nginx.start(self.nginx_port)
 
+    @property
+    def proxy_url(self) -> str:
+        assert self.proxy is not None
+        return self.proxy.url + "/"
+
+    @property
+    def nginx_url(self) -> str:
+        return f"http://127.0.0.1:{self.nginx_port}/"
+
+    @property
+    def direct_url(self) -> str:
+        """The first backend, with no proxy in between."""
+        return f"http://127.0.0.1:{self.backend_ports[0]}/"
+
     def restart_backend(self, index: int) -> None:
         self.backends[index].kill()
         self.backends[index].start(self.backend_ports[index])
@@ -203,6 +219,20 @@ class Rig:
         for backend in self.backends:
             backend.kill()
         self.sandbox.stop()
+
+
+@contextlib.contextmanager
+def running_rig() -> Iterator[Rig]:
+    """A started rig in a temporary directory, its pools warmed up; closed on the way out."""
+    with tempfile.TemporaryDirectory(prefix="whm-bench-") as tmp:
+        rig = Rig(Path(tmp))
+        try:
+            rig.start()
+            wrk(rig.proxy_url, 2, 64, rig.workdir)  # warm up pools and caches
+            wrk(rig.nginx_url, 2, 64, rig.workdir)
+            yield rig
+        finally:
+            rig.close()
 
 
 def alternating(urls: tuple[str, str], seconds: float, workdir: Path) -> tuple[Load, Load]:
@@ -250,30 +280,21 @@ def main() -> None:
     args = parser.parse_args()
     seconds = 5.0 if args.quick else 10.0
     ensure_tools()
-    with tempfile.TemporaryDirectory(prefix="whm-bench-") as tmp:
-        workdir = Path(tmp)
-        rig = Rig(workdir)
-        try:
-            rig.start()
-            assert rig.proxy is not None
-            proxy_url, nginx_url = rig.proxy.url + "/", f"http://127.0.0.1:{rig.nginx_port}/"
-            direct_url = f"http://127.0.0.1:{rig.backend_ports[0]}/"
-            wrk(proxy_url, 2, 64, workdir)  # warm up pools and caches
-            wrk(nginx_url, 2, 64, workdir)
-            proxy_max, nginx_max = alternating((proxy_url, nginx_url), seconds, workdir)
-            rate = proxy_max.rps / 2
-            figures = Figures(
-                seconds,
-                proxy_max,
-                nginx_max,
-                rate,
-                direct=paced(direct_url, rate, seconds, workdir),
-                proxied=paced(proxy_url, rate, seconds, workdir),
-                proxy_kill=during_kill(rig, proxy_url, seconds, 1),
-                nginx_kill=during_kill(rig, nginx_url, seconds, 2),
-            )
-        finally:
-            rig.close()
+    with running_rig() as rig:
+        workdir = rig.workdir
+        proxy_url, nginx_url, direct_url = rig.proxy_url, rig.nginx_url, rig.direct_url
+        proxy_max, nginx_max = alternating((proxy_url, nginx_url), seconds, workdir)
+        rate = proxy_max.rps / 2
+        figures = Figures(
+            seconds,
+            proxy_max,
+            nginx_max,
+            rate,
+            direct=paced(direct_url, rate, seconds, workdir),
+            proxied=paced(proxy_url, rate, seconds, workdir),
+            proxy_kill=during_kill(rig, proxy_url, seconds, 1),
+            nginx_kill=during_kill(rig, nginx_url, seconds, 2),
+        )
     report(figures, write=not args.no_write)
 
 

@@ -5,12 +5,18 @@ through untouched. A request is retried on another node when no connection could
 was sent), and after other failures only when it is idempotent, has no body and nothing was sent to
 the client yet. An upgrade request (WebSocket) goes to a node like any other; only a 101 answer
 joins the two connections byte for byte, any other answer is relayed and HTTP goes on.
+
+The common case, a request without a body over an idle pooled connection whose small answer arrives
+whole, is served from the two connections' callbacks with no task or future (``forward_now``); at the
+first sign of anything else (a failure, a timeout, a large or streamed answer) the exchange is handed,
+as sent, to the general path, which decides on retries as if it had sent it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +32,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 SMALL_BODY = 65536
 """Response bodies of a known length up to this size are relayed in one write."""
 JSON = [("Content-Type", "application/json")]
+log = logging.getLogger("whm_ha_proxy.forward")
 REASONS = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
@@ -179,6 +186,40 @@ class Forwarder:
         if self.balancer.failed(backend, self._loop.time(), refused=refused):
             stats.ejections += 1
 
+    def forward_now(self, request: Request) -> bool:
+        """Serve a request without a body: sent over an idle pooled connection, the exchange is followed from
+        callbacks (``_Flight``); with no idle connection to the chosen node, it goes on in a task. False (nothing
+        chosen or sent) when it needs the general path from the start."""
+        config = self.config
+        if config is None or request.has_body or request.upgrade or request.method == "HEAD":
+            return False
+        out = outgoing(request)
+        name = config.sticky_cookie
+        sticky = cookie(out.cookies, name) if name is not None and out.cookies else None
+        started = self._loop.time()
+        backend = self.balancer.pick(started, sticky=sticky)
+        if backend is None:
+            return False
+        stats = self.stats[backend.name]
+        stats.requests += 1
+        backend.active += 1
+        attempt = Attempt(backend, stats, self.pool.take_idle(backend.name), started)
+        if attempt.connection is not None:
+            try:
+                attempt.connection.begin(
+                    out.head if out.host else out.head + b"Host: " + backend.authority + b"\r\n\r\n",
+                    method_head=False,
+                )
+            except UpstreamClosed:
+                attempt.connection.abort()
+                attempt.connection = None
+        if attempt.connection is None:
+            request.downstream.continue_in_task(self.forward(request, config, out, sticky, attempt), request)
+        else:
+            flight = _Flight(self, request, config=config, out=out, sticky=sticky, attempt=attempt)
+            attempt.connection.watch(flight.advance, self.timeouts.header)
+        return True
+
     async def __call__(self, request: Request) -> None:
         config = self.config
         if config is None:
@@ -186,31 +227,43 @@ class Forwarder:
         out = outgoing(request)
         name = config.sticky_cookie
         sticky = cookie(out.cookies, name) if name is not None and out.cookies else None
-        has_body = request.has_body
-        if out.expect_continue and has_body:
+        if out.expect_continue and request.has_body:
             request.continue_()
-        replayable = not has_body and request.method in IDEMPOTENT
+        return await self.forward(request, config, out, sticky)
+
+    async def forward(
+        self, request: Request, config: ProxyConfig, out: Outgoing, sticky: str | None, first: Attempt | None = None
+    ) -> None:
+        """Relay the exchange with a node, retrying on another where that is safe; ``first``: the first
+        attempt's node, chosen and counted (and the request perhaps sent) by ``forward_now``."""
+        replayable = not request.has_body and request.method in IDEMPOTENT
         tried: list[Backend] = []
         failure: tuple[int, str, str] | None = None
         while True:
-            backend = self.balancer.pick(self._loop.time(), sticky=sticky, exclude=tried)
-            if backend is None:
-                if failure is None:
-                    return self._unavailable(request)
-                return error(request, failure[0], failure[1], node=failure[2])
-            stats = self.stats[backend.name]  # configure() keeps one for every node the balancer picks from
-            if tried and (previous := self.stats.get(tried[-1].name)) is not None:
-                previous.retries += 1
+            connection: Connection | None = None
+            if first is not None:
+                backend, stats, connection, started = first.backend, first.stats, first.connection, first.started
+            else:
+                picked = self.balancer.pick(self._loop.time(), sticky=sticky, exclude=tried)
+                if picked is None:
+                    if failure is None:
+                        return self._unavailable(request)
+                    return error(request, failure[0], failure[1], node=failure[2])
+                backend = picked
+                stats = self.stats[backend.name]  # configure() keeps one for every node the balancer picks from
+                if tried and (previous := self.stats.get(tried[-1].name)) is not None:
+                    previous.retries += 1
+                stats.requests += 1
+                started = self._loop.time()
+                backend.active += 1
+            first = None
             tried.append(backend)
-            stats.requests += 1
-            started = self._loop.time()
-            backend.active += 1
             try:
                 try:
                     head = out.head
                     if not out.host:
                         head += b"Host: " + backend.authority + b"\r\n\r\n"
-                    connection, response = await self._exchange(request, backend, head)
+                    connection, response = await self._exchange(request, backend, head, connection)
                 except ConnectFailed as exc:
                     self._failed(backend, stats, refused=True)
                     message = "upstream connect timeout" if exc.timed_out else "upstream connection failed"
@@ -230,6 +283,7 @@ class Forwarder:
                     return error(request, failure[0], failure[1], node=backend.name)
                 if response.status == 101:
                     return await self._switch(request, connection, response, stats, started)
+                name = config.sticky_cookie
                 set_cookie = name if name is not None and sticky != backend.name else None
                 return await self._relay(
                     request,
@@ -243,28 +297,49 @@ class Forwarder:
             finally:
                 backend.active -= 1
 
-    async def _exchange(self, request: Request, backend: Backend, head: bytes) -> tuple[Connection, Response]:
-        """Send the request to a node and wait for the response head.
+    async def _exchange(
+        self, request: Request, backend: Backend, head: bytes, sent_on: Connection | None
+    ) -> tuple[Connection, Response]:
+        """Send the request to a node (unless it was already sent on ``sent_on``) and wait for the
+        response head.
 
         A reused keep-alive connection that the node closed before answering is replaced by a fresh
         one, once, for requests without a body (nothing else could have been sent twice).
         """
+        connection = sent_on
         for attempt in (0, 1):
-            connection = await self.pool.acquire(backend.name, backend.spec.address, backend.spec.port)
+            if connection is None:
+                connection = await self.pool.acquire(backend.name, backend.spec.address, backend.spec.port)
+                send = True
+            else:
+                send = False
             try:
-                connection.begin(head, method_head=request.method == "HEAD")
-                if request.has_body:
-                    writer = asyncio.ensure_future(connection.send_body(request.body.chunks(), chunked=request.chunked))
-                    writer.add_done_callback(_abort_on_failure(connection))
+                if send:
+                    connection.begin(head, method_head=request.method == "HEAD")
+                    if request.has_body:
+                        writer = asyncio.ensure_future(
+                            connection.send_body(request.body.chunks(), chunked=request.chunked)
+                        )
+                        writer.add_done_callback(_abort_on_failure(connection))
                 return connection, await connection.response(self.timeouts.header)
             except UpstreamClosed:
                 connection.abort()
                 if request.has_body or attempt or not connection.reused or connection.received:
                     raise
+                connection = None
             except BaseException:
                 connection.abort()
                 raise
         raise AssertionError("unreachable")
+
+    def account(self, backend: Backend, stats: NodeStats, response: Response, set_cookie: str | None) -> None:
+        """Count a node's answer for its health, and add the sticky cookie to it when it is due."""
+        if response.status >= 500:
+            self._failed(backend, stats)
+        else:
+            self.balancer.succeeded(backend)
+        if set_cookie is not None:
+            response.headers.append(("Set-Cookie", f"{set_cookie}={backend.name}; Path=/; HttpOnly; SameSite=Lax"))
 
     async def _relay(
         self,
@@ -279,13 +354,8 @@ class Forwarder:
     ) -> None:
         """Send the node's response to the client as it arrives."""
         status = response.status
-        if status >= 500:
-            self._failed(backend, stats)
-        else:
-            self.balancer.succeeded(backend)
+        self.account(backend, stats, response, set_cookie)
         headers = response.headers
-        if set_cookie is not None:
-            headers.append(("Set-Cookie", f"{set_cookie}={backend.name}; Path=/; HttpOnly; SameSite=Lax"))
         length = response.length
         idle = self.timeouts.idle
         try:
@@ -334,6 +404,73 @@ class Forwarder:
             connection.abort()
             downstream.close()
         stats.answered(101, self._loop.time() - started)
+
+
+class Attempt:
+    """The first attempt ``forward_now`` made: which node, when, and the connection the request was sent on."""
+
+    __slots__ = ("backend", "connection", "started", "stats")
+
+    def __init__(self, backend: Backend, stats: NodeStats, connection: Connection | None, started: float) -> None:
+        self.backend = backend
+        self.stats = stats
+        self.connection = connection
+        self.started = started
+
+
+class _Flight:
+    """An exchange ``forward_now`` follows from callbacks: answered at once when the response arrives
+    whole and small, otherwise handed to the general path as sent."""
+
+    __slots__ = ("attempt", "config", "forwarder", "out", "request", "sticky")
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        request: Request,
+        *,
+        config: ProxyConfig,
+        out: Outgoing,
+        sticky: str | None,
+        attempt: Attempt,
+    ) -> None:
+        self.forwarder = forwarder
+        self.request = request
+        self.config = config
+        self.out = out
+        self.sticky = sticky
+        self.attempt = attempt
+
+    def advance(self, connection: Connection) -> None:
+        if connection.waiting_for_head:
+            return
+        connection.watch(None)
+        request, attempt, forwarder = self.request, self.attempt, self.forwarder
+        body = connection.whole_body(SMALL_BODY)
+        response = connection.response_head
+        if body is None or response is None:
+            request.downstream.continue_in_task(
+                forwarder.forward(request, self.config, self.out, self.sticky, attempt), request
+            )
+            return
+        backend = attempt.backend
+        backend.active -= 1
+        try:
+            name = self.config.sticky_cookie
+            forwarder.account(
+                backend, attempt.stats, response, name if name is not None and self.sticky != backend.name else None
+            )
+            if response.status in (204, 304):
+                request.respond_bodiless(response.status, response.reason, response.headers, None)
+            else:
+                request.respond(response.status, response.reason, response.headers, body)
+            forwarder.pool.release(connection)
+            attempt.stats.answered(response.status, request.downstream.loop.time() - attempt.started)
+            request.downstream.finished(request)
+        except Exception:  # as the task's handler would: logged, and the client's connection closed, not left hanging
+            log.exception("answering a request from callbacks failed")
+            connection.abort()
+            request.downstream.close()
 
 
 def _abort_on_failure(connection: Connection) -> Callable[[asyncio.Future[None]], None]:

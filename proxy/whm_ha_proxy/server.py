@@ -1,8 +1,10 @@
 """Serving clients: HTTP/1.1 on asyncio protocols with httptools' parser, lean enough for the hot path.
 
 One ``Downstream`` protocol per client connection parses requests and hands them, one at a time and
-in order, to the handler (an ``async`` callable taking a ``Request``), which answers through the
-request: ``respond`` for a whole answer in one write, or ``start``/``write``/``finish`` to stream.
+in order, to the handler, which answers through the request: ``respond`` for a whole answer in one
+write, or ``start``/``write``/``finish`` to stream. The handler first gets the chance to serve a
+request from the loop's callbacks with no task (``forward_now``, then ``Downstream.finished``); what it
+declines it serves as a coroutine in a task.
 Request bodies stream in with flow control (reading from the client pauses while too much is
 buffered). An upgrade request (WebSocket) becomes a byte tunnel only once the node has answered 101.
 
@@ -19,9 +21,9 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -249,7 +251,15 @@ class Request:
         return "\r\n".join(lines).encode("latin-1")
 
 
-Handler = Callable[[Request], Awaitable[None]]
+class Handler(Protocol):
+    """What serves requests: a coroutine per request, unless ``forward_now`` takes it."""
+
+    def __call__(self, request: Request) -> Awaitable[None]: ...
+
+    def forward_now(self, request: Request) -> bool:
+        """Start serving ``request`` from callbacks (True: it calls ``request.downstream.finished`` once
+        answered, or hands over with ``continue_in_task``); False to have it served by ``__call__``."""
+        ...
 
 
 class Downstream(asyncio.Protocol):
@@ -277,6 +287,8 @@ class Downstream(asyncio.Protocol):
         self._parsing: Request | None = None
         self._queue: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._serving = False
+        """A request is being served (from callbacks or in ``_task``)."""
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._closed = False
@@ -294,7 +306,7 @@ class Downstream(asyncio.Protocol):
 
     @property
     def busy(self) -> bool:
-        return self._task is not None or self._tunnel is not None
+        return self._serving or self._tunnel is not None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -402,6 +414,8 @@ class Downstream(asyncio.Protocol):
                     Refused(505, "HTTP version not supported") if reason in VERSION_ERRORS else Refused(400, reason)
                 )
             self._refuse(refused)
+        if self._queue and not self._serving:
+            self._serve_next()
 
     # -- httptools callbacks ------------------------------------------------------------------------
 
@@ -456,8 +470,6 @@ class Downstream(asyncio.Protocol):
         self._body_read = self.loop.time() if request.has_body else None
         self._parsing = request
         self._queue.append(request)
-        if self._task is None:
-            self._task = self.loop.create_task(self._serve())
 
     def _request(self, parser: httptools.HttpRequestParser) -> Request:
         """The request just parsed, once it is known to be unambiguous; Refused otherwise."""
@@ -523,7 +535,7 @@ class Downstream(asyncio.Protocol):
                 self._queue.remove(broken)
             else:
                 broken.body.finish(ClientGone(refused.message))
-        if self._task is None:
+        if not self._serving and not self._queue:
             self._answer_refusal()
 
     def _answer_refusal(self) -> None:
@@ -579,44 +591,72 @@ class Downstream(asyncio.Protocol):
 
     # -- serving ------------------------------------------------------------------------------------
 
-    async def _serve(self) -> None:
-        while self._queue and not self._closed:
-            request = self._queue.popleft()
-            try:
-                await self.server.handler(request)
-            except ClientGone:
-                if self._refused is None:
-                    return
-            except Exception:
-                log.exception("request handler failed")
-                request.keep_alive = False
-                if not request.responded:
-                    request.respond(500, "Internal Server Error", [("Content-Type", "application/json")], b"{}")
-            if self._tunnel is not None:
-                return
-            if self._refused is not None and request.body.error is not None:  # its upload was refused
-                self._task = None
-                if request.responded:
-                    self.close()
-                else:
-                    self._answer_refusal()
-                return
-            if request.upgrade:  # the node did not switch protocols: HTTP goes on
-                self._resume_http()
-            if not request.keep_alive or not request.body.done or self.server.draining:
-                self.close()
-                return
-            if self._held and len(self._queue) < PIPELINE_DEPTH:
-                held, self._held = self._held, b""
-                self.resume_reading()
-                self.data_received(held)
-        self._task = None
+    def _serve_next(self) -> None:
+        """Serve the next request in line, or, when none is left, answer a pending refusal or idle."""
+        if self._queue and not self._closed:
+            self._serving = True
+            if self.server.handler.forward_now(self._queue[0]):
+                self._queue.popleft()
+            else:
+                self._task = self.loop.create_task(self._serve_first())
+            return
+        self._serving = False
         if self._refused is not None:
             self._answer_refusal()
         elif self.server.draining:
             self.close()
         elif self._head_started is None:
             self._idle_since = self.loop.time()
+
+    async def _serve_first(self) -> None:
+        """Serve the first request in line; it is taken only now, so that a refusal of what follows in the
+        same read (an upload's framing) still finds it unsent and removes it."""
+        if self._queue and not self._closed:
+            request = self._queue.popleft()
+            await self._serve(self.server.handler(request), request)
+        else:
+            self._task = None
+            self._serve_next()
+
+    def continue_in_task(self, serving: Awaitable[None], request: Request) -> None:
+        """Serve ``request`` by awaiting ``serving`` in a task, then go on (``finished``)."""
+        self._task = self.loop.create_task(self._serve(serving, request))
+
+    async def _serve(self, serving: Awaitable[None], request: Request) -> None:
+        try:
+            await serving
+        except ClientGone:
+            if self._refused is None:
+                return
+        except Exception:
+            log.exception("request handler failed")
+            request.keep_alive = False
+            if not request.responded:
+                request.respond(500, "Internal Server Error", [("Content-Type", "application/json")], b"{}")
+        self._task = None
+        self.finished(request)
+
+    def finished(self, request: Request) -> None:
+        """``request`` is answered: serve the next one, or close the connection."""
+        if self._tunnel is not None:
+            return
+        if self._refused is not None and request.body.error is not None:  # its upload was refused
+            self._serving = False
+            if request.responded:
+                self.close()
+            else:
+                self._answer_refusal()
+            return
+        if request.upgrade:  # the node did not switch protocols: HTTP goes on
+            self._resume_http()
+        if not request.keep_alive or not request.body.done or self.server.draining:
+            self.close()
+            return
+        if self._held and len(self._queue) < PIPELINE_DEPTH:
+            held, self._held = self._held, b""
+            self.resume_reading()
+            self.data_received(held)
+        self._serve_next()
 
     def _resume_http(self) -> None:
         """Parse again what the client sent after an upgrade request that was answered without 101."""

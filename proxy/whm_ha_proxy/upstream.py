@@ -83,6 +83,9 @@ class Connection(asyncio.Protocol):
         self._deadline: float | None = None
         """When the current wait for the node, or the idle time in the pool, ends (None: no deadline)."""
         self._on_idle_expiry: Callable[[Connection], None] | None = None
+        self._watcher: Callable[[Connection], None] | None = None
+        """Called instead of waking a waiter while an exchange is followed from callbacks (``watch``)."""
+        self._watch_timeout = 0.0
         self._state = _DONE
         self._head = bytearray()
         self._method_head = False
@@ -114,7 +117,7 @@ class Connection(asyncio.Protocol):
             self._timer.cancel()
         if self._state == _BODY and self._framing == 2:
             self._state = _DONE
-        elif self._state != _DONE:
+        elif self._state != _DONE and self._error is None:
             self._error = UpstreamClosed(f"connection closed by the node{f': {exc}' if exc else ''}")
         self._wake()
         if self._drain is not None and not self._drain.done():
@@ -215,6 +218,38 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return chunk
 
+    def watch(self, watcher: Callable[[Connection], None] | None, timeout: float = 0.0) -> None:
+        """Follow the exchange from callbacks instead of awaiting it: ``watcher`` runs each time it advances
+        (and once if it fails, or if no response head arrives within ``timeout``), until ``watch(None)``."""
+        self._watcher = watcher
+        if watcher is None:
+            self._deadline = None
+        else:
+            self._watch_timeout = timeout
+            self._arm(self.loop.time() + timeout)
+
+    @property
+    def waiting_for_head(self) -> bool:
+        return self._response is None and self._error is None
+
+    @property
+    def response_head(self) -> Response | None:
+        return self._response
+
+    def whole_body(self, limit: int) -> bytes | None:
+        """The body of a response that has wholly arrived with a length up to ``limit`` (taken out of the
+        connection), else None: read it with ``read``."""
+        response = self._response
+        if response is None or self._error is not None or self._state != _DONE:
+            return None
+        if response.length is None or response.length > limit or response.status == 101:
+            return None
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return body
+
     def complete(self) -> bool:
         """Whether the whole response has been read, so the connection may carry another exchange."""
         return self._state == _DONE and not self._chunks and self._error is None
@@ -288,6 +323,10 @@ class Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamTimeout())
+        elif self._watcher is not None:
+            self._error = UpstreamTimeout(f"no response headers after {self._watch_timeout:g}s")
+            self.abort()
+            self._watcher(self)
         elif self._on_idle_expiry is not None:
             self._on_idle_expiry(self)
 
@@ -295,6 +334,8 @@ class Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        elif self._watcher is not None:
+            self._watcher(self)
 
     def _close(self) -> None:
         if self.transport is not None and not self._closed:
@@ -456,14 +497,21 @@ class Pool:
         self.keepalive = keepalive
         self._idle: dict[str, list[Connection]] = {}
 
-    async def acquire(self, key: str, host: str, port: int) -> Connection:
-        """An idle connection to ``host:port`` if one is open, else a new one."""
+    def take_idle(self, key: str) -> Connection | None:
+        """An idle open connection to the node ``key``, if there is one."""
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
             if not connection.closed:
                 connection.reuse()
                 return connection
+        return None
+
+    async def acquire(self, key: str, host: str, port: int) -> Connection:
+        """An idle connection to ``host:port`` if one is open, else a new one."""
+        connection = self.take_idle(key)
+        if connection is not None:
+            return connection
         try:
             _, protocol = await asyncio.wait_for(
                 self.loop.create_connection(lambda: Connection(self.loop, key), host, port), self.connect_timeout

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import urllib3
 from kubernetes import client
 
 from tests.fixtures.proxy_process import HTTP, Backend, Cluster, ProxyProcess, StartBackends, StartProxy
@@ -258,6 +259,41 @@ def test_timeouts_answer_504_and_no_node_503(
     wait_for(lambda: not proxy.routable(), 10, "no routable node")
     response = HTTP.request("GET", proxy.url + "/")
     assert response.status == 503 and response.headers["Content-Type"].startswith("application/json")
+
+
+def test_a_pooled_connection_takes_every_path_a_fresh_one_does(
+    sandbox_api: SandboxProcess, cluster: Cluster, backends: StartBackends, proxy_process: StartProxy
+) -> None:
+    """A GET over an idle pooled connection is followed from callbacks until its small answer is whole; a
+    timeout, a dropped connection, a streamed, large or split answer hands it to the general path as sent."""
+    (node,) = backends("warm")
+    proxy = start(sandbox_api, cluster, proxy_process, [node], "--header-timeout=0.5", retries=1)
+
+    def get(path: str) -> urllib3.BaseHTTPResponse:
+        warm = HTTP.request("GET", proxy.url + "/")  # leaves the node's connection idle in the pool
+        assert warm.status == 200, warm.data
+        return HTTP.request("GET", proxy.url + path)
+
+    started = time.monotonic()
+    response = get("/slow/3")
+    assert response.status == 504 and json.loads(response.data)["error"] == "upstream timeout"
+    assert time.monotonic() - started < 2.5
+    node.hits.clear()
+    response = get("/drop")  # the pooled connection, then a fresh one: both dropped
+    assert response.status == 502 and node.hits.get("drop-GET") == 2, node.hits
+    response = get("/chunked")
+    assert response.status == 200 and response.data == b"".join(f"chunk {i:03d} ".encode() * 100 for i in range(50))
+    response = get("/bytes/200000")
+    assert response.status == 200 and response.data == b"x" * 200000
+    response = get("/bytes/100")
+    assert response.status == 200 and response.data == b"x" * 100
+    node.status = 204
+    response = HTTP.request("GET", proxy.url + "/empty")
+    assert response.status == 204 and response.data == b"" and "Content-Length" not in response.headers
+    node.status = 200
+    assert get("/").status == 200
+    stats = proxy.stats()["nodes"]["warm"]
+    assert stats["active"] == 0 and stats["responses"]["2xx"] >= 11, stats
 
 
 def test_sigterm_drains_requests_in_flight(

@@ -20,6 +20,7 @@ from tests.kube_helpers import GROUP, VERSION, create_replication, wait_for
 from whm_ha.db.dsn import DSN
 from whm_ha.db.local_server import ADMIN_PASSWORD, LocalMariaDB, free_port
 from whm_ha.db.migrate import migrate
+from whm_ha.nodes.health import HEARTBEAT_SECONDS
 
 FAST = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
 BOUND = FAST["periodSeconds"] * FAST["failureThreshold"] + FAST["timeoutSeconds"]
@@ -131,6 +132,23 @@ def test_initial_election_status_and_roles(
     assert nodes["n2"]["metadata"]["labels"]["ha.whm.io/role"] == "secondary"
     assert nodes["n1"]["status"]["health"] == "Healthy"
     assert status.get("failoverHistory", []) == [], "the initial election is not a failover"
+
+
+def test_at_steady_state_only_the_cluster_heartbeat_is_written(
+    cluster: Cluster, kube_api: KubeAPI, node_servers: StartNodes, operator_process: StartOperator
+) -> None:
+    """Probes that change nothing write nothing: no node status is rewritten, and the cluster's lastProbeTime is
+    the one heartbeat (every 30 s), so that API writes grow with clusters, not with nodes."""
+    cluster.create()
+    three_nodes(cluster, node_servers)
+    start(cluster, kube_api, operator_process)
+    cluster.wait(lambda s: s.get("phase") == "Healthy" and s.get("lastProbeTime"), 30, "a Healthy cluster")
+    wait_for(lambda: cluster.roles() == {"n1": "Primary", "n2": "Secondary", "n3": "Secondary"}, 15, "roles")
+    nodes = {n["metadata"]["name"]: n["metadata"]["resourceVersion"] for n in cluster.nodes()}
+    first = cluster.status()["lastProbeTime"]
+    beat = cluster.wait(lambda s: s["lastProbeTime"] != first, HEARTBEAT_SECONDS + 10, "the next heartbeat")
+    assert {n["metadata"]["name"]: n["metadata"]["resourceVersion"] for n in cluster.nodes()} == nodes
+    assert beat["phase"] == "Healthy"
 
 
 def test_automatic_failover_within_the_bound(

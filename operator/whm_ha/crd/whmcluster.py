@@ -159,6 +159,9 @@ class WHMClusterStatus(CRDModel):
     """Ready, Degraded, FailoverInProgress and others."""
     observed_generation: int | None = Field(default=None, ge=0)
     """The .metadata.generation this status reflects."""
+    last_probe_time: datetime | None = None
+    """When the operator last probed every node of the cluster (refreshed at most every 30 s while nothing
+    changes: the heartbeat of the cluster and of its nodes, whose statuses are written only when they change)."""
     last_failover: FailoverRecord | None = None
     """The most recent change of primary."""
     failover_history: list[FailoverRecord] = Field(default_factory=list, max_length=HISTORY_LIMIT)

@@ -55,7 +55,8 @@ class WHMNodeStatus(CRDModel):
     node_id: int | None = Field(default=None, ge=1, le=100000)
     """Small integer, stable and unique within the cluster, for legacy tools that address nodes by number."""
     last_probe_time: datetime | None = None
-    """When the node was last probed (refreshed at most every 30 s while nothing changes)."""
+    """When the probe that last changed this status ran. Unchanged statuses are not rewritten: the cluster's
+    status.lastProbeTime says when every node was last probed."""
     latency_ms: float | None = Field(default=None, ge=0)
     """Duration of the last successful probe, in milliseconds."""
     consecutive_failures: int | None = Field(default=None, ge=0)

@@ -63,7 +63,8 @@ class ClusterController:
     name: str
     health: dict[str, NodeHealth] = field(default_factory=dict)
     written: dict[str, Obj] = field(default_factory=dict)
-    heartbeats: dict[str, float] = field(default_factory=dict)
+    heartbeat: float | None = None
+    """When this process last wrote the cluster's status.lastProbeTime (monotonic)."""
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     legacy: LegacyTables | None = None
     pod_roles: dict[str, str] = field(default_factory=dict)
@@ -155,7 +156,7 @@ class ClusterController:
         await self._publish_nodes(spec, nodes, primary, node_ids)
         await self._release_deleted(nodes, primary)
         await self._write_summary(
-            spec=spec, cluster=cluster, status=status, nodes=live, primary=primary, decision=decision
+            spec=spec, cluster=cluster, status=status, nodes=live, primary=primary, decision=decision, probed=probe
         )
         if self.legacy is not None and probe:
             await self.legacy.flush()
@@ -456,9 +457,8 @@ class ClusterController:
     async def _publish_nodes(
         self, spec: WHMClusterSpec, nodes: list[Obj], primary: str | None, ids: dict[str, int]
     ) -> None:
-        """Node statuses (on change, or a heartbeat) and role labels; demotions before the promotion."""
+        """Node statuses and role labels, written only when they change; demotions before the promotion."""
         check = spec.health_check
-        now = time.monotonic()
         ordered = sorted(nodes, key=lambda n: n["metadata"]["name"] == primary)
         registry = []
         for node in ordered:
@@ -477,7 +477,7 @@ class ClusterController:
             changed = status_changed(
                 written, new, failure_threshold=check.failure_threshold, success_threshold=check.success_threshold
             )
-            if changed or heartbeat_due(self.heartbeats.get(name), now):
+            if changed:
                 body = {**new, "lastProbeTime": now_iso()}
                 if state.latency_ms is not None:
                     body["latencyMs"] = round(state.latency_ms, 2)
@@ -494,9 +494,8 @@ class ClusterController:
                     if exc.status == 404:
                         continue
                     raise
-                self.written[name], self.heartbeats[name] = new, now
-                if changed:
-                    registry.append(self._registry_row(node, new, state))
+                self.written[name] = new
+                registry.append(self._registry_row(node, new, state))
             await self._publish_role_labels(node, role)
         if self.legacy is not None and registry:
             await self.legacy.upsert_nodes(registry)
@@ -549,8 +548,10 @@ class ClusterController:
         nodes: list[Obj],
         primary: str | None,
         decision: Decision,
+        probed: bool,
     ) -> None:
-        """Counts, phase, reason and conditions, written only when they change."""
+        """Counts, phase, reason and conditions, written when they change; after a probe round, with
+        lastProbeTime, and at least every HEARTBEAT_SECONDS (the heartbeat of the cluster and its nodes)."""
         total = len(nodes)
         healthy = sum(1 for n in nodes if self.health.get(n["metadata"]["name"], NodeHealth()).health == "Healthy")
         primary_state = self.health.get(primary or "", NodeHealth())
@@ -603,9 +604,14 @@ class ClusterController:
         current = {k: status.get(k) for k in summary}
         if current.get("primaryFailingSince") and summary["primaryFailingSince"]:
             summary["primaryFailingSince"] = current["primaryFailingSince"]
-        if self._same_summary(current, summary):
+        now = time.monotonic()
+        if self._same_summary(current, summary) and not (probed and heartbeat_due(self.heartbeat, now)):
             return
+        if probed:
+            summary["lastProbeTime"] = now_iso()
         await self.kube.patch(WHMCLUSTERS, self.namespace, self.name, {"status": summary}, subresource="status")
+        if probed:
+            self.heartbeat = now
         metrics.HEALTHY_NODES.labels(self.namespace, self.name).set(healthy)
         names = {node["metadata"]["name"] for node in nodes}
         for gone in self.primary_series - names:

@@ -71,5 +71,5 @@ def status_changed(
 
 
 def heartbeat_due(last_written: float | None, now: float) -> bool:
-    """lastProbeTime is refreshed at most every HEARTBEAT_SECONDS while nothing changes."""
+    """A cluster's lastProbeTime is refreshed at most every HEARTBEAT_SECONDS while nothing changes."""
     return last_written is None or now - last_written >= HEARTBEAT_SECONDS

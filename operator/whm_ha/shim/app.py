@@ -292,7 +292,7 @@ class ShimApp:
 
     async def list_nodes(self, _: web.Request) -> web.Response:
         cluster = await self._cluster()
-        return _ok({"nodes": [node_view(n) for n in await self._nodes(cluster)]})
+        return _ok({"nodes": [node_view(n, cluster) for n in await self._nodes(cluster)]})
 
     async def add_node(self, request: web.Request) -> web.Response:
         new: NewNode = await self._json(request, NewNode)
@@ -323,7 +323,7 @@ class ShimApp:
                 raise errors.unprocessable(str(exc.body.get("message", "invalid node")), fields) from exc
             raise
         numbered = await self._numbered(created)
-        view = node_view(numbered)
+        view = node_view(numbered, cluster)
         if view["id"] is None:
             del view["id"]
             return _ok({"node": view, "message": NO_ID_YET}, status=201)
@@ -359,7 +359,7 @@ class ShimApp:
             if exc.status == 404:
                 raise errors.not_found(f"node {name} is already gone") from exc
             raise
-        return _ok({"removed": node_view(node)})
+        return _ok({"removed": node_view(node, cluster)})
 
     async def _request(self, resource: Any, name: str, annotation: str, target: str, extra: dict[str, str]) -> str:
         """Set a request annotation unless one is pending (409); returns the request id."""

@@ -7,9 +7,13 @@ from typing import Any
 Obj = dict[str, Any]
 
 
-def node_view(node: Obj) -> Obj:
-    """One WHMNode as the legacy node list shows it."""
+def node_view(node: Obj, cluster: Obj) -> Obj:
+    """One WHMNode as the legacy node list shows it. Its last health check is its cluster's last probe round
+    once it has been probed (its own status is rewritten only when it changes)."""
     spec, status, meta = node.get("spec") or {}, node.get("status") or {}, node["metadata"]
+    checked = status.get("lastProbeTime")
+    if checked:
+        checked = max(checked, (cluster.get("status") or {}).get("lastProbeTime") or "")
     health = str(status.get("health") or "Unknown").lower()
     return {
         "id": status.get("nodeId"),
@@ -21,7 +25,7 @@ def node_view(node: Obj) -> Obj:
         "weight": spec.get("weight", 1),
         "role": str(status.get("role") or "Secondary").lower(),
         "status": "maintenance" if spec.get("maintenance") else health,
-        "lastHealthCheck": status.get("lastProbeTime"),
+        "lastHealthCheck": checked,
         "latencyMs": status.get("latencyMs"),
         "message": status.get("message"),
     }
@@ -60,7 +64,7 @@ def replication_view(replication: Obj | None) -> Obj | None:
 def cluster_view(cluster: Obj, nodes: list[Obj]) -> Obj:
     """The legacy cluster section: counts and the primary node."""
     status = cluster.get("status") or {}
-    by_name = {n["metadata"]["name"]: node_view(n) for n in nodes}
+    by_name = {n["metadata"]["name"]: node_view(n, cluster) for n in nodes}
     primary = by_name.get(status.get("primaryNode") or "")
     return {
         "name": cluster["metadata"]["name"],

@@ -31,7 +31,7 @@ from .discovery import sync_discovered_nodes
 from .election import Candidate, Decision, Policy, elect, manual
 from .health import NodeHealth, ProbeResult, heartbeat_due, status_changed
 from .legacy_tables import LegacyTables
-from .probe import probe_http, probe_tcp, url_for
+from .probe import probe_http, probe_tcp
 
 log = logging.getLogger(__name__)
 FINALIZER = "ha.whm.io/primary-handover"
@@ -73,14 +73,12 @@ class ClusterController:
     """A MySQLReplication by name, as the operator's watch last saw it (None: not seen)."""
     primary_series: set[str] = field(default_factory=set)
     """The nodes with a whm_ha_primary_node series: a node that goes takes its series with it."""
-    _session: aiohttp.ClientSession | None = None
 
     # -- the loop --------------------------------------------------------------------------------
 
     async def run(self, stopped: Any, cluster: Callable[[], Obj], nodes: Callable[[], list[Obj]]) -> None:
         """Probe every periodSeconds; decide after each probe round and at once when woken (a request, a
         node change, a lost write race), without probing more often than the period."""
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
         next_probe = time.monotonic()
         try:
             while not stopped:
@@ -98,7 +96,6 @@ class ClusterController:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), remaining)
         finally:
-            await self._session.close()
             if self.legacy is not None:
                 self.legacy.workers.close()
             self._drop_series()
@@ -200,7 +197,6 @@ class ClusterController:
 
     async def _probe(self, spec: WHMClusterSpec, nodes: list[Obj]) -> None:
         check = spec.health_check
-        assert self._session is not None
 
         async def one(node: Obj) -> tuple[str, ProbeResult]:
             port = check.port or int(node["spec"].get("port", 4000))
@@ -208,7 +204,7 @@ class ClusterController:
             if check.type == "tcp":
                 result = await probe_tcp(address, port, check.timeout_seconds)
             else:
-                result = await probe_http(self._session, url_for(address, port, check.path), check.timeout_seconds)  # type: ignore[arg-type]
+                result = await probe_http(address, port, check.path, check.timeout_seconds)
             return node["metadata"]["name"], result
 
         results = await asyncio.gather(*(one(n) for n in nodes))

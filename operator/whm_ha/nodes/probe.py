@@ -1,29 +1,82 @@
-"""One health probe of one node: HTTP GET (healthy on 2xx/3xx) or TCP connect, bounded by a timeout."""
+"""One health probe of one node: HTTP GET (healthy on 2xx/3xx) or TCP connect, bounded by a timeout.
+
+Each probe opens a fresh connection, as kubelet's and HAProxy's checks do, so that a node which no longer
+accepts connections fails even while old ones still work. The HTTP probe is a small protocol rather than a
+client library: it sends one request with ``Connection: close``, reads the status line and closes. One
+operator probes thousands of nodes every few seconds, and a general-purpose client costs several times more
+per probe.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-
-import aiohttp
 
 from .health import ProbeResult
 
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])(?: |\r\n)")
+HEAD_LIMIT = 8192
+"""Bytes read for the status line at most."""
 
-async def probe_http(session: aiohttp.ClientSession, url: str, timeout: float) -> ProbeResult:
+
+class ProbeFailed(Exception):
+    """The node answered, but not with an HTTP status line."""
+
+
+class _Exchange(asyncio.Protocol):
+    """Sends the request once connected; resolves ``answered`` with the status code of the status line."""
+
+    def __init__(self, request: bytes, answered: asyncio.Future[int]) -> None:
+        self.request = request
+        self.answered = answered
+        self.received = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered.done():
+            return
+        self.received += data
+        if b"\r\n" in self.received or len(self.received) > HEAD_LIMIT:
+            match = STATUS_LINE.match(self.received)
+            if match is None:
+                self.answered.set_exception(ProbeFailed(f"not an HTTP answer: {self.received[:40]!r}"))
+            else:
+                self.answered.set_result(int(match.group(1)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answered.done():
+            self.answered.set_exception(exc or ConnectionResetError("connection closed before an answer"))
+
+
+async def probe_http(host: str, port: int, path: str, timeout: float) -> ProbeResult:
+    url = url_for(host, port, path)
+    authority = url.split("/", 3)[2]
+    request = f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: whm-ha-probe\r\nConnection: close\r\n\r\n"
+    loop = asyncio.get_running_loop()
     started = time.monotonic()
+    transport: asyncio.BaseTransport | None = None
     try:
         async with asyncio.timeout(timeout):
-            async with session.get(url, allow_redirects=False) as response:
-                await response.read()
-                elapsed = (time.monotonic() - started) * 1000
-                if 200 <= response.status < 400:
-                    return ProbeResult(True, elapsed, f"HTTP {response.status}")
-                return ProbeResult(False, elapsed, f"HTTP {response.status} from {url}")
+            answered: asyncio.Future[int] = loop.create_future()
+            transport, _ = await loop.create_connection(
+                lambda: _Exchange(request.encode("latin-1"), answered), host.strip("[]"), port
+            )
+            status = await answered
     except TimeoutError:
         return ProbeResult(False, timeout * 1000, f"no answer from {url} within {timeout:g}s")
-    except aiohttp.ClientError as exc:
-        return ProbeResult(False, (time.monotonic() - started) * 1000, f"{url}: {exc.__class__.__name__}: {exc}")
+    except (OSError, ProbeFailed) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        return ProbeResult(False, (time.monotonic() - started) * 1000, f"{url}: {reason}")
+    finally:
+        if transport is not None:
+            transport.close()
+    elapsed = (time.monotonic() - started) * 1000
+    if 200 <= status < 400:
+        return ProbeResult(True, elapsed, f"HTTP {status}")
+    return ProbeResult(False, elapsed, f"HTTP {status} from {url}")
 
 
 async def probe_tcp(host: str, port: int, timeout: float) -> ProbeResult:

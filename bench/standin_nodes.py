@@ -46,13 +46,23 @@ class Node(asyncio.Protocol):
             self.transport.close()
 
 
+FIRST_PORT, LAST_PORT = 12000, 32000
+"""Below the kernel's ephemeral range (32768-60999 here), so that neither outgoing connections nor the free ports
+the harness picks for other processes collide with 10,000 listeners."""
+
+
 async def serve(count: int) -> None:
     loop = asyncio.get_running_loop()
-    ports = []
-    for _ in range(count):
+    ports: list[int] = []
+    candidates = iter(range(FIRST_PORT, LAST_PORT))
+    while len(ports) < count:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        try:
+            sock.bind(("127.0.0.1", next(candidates)))
+        except OSError:  # in use
+            sock.close()
+            continue
         sock.listen(64)
         sock.setblocking(False)
         await loop.create_server(Node, sock=sock)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import sys
@@ -65,7 +66,7 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 async def _main(
     *, namespace: str | None, metrics: str | None, health: str | None, peering: str, priority: int, standalone: bool
 ) -> int:
-    from .nodes import handlers  # noqa: F401 - registers the handlers with kopf
+    from .nodes import handlers  # registers the handlers with kopf; its NodeStore runs beside them
     from .replication import handlers as _replication  # noqa: F401 - likewise
 
     try:
@@ -85,11 +86,14 @@ async def _main(
     if metrics:
         host, port = _host_port(metrics)
         start_http_server(port, addr=host)
+    nodes = handlers.NodeStore(kube, namespace)
+    informing = asyncio.create_task(nodes.informer.run())
 
     @kopf.on.startup()
     def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         _configure(settings, peering=peering, priority=priority, standalone=standalone, namespace=namespace)
         memo["kube"] = kube
+        memo["nodes"] = nodes
 
     try:
         await kopf.operator(
@@ -101,6 +105,9 @@ async def _main(
             liveness_endpoint=f"http://{health}/healthz" if health else None,
         )
     finally:
+        informing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await informing
         await kube.close()
     return 0
 

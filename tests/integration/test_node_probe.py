@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from whm_ha.db.local_server import free_port
-from whm_ha.nodes.probe import probe_http, probe_tcp
+from whm_ha.nodes.probe import probe_all, probe_http, probe_loop, probe_tcp
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -107,3 +107,15 @@ async def test_tcp_probe_needs_only_a_connection(node: Callable[[Answer], Awaita
     port = await node(answering())
     result = await probe_tcp("127.0.0.1", port, 2.0)
     assert result.ok, result
+
+
+async def test_probe_all_runs_a_round_on_the_probe_loop(node: Callable[[Answer], Awaitable[int]]) -> None:
+    """A round of probes runs on the probe thread's own loop, and each result comes back by name."""
+    healthy = await node(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    failing = await node(answering(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"))
+    targets = [("up", "127.0.0.1", healthy), ("down", "127.0.0.1", failing), ("gone", "127.0.0.1", free_port())]
+    results = dict(await probe_all(targets, kind="http", path="/healthz", timeout=2.0))
+    assert {name: result.ok for name, result in results.items()} == {"up": True, "down": False, "gone": False}
+    assert probe_loop().loop is not asyncio.get_running_loop()
+    tcp = dict(await probe_all(targets, kind="tcp", path="/", timeout=2.0))
+    assert {name: result.ok for name, result in tcp.items()} == {"up": True, "down": True, "gone": False}

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,9 +30,9 @@ from ..kube.client import MYSQLREPLICATIONS, PODS, WHMCLUSTERS, WHMNODES, ApiErr
 from . import metrics
 from .discovery import sync_discovered_nodes
 from .election import Candidate, Decision, Policy, elect, manual
-from .health import NodeHealth, ProbeResult, heartbeat_due, status_changed
+from .health import HEARTBEAT_SECONDS, NodeHealth, heartbeat_due, status_changed
 from .legacy_tables import LegacyTables
-from .probe import probe_http, probe_tcp
+from .probe import probe_all
 
 log = logging.getLogger(__name__)
 FINALIZER = "ha.whm.io/primary-handover"
@@ -78,19 +79,24 @@ class ClusterController:
 
     async def run(self, stopped: Any, cluster: Callable[[], Obj], nodes: Callable[[], list[Obj]]) -> None:
         """Probe every periodSeconds; decide after each probe round and at once when woken (a request, a
-        node change, a lost write race), without probing more often than the period."""
+        node change, a lost write race), without probing more often than the period.
+
+        The first round runs at once and the second after a random 50-100 % of the period: loops started
+        together (every cluster, when the operator starts) do not probe, nor write, in step ever after."""
         next_probe = time.monotonic()
+        first = True
         try:
             while not stopped:
                 self.wake.clear()
                 probe = time.monotonic() >= next_probe
                 if probe:
                     period = float(cluster().get("spec", {}).get("healthCheck", {}).get("periodSeconds", 5))
-                    next_probe = max(next_probe + period, time.monotonic())
+                    interval = period * random.uniform(0.5, 1.0) if first else period
+                    next_probe, first = max(next_probe + interval, time.monotonic()), False
                 try:
                     await self.step(cluster(), nodes(), probe=probe)
                 except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
-                    log.warning("cluster %s/%s: API trouble, retrying next period: %s", self.namespace, self.name, exc)
+                    log.warning("cluster %s/%s: API trouble, retrying next period: %r", self.namespace, self.name, exc)
                 remaining = next_probe - time.monotonic()
                 if remaining > 0:
                     with contextlib.suppress(TimeoutError):
@@ -197,17 +203,11 @@ class ClusterController:
 
     async def _probe(self, spec: WHMClusterSpec, nodes: list[Obj]) -> None:
         check = spec.health_check
-
-        async def one(node: Obj) -> tuple[str, ProbeResult]:
-            port = check.port or int(node["spec"].get("port", 4000))
-            address = node["spec"]["address"]
-            if check.type == "tcp":
-                result = await probe_tcp(address, port, check.timeout_seconds)
-            else:
-                result = await probe_http(address, port, check.path, check.timeout_seconds)
-            return node["metadata"]["name"], result
-
-        results = await asyncio.gather(*(one(n) for n in nodes))
+        targets = [
+            (node["metadata"]["name"], node["spec"]["address"], check.port or int(node["spec"].get("port", 4000)))
+            for node in nodes
+        ]
+        results = await probe_all(targets, kind=check.type, path=check.path, timeout=check.timeout_seconds)
         now = time.monotonic()
         for name, result in results:
             previous = self.health.get(name, NodeHealth())
@@ -606,8 +606,9 @@ class ClusterController:
         if probed:
             summary["lastProbeTime"] = now_iso()
         await self.kube.patch(WHMCLUSTERS, self.namespace, self.name, {"status": summary}, subresource="status")
-        if probed:
-            self.heartbeat = now
+        if probed:  # the first heartbeat after a start comes after a random share of the interval, not in step
+            spread = random.uniform(0, HEARTBEAT_SECONDS / 2) if self.heartbeat is None else 0.0
+            self.heartbeat = now - spread
         metrics.HEALTHY_NODES.labels(self.namespace, self.name).set(healthy)
         names = {node["metadata"]["name"] for node in nodes}
         for gone in self.primary_series - names:

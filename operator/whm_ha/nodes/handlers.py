@@ -1,4 +1,8 @@
-"""kopf registrations for WHMCluster and WHMNode: thin, all decisions live in the controller."""
+"""kopf registrations for WHMCluster, and the WHMNodes each cluster's loop reads: thin, all decisions live in
+the controller.
+
+WHMNodes are not kopf's: they are kept by an informer (``NodeStore``), because kopf holds every handler until
+each indexed object has been indexed, in time that grows with the square of their number."""
 
 from __future__ import annotations
 
@@ -7,11 +11,11 @@ from typing import Any
 
 import kopf
 
-from ..kube.client import KubeClient
+from ..kube.client import WHMNODES, KubeClient, Obj
+from ..kube.informer import Informer
 from .controller import ClusterController
 
 CLUSTERS = ("ha.whm.io", "v1alpha1", "whmclusters")
-NODES = ("ha.whm.io", "v1alpha1", "whmnodes")
 REPLICATIONS = ("ha.whm.io", "v1alpha1", "mysqlreplications")
 CONTROLLERS: dict[tuple[str, str], ClusterController] = {}
 
@@ -25,12 +29,32 @@ def plain(value: Any) -> Any:
     return value
 
 
-@kopf.index(*NODES)
-def nodes_by_cluster(
-    *, namespace: str | None, spec: kopf.Spec, body: kopf.Body, **_: Any
-) -> dict[tuple[str | None, str], Any]:
-    """Every WHMNode, kept in memory by (namespace, cluster): the loop reads nodes without API calls."""
-    return {(namespace, spec.get("cluster", "")): plain(body)}
+class NodeStore:
+    """Every WHMNode in memory by (namespace, cluster), so that the loops read nodes without API calls; a change
+    wakes the loop of each cluster it concerns (a node added, removed, drained, re-prioritised or moved)."""
+
+    def __init__(self, kube: KubeClient, namespace: str | None) -> None:
+        self.by_cluster: dict[tuple[str, str], dict[str, Obj]] = {}
+        self.informer = Informer(kube, WHMNODES, namespace, self._changed)
+
+    def nodes(self, namespace: str, cluster: str) -> list[Obj]:
+        return list(self.by_cluster.get((namespace, cluster), {}).values())
+
+    def _changed(self, old: Obj | None, new: Obj | None) -> None:
+        for obj in (old, new):
+            if obj is None:
+                continue
+            group = (obj["metadata"].get("namespace") or "", (obj.get("spec") or {}).get("cluster", ""))
+            members = self.by_cluster.setdefault(group, {})
+            if obj is new:
+                members[obj["metadata"]["name"]] = obj
+            else:
+                members.pop(obj["metadata"]["name"], None)
+                if not members:
+                    del self.by_cluster[group]
+            controller = CONTROLLERS.get(group)
+            if controller is not None:
+                controller.wake.set()
 
 
 @kopf.index(*REPLICATIONS)
@@ -51,10 +75,12 @@ async def cluster_loop(
     memo: Any,
     **kwargs: Any,
 ) -> None:
-    """One probe-and-elect loop per WHMCluster, for as long as the cluster exists."""
-    nodes_by_cluster: kopf.Index[Any, Any] = kwargs["nodes_by_cluster"]
+    """One probe-and-elect loop per WHMCluster, for as long as the cluster exists; it starts once every WHMNode
+    has been listed, so that it never elects from part of a cluster."""
     replications: kopf.Index[Any, Any] = kwargs["replications_by_name"]
     kube: KubeClient = memo["kube"]
+    nodes: NodeStore = memo["nodes"]
+    await nodes.informer.synced.wait()
 
     def replication(replication_name: str) -> Any:
         return next(iter(replications.get((namespace, replication_name), [])), None)
@@ -62,7 +88,7 @@ async def cluster_loop(
     controller = ClusterController(kube, namespace or "", name, replications=replication)
     CONTROLLERS[(namespace or "", name)] = controller
     try:
-        await controller.run(stopped, lambda: plain(body), lambda: list(nodes_by_cluster.get((namespace, name), [])))
+        await controller.run(stopped, lambda: plain(body), lambda: nodes.nodes(namespace or "", name))
     finally:
         CONTROLLERS.pop((namespace or "", name), None)
 
@@ -71,13 +97,5 @@ async def cluster_loop(
 def cluster_changed(*, namespace: str | None, name: str, **_: Any) -> None:
     """A request annotation or a spec change: decide now rather than at the next period."""
     controller = CONTROLLERS.get((namespace or "", name))
-    if controller is not None:
-        controller.wake.set()
-
-
-@kopf.on.event(*NODES)
-def node_changed(*, namespace: str | None, spec: kopf.Spec, **_: Any) -> None:
-    """A node added, removed, drained or re-prioritised: decide now."""
-    controller = CONTROLLERS.get((namespace or "", spec.get("cluster", "")))
     if controller is not None:
         controller.wake.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -47,6 +48,9 @@ async def serve(options: ProxyOptions, channel_fd: int) -> None:
     forwarder = Forwarder(Balancer(policy=options.policy), options.timeouts)
     server = Server(forwarder, options.limits)
     listener = await loop.create_server(server, sock=listen_socket(*options.listen), backlog=4096)
+    # What exists now lives as long as the worker: out of the cyclic collector's reach, its full collections
+    # scan only what requests allocate (their pauses showed as a p99.9 of 0.5-0.8 s at 10,000 req/s).
+    gc.freeze()
     answering = asyncio.create_task(_answer(channel, forwarder, stop))
     await stop.wait()
     listener.close()

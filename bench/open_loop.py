@@ -62,7 +62,7 @@ def attack(url: str, rate: float, seconds: float) -> Latency:
     )
     report = json.loads(summary.stdout)
     latencies = report["latencies"]
-    # vegeta reports p99 but not p99.9 in JSON: the histogram report gives it from the raw results.
+    # vegeta's JSON report has p99 but not p99.9: that is read from the raw results.
     p999 = _quantile(attacked.stdout, 0.999)
     errors = sum(count for code, count in report["status_codes"].items() if not code.startswith("2"))
     return Latency(rate, report["rate"], latencies["50th"] / 1e6, latencies["99th"] / 1e6, p999, errors)

@@ -53,31 +53,7 @@ class Rig:
         self.sandbox.stop()
 
     def cluster(self, name: str, check: dict[str, int], nodes: list[tuple[str, str, int, int]]) -> None:
-        self.custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            self.namespace,
-            "whmclusters",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "WHMCluster",
-                "metadata": {"name": name},
-                "spec": {"healthCheck": check, "failover": {"minIntervalSeconds": 0}},
-            },
-        )
-        for node, address, port, priority in nodes:
-            self.custom.create_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                self.namespace,
-                "whmnodes",
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "WHMNode",
-                    "metadata": {"name": node},
-                    "spec": {"cluster": name, "address": address, "port": port, "priority": priority},
-                },
-            )
+        create_cluster(self.custom, self.namespace, name, check, nodes)
 
     def annotate(self, name: str, annotations: dict[str, str]) -> None:
         self.custom.patch_namespaced_custom_object(
@@ -85,16 +61,60 @@ class Rig:
         )
 
     def status(self, name: str) -> dict[str, Any]:
-        obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "whmclusters", name)
-        return obj.get("status") or {}
+        return cluster_status(self.custom, self.namespace, name)
 
     def wait_primary(self, name: str, node: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.status(name).get("primaryNode") == node:
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"{node} did not become primary of {name} within {timeout}s")
+        wait_primary(self.custom, self.namespace, name, node, timeout)
+
+
+def create_cluster(
+    custom: client.CustomObjectsApi,
+    namespace: str,
+    name: str,
+    check: dict[str, int],
+    nodes: list[tuple[str, str, int, int]],
+) -> None:
+    """A WHMCluster with ``check`` and no failover interval, and its WHMNodes (name, address, port, priority)."""
+    custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "whmclusters",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "WHMCluster",
+            "metadata": {"name": name},
+            "spec": {"healthCheck": check, "failover": {"minIntervalSeconds": 0}},
+        },
+    )
+    for node, address, port, priority in nodes:
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "whmnodes",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "WHMNode",
+                "metadata": {"name": node},
+                "spec": {"cluster": name, "address": address, "port": port, "priority": priority},
+            },
+        )
+
+
+def cluster_status(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "whmclusters", name)
+    return obj.get("status") or {}
+
+
+def wait_primary(custom: client.CustomObjectsApi, namespace: str, name: str, node: str, timeout: float) -> None:
+    """Poll (every 20 ms, as the failover time is measured by it) until ``node`` is the cluster's primary."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cluster_status(custom, namespace, name).get("primaryNode") == node:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"{node} did not become primary of {name} within {timeout}s")
 
 
 def measure_failover(rig: Rig, label: str, check: dict[str, int], runs: int) -> dict[str, Any]:

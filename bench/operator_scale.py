@@ -24,7 +24,6 @@ import argparse
 import collections
 import contextlib
 import json
-import os
 import secrets
 import statistics
 import subprocess
@@ -44,7 +43,8 @@ from tests.fixtures.sandbox import SandboxProcess
 from tests.fixtures.whm_nodes import NodeServer
 from tests.kube_helpers import GROUP, VERSION, wait_for
 
-from bench.operator_failover import FAST, RESULTS, bound, rss_mb
+from bench.operator_failover import FAST, bound, cluster_status, cpu_seconds, create_cluster, rss_mb, wait_primary
+from bench.report import publish
 from whm_ha.control_plane import find_bin_dir, running
 
 NAMESPACE = "scale"
@@ -100,22 +100,12 @@ class Api:
         self.api.rest_client.pool_manager.connection_pool_kw["maxsize"] = 16
         self.custom = client.CustomObjectsApi(self.api)
 
-    def create(self, plural: str, body: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, body)
-
     def cluster(self, name: str, check: dict[str, int], nodes: list[tuple[str, int, int]]) -> None:
         """A WHMCluster and its WHMNodes (name, port, priority) on 127.0.0.1."""
-        spec = {"healthCheck": check, "failover": {"minIntervalSeconds": 0}}
-        self.create("whmclusters", {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WHMCluster",
-                                    "metadata": {"name": name}, "spec": spec})  # fmt: skip
-        for node, port, priority in nodes:
-            node_spec = {"cluster": name, "address": "127.0.0.1", "port": port, "priority": priority}
-            self.create("whmnodes", {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WHMNode",
-                                     "metadata": {"name": node}, "spec": node_spec})  # fmt: skip
+        create_cluster(self.custom, NAMESPACE, name, check, [(n, "127.0.0.1", port, p) for n, port, p in nodes])
 
     def status(self, name: str) -> dict[str, Any]:
-        obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "whmclusters", name)
-        return obj.get("status") or {}
+        return cluster_status(self.custom, NAMESPACE, name)
 
     def clusters(self) -> list[dict[str, Any]]:
         return self.custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "whmclusters")["items"]  # type: ignore[no-any-return]
@@ -155,11 +145,6 @@ def api_tier(tier: str, workdir: Path) -> Iterator[Api]:
         api = Api(plane.kubeconfigs["admin"], tier, [process.proc.pid for process in plane.processes])
         client.CoreV1Api(api.api).create_namespace({"metadata": {"name": NAMESPACE}})
         yield api
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -202,11 +187,7 @@ def failover(api: Api, standins: StandIns, label: str) -> float:
         wait_for(lambda: api.status(label).get("phase") == "Healthy", 120, f"{label} healthy")
         killed = time.monotonic()
         primary.kill()
-        deadline = killed + bound(FAST) + 60
-        while api.status(label).get("primaryNode") != f"{label}-n1":
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no failover of {label}")
-            time.sleep(0.02)
+        wait_primary(api.custom, NAMESPACE, label, f"{label}-n1", bound(FAST) + 60)
         return time.monotonic() - killed
     finally:
         primary.kill()
@@ -267,8 +248,7 @@ def profile(pid: int, seconds: float, out: Path) -> list[tuple[float, str]]:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        own[frames[-1].split(" (")[0] + " (" + frames[-1].split(" (")[-1]] += int(count)
+        own[stack.rsplit(";", 1)[-1]] += int(count)
         total += int(count)
     return [(100 * n / total, name) for name, n in own.most_common(15)]
 
@@ -312,16 +292,11 @@ def run(tier: str, clusters: int, nodes: int, seconds: float, runs: int, *, with
         return Result(tier, clusters, nodes, idle, loaded, settle, alone, under_load, top)
 
 
-def report(result: Result) -> str:
+def report(result: Result, *, write: bool) -> None:
     r = result
-    day = time.strftime("%Y-%m-%d")
     count = r.clusters * r.nodes
     bound_s = bound(FAST)
-    lines = [
-        f"## Operator at scale: {r.clusters:,} clusters x {r.nodes} nodes on the {r.tier} API ({day})",
-        "",
-        "| figure | measured | reference (same run) | goal |",
-        "|---|---|---|---|",
+    rows = [
         f"| operator CPU at steady state, {count:,} WHMNodes probed every 5 s ({r.loaded.seconds:.0f} s window) | "
         f"{r.loaded.cpu_share * 100:.1f} % of a core | idle operator {r.idle.cpu_share * 100:.1f} % | < 100 % |",
         f"| API server CPU, same window | {r.loaded.api_cpu_share * 100:.1f} % of a core | — | — |",
@@ -334,10 +309,12 @@ def report(result: Result) -> str:
         f" | ≤ {bound_s + 1:.0f} s |",
         f"| creating the load until every cluster is Healthy | {r.settle_s:.0f} s | — | — |",
     ]
+    after: list[str] = []
     if r.top:
-        lines += ["", "Where the operator's CPU goes under the load (py-spy, own time, top functions):", ""]
-        lines += [f"- {share:.1f} % {name}" for share, name in r.top]
-    return "\n".join(lines) + "\n"
+        after += ["", "Where the operator's CPU goes under the load (py-spy, own time, top functions):", ""]
+        after += [f"- {share:.1f} % {name}" for share, name in r.top]
+    title = f"Operator at scale: {r.clusters:,} clusters x {r.nodes} nodes on the {r.tier} API"
+    publish(title, rows, write=write, after=after)
 
 
 def main() -> None:
@@ -351,11 +328,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = parser.parse_args()
     result = run(args.tier, args.clusters, args.nodes, args.window, args.runs, with_profile=args.profile)
-    text = report(result)
-    print(text)
-    if not args.no_write:
-        with RESULTS.open("a") as out:
-            out.write("\n" + text)
+    report(result, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -26,15 +27,16 @@ BENCHMARKS = {
 }
 
 
-def publish(title: str, rows: list[str], *, write: bool) -> None:
-    """Print a dated section: ``title`` and the table of ``rows`` (each ``| figure | measured | reference |
-    goal |``); append it to RESULTS.md when ``write``."""
+def publish(title: str, rows: list[str], *, write: bool, after: Sequence[str] = ()) -> None:
+    """Print a dated section: ``title``, the table of ``rows`` (each ``| figure | measured | reference |
+    goal |``) and the lines ``after`` it; append it to RESULTS.md when ``write``."""
     lines = [
         f"## {title} ({time.strftime('%Y-%m-%d')})",
         "",
         "| figure | measured | reference (same run) | goal |",
         "|---|---|---|---|",
         *rows,
+        *after,
     ]
     text = "\n".join(lines) + "\n"
     print(text)

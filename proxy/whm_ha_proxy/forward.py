@@ -60,6 +60,10 @@ class Outgoing:
         self.expect_continue = expect
         self.cookies = cookies
 
+    def head_for(self, backend: Backend) -> bytes:
+        """The head as ``backend`` gets it: with the node's address as Host when the client sent none."""
+        return self.head if self.host else self.head + b"Host: " + backend.authority + b"\r\n\r\n"
+
 
 NOTICED = HOP_BY_HOP_BYTES | SET_BY_PROXY | {b"cookie"}
 """Header names that need more than copying (looked up once per header)."""
@@ -135,6 +139,19 @@ def cookie(cookies: bytes, name: str) -> str | None:
     return None
 
 
+def _sticky_node(config: ProxyConfig, out: Outgoing) -> str | None:
+    """The node the client's sticky cookie names, if sessions are sticky and it sent one."""
+    name = config.sticky_cookie
+    return cookie(out.cookies, name) if name is not None and out.cookies else None
+
+
+def _cookie_due(config: ProxyConfig, sticky: str | None, backend: Backend) -> str | None:
+    """The sticky cookie's name when the answer from ``backend`` must set it (the client's names another node,
+    or it sent none)."""
+    name = config.sticky_cookie
+    return name if name is not None and sticky != backend.name else None
+
+
 def error(request: Request, status: int, message: str, **details: object) -> None:
     """A small JSON error: 503 no healthy node, 502 upstream failure, 504 upstream timeout."""
     request.respond(status, REASONS[status], JSON, json.dumps({"error": message, **details}).encode())
@@ -194,8 +211,7 @@ class Forwarder:
         if config is None or request.has_body or request.upgrade or request.method == "HEAD":
             return False
         out = outgoing(request)
-        name = config.sticky_cookie
-        sticky = cookie(out.cookies, name) if name is not None and out.cookies else None
+        sticky = _sticky_node(config, out)
         started = self._loop.time()
         backend = self.balancer.pick(started, sticky=sticky)
         if backend is None:
@@ -206,10 +222,7 @@ class Forwarder:
         attempt = Attempt(backend, stats, self.pool.take_idle(backend.name), started)
         if attempt.connection is not None:
             try:
-                attempt.connection.begin(
-                    out.head if out.host else out.head + b"Host: " + backend.authority + b"\r\n\r\n",
-                    method_head=False,
-                )
+                attempt.connection.begin(out.head_for(backend), method_head=False)
             except UpstreamClosed:
                 attempt.connection.abort()
                 attempt.connection = None
@@ -225,8 +238,7 @@ class Forwarder:
         if config is None:
             return self._unavailable(request)
         out = outgoing(request)
-        name = config.sticky_cookie
-        sticky = cookie(out.cookies, name) if name is not None and out.cookies else None
+        sticky = _sticky_node(config, out)
         if out.expect_continue and request.has_body:
             request.continue_()
         return await self.forward(request, config, out, sticky)
@@ -260,10 +272,7 @@ class Forwarder:
             tried.append(backend)
             try:
                 try:
-                    head = out.head
-                    if not out.host:
-                        head += b"Host: " + backend.authority + b"\r\n\r\n"
-                    connection, response = await self._exchange(request, backend, head, connection)
+                    connection, response = await self._exchange(request, backend, out.head_for(backend), connection)
                 except ConnectFailed as exc:
                     self._failed(backend, stats, refused=True)
                     message = "upstream connect timeout" if exc.timed_out else "upstream connection failed"
@@ -283,8 +292,6 @@ class Forwarder:
                     return error(request, failure[0], failure[1], node=backend.name)
                 if response.status == 101:
                     return await self._switch(request, connection, response, stats, started)
-                name = config.sticky_cookie
-                set_cookie = name if name is not None and sticky != backend.name else None
                 return await self._relay(
                     request,
                     connection=connection,
@@ -292,7 +299,7 @@ class Forwarder:
                     backend=backend,
                     stats=stats,
                     started=started,
-                    set_cookie=set_cookie,
+                    set_cookie=_cookie_due(config, sticky, backend),
                 )
             finally:
                 backend.active -= 1
@@ -456,10 +463,7 @@ class _Flight:
         backend = attempt.backend
         backend.active -= 1
         try:
-            name = self.config.sticky_cookie
-            forwarder.account(
-                backend, attempt.stats, response, name if name is not None and self.sticky != backend.name else None
-            )
+            forwarder.account(backend, attempt.stats, response, _cookie_due(self.config, self.sticky, backend))
             if response.status in (204, 304):
                 request.respond_bodiless(response.status, response.reason, response.headers, None)
             else:

@@ -282,6 +282,8 @@ class Downstream(asyncio.Protocol):
         self._coding: bytes | None = None
         self._room = server.limits.max_header_bytes
         """Bytes the current head (or, in a chunked body, framing and trailers) may still take on the wire."""
+        self._line_ended = False
+        """Whether an earlier read of the current head held the end of its request line."""
         self._heads = 0
         self._body_bytes = False
         self._parsing: Request | None = None
@@ -379,6 +381,8 @@ class Downstream(asyncio.Protocol):
             self._feed(data)
             if self._heads == heads:
                 self._room -= len(data)
+                if not self._line_ended:
+                    self._line_ended = b"\n" in data
             return
         if room > 0:
             self._feed(data[:room])
@@ -386,8 +390,8 @@ class Downstream(asyncio.Protocol):
             if self._refused is None:
                 self.data_received(data[room:])
             return
-        line_done = self._headers or b"\n" in data[:room]
-        self._refuse(Refused(431, "request header fields too large") if line_done else Refused(414, "URI too long"))
+        line_ended = self._line_ended or b"\n" in data[:room]
+        self._refuse(Refused(431, "request header fields too large") if line_ended else Refused(414, "URI too long"))
 
     def _feed_body(self, data: bytes) -> None:
         """Bytes that start in a request body; in a chunked one, framing and trailers share the head's bound."""
@@ -466,6 +470,7 @@ class Downstream(asyncio.Protocol):
         self._host = self._length = self._coding = None
         self._hosts = 0
         self._room = self.limits.max_header_bytes
+        self._line_ended = False
         self._head_started = None
         self._body_read = self.loop.time() if request.has_body else None
         self._parsing = request

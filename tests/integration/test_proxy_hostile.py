@@ -209,22 +209,31 @@ def test_refused_requests_are_answered_closed_and_never_forwarded(rig: Rig, name
     sentinel_only(rig)
 
 
-def test_an_endless_header_is_cut_at_the_limit(rig: Rig) -> None:
-    """100 MB of header lines: answered 431 after 32 KB while the client is still sending, then cut."""
+@pytest.mark.parametrize(
+    ("start", "piece"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: panel\r\n", (b"X-Flood: " + b"f" * 1000 + b"\r\n") * 64),
+        (b"GET / HTTP/1.1\r\nHost: panel\r\nX-Endless: ", b"f" * 1000),
+    ],
+    ids=["header lines", "one header line in small reads"],
+)
+def test_an_endless_header_is_cut_at_the_limit(rig: Rig, start: bytes, piece: bytes) -> None:
+    """100 MB of header bytes: answered 431 after 32 KB while the client is still sending, then cut.
+    Sent in pieces, so the read that crosses the limit does not hold the request line's end."""
     sent = 0
 
     def flood(sock: socket.socket) -> None:
         nonlocal sent
-        line = b"X-Flood: " + b"f" * 1000 + b"\r\n"
         try:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: panel\r\n")
+            sock.sendall(start)
             while sent < 100 * (1 << 20):
-                sock.sendall(line * 64)
-                sent += len(line) * 64
+                sock.sendall(piece)
+                sent += len(piece)
         except OSError:
             pass
 
     with connect(rig) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         flooding = threading.Thread(target=flood, args=(sock,))
         flooding.start()
         answer = read_until_closed(sock)

@@ -86,7 +86,7 @@ class _Relist(Exception):
 
 @dataclass
 class ConfigWatcher:
-    """Keeps ``config`` current and calls ``on_change`` with every new value."""
+    """Keeps ``config`` current and calls ``on_change`` with the first and every new value."""
 
     client: KubeClient
     namespace: str
@@ -141,8 +141,9 @@ class ConfigWatcher:
         self._reload_value = _reload_value(self._cluster_obj)
         self._nodes = {n["metadata"]["name"]: n for n in nodes["items"] if self._mine(n)}
         self.lists += 1
+        first = not self.loaded
         self.loaded = True
-        self._publish()
+        self._publish(always=first)
         self._listed.set()
         return clusters["metadata"]["resourceVersion"], nodes["metadata"]["resourceVersion"]
 
@@ -194,9 +195,11 @@ class ConfigWatcher:
     def _mine(self, node: Obj) -> bool:
         return bool(node.get("spec", {}).get("cluster") == self.cluster)
 
-    def _publish(self) -> None:
+    def _publish(self, always: bool = False) -> None:
+        """Calls ``on_change`` when the configuration changed, or ``always`` (the first list: even no cluster
+        is news to workers, which listen only once they have a configuration)."""
         config = build_config(self._cluster_obj, list(self._nodes.values()), self.reloads)
-        if config != self.config:
+        if always or config != self.config:
             self.config = config
             self.on_change(config)
 

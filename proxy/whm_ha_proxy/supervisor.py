@@ -39,12 +39,13 @@ class Worker:
     channel: Channel
     pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     reader: asyncio.Task[None] | None = None
-    listening: bool = False
-    """It has answered a message: it answers only once its socket listens."""
+    configured: bool = False
+    """It has confirmed a configuration: it listens only once it has one."""
+    applied: ProxyConfig | None = None
+    """The configuration it last confirmed."""
 
     async def read(self) -> None:
         while (message := await self.channel.receive()) is not None:
-            self.listening = True
             future = self.pending.pop(message["id"], None)
             if future is not None and not future.done():
                 future.set_result(message)
@@ -71,15 +72,19 @@ class Supervisor:
         return self.watcher.config
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready once the configuration is loaded, a node is routable and a worker listens."""
+        """Ready once the configuration is loaded, a node is routable, a worker listens and every listening
+        worker has a routable node (workers apply a configuration a moment after the watch has it)."""
         if not self.watcher.loaded:
             return False, "configuration not loaded yet"
         if self.config is None:
             return False, f"WHMCluster {self.options.namespace}/{self.options.cluster} not found"
         if not self.config.routable:
             return False, "no routable node"
-        if not any(worker.listening for worker in self.workers.values()):
+        listening = [worker for worker in self.workers.values() if worker.configured]
+        if not listening:
             return False, "no worker listening yet"
+        if not all(worker.applied is not None and worker.applied.routable for worker in listening):
+            return False, "a worker has no routable node yet"
         return True, "ready"
 
     async def call(self, worker: Worker, message: dict[str, Any]) -> dict[str, Any]:
@@ -93,10 +98,15 @@ class Supervisor:
         finally:
             worker.pending.pop(ident, None)
 
+    async def configure(self, worker: Worker, config: ProxyConfig | None) -> None:
+        """Give one worker a configuration and wait until it has applied it."""
+        await self.call(worker, {"config": config.to_json() if config is not None else None})
+        worker.applied = config
+        worker.configured = True
+
     async def broadcast(self, config: ProxyConfig | None) -> None:
         """Give every worker a configuration and wait until each has applied it."""
-        message = {"config": config.to_json() if config is not None else None}
-        await asyncio.gather(*(self.call(w, message) for w in list(self.workers.values())), return_exceptions=True)
+        await asyncio.gather(*(self.configure(w, config) for w in list(self.workers.values())), return_exceptions=True)
 
     async def stats(self) -> dict[str, Any]:
         """Counters summed over the workers that answered."""
@@ -105,7 +115,11 @@ class Supervisor:
         )
         snapshots = [a["stats"] for a in answers if isinstance(a, dict)]
         merged = merge(snapshots)
-        merged["workers"] = {"running": len(self.workers), "reporting": len(snapshots)}
+        merged["workers"] = {
+            "running": len(self.workers),
+            "reporting": len(snapshots),
+            "listening": sum(worker.configured for worker in self.workers.values()),
+        }
         return merged
 
     async def reload(self) -> ProxyConfig | None:
@@ -144,7 +158,7 @@ class Supervisor:
         worker.reader = asyncio.create_task(worker.read())
         self.workers[index] = worker
         if self.watcher.loaded:
-            self._spawn_task(self.call(worker, {"config": self.config.to_json() if self.config else None}))
+            self._spawn_task(self.configure(worker, self.config))
         return worker
 
     async def keep_worker(self, index: int) -> None:

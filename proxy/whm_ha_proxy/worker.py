@@ -2,8 +2,9 @@
 
 Started by the parent as ``python -m whm_ha_proxy.worker OPTIONS_JSON FD``, where FD is the worker's
 end of a socket pair. Messages in: ``{"id", "config"}`` (apply a configuration), ``{"id", "stats"}``
-(report counters). Each is answered with ``{"id", ...}``. SIGTERM, or the parent going away, drains:
-stop accepting, let requests in flight finish (up to the drain time), exit.
+(report counters). Each is answered with ``{"id", ...}``. The worker listens once it has its first
+configuration (then answers it), so no connection reaches a worker that cannot route yet. SIGTERM, or
+the parent going away, drains: stop accepting, let requests in flight finish (up to the drain time), exit.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 
 import uvloop
 
@@ -47,13 +49,21 @@ async def serve(options: ProxyOptions, channel_fd: int) -> None:
     channel = await Channel.open(socket.socket(fileno=channel_fd))
     forwarder = Forwarder(Balancer(policy=options.policy), options.timeouts)
     server = Server(forwarder, options.limits)
-    listener = await loop.create_server(server, sock=listen_socket(*options.listen), backlog=4096)
-    # What exists now lives as long as the worker: out of the cyclic collector's reach, its full collections
-    # scan only what requests allocate (their pauses showed as a p99.9 of 0.5-0.8 s at 10,000 req/s).
-    gc.freeze()
-    answering = asyncio.create_task(_answer(channel, forwarder, stop))
+    listener: asyncio.Server | None = None
+
+    async def listen() -> None:
+        nonlocal listener
+        if listener is None:
+            listener = await loop.create_server(server, sock=listen_socket(*options.listen), backlog=4096)
+            # What exists now lives as long as the worker: out of the cyclic collector's reach, its full
+            # collections scan only what requests allocate (their pauses showed as a p99.9 of 0.5-0.8 s at
+            # 10,000 req/s).
+            gc.freeze()
+
+    answering = asyncio.create_task(_answer(channel, forwarder, listen, stop))
     await stop.wait()
-    listener.close()
+    if listener is not None:
+        listener.close()
     await server.drain(options.drain_seconds)
     answering.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -62,11 +72,14 @@ async def serve(options: ProxyOptions, channel_fd: int) -> None:
     channel.close()
 
 
-async def _answer(channel: Channel, forwarder: Forwarder, stop: asyncio.Event) -> None:
+async def _answer(
+    channel: Channel, forwarder: Forwarder, listen: Callable[[], Awaitable[None]], stop: asyncio.Event
+) -> None:
     while (message := await channel.receive()) is not None:
         if "config" in message:
             data = message["config"]
             forwarder.configure(ProxyConfig.from_json(data) if data is not None else None)
+            await listen()
             channel.send({"id": message["id"]})
         elif "stats" in message:
             channel.send({"id": message["id"], "stats": forwarder.snapshot()})

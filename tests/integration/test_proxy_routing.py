@@ -175,7 +175,7 @@ def test_metrics_and_healthz(
     wait_for(proxy.ready, 10, "ready")
     served_by(proxy, 20)
     stats = proxy.stats()
-    assert stats["workers"] == {"running": 2, "reporting": 2}
+    assert stats["workers"] == {"running": 2, "reporting": 2, "listening": 2}
     assert stats["nodes"]["m1"]["requests"] == 20 and stats["nodes"]["m1"]["responses"]["2xx"] == 20
     assert stats["nodes"]["m1"]["latency"]["count"] == 20
     text = urllib3.request("GET", proxy.admin_url + "/metrics").data.decode()

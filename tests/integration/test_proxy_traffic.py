@@ -333,6 +333,8 @@ def test_a_dead_worker_is_started_again(
     ]
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
-    wait_for(lambda: proxy.stats()["workers"] == {"running": 2, "reporting": 2}, 15, "worker started again")
+    wait_for(
+        lambda: proxy.stats()["workers"] == {"running": 2, "reporting": 2, "listening": 2}, 15, "worker started again"
+    )
     for _ in range(10):
         assert HTTP.request("GET", proxy.url + "/x").status == 200

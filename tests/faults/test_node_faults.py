@@ -37,9 +37,10 @@ from whm_ha.crd.annotations import ROLE_LABEL
 
 PERIOD, TIMEOUT, THRESHOLD = 1, 1, 2
 NODE_HEALTH = {"periodSeconds": PERIOD, "timeoutSeconds": TIMEOUT, "failureThreshold": THRESHOLD}
-NODE_BOUND = PERIOD * THRESHOLD + TIMEOUT + 1
+NODE_BOUND = PERIOD * THRESHOLD + TIMEOUT + 0.5
 """A node that stops answering to a new primary: periodSeconds x failureThreshold + timeoutSeconds (the last
-probe waits it out), + 1 s for the failover itself."""
+probe waits it out), + 0.5 s for the decision and its write. (A switch that lost a race to the operator's own
+previous write, and waited a probe round to decide again, took 3.1-4.0 s here.)"""
 PROXY_OPTIONS = ("--connect-timeout=1", "--header-timeout=2")
 """The proxy gives a node 1 s to accept a connection and 2 s to answer (nginx's proxy_connect_timeout and
 proxy_read_timeout); an idempotent GET that fails either way is retried on another node."""

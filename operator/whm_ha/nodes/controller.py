@@ -36,6 +36,8 @@ from .probe import probe_all
 
 log = logging.getLogger(__name__)
 FINALIZER = "ha.whm.io/primary-handover"
+LOST_RACE_WAIT = 1.0
+"""After a write lost a race, how long to wait for the watch to bring the change before deciding again."""
 Obj = dict[str, Any]
 
 
@@ -85,18 +87,25 @@ class ClusterController:
         together (every cluster, when the operator starts) do not probe, nor write, in step ever after."""
         next_probe = time.monotonic()
         first = True
+        retry = False
         try:
             while not stopped:
                 self.wake.clear()
-                probe = time.monotonic() >= next_probe
+                probe = not retry and time.monotonic() >= next_probe
                 if probe:
                     period = float(cluster().get("spec", {}).get("healthCheck", {}).get("periodSeconds", 5))
                     interval = period * random.uniform(0.5, 1.0) if first else period
                     next_probe, first = max(next_probe + interval, time.monotonic()), False
                 try:
-                    await self.step(cluster(), nodes(), probe=probe)
+                    lost_race = await self.step(cluster, nodes(), probe=probe)
                 except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                    lost_race = False
                     log.warning("cluster %s/%s: API trouble, retrying next period: %r", self.namespace, self.name, exc)
+                retry = lost_race and not retry  # once: decide again, without probing, when the watch has caught up
+                if retry:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), LOST_RACE_WAIT)
+                    continue
                 remaining = next_probe - time.monotonic()
                 if remaining > 0:
                     with contextlib.suppress(TimeoutError):
@@ -114,7 +123,10 @@ class ClusterController:
         with contextlib.suppress(KeyError):
             metrics.HEALTHY_NODES.remove(self.namespace, self.name)
 
-    async def step(self, cluster: Obj, nodes: list[Obj], *, probe: bool = True) -> None:
+    async def step(self, current: Callable[[], Obj], nodes: list[Obj], *, probe: bool = True) -> bool:
+        """Probe (when ``probe``), decide and write; True when a write lost a race to another change of the
+        cluster (``current`` had not caught up yet), so that the caller decides again at once."""
+        cluster = current()
         for kind in metrics.FAILOVER_TYPES:  # at 0 from the start, so that alerts see the first failover as an increase
             metrics.FAILOVERS.labels(self.namespace, self.name, kind)
         spec = WHMClusterSpec.model_validate(cluster.get("spec") or {})
@@ -140,6 +152,10 @@ class ClusterController:
         node_ids = self._node_ids(nodes)
         if probe:
             await self._probe(spec, live)
+            # The probe took up to timeoutSeconds: decide on the cluster as it is now (a write of the last
+            # step, e.g. primaryFailingSince, may have landed meanwhile), or the switch would lose that race.
+            cluster = current()
+            status = cluster.get("status") or {}
         for gone in set(self.health) - {n["metadata"]["name"] for n in nodes}:
             del self.health[gone]
 
@@ -152,7 +168,7 @@ class ClusterController:
         if decision.changed and decision.primary != primary:
             written = await self._switch(cluster, status, decision, request)
             if written is None:
-                return  # someone else changed the cluster; its watch event wakes us to decide again
+                return True
             cluster, status, primary = written, written.get("status") or {}, decision.primary
         elif request is not None:
             await self._settle_request(cluster, request, decision)
@@ -165,6 +181,7 @@ class ClusterController:
             await self.legacy.flush()
             if time.monotonic() >= self.next_cleanup:
                 await self._delete_expired(spec)
+        return False
 
     def _replication_view(self, name: str) -> Callable[[], Awaitable[Obj]]:
         """The MySQLReplication ``name`` from the watch, or from the API while the watch has not seen it."""

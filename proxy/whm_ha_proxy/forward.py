@@ -31,9 +31,9 @@ SET_BY_PROXY = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarde
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 SMALL_BODY = 65536
 """Response bodies of a known length up to this size are relayed in one write."""
-JSON = [("Content-Type", "application/json")]
+JSON = b"Content-Type: application/json\r\n"
 log = logging.getLogger("whm_ha_proxy.forward")
-REASONS = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+REASONS = {502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
 
 
 @dataclass(frozen=True)
@@ -346,7 +346,7 @@ class Forwarder:
         else:
             self.balancer.succeeded(backend)
         if set_cookie is not None:
-            response.headers.append(("Set-Cookie", f"{set_cookie}={backend.name}; Path=/; HttpOnly; SameSite=Lax"))
+            response.fields += f"Set-Cookie: {set_cookie}={backend.name}; Path=/; HttpOnly; SameSite=Lax\r\n".encode()
 
     async def _relay(
         self,
@@ -362,21 +362,21 @@ class Forwarder:
         """Send the node's response to the client as it arrives."""
         status = response.status
         self.account(backend, stats, response, set_cookie)
-        headers = response.headers
+        fields = response.fields
         length = response.length
         idle = self.timeouts.idle
         try:
             if request.method == "HEAD" or status in (204, 304):
-                request.respond_bodiless(status, response.reason, headers, length if request.method == "HEAD" else None)
+                request.respond_bodiless(status, response.reason, fields, length if request.method == "HEAD" else None)
             elif length is not None and length <= SMALL_BODY:
                 body = await connection.read(idle)
                 while len(body) < length and (more := await connection.read(idle)):
                     body += more
                 if await connection.read(idle):
                     raise UpstreamClosed("more body than announced")
-                request.respond(status, response.reason, headers, body)
+                request.respond(status, response.reason, fields, body)
             else:
-                request.start(status, response.reason, headers, length)
+                request.start(status, response.reason, fields, length)
                 while piece := await connection.read(idle):
                     await request.write(piece)
                 request.finish()
@@ -402,7 +402,7 @@ class Forwarder:
             connection.abort()
             return error(request, 502, "upstream failure", node=connection.key)
         assert connection.transport is not None
-        request.switch(response.headers, response.upgrade, connection.transport)
+        request.switch(response.fields, response.upgrade, connection.transport)
         downstream = request.downstream
         assert downstream.transport is not None
         try:
@@ -465,9 +465,9 @@ class _Flight:
         try:
             forwarder.account(backend, attempt.stats, response, _cookie_due(self.config, self.sticky, backend))
             if response.status in (204, 304):
-                request.respond_bodiless(response.status, response.reason, response.headers, None)
+                request.respond_bodiless(response.status, response.reason, response.fields, None)
             else:
-                request.respond(response.status, response.reason, response.headers, body)
+                request.respond(response.status, response.reason, response.fields, body)
             forwarder.pool.release(connection)
             attempt.stats.answered(response.status, request.downstream.loop.time() - attempt.started)
             request.downstream.finished(request)

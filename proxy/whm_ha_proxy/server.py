@@ -194,17 +194,17 @@ class Request:
     def has_body(self) -> bool:
         return self.chunked or bool(self.length)
 
-    def respond(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes = b"") -> None:
-        """Send a whole answer in one write."""
+    def respond(self, status: int, reason: bytes, fields: bytes, body: bytes = b"") -> None:
+        """Send a whole answer in one write; ``fields`` are header lines, each ending with CRLF."""
         self.responded = True
-        self.downstream.send(self._head(status, reason, headers, len(body)) + body)
+        self.downstream.send(self._head(status, reason, fields, len(body)) + body)
 
-    def respond_bodiless(self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None) -> None:
+    def respond_bodiless(self, status: int, reason: bytes, fields: bytes, length: int | None) -> None:
         """Send an answer that has no body (to HEAD, or 204/304), with the Content-Length the node gave."""
         self.responded = True
-        self.downstream.send(self._head(status, reason, headers, length))
+        self.downstream.send(self._head(status, reason, fields, length))
 
-    def start(self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None) -> None:
+    def start(self, status: int, reason: bytes, fields: bytes, length: int | None) -> None:
         """Send the head of a streamed answer: with Content-Length when known, else chunked (or until close)."""
         self.responded = True
         if length is None:
@@ -212,7 +212,7 @@ class Request:
                 self.keep_alive = False
             else:
                 self.downstream.chunked = True
-        self.downstream.send(self._head(status, reason, headers, length))
+        self.downstream.send(self._head(status, reason, fields, length))
 
     async def write(self, data: bytes) -> None:
         await self.downstream.write(data)
@@ -226,29 +226,28 @@ class Request:
         """Tell a client that sent ``Expect: 100-continue`` to send its body."""
         self.downstream.send(CONTINUE)
 
-    def switch(self, headers: list[tuple[str, str]], protocol: str, upstream: asyncio.Transport) -> None:
+    def switch(self, fields: bytes, protocol: bytes, upstream: asyncio.Transport) -> None:
         """Answer 101 (the node switched protocols) and turn the connection into a byte tunnel to ``upstream``."""
         self.responded = True
         self.keep_alive = False
-        lines = ["HTTP/1.1 101 Switching Protocols", *(f"{name}: {value}" for name, value in headers)]
-        lines += ["Connection: Upgrade", f"Upgrade: {protocol}", "\r\n"]
-        self.downstream.send("\r\n".join(lines).encode("latin-1"))
+        self.downstream.send(
+            b"HTTP/1.1 101 Switching Protocols\r\n%sConnection: Upgrade\r\nUpgrade: %s\r\n\r\n" % (fields, protocol)
+        )
         self.downstream.start_tunnel(upstream)
 
-    def _head(self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None) -> bytes:
-        lines = [f"HTTP/1.1 {status} {reason}"]
-        lines.extend(f"{name}: {value}" for name, value in headers)
+    def _head(self, status: int, reason: bytes, fields: bytes, length: int | None) -> bytes:
         if length is not None:
-            lines.append(f"Content-Length: {length}")
+            framing = b"Content-Length: %d\r\n" % length
         elif self.downstream.chunked:
-            lines.append("Transfer-Encoding: chunked")
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            framing = b""
         if not self.keep_alive or self.downstream.server.draining:
             self.keep_alive = False
-            lines.append("Connection: close")
+            framing += b"Connection: close\r\n"
         elif self.http10:
-            lines.append("Connection: keep-alive")
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode("latin-1")
+            framing += b"Connection: keep-alive\r\n"
+        return b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, reason, fields, framing)
 
 
 class Handler(Protocol):
@@ -637,7 +636,7 @@ class Downstream(asyncio.Protocol):
             log.exception("request handler failed")
             request.keep_alive = False
             if not request.responded:
-                request.respond(500, "Internal Server Error", [("Content-Type", "application/json")], b"{}")
+                request.respond(500, b"Internal Server Error", b"Content-Type: application/json\r\n", b"{}")
         self._task = None
         self.finished(request)
 

@@ -19,8 +19,9 @@ HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade"}
 )
 """Headers that describe one connection; never forwarded, nor any ``Proxy-*`` header."""
-NOTICED = HOP_BY_HOP | {"content-length"}
-COMMON_TOKENS = frozenset({"keep-alive", "close", "upgrade"})
+NOTICED = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length"})
+COMMON_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
+WHITESPACE = b" \t"
 HIGH_WATER = 262144
 """Buffered response bytes above which reading from the node pauses."""
 
@@ -46,17 +47,16 @@ class UpstreamClosed(UpstreamError):
 
 
 class Response:
-    """A response head with its end-to-end headers (no hop-by-hop ones, no Content-Length); the body is
-    read with ``Connection.read``."""
+    """A response head with its end-to-end header lines (no hop-by-hop ones, no Content-Length) as received;
+    the body is read with ``Connection.read``."""
 
-    __slots__ = ("headers", "length", "reason", "status", "upgrade")
+    __slots__ = ("fields", "length", "reason", "status", "upgrade")
 
-    def __init__(
-        self, status: int, reason: str, headers: list[tuple[str, str]], length: int | None, upgrade: str = ""
-    ) -> None:
+    def __init__(self, status: int, reason: bytes, fields: bytes, length: int | None, upgrade: bytes = b"") -> None:
         self.status = status
         self.reason = reason
-        self.headers = headers
+        self.fields = fields
+        """The header lines passed on, each ending with CRLF."""
         self.length = length
         """Body length when known (Content-Length, or 0 for bodiless answers); None when chunked or until close."""
         self.upgrade = upgrade
@@ -365,62 +365,63 @@ class Connection(asyncio.Protocol):
             return
 
     def _head_of(self, head: bytes) -> Response | None:
-        lines = head.decode("latin-1").split("\r\n")
-        version, _, status_reason = lines[0].partition(" ")
-        if not version.startswith("HTTP/1."):
-            raise ValueError(repr(lines[0][:80]))
-        code, _, reason = status_reason.partition(" ")
-        status = int(code)
+        """The response head (without its blank line), or None for an interim 1xx; raises ValueError on a
+        malformed one. End-to-end header lines are passed on as bytes, unparsed beyond their name."""
+        first, _, rest = head.partition(b"\r\n")
+        status, reason, close = _status_line(first)
         if 100 <= status < 200 and status != 101:
             return None
-        headers: list[tuple[str, str]] = []
-        append = headers.append
+        crlf = rest.count(b"\r\n")
+        if rest.count(b"\r") != crlf or rest.count(b"\n") != crlf:
+            raise ValueError("bare CR or LF in the header lines")
+        kept: list[bytes] = []
+        append = kept.append
         length: int | None = None
         chunked = False
-        close = version == "HTTP/1.0"
-        hop: set[str] | None = None
-        upgrade = ""
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise ValueError("header line without a colon")
+        hop: set[bytes] | None = None
+        upgrade = b""
+        for line in rest.split(b"\r\n") if rest else ():
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name[-1] in WHITESPACE or name[0] in WHITESPACE:
+                raise ValueError("malformed header line")  # no colon, or obsolete folding, or space before it
             lower = name.lower()
             if lower in NOTICED:
-                if lower == "content-length":
+                if lower == b"content-length":
                     length = int(value)
-                elif lower == "transfer-encoding":
-                    chunked = "chunked" in value.lower()
-                elif lower == "connection":
-                    tokens = {token.strip() for token in value.lower().split(",")}
-                    close = "close" in tokens or (close and "keep-alive" not in tokens)
+                elif lower == b"transfer-encoding":
+                    chunked = b"chunked" in value.lower()
+                elif lower == b"connection":
+                    tokens = {token.strip() for token in value.lower().split(b",")}
+                    close = b"close" in tokens or (close and b"keep-alive" not in tokens)
                     hop = tokens if hop is None else hop | tokens
-                elif lower == "upgrade":
+                elif lower == b"upgrade":
                     upgrade = value.strip()
                 continue
-            if lower[:6] == "proxy-":
+            if lower[:6] == b"proxy-":
                 continue
-            append((name, value.strip()))
+            append(line)
         if hop and (hop := hop - COMMON_TOKENS):  # rare: drop the headers the node named in Connection
-            headers = [(name, value) for name, value in headers if name.lower() not in hop]
+            kept = [line for line in kept if line.partition(b":")[0].lower() not in hop]
+        fields = b"\r\n".join(kept) + b"\r\n" if kept else b""
         if close:
             self.reusable = False
         if status == 101:  # what follows is another protocol: tunnelled until either side closes
             self._framing = 2
             self.reusable = False
-            return Response(status, reason, headers, None, upgrade)
+            return Response(status, reason, fields, None, upgrade)
         if self._method_head or status in (204, 304):
             self._framing, self._remaining = 0, 0
-            return Response(status, reason, headers, length if self._method_head else 0)
+            return Response(status, reason, fields, length if self._method_head else 0)
         if chunked:
             self._framing, self._chunk_state = 1, _CHUNK_SIZE
             self._line.clear()
-            return Response(status, reason, headers, None)
+            return Response(status, reason, fields, None)
         if length is not None:
             self._framing, self._remaining = 0, length
-            return Response(status, reason, headers, length)
+            return Response(status, reason, fields, length)
         self._framing = 2
         self.reusable = False
-        return Response(status, reason, headers, None)
+        return Response(status, reason, fields, None)
 
     def _feed(self, data: bytes) -> None:
         if self._framing == 0:
@@ -486,6 +487,18 @@ class Connection(asyncio.Protocol):
         self._error = UpstreamClosed(message)
         self.abort()
         self._wake()
+
+
+def _status_line(line: bytes) -> tuple[int, bytes, bool]:
+    """Status, reason and whether the connection closes by default (HTTP/1.0); ValueError unless HTTP/1.x
+    with a three-digit status."""
+    version, _, status_reason = line.partition(b" ")
+    if not version.startswith(b"HTTP/1."):
+        raise ValueError(repr(line[:80]))
+    code, _, reason = status_reason.partition(b" ")
+    if len(code) != 3 or not code.isdigit():
+        raise ValueError(f"status {code[:10]!r}")
+    return int(code), reason, version == b"HTTP/1.0"
 
 
 class Pool:

@@ -80,7 +80,7 @@ async def test_content_length_framing(body: bytes, cut: list[int]) -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-A: 1\r\nConnection: keep-alive, X-A\r\n\r\n" % len(body)
     connection, response, received = await exchange(head + body, cut)
     assert received == body and response.length == len(body)
-    assert response.headers == [], "Content-Length, Connection and the headers it names are not end-to-end"
+    assert response.fields == b"", "Content-Length, Connection and the headers it names are not end-to-end"
     assert connection.complete() and connection.reusable
 
 
@@ -90,7 +90,7 @@ async def test_chunked_framing(body: bytes, sizes: list[int], cut: list[int]) ->
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n\r\n"
     connection, response, received = await exchange(head + chunked(body, sizes), cut)
     assert received == body and response.length is None
-    assert response.headers == [("Content-Encoding", "gzip")]
+    assert response.fields == b"Content-Encoding: gzip\r\n"
     assert connection.complete() and connection.reusable
 
 
@@ -115,6 +115,32 @@ async def test_interim_answers_are_skipped_and_head_has_no_body() -> None:
     assert response.status == 200 and response.length == 5 and body == b"" and connection.complete()
     connection, response, body = await exchange(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", [])
     assert response.length == 0 and body == b"" and connection.complete()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded: into X-A\r\n",  # obsolete line folding
+        b"HTTP/1.1 200 OK\r\nX-A : 1\r\n",  # whitespace before the colon
+        b"HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: injected\r\n",  # a bare CR
+        b"HTTP/1.1 200 OK\r\nX-A: 1\nSet-Cookie: injected\r\n",  # a bare LF
+        b"HTTP/1.1 200 OK\r\nno colon\r\n",
+        b"HTTP/1.1 2000 OK\r\n",
+        b"HTTP/1.1 +20 OK\r\n",
+        b"HTTP/2 200 OK\r\n",
+        b"ICY 200 OK\r\n",
+    ],
+    ids=["folding", "space before colon", "bare CR", "bare LF", "no colon", "four digits", "sign", "HTTP/2", "ICY"],
+)
+async def test_a_malformed_response_head_is_an_error_not_passed_on(head: bytes) -> None:
+    """What RFC 9112 says a proxy must not forward (folding, whitespace before a colon, bare CR or LF) and
+    unreadable status lines fail the exchange; the client then gets a 502 from the proxy."""
+    connection = Connection(asyncio.get_running_loop(), "n")
+    connection.connection_made(FakeTransport())  # type: ignore[arg-type]
+    connection.begin(b"GET / HTTP/1.1\r\n\r\n", method_head=False)
+    connection.data_received(head + b"Content-Length: 0\r\n\r\n")
+    with pytest.raises(UpstreamClosed, match="bad response head"):
+        await connection.response(1)
 
 
 async def test_a_node_closing_mid_body_or_silent_is_an_error() -> None:

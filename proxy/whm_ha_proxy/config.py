@@ -1,9 +1,9 @@
 """The proxy's configuration, read from the WHMCluster and its WHMNodes and kept current by watching them.
 
-``ConfigWatcher`` lists both kinds, then watches each from the list's resourceVersion. It lists again
-on 410 Gone, after API errors (with a growing backoff, so an API server restart is survived),
-every ``resync`` seconds, when the cluster's ``ha.whm.io/reload`` annotation takes a new value,
-and when ``reload()`` is called.
+``ConfigWatcher`` lists both kinds, then watches each from the list's resourceVersion (the operator's
+``relisting`` loop and ``follow`` watch). It lists again on 410 Gone, after API errors (with a growing
+backoff, so an API server restart is survived), every ``resync`` seconds, when the cluster's
+``ha.whm.io/reload`` annotation takes a new value, and when ``reload()`` is called.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import aiohttp
-
 from whm_ha.crd.annotations import RELOAD
 from whm_ha.crd.whmcluster import LoadBalancer
-from whm_ha.kube.client import WHMCLUSTERS, WHMNODES, ApiError, KubeClient, Obj, Resource
+from whm_ha.kube.client import WHMCLUSTERS, WHMNODES, KubeClient, Obj
+from whm_ha.kube.informer import follow, relisting
 
 from .balancer import Algorithm, NodeSpec
 
@@ -108,21 +107,7 @@ class ConfigWatcher:
 
     async def run(self) -> None:
         """List and watch until cancelled."""
-        backoff = 0.25
-        while True:
-            try:
-                versions = await self._list()
-                backoff = 0.25
-                await self._watch(*versions)
-            except ApiError as exc:
-                if exc.status == 410:
-                    log.info("watch expired (410 Gone): listing again")
-                    continue
-                log.warning("API error: %s; listing again in %.1fs", exc, backoff)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                log.warning("API unreachable (%s: %s); listing again in %.1fs", type(exc).__name__, exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+        await relisting("configuration", self._list, self._watch)
 
     async def reload(self, timeout: float = 10.0) -> ProxyConfig | None:
         """Read everything again now; returns the configuration after that read."""
@@ -147,13 +132,15 @@ class ConfigWatcher:
         self._listed.set()
         return clusters["metadata"]["resourceVersion"], nodes["metadata"]["resourceVersion"]
 
-    async def _watch(self, clusters_version: str, nodes_version: str) -> None:
+    async def _watch(self, versions: tuple[str, str]) -> None:
         """Watch both kinds until a re-list is due; raises what ended a watch abnormally."""
-        tasks = [
-            asyncio.create_task(self._follow(WHMCLUSTERS, clusters_version, self._on_cluster)),
-            asyncio.create_task(self._follow(WHMNODES, nodes_version, self._on_node)),
-            asyncio.create_task(self._wake.wait()),
+        clusters_version, nodes_version = versions
+        watches = ((WHMCLUSTERS, clusters_version, self._on_cluster), (WHMNODES, nodes_version, self._on_node))
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(follow(self.client, kind, self.namespace, version, apply, seconds=WATCH_SECONDS))
+            for kind, version, apply in watches
         ]
+        tasks.append(asyncio.create_task(self._wake.wait()))
         try:
             done, _ = await asyncio.wait(tasks, timeout=self.resync, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -164,14 +151,6 @@ class ConfigWatcher:
             error = task.exception()
             if error is not None and not isinstance(error, _Relist):
                 raise error
-
-    async def _follow(self, resource: Resource, version: str, apply: Callable[[str, Obj], None]) -> None:
-        while True:
-            async for event in self.client.watch(resource, self.namespace, version, timeout=WATCH_SECONDS):
-                obj = event["object"]
-                version = obj.get("metadata", {}).get("resourceVersion", version)
-                if event["type"] != "BOOKMARK":
-                    apply(event["type"], obj)
 
     def _on_cluster(self, kind: str, obj: Obj) -> None:
         if obj["metadata"]["name"] != self.cluster:

@@ -387,7 +387,7 @@ class Connection(asyncio.Protocol):
             lower = name.lower()
             if lower in NOTICED:
                 if lower == b"content-length":
-                    length = int(value)
+                    length = _content_length(value, length)
                 elif lower == b"transfer-encoding":
                     chunked = b"chunked" in value.lower()
                 elif lower == b"connection":
@@ -499,6 +499,15 @@ def _status_line(line: bytes) -> tuple[int, bytes, bool]:
     if len(code) != 3 or not code.isdigit():
         raise ValueError(f"status {code[:10]!r}")
     return int(code), reason, version == b"HTTP/1.0"
+
+
+def _content_length(value: bytes, previous: int | None) -> int:
+    """A Content-Length value: digits only, and equal to any earlier one (two differing lengths are how
+    responses are smuggled)."""
+    digits = value.strip()
+    if not digits.isdigit() or (previous is not None and int(digits) != previous):
+        raise ValueError(f"bad or conflicting Content-Length {digits[:20]!r}")
+    return int(digits)
 
 
 class Pool:

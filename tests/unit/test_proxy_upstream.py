@@ -125,16 +125,31 @@ async def test_interim_answers_are_skipped_and_head_has_no_body() -> None:
         b"HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: injected\r\n",  # a bare CR
         b"HTTP/1.1 200 OK\r\nX-A: 1\nSet-Cookie: injected\r\n",  # a bare LF
         b"HTTP/1.1 200 OK\r\nno colon\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",  # and the 0 that follows
         b"HTTP/1.1 2000 OK\r\n",
         b"HTTP/1.1 +20 OK\r\n",
         b"HTTP/2 200 OK\r\n",
         b"ICY 200 OK\r\n",
     ],
-    ids=["folding", "space before colon", "bare CR", "bare LF", "no colon", "four digits", "sign", "HTTP/2", "ICY"],
+    ids=[
+        "folding",
+        "space before colon",
+        "bare CR",
+        "bare LF",
+        "no colon",
+        "negative length",
+        "two lengths",
+        "four digits",
+        "sign",
+        "HTTP/2",
+        "ICY",
+    ],
 )
 async def test_a_malformed_response_head_is_an_error_not_passed_on(head: bytes) -> None:
-    """What RFC 9112 says a proxy must not forward (folding, whitespace before a colon, bare CR or LF) and
-    unreadable status lines fail the exchange; the client then gets a 502 from the proxy."""
+    """What RFC 9112 says a proxy must not forward (folding, whitespace before a colon, bare CR or LF), framing
+    that is not one non-negative Content-Length, and unreadable status lines fail the exchange; the client then
+    gets a 502 from the proxy (or the answer of another node)."""
     connection = Connection(asyncio.get_running_loop(), "n")
     connection.connection_made(FakeTransport())  # type: ignore[arg-type]
     connection.begin(b"GET / HTTP/1.1\r\n\r\n", method_head=False)

@@ -23,7 +23,7 @@ from kubernetes import client
 from tests.fixtures.operator_process import OperatorProcess
 from tests.fixtures.sandbox import SandboxProcess
 from tests.fixtures.whm_nodes import NodeServer
-from tests.kube_helpers import GROUP, VERSION, wait_for
+from tests.kube_helpers import GROUP, VERSION, create_node, wait_for
 
 DEFAULT = {"periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3, "successThreshold": 1}
 FAST = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
@@ -88,18 +88,7 @@ def create_cluster(
         },
     )
     for node, address, port, priority in nodes:
-        custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            "whmnodes",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "WHMNode",
-                "metadata": {"name": node},
-                "spec": {"cluster": name, "address": address, "port": port, "priority": priority},
-            },
-        )
+        create_node(custom, namespace, node, cluster=name, address=address, port=port, priority=priority)
 
 
 def cluster_status(custom: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:

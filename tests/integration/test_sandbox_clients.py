@@ -15,7 +15,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.fixtures.sandbox import ROOT, SandboxProcess
-from tests.kube_helpers import GROUP, VERSION, wait_for
+from tests.kube_helpers import GROUP, VERSION, create_node, wait_for
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
@@ -73,18 +73,7 @@ def test_kopf_operator_sees_its_own_updates_and_manages_finalizers(
         )
     try:
         name = f"n-{uuid.uuid4().hex[:6]}"
-        custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            "whmnodes",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "WHMNode",
-                "metadata": {"name": name},
-                "spec": {"cluster": "whm", "address": "10.0.0.1"},
-            },
-        )
+        create_node(custom, namespace, name)  # in cluster "whm" at 10.0.0.1
 
         def get() -> dict[str, Any]:
             obj: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "whmnodes", name)

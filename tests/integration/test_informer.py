@@ -10,16 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.sandbox import SandboxProcess
+from tests.kube_helpers import node
 from whm_ha.kube.client import WHMNODES, KubeClient, Obj
 from whm_ha.kube.config import endpoint
 from whm_ha.kube.informer import Informer
 
 NAMESPACE = "informed"
-
-
-def node(name: str, cluster: str = "whm") -> Obj:
-    spec = {"cluster": cluster, "address": "127.0.0.1", "port": 4000}
-    return {"apiVersion": "ha.whm.io/v1alpha1", "kind": "WHMNode", "metadata": {"name": name}, "spec": spec}
 
 
 async def until(changed: asyncio.Event, condition: Callable[[], bool], timeout: float) -> None:

@@ -10,6 +10,7 @@ reached the node: ``ConnectFailed`` means nothing was sent.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from collections.abc import AsyncIterable, Callable
 from typing import cast
@@ -22,6 +23,13 @@ HOP_BY_HOP = frozenset(
 NOTICED = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length"})
 COMMON_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 WHITESPACE = b" \t"
+FIELD_VALUE = rb"[\t\x20-\x7e\x80-\xff]*"
+"""Visible characters, obs-text, space and tab: no NUL, CR, LF or other controls (RFC 9110 5.5)."""
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] [1-9][0-9][0-9](?: " + FIELD_VALUE + rb")?")
+FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:" + FIELD_VALUE)
+"""A token, the colon right after it (no whitespace before it, no folded line), and a clean value."""
+WELL_FORMED_HEAD = re.compile(STATUS_LINE.pattern + rb"(?:\r\n" + FIELD_LINE.pattern + rb")*")
+"""A response head without its blank line, checked in one pass: what RFC 9112 lets a proxy forward."""
 HIGH_WATER = 262144
 """Buffered response bytes above which reading from the node pauses."""
 
@@ -367,29 +375,28 @@ class Connection(asyncio.Protocol):
     def _head_of(self, head: bytes) -> Response | None:
         """The response head (without its blank line), or None for an interim 1xx; raises ValueError on a
         malformed one. End-to-end header lines are passed on as bytes, unparsed beyond their name."""
+        if WELL_FORMED_HEAD.fullmatch(head) is None:
+            raise ValueError(_flaw(head))
         first, _, rest = head.partition(b"\r\n")
-        status, reason, close = _status_line(first)
+        status = int(first[9:12])
         if 100 <= status < 200 and status != 101:
             return None
-        crlf = rest.count(b"\r\n")
-        if rest.count(b"\r") != crlf or rest.count(b"\n") != crlf:
-            raise ValueError("bare CR or LF in the header lines")
+        reason = first[13:]
+        close = first[5:8] == b"1.0"  # HTTP/1.0 closes unless it says keep-alive
         kept: list[bytes] = []
         append = kept.append
         length: int | None = None
-        chunked = False
+        codings: bytes | None = None
         hop: set[bytes] | None = None
         upgrade = b""
         for line in rest.split(b"\r\n") if rest else ():
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name[-1] in WHITESPACE or name[0] in WHITESPACE:
-                raise ValueError("malformed header line")  # no colon, or obsolete folding, or space before it
+            name, _, value = line.partition(b":")
             lower = name.lower()
             if lower in NOTICED:
                 if lower == b"content-length":
                     length = _content_length(value, length)
-                elif lower == b"transfer-encoding":
-                    chunked = b"chunked" in value.lower()
+                elif lower == b"transfer-encoding":  # several lines make one list
+                    codings = value if codings is None else codings + b"," + value
                 elif lower == b"connection":
                     tokens = {token.strip() for token in value.lower().split(b",")}
                     close = b"close" in tokens or (close and b"keep-alive" not in tokens)
@@ -403,6 +410,7 @@ class Connection(asyncio.Protocol):
         if hop and (hop := hop - COMMON_TOKENS):  # rare: drop the headers the node named in Connection
             kept = [line for line in kept if line.partition(b":")[0].lower() not in hop]
         fields = b"\r\n".join(kept) + b"\r\n" if kept else b""
+        chunked = _chunked(codings, length)
         if close:
             self.reusable = False
         if status == 101:  # what follows is another protocol: tunnelled until either side closes
@@ -489,16 +497,33 @@ class Connection(asyncio.Protocol):
         self._wake()
 
 
-def _status_line(line: bytes) -> tuple[int, bytes, bool]:
-    """Status, reason and whether the connection closes by default (HTTP/1.0); ValueError unless HTTP/1.x
-    with a three-digit status."""
-    version, _, status_reason = line.partition(b" ")
-    if not version.startswith(b"HTTP/1."):
-        raise ValueError(repr(line[:80]))
-    code, _, reason = status_reason.partition(b" ")
-    if len(code) != 3 or not code.isdigit():
-        raise ValueError(f"status {code[:10]!r}")
-    return int(code), reason, version == b"HTTP/1.0"
+def _flaw(head: bytes) -> str:
+    """What makes a response head that ``WELL_FORMED_HEAD`` refuses malformed (for the log)."""
+    first, _, rest = head.partition(b"\r\n")
+    if STATUS_LINE.fullmatch(first) is None:
+        return f"status line {first[:80]!r}"
+    for line in rest.split(b"\r\n"):
+        if FIELD_LINE.fullmatch(line) is None:
+            return f"header line {line[:80]!r}"
+    return "malformed"
+
+
+def _chunked(codings: bytes | None, length: int | None) -> bool:
+    """Whether a response with these transfer codings (None: no Transfer-Encoding) is chunked; ValueError
+    unless they are ``chunked`` alone, without a Content-Length.
+
+    The proxy sends a node no TE, so a node may apply no other transfer coding (RFC 9110 10.1.4), and one
+    could not be passed on (Transfer-Encoding is hop-by-hop, the framing to the client is the proxy's
+    own): like a request's, anything else fails, where RFC 9112 6.3 would read it until close or let
+    the coding override Content-Length, the ambiguity responses are split with.
+    """
+    if codings is None:
+        return False
+    if length is not None:
+        raise ValueError("Transfer-Encoding with Content-Length")
+    if [coding.strip(WHITESPACE).lower() for coding in codings.split(b",")] != [b"chunked"]:
+        raise ValueError(f"transfer coding {codings[:40]!r} (only chunked, alone)")
+    return True
 
 
 def _content_length(value: bytes, previous: int | None) -> int:

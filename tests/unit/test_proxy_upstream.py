@@ -117,45 +117,75 @@ async def test_interim_answers_are_skipped_and_head_has_no_body() -> None:
     assert response.length == 0 and body == b"" and connection.complete()
 
 
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded: into X-A\r\n",  # obsolete line folding
-        b"HTTP/1.1 200 OK\r\nX-A : 1\r\n",  # whitespace before the colon
-        b"HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: injected\r\n",  # a bare CR
-        b"HTTP/1.1 200 OK\r\nX-A: 1\nSet-Cookie: injected\r\n",  # a bare LF
-        b"HTTP/1.1 200 OK\r\nno colon\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n",
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",  # and the 0 that follows
-        b"HTTP/1.1 2000 OK\r\n",
-        b"HTTP/1.1 +20 OK\r\n",
-        b"HTTP/2 200 OK\r\n",
-        b"ICY 200 OK\r\n",
-    ],
-    ids=[
-        "folding",
-        "space before colon",
-        "bare CR",
-        "bare LF",
-        "no colon",
-        "negative length",
-        "two lengths",
-        "four digits",
-        "sign",
-        "HTTP/2",
-        "ICY",
-    ],
-)
+MALFORMED = {
+    "folding": b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded: into X-A\r\n",
+    "space before colon": b"HTTP/1.1 200 OK\r\nX-A : 1\r\n",
+    "bare CR": b"HTTP/1.1 200 OK\r\nX-A: 1\rSet-Cookie: injected\r\n",
+    "bare LF": b"HTTP/1.1 200 OK\r\nX-A: 1\nSet-Cookie: injected\r\n",
+    "bare LF in the status line": b"HTTP/1.1 200 OK\nSet-Cookie: session=x\r\n",
+    "bare CR in the status line": b"HTTP/1.1 200 OK\rSet-Cookie: session=x\r\n",
+    "NUL in the reason": b"HTTP/1.1 200 O\x00K\r\n",
+    "NUL in a value": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n",
+    "control in a value": b"HTTP/1.1 200 OK\r\nX-A: a\x0bb\r\n",
+    "DEL in a value": b"HTTP/1.1 200 OK\r\nX-A: a\x7fb\r\n",
+    "not a token": b"HTTP/1.1 200 OK\r\nX(A): 1\r\n",
+    "no colon": b"HTTP/1.1 200 OK\r\nno colon\r\n",
+    "negative length": b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n",
+    "two lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n",  # and the 0 that follows
+    "four digits": b"HTTP/1.1 2000 OK\r\n",
+    "sign": b"HTTP/1.1 +20 OK\r\n",
+    "status 000": b"HTTP/1.1 000 OK\r\n",
+    "HTTP/1.2": b"HTTP/1.2 200 OK\r\n",
+    "HTTP/2": b"HTTP/2 200 OK\r\n",
+    "ICY": b"ICY 200 OK\r\n",
+}
+
+
+@pytest.mark.parametrize("head", MALFORMED.values(), ids=MALFORMED.keys())
 async def test_a_malformed_response_head_is_an_error_not_passed_on(head: bytes) -> None:
-    """What RFC 9112 says a proxy must not forward (folding, whitespace before a colon, bare CR or LF), framing
-    that is not one non-negative Content-Length, and unreadable status lines fail the exchange; the client then
-    gets a 502 from the proxy (or the answer of another node)."""
+    """What RFC 9112 says a proxy must not forward (folding, whitespace before a colon, a bare CR or LF in the
+    status line or a header line, NUL or another control, a name that is not a token), framing that is not one
+    non-negative Content-Length, and unreadable status lines fail the exchange; the client then gets a 502 from
+    the proxy (or the answer of another node)."""
     connection = Connection(asyncio.get_running_loop(), "n")
     connection.connection_made(FakeTransport())  # type: ignore[arg-type]
     connection.begin(b"GET / HTTP/1.1\r\n\r\n", method_head=False)
     connection.data_received(head + b"Content-Length: 0\r\n\r\n")
     with pytest.raises(UpstreamClosed, match="bad response head"):
         await connection.response(1)
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [
+        b"Transfer-Encoding: xchunked",
+        b"Transfer-Encoding: chunked, gzip",
+        b"Transfer-Encoding: gzip, chunked",
+        b"Transfer-Encoding: gzip",
+        b"Transfer-Encoding: chunked,",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5",
+    ],
+    ids=["xchunked", "chunked, gzip", "gzip, chunked", "gzip", "empty element", "twice", "two lines", "with length"],
+)
+async def test_a_transfer_coding_other_than_chunked_alone_is_an_error(coding: bytes) -> None:
+    """Framed as chunked only when chunked is the one transfer coding (a node gets no TE from the proxy, and no
+    other coding could be passed on); anything else fails instead of being read as chunked."""
+    connection = Connection(asyncio.get_running_loop(), "n")
+    connection.connection_made(FakeTransport())  # type: ignore[arg-type]
+    connection.begin(b"GET / HTTP/1.1\r\n\r\n", method_head=False)
+    connection.data_received(b"HTTP/1.1 200 OK\r\n" + coding + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    with pytest.raises(UpstreamClosed, match="bad response head"):
+        await connection.response(1)
+
+
+async def test_a_well_formed_head_with_any_visible_value_passes() -> None:
+    """Tabs, obs-text and an empty reason are well formed; the header lines are passed on as received."""
+    wire = b"HTTP/1.1 200\r\nX-A:\tv\xe9 \r\nTransfer-Encoding:  Chunked \r\n\r\n0\r\n\r\n"
+    connection, response, body = await exchange(wire, [])
+    assert (response.status, response.reason, response.fields, body) == (200, b"", b"X-A:\tv\xe9 \r\n", b"")
+    assert connection.complete() and connection.reusable
 
 
 async def test_a_node_closing_mid_body_or_silent_is_an_error() -> None:

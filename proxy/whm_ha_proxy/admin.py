@@ -63,6 +63,8 @@ def build_app(supervisor: Supervisor) -> web.Application:
                 else {
                     "algorithm": config.algorithm,
                     "retries": config.retries,
+                    "retryAfterTimeout": config.retry_after_timeout,
+                    "noRetryAfterTimeout": list(config.no_retry_after_timeout),
                     "stickyCookie": config.sticky_cookie,
                     "generation": config.generation,
                     "nodes": [{**asdict(node), "routable": node.routable} for node in config.nodes],

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from whm_ha.crd.annotations import RELOAD
@@ -33,6 +34,10 @@ class ProxyConfig:
 
     algorithm: Algorithm = "roundRobin"
     retries: int = 2
+    retry_after_timeout: bool = True
+    """Whether an idempotent request without a body is retried when its node took it and did not answer in time."""
+    no_retry_after_timeout: tuple[str, ...] = ()
+    """Path patterns (fnmatch, ``*`` matching ``/`` too) never retried after a timeout."""
     sticky_cookie: str | None = None
     """Name of the affinity cookie, None when sticky sessions are off."""
     nodes: tuple[NodeSpec, ...] = ()
@@ -43,12 +48,25 @@ class ProxyConfig:
     def routable(self) -> list[str]:
         return [node.name for node in self.nodes if node.routable]
 
+    def retries_after_timeout(self, target: bytes) -> bool:
+        """Whether a request for ``target`` (path and query) may go to another node after its node timed out."""
+        if not self.retry_after_timeout:
+            return False
+        path = target.partition(b"?")[0].decode("latin-1")
+        return not any(fnmatchcase(path, pattern) for pattern in self.no_retry_after_timeout)
+
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "nodes": [asdict(node) for node in self.nodes]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProxyConfig:
-        return cls(**{**data, "nodes": tuple(NodeSpec(**node) for node in data["nodes"])})
+        return cls(
+            **{
+                **data,
+                "no_retry_after_timeout": tuple(data["no_retry_after_timeout"]),
+                "nodes": tuple(NodeSpec(**node) for node in data["nodes"]),
+            }
+        )
 
 
 def node_spec(obj: Obj) -> NodeSpec:
@@ -73,6 +91,8 @@ def build_config(cluster: Obj | None, nodes: list[Obj], generation: int) -> Prox
     return ProxyConfig(
         algorithm=balancing.algorithm,
         retries=balancing.retries,
+        retry_after_timeout=balancing.retry_after_timeout.enabled,
+        no_retry_after_timeout=tuple(balancing.retry_after_timeout.exclude_paths),
         sticky_cookie=sticky.cookie_name if sticky.enabled else None,
         nodes=tuple(sorted((node_spec(obj) for obj in nodes), key=lambda node: node.name)),
         generation=generation,

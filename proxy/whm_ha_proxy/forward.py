@@ -3,8 +3,9 @@
 Bodies stream both ways without buffering (flow control on each side bounds memory); encodings pass
 through untouched. A request is retried on another node when no connection could be made (nothing
 was sent), and after other failures only when it is idempotent, has no body and nothing was sent to
-the client yet. An upgrade request (WebSocket) goes to a node like any other; only a 101 answer
-joins the two connections byte for byte, any other answer is relayed and HTTP goes on.
+the client yet; after a timeout also only when the cluster allows it for its path (WHM's APIs change
+state on GET). An upgrade request (WebSocket) goes to a node like any other; only a 101 answer joins
+the two connections byte for byte, any other answer is relayed and HTTP goes on.
 
 The common case, a request without a body over an idle pooled connection whose small answer arrives
 whole, is served from the two connections' callbacks with no task or future (``forward_now``); at the
@@ -24,7 +25,15 @@ from .balancer import Backend, Balancer
 from .config import ProxyConfig
 from .server import ClientGone, Request
 from .stats import NodeStats
-from .upstream import HOP_BY_HOP, ConnectFailed, Connection, Pool, Response, UpstreamClosed, UpstreamError
+from .upstream import (
+    HOP_BY_HOP,
+    ConnectFailed,
+    Connection,
+    Pool,
+    Response,
+    UpstreamClosed,
+    UpstreamError,
+)
 
 HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 SET_BY_PROXY = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"expect"})
@@ -272,7 +281,9 @@ class Forwarder:
             tried.append(backend)
             try:
                 try:
-                    connection, response = await self._exchange(request, backend, out.head_for(backend), connection)
+                    connection, response = await self._exchange(
+                        request, backend, out.head_for(backend), connection, resend=replayable
+                    )
                 except ConnectFailed as exc:
                     self._failed(backend, stats, refused=True)
                     message = "upstream connect timeout" if exc.timed_out else "upstream connection failed"
@@ -287,7 +298,11 @@ class Forwarder:
                     timed_out = isinstance(exc, TimeoutError)
                     message = "upstream timeout" if timed_out else "upstream failure"
                     failure = (504 if timed_out else 502, message, backend.name)
-                    if replayable and len(tried) <= config.retries:
+                    if (
+                        replayable
+                        and len(tried) <= config.retries
+                        and (not timed_out or config.retries_after_timeout(request.path))
+                    ):
                         continue
                     return error(request, failure[0], failure[1], node=backend.name)
                 if response.status == 101:
@@ -305,13 +320,14 @@ class Forwarder:
                 backend.active -= 1
 
     async def _exchange(
-        self, request: Request, backend: Backend, head: bytes, sent_on: Connection | None
+        self, request: Request, backend: Backend, head: bytes, sent_on: Connection | None, *, resend: bool
     ) -> tuple[Connection, Response]:
         """Send the request to a node (unless it was already sent on ``sent_on``) and wait for the
         response head.
 
         A reused keep-alive connection that the node closed before answering is replaced by a fresh
-        one, once, for requests without a body (nothing else could have been sent twice).
+        one, once, when ``resend`` (an idempotent request without a body): the node may have closed it
+        just as the request arrived, or after it had begun to act on it.
         """
         connection = sent_on
         for attempt in (0, 1):
@@ -331,7 +347,7 @@ class Forwarder:
                 return connection, await connection.response(self.timeouts.header)
             except UpstreamClosed:
                 connection.abort()
-                if request.has_body or attempt or not connection.reused or connection.received:
+                if not resend or attempt or not connection.reused or connection.received:
                     raise
                 connection = None
             except BaseException:

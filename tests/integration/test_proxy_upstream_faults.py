@@ -1,4 +1,6 @@
-"""Nodes that fail the proxy: answers a proxy must not relay. A real proxy process; raw-socket nodes on loopback."""
+"""Nodes that fail the proxy in the ways that decide whether a request may be sent twice: a pooled connection
+closed under a request, a node that takes a request and never answers, and answers a proxy must not relay. A
+real proxy process; raw-socket nodes on loopback."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ import pytest
 from kubernetes import client
 
 from tests.fixtures.proxy_process import (
+    HTTP,
     Cluster,
     NodeRequest,
     ProxyProcess,
+    RecordingNode,
     Reply,
     StartProxy,
     StartRecordingNode,
@@ -41,6 +45,61 @@ def start_proxy(
         return proxy, cluster
 
     return start
+
+
+def targets(*nodes: RecordingNode) -> list[tuple[str, str]]:
+    return [(request.method, request.target) for node in nodes for request in node.requests]
+
+
+@pytest.mark.parametrize(("method", "sent"), [("POST", 1), ("PATCH", 1), ("GET", 2)])
+def test_only_an_idempotent_request_is_sent_again_when_its_pooled_connection_closes(
+    start_proxy: StartProxyFor,
+    recording_nodes: StartRecordingNode,
+    method: str,
+    sent: int,
+) -> None:
+    """The node answers the first request on a connection and closes the connection under the second
+    without answering (as a node that acted on it and then crashed would). A POST or PATCH without a body
+    may have been acted on: 502, never sent again; a GET is sent again on a fresh connection."""
+
+    def close_on_reuse(request: NodeRequest, index: int) -> Reply:
+        return "close" if index > 0 else "answer"
+
+    node = recording_nodes(close_on_reuse)
+    proxy, _ = start_proxy({"n": node.port}, retries=0)
+    assert HTTP.request("GET", proxy.url + "/warm").status == 200  # leaves the connection idle in the pool
+    response = HTTP.request(method, proxy.url + "/act")
+    assert targets(node) == [("GET", "/warm"), *[(method, "/act")] * sent]
+    assert response.status == (200 if sent == 2 else 502), response.data
+
+
+def test_a_get_that_timed_out_is_retried_only_where_the_cluster_allows(
+    start_proxy: StartProxyFor, recording_nodes: StartRecordingNode
+) -> None:
+    """Both nodes take every request and never answer. A GET that timed out goes to the other node, unless
+    its path is excluded (WHM's API changes state on GET) or the cluster turned retries after a timeout off."""
+
+    def silent(request: NodeRequest, index: int) -> Reply:
+        return "silent"
+
+    a, b = recording_nodes(silent), recording_nodes(silent)
+    proxy, cluster = start_proxy(
+        {"a": a.port, "b": b.port},
+        "--header-timeout=0.3",
+        "--eject-after=100",
+        retries=1,
+        retryAfterTimeout={"excludePaths": ["*/json-api/*"]},
+    )
+    for target, sent in (("/page", 2), ("/json-api/createacct?user=x", 1), ("/cpsess42/json-api/createacct", 1)):
+        response = HTTP.request("GET", proxy.url + target)
+        assert response.status == 504 and json.loads(response.data)["error"] == "upstream timeout"
+        assert targets(a, b) == [("GET", target)] * sent, target
+        a.reset()
+        b.reset()
+    cluster.patch({"spec": {"loadBalancer": {"retryAfterTimeout": {"enabled": False}}}})
+    wait_for(lambda: proxy.stats()["config"]["retryAfterTimeout"] is False, 10, "retries after a timeout off")
+    assert HTTP.request("GET", proxy.url + "/page").status == 504
+    assert targets(a, b) == [("GET", "/page")]
 
 
 INVALID_ANSWERS = {

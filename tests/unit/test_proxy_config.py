@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 
 from whm_ha.kube.client import ApiError, Resource
 from whm_ha_proxy.balancer import NodeSpec
@@ -28,13 +29,19 @@ def node(name: str, health: str | None = "Healthy", cluster: str = "whm", **spec
 
 def test_build_config_reads_the_load_balancer_and_nodes() -> None:
     config = build_config(
-        cluster(algorithm="weighted", retries=4, stickySessions={"enabled": True, "cookieName": "PIN"}),
+        cluster(
+            algorithm="weighted",
+            retries=4,
+            stickySessions={"enabled": True, "cookieName": "PIN"},
+            retryAfterTimeout={"excludePaths": ["*/json-api/*"]},
+        ),
         [node("b", weight=3), node("a", "Unknown", maintenance=True)],
         generation=2,
     )
     assert config == ProxyConfig(
         algorithm="weighted",
         retries=4,
+        no_retry_after_timeout=("*/json-api/*",),
         sticky_cookie="PIN",
         nodes=(
             NodeSpec("a", "10.0.0.1", 4000, weight=1, healthy=False, maintenance=True),
@@ -44,6 +51,24 @@ def test_build_config_reads_the_load_balancer_and_nodes() -> None:
     )
     assert config.routable == ["b"]
     assert ProxyConfig.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize(
+    ("target", "retried"),
+    [
+        (b"/", True),
+        (b"/index.html?json-api=1", True),
+        (b"/json-api/createacct?username=a", False),
+        (b"/cpsess0123456789/json-api/createacct", False),
+        (b"/execute/Email/add_pop", False),
+        (b"/JSON-API/x", True),  # patterns are case-sensitive, as paths are
+    ],
+)
+def test_retries_after_a_timeout_spare_the_excluded_paths(target: bytes, retried: bool) -> None:
+    config = build_config(cluster(retryAfterTimeout={"excludePaths": ["*/json-api/*", "/execute/*"]}), [], 0)
+    assert config is not None and config.retries_after_timeout(target) is retried
+    off = build_config(cluster(retryAfterTimeout={"enabled": False}), [], 0)
+    assert off is not None and not off.retries_after_timeout(target)
 
 
 def test_build_config_defaults_and_missing_cluster() -> None:

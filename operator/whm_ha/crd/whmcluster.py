@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -74,6 +74,18 @@ class StickySessions(CRDModel):
     """Name of the affinity cookie."""
 
 
+class RetryAfterTimeout(CRDModel):
+    """Whether the proxy sends a request to another node when the one it went to took it but did not answer
+    within the proxy's header timeout (the node may still be carrying it out)."""
+
+    enabled: bool = True
+    """Retry GET, HEAD, OPTIONS, PUT and DELETE without a body after a timeout (WHM's APIs change state on GET)."""
+    exclude_paths: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=64
+    )
+    """Path patterns never retried after a timeout (shell-style, `*` matches `/` too; the query is ignored)."""
+
+
 class LoadBalancer(CRDModel):
     """How the proxy spreads requests over the healthy nodes."""
 
@@ -85,6 +97,8 @@ class LoadBalancer(CRDModel):
     """Cookie-based session affinity."""
     retries: int = Field(default=2, ge=0, le=10)
     """How many other nodes a failed request may be retried on."""
+    retry_after_timeout: RetryAfterTimeout = Field(default_factory=RetryAfterTimeout)
+    """Which requests are retried once a node took them and did not answer in time."""
 
 
 class Discovery(CRDModel):

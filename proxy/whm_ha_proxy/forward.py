@@ -4,8 +4,10 @@ Bodies stream both ways without buffering (flow control on each side bounds memo
 through untouched. A request is retried on another node when no connection could be made (nothing
 was sent), and after other failures only when it is idempotent, has no body and nothing was sent to
 the client yet; after a timeout also only when the cluster allows it for its path (WHM's APIs change
-state on GET). An upgrade request (WebSocket) goes to a node like any other; only a 101 answer joins
-the two connections byte for byte, any other answer is relayed and HTTP goes on.
+state on GET). A connect in flight to a node that leaves the rotation (the operator marks it failed,
+or the proxy ejects it) is abandoned and the request goes to another node at once. An upgrade
+request (WebSocket) goes to a node like any other; only a 101 answer joins the two connections byte
+for byte, any other answer is relayed and HTTP goes on.
 
 The common case, a request without a body over an idle pooled connection whose small answer arrives
 whole, is served from the two connections' callbacks with no task or future (``forward_now``); at the
@@ -27,6 +29,7 @@ from .server import ClientGone, Request
 from .stats import NodeStats
 from .upstream import (
     HOP_BY_HOP,
+    ConnectAbandoned,
     ConnectFailed,
     Connection,
     Pool,
@@ -184,6 +187,9 @@ class Forwarder:
         self.config = config
         nodes = config.nodes if config is not None else ()
         self.balancer.configure(config.algorithm if config is not None else "roundRobin", nodes)
+        routable = set(config.routable) if config is not None else set()
+        for left in set(previous.routable if previous is not None else ()) - routable:
+            self.pool.abandon(left)  # its connects in flight go elsewhere now, not after the connect timeout
         for node in nodes:
             self.stats.setdefault(node.name, NodeStats())
         for gone in set(self.stats) - {node.name for node in nodes}:
@@ -211,6 +217,7 @@ class Forwarder:
         stats.errors += 1
         if self.balancer.failed(backend, self._loop.time(), refused=refused):
             stats.ejections += 1
+            self.pool.abandon(backend.name)
 
     def forward_now(self, request: Request) -> bool:
         """Serve a request without a body: sent over an idle pooled connection, the exchange is followed from
@@ -284,6 +291,8 @@ class Forwarder:
                     connection, response = await self._exchange(
                         request, backend, out.head_for(backend), connection, resend=replayable
                     )
+                except ConnectAbandoned:
+                    continue  # the node left the rotation while connecting: not a failure, nor a retry of the request
                 except ConnectFailed as exc:
                     self._failed(backend, stats, refused=True)
                     message = "upstream connect timeout" if exc.timed_out else "upstream connection failed"

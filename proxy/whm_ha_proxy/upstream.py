@@ -46,6 +46,11 @@ class ConnectFailed(UpstreamError):
         self.timed_out = timed_out
 
 
+class ConnectAbandoned(ConnectFailed):
+    """The connect was given up because the node left the rotation meanwhile (``Pool.abandon``): nothing was
+    sent, and the node is not to blame for this request."""
+
+
 class UpstreamTimeout(UpstreamError, TimeoutError):
     """The node did not answer (headers) or went silent (body) in time."""
 
@@ -543,6 +548,7 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
         self._idle: dict[str, list[Connection]] = {}
+        self._connecting: dict[str, set[asyncio.Task[tuple[asyncio.BaseTransport, Connection]]]] = {}
 
     def take_idle(self, key: str) -> Connection | None:
         """An idle open connection to the node ``key``, if there is one."""
@@ -555,19 +561,36 @@ class Pool:
         return None
 
     async def acquire(self, key: str, host: str, port: int) -> Connection:
-        """An idle connection to ``host:port`` if one is open, else a new one."""
+        """An idle connection to ``host:port`` if one is open, else a new one; ConnectAbandoned when
+        ``abandon(key)`` is called while it connects."""
         connection = self.take_idle(key)
         if connection is not None:
             return connection
+        connecting = self.loop.create_task(self.loop.create_connection(lambda: Connection(self.loop, key), host, port))
+        pending = self._connecting.setdefault(key, set())
+        pending.add(connecting)
         try:
-            _, protocol = await asyncio.wait_for(
-                self.loop.create_connection(lambda: Connection(self.loop, key), host, port), self.connect_timeout
-            )
+            _, protocol = await asyncio.wait_for(connecting, self.connect_timeout)
         except TimeoutError:
             raise ConnectFailed(f"connect to {host}:{port} timed out", timed_out=True) from None
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():  # the request itself is cancelled, not the connect
+                raise
+            raise ConnectAbandoned(f"connect to {host}:{port} abandoned: the node left the rotation") from None
+        finally:
+            pending.discard(connecting)
+            if not pending and self._connecting.get(key) is pending:
+                del self._connecting[key]
         return protocol
+
+    def abandon(self, key: str) -> None:
+        """Give up every connect in flight to the node ``key`` (it left the rotation): each waiting ``acquire``
+        raises ConnectAbandoned at once, instead of waiting out the connect timeout of a node that may be gone."""
+        for connecting in self._connecting.pop(key, ()):
+            connecting.cancel()
 
     def release(self, connection: Connection) -> None:
         """Take a connection back: kept if its exchange completed cleanly, closed otherwise."""

@@ -1,15 +1,19 @@
-"""Nodes that fail the proxy in the ways that decide whether a request may be sent twice: a pooled connection
-closed under a request, a node that takes a request and never answers, and answers a proxy must not relay. A
-real proxy process; raw-socket nodes on loopback."""
+"""Nodes that fail the proxy in the ways that decide whether a request may be sent twice or must wait: a pooled
+connection closed under a request, a node that takes a request and never answers, a node whose connects hang
+while it leaves the rotation, and answers a proxy must not relay. A real proxy process; raw-socket nodes on
+loopback."""
 
 from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes import client
 
 from tests.fixtures.proxy_process import (
@@ -24,6 +28,10 @@ from tests.fixtures.proxy_process import (
 )
 from tests.fixtures.sandbox import SandboxProcess
 from tests.kube_helpers import wait_for
+
+PIN = "PIN"
+"""The sticky cookie: a request carrying ``PIN=<node>`` goes to that node while it is routable."""
+
 
 StartProxyFor = Callable[..., tuple[ProxyProcess, Cluster]]
 
@@ -100,6 +108,166 @@ def test_a_get_that_timed_out_is_retried_only_where_the_cluster_allows(
     wait_for(lambda: proxy.stats()["config"]["retryAfterTimeout"] is False, 10, "retries after a timeout off")
     assert HTTP.request("GET", proxy.url + "/page").status == 504
     assert targets(a, b) == [("GET", "/page")]
+
+
+class HangingNode:
+    """A node whose connects hang once ``fill`` has filled its listening socket's accept queue (the kernel then
+    drops further SYNs). ``accept_one`` first takes one connection and answers each request on it with
+    ``status``, once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        self.port: int = self.listener.getsockname()[1]
+        self.status = 200
+        self.release = threading.Event()
+        self.release.set()
+        self.sockets: list[socket.socket] = []
+
+    def accept_one(self) -> None:
+        threading.Thread(target=self._serve_one, daemon=True).start()
+
+    def _serve_one(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        self.sockets.append(sock)
+        buffer = b""
+        try:
+            while data := sock.recv(65536):
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    _, _, buffer = buffer.partition(b"\r\n\r\n")
+                    self.release.wait(30)
+                    sock.sendall(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\nok" % self.status)
+        except OSError:
+            return
+
+    def fill(self) -> None:
+        """Fill the accept queue: from now on connects hang (no SYN is answered)."""
+        while len(self.sockets) < 16:
+            filler = socket.socket()
+            filler.settimeout(0.5)
+            try:
+                filler.connect(("127.0.0.1", self.port))
+            except TimeoutError:
+                filler.close()
+                return
+            self.sockets.append(filler)
+        raise AssertionError("the accept queue does not fill")
+
+    def stop(self) -> None:
+        self.release.set()
+        for sock in (self.listener, *self.sockets):
+            sock.close()
+
+
+@pytest.fixture
+def hanging() -> Iterator[Callable[..., HangingNode]]:
+    started: list[HangingNode] = []
+
+    def start() -> HangingNode:
+        node = HangingNode()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+class Clients:
+    """GETs pinned to one node, each in a thread, recording status and when it ended."""
+
+    def __init__(self, url: str, node: str) -> None:
+        self.url = url
+        self.node = node
+        self.results: list[tuple[int, float]] = []
+        self.threads: list[threading.Thread] = []
+
+    def start(self, count: int) -> None:
+        for _ in range(count):
+            thread = threading.Thread(target=self._get, daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _get(self) -> None:
+        pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=30))
+        response = pool.request("GET", self.url + "/page", headers={"Cookie": f"{PIN}={self.node}"})
+        self.results.append((response.status, time.monotonic()))
+
+    def join(self) -> list[tuple[int, float]]:
+        for thread in self.threads:
+            thread.join(30)
+        return self.results
+
+
+def pinned_proxy(
+    start_proxy: StartProxyFor, good: RecordingNode, stuck: HangingNode, *options: str
+) -> tuple[ProxyProcess, Cluster]:
+    """A proxy in front of ``good`` and ``stuck`` with a 10 s connect timeout, sessions pinned by ``PIN``."""
+    nodes = {"good": good.port, "stuck": stuck.port}
+    sticky = {"enabled": True, "cookieName": PIN}
+    return start_proxy(nodes, "--connect-timeout=10", *options, stickySessions=sticky)
+
+
+def answered_soon(clients: Clients, moment: float, count: int) -> None:
+    """``count`` GETs answered 200, the last within 2 s of ``moment`` (a fifth of the connect timeout)."""
+    results = clients.join()
+    assert [status for status, _ in results] == [200] * count
+    slowest = max(ended for _, ended in results) - moment
+    assert slowest < 2, f"the last GET ended {slowest:.1f} s after the node left the rotation"
+
+
+def test_connects_to_a_node_marked_failed_go_to_another_node_at_once(
+    start_proxy: StartProxyFor,
+    recording_nodes: StartRecordingNode,
+    hanging: Callable[..., HangingNode],
+) -> None:
+    """Four GETs pinned to a node whose connects hang; the operator marks it Unhealthy in its WHMNode status
+    while they connect: they are answered by the other node at once, not after the 10 s connect timeout
+    (issue 28 saw 4 requests wait the full 5 s for a node failed over 2 s before)."""
+    good, stuck = recording_nodes(), hanging()
+    stuck.fill()
+    proxy, cluster = pinned_proxy(start_proxy, good, stuck)
+    clients = Clients(proxy.url, "stuck")
+    clients.start(4)
+    wait_for(lambda: proxy.stats()["nodes"]["stuck"]["active"] == 4, 10, "four connects in flight to the node")
+    marked = time.monotonic()
+    cluster.set_health("stuck", "Unhealthy")
+    answered_soon(clients, marked, 4)
+    assert targets(good) == [("GET", "/page")] * 4
+    assert proxy.stats()["nodes"]["stuck"]["errors"] == 0, "an abandoned connect is not the node's failure"
+
+
+def test_connects_to_a_node_the_proxy_ejects_go_to_another_node_at_once(
+    start_proxy: StartProxyFor,
+    recording_nodes: StartRecordingNode,
+    hanging: Callable[..., HangingNode],
+) -> None:
+    """A node answers 503 on its one pooled connection, which ejects it (--eject-after=1), while three other
+    GETs pinned to it wait for connects that hang: they go to the other node at once, not after the 10 s
+    connect timeout."""
+    good, stuck = recording_nodes(), hanging()
+    stuck.accept_one()
+    proxy, _ = pinned_proxy(start_proxy, good, stuck, "--eject-after=1")
+    warm = Clients(proxy.url, "stuck")
+    warm.start(1)
+    assert [status for status, _ in warm.join()] == [200]  # the node's one connection, idle in the pool now
+    stuck.fill()
+    stuck.status = 503
+    stuck.release.clear()
+    failing = Clients(proxy.url, "stuck")
+    failing.start(1)  # takes the pooled connection; its answer waits for the release
+    wait_for(lambda: proxy.stats()["nodes"]["stuck"]["active"] == 1, 10, "a GET on the pooled connection")
+    clients = Clients(proxy.url, "stuck")
+    clients.start(3)
+    wait_for(lambda: proxy.stats()["nodes"]["stuck"]["active"] == 4, 10, "three connects in flight to the node")
+    released = time.monotonic()
+    stuck.release.set()
+    answered_soon(clients, released, 3)
+    assert [status for status, _ in failing.join()] == [503]
+    assert proxy.stats()["nodes"]["stuck"]["ejections"] == 1
 
 
 INVALID_ANSWERS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from whm_ha_proxy.upstream import Connection, Pool, UpstreamClosed, UpstreamTimeout
+from whm_ha_proxy.upstream import ConnectAbandoned, Connection, Pool, UpstreamClosed, UpstreamTimeout
 
 
 class FakeTransport:
@@ -288,3 +289,31 @@ async def test_a_pooled_connection_the_node_closed_is_an_upstream_error_not_a_cr
     transport.closed = gone == "closing"
     with pytest.raises(UpstreamClosed):
         connection.begin(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", method_head=False)
+
+
+async def test_abandon_ends_the_connects_in_flight_and_only_those() -> None:
+    """Connects to a node whose accept queue is full hang; ``abandon`` ends them at once with ConnectAbandoned,
+    while a request cancelled for its own reasons still sees CancelledError."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))  # the one place in the queue: further SYNs are dropped
+    pool = Pool(connect_timeout=30, keepalive=1)
+    loop = asyncio.get_running_loop()
+    try:
+        connecting = [asyncio.ensure_future(pool.acquire("stuck", "127.0.0.1", port)) for _ in range(3)]
+        cancelled = connecting.pop()
+        await asyncio.sleep(0)  # each task starts its connect
+        cancelled.cancel()
+        started = loop.time()
+        pool.abandon("stuck")
+        for task in connecting:
+            with pytest.raises(ConnectAbandoned):
+                await task
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert loop.time() - started < 1
+        pool.abandon("stuck")  # nothing left in flight: a no-op
+    finally:
+        filler.close()
+        listener.close()
+        pool.close()

@@ -13,6 +13,7 @@ import pymysql
 import pytest
 
 from tests.fixtures.mariadb import StartFlavourServers
+from tests.fixtures.netns import freeze, thaw
 from whm_ha.crd.mysqlreplication import Member, MySQLReplicationSpec, PromotionProgress
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
 from whm_ha.mysql import actions
@@ -228,6 +229,29 @@ def test_inspect_never_raises_and_never_shows_the_password(replicating: Cluster)
     gone = replicating.inspect(2)
     assert gone == MemberState.unreachable("m2", "127.0.0.1", replicating.servers[2].port, gone.error or "")
     assert gone.error is not None and "(2003)" in gone.error
+
+
+def test_a_member_that_accepts_connections_but_does_not_answer_is_unreachable_within_the_connect_timeout(
+    database_servers: StartFlavourServers,
+) -> None:
+    """A frozen server (SIGSTOP: its kernel still accepts connections, nothing answers), as one behind a slow link:
+    connecting fails within the connect timeout, also when replies may take longer (a fence's waiting timeout),
+    so that a fence never finds a member answering that no inspection reaches. pymysql alone reads the handshake
+    with the reply timeout."""
+    (server,) = database_servers(1)
+    assert server.process is not None
+    dialect = dialect_for(server.flavour.product)
+    freeze(server.process)
+    try:
+        started = time.monotonic()
+        with pytest.raises(pymysql.OperationalError) as refused:
+            connect("m0", server.host, server.port, ADMIN, dialect, timeout=0.5, read_timeout=6)
+        took = time.monotonic() - started
+    finally:
+        thaw(server.process)
+    assert refused.value.args[0] == 2013 and took < 3, f"{took:.1f}s: {refused.value}"
+    with connect("m0", server.host, server.port, ADMIN, dialect, timeout=5, read_timeout=6) as session:
+        assert session.timeout == 6
 
 
 def test_wait_applied(replicating: Cluster) -> None:

@@ -126,10 +126,11 @@ def connect(
     read_timeout: float | None = None,
     tls: bool = False,
 ) -> Session:
-    """Open a session within ``timeout`` seconds, every reply within ``read_timeout`` (default: the same); raises
-    pymysql errors. Lock waits (e.g. setting read-only) end before the read timeout. Without ``tls`` no TLS is
-    tried: pymysql's default (TLS when the server offers it) builds a TLS context for every connection, some 20 ms
-    of CPU, and the operator connects to every member every period."""
+    """Open a session, each step of it (the TCP connect, every reply of the handshake) within ``timeout`` seconds,
+    then every reply within ``read_timeout`` (default: the same); raises pymysql errors (2013 when the member
+    accepted the connection but did not answer in time). Lock waits (e.g. setting read-only) end before the read
+    timeout. Without ``tls`` no TLS is tried: pymysql's default (TLS when the server offers it) builds a TLS
+    context for every connection, some 20 ms of CPU, and the operator connects to every member every period."""
     replies = read_timeout if read_timeout is not None else timeout
     conn = pymysql.connect(
         ssl_disabled=not tls,
@@ -138,12 +139,17 @@ def connect(
         user=credentials.username,
         password=credentials.password,
         connect_timeout=timeout,
-        read_timeout=replies,
-        write_timeout=replies,
+        read_timeout=timeout,
+        write_timeout=timeout,
         autocommit=True,
         charset="utf8mb4",
         init_command=f"SET SESSION lock_wait_timeout = {max(1, math.ceil(replies) - 1)}",
     )
+    # pymysql bounds only the TCP connect by connect_timeout and reads the handshake with the read timeout: a
+    # member behind a slow link (or a hung server) would answer a fence given the longer waiting timeout although
+    # no inspection reaches it, and a failover would be abandoned for it again and again. pymysql has no public
+    # setter; it applies these to the next read and write.
+    conn._read_timeout = conn._write_timeout = replies  # type: ignore[attr-defined]
     return Session(name, conn, dialect, replies)
 
 

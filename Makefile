@@ -1,5 +1,5 @@
 # Entry points. `make test` and `make demo` work on a fresh Debian machine: they install what is missing first.
-.PHONY: setup test test-real test-faults databases test-databases control-plane images test-cluster e2e lint unit crds demo e2e-kind clean
+.PHONY: setup test test-real test-faults toxiproxy databases test-databases control-plane images test-cluster e2e lint unit crds demo e2e-kind clean
 
 VENV := .venv/bin
 # A Python that dies of SIGABRT/SIGSEGV prints every thread's stack, also during interpreter shutdown (a CI run
@@ -18,8 +18,12 @@ lint: setup
 test: lint
 	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest
 
-# The fault tier: hosts in network namespaces (root; WHM_HA_REQUIRE_FAULTS=1 fails instead of skipping).
-test-faults: setup
+# The fault tier: hosts in network namespaces (root; WHM_HA_REQUIRE_FAULTS=1 fails instead of skipping), slow
+# links through toxiproxy, built once from its Go module (cached).
+toxiproxy:
+	bash hack/build-toxiproxy
+
+test-faults: setup toxiproxy
 	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest tests/faults --faults
 
 # The database flavour matrix: the tests parametrized by flavour, on MariaDB 11.8 and MySQL 9.7 from the roots

@@ -134,12 +134,15 @@ def _promotions(world: Databases) -> int:
 
 
 def _converged(world: Databases, quarantined: frozenset[str] = frozenset()) -> Callable[[], bool]:
-    """One primary; every other member a replica of it, or quarantined (reported) if named."""
+    """One primary, the recorded one; every other member a replica of it, or quarantined (reported) if named.
+    (Right after a promotion the members' roles are those of the inspection before it.)"""
 
     def check() -> bool:
         status = world.status()
         roles = {m["name"]: m["role"] for m in status.get("members", [])}
         if status.get("promotion") or list(roles.values()).count("Primary") != 1:
+            return False
+        if roles.get(status.get("currentPrimary", "")) != "Primary":
             return False
         return all(r in ("Primary", "Replica") or (n in quarantined and r == "Quarantined") for n, r in roles.items())
 

@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.proxy_process",
     "tests.fixtures.shim_process",
     "tests.fixtures.netns",
+    "tests.fixtures.slow_links",
     "tests.fixtures.local_cluster",
     "tests.fixtures.e2e",
 ]

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -134,13 +135,28 @@ def start_databases(
     kube_namespace: str,
     operator_process: StartOperator,
 ) -> Callable[..., Databases]:
-    """``start_databases(**spec)``: three members in their namespaces, the replication Healthy on db-0."""
+    """``start_databases(**spec)``: three members in their namespaces, the replication Healthy on db-0.
+    ``prepare(world)`` runs once the servers answer, before the replication is created (slow links, which carry
+    only connections opened after them, go in there); with ``operator_in`` (a host, and a kubeconfig that reaches
+    the API from its namespace: `tests.fixtures.slow_links.namespace_kubeconfig`) the operator runs in that
+    host's namespace, not the root one."""
 
-    def start(**overrides: Any) -> Databases:
+    def start(
+        *,
+        prepare: Callable[[Databases], object] | None = None,
+        operator_in: tuple[Host, Path] | None = None,
+        **overrides: Any,
+    ) -> Databases:
         hosts = [test_network.host(f"db-{i}") for i in range(3)]
         world = Databases(kube_client, kube_namespace, hosts, netns_mariadb(hosts, SERVER_ARGS))
+        if prepare is not None:
+            prepare(world)
         world.create(**overrides)
-        world.operator = operator_process(kube_api.kubeconfig, kube_namespace)
+        if operator_in is None:
+            world.operator = operator_process(kube_api.kubeconfig, kube_namespace)
+        else:
+            host, kubeconfig = operator_in
+            world.operator = operator_process(kubeconfig, kube_namespace, netns=host.namespace)
         wait_for(lambda: world.healthy_on("db-0"), 60, "a Healthy replication on db-0")
         return world
 

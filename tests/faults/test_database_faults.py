@@ -149,6 +149,80 @@ def _converged(world: Databases, quarantined: frozenset[str] = frozenset()) -> C
     return check
 
 
+@dataclass
+class Replaced:
+    """A primary failed over under the pool's writer and a client beside it, the fault healed, the topology
+    settled. Times in seconds from the fault."""
+
+    primary: str
+    detect: float
+    """To the promotion, as status showed it."""
+    recover: float
+    """To the pool's writer acknowledged on the new primary."""
+    settled: float
+    """From healing to one primary, db-0 a replica or quarantined."""
+    acked: int
+    lost: int
+    late: list[int]
+    """Writes db-0 acknowledged to the client beside it after the promotion that the final primary lacks."""
+    promotions: int
+    old_role: str
+    """db-0's role in the end."""
+
+    def outcome(self, scenario: str, outcome: str) -> Outcome:
+        """The report's row."""
+        late = f"{len(self.late)} writes acknowledged by db-0 after the promotion"
+        return Outcome(
+            scenario,
+            "database",
+            outcome,
+            detect=self.detect,
+            recover=self.recover,
+            acked=self.acked,
+            lost=self.lost,
+            promotions=self.promotions,
+            limit="" if not self.late and not self.lost else late,
+        )
+
+    def check(self) -> None:
+        """db-0 acknowledged nothing after the promotion, nothing acknowledged was lost, one promotion."""
+        assert self.late == [], f"db-0 acknowledged {len(self.late)} writes after {self.primary} was promoted"
+        assert self.lost == 0 and self.promotions == 1
+
+
+def _replaced(
+    world: Databases, writer: RunningWriter, side: SideClient, faulted: float, heal: Callable[[], None], hold: float = 0
+) -> Replaced:
+    """Wait for a new primary and the writer on it, keep the fault ``hold`` seconds from ``faulted`` (time.time()),
+    heal it, wait until the topology settles, stop the writer and count."""
+    status = wait_for(
+        lambda: (s := world.status()).get("currentPrimary") not in (None, "db-0") and s, DB_BOUND + 20, "promotion"
+    )
+    detect = time.time() - faulted
+    promoted_at = _epoch(status["lastPromotionTime"])  # whole seconds, rounded down: counts more as late
+    wait_for(progressed(writer.work), 30, "the pool's writer on the new primary")
+    recover = time.time() - faulted
+    wait_for(lambda: time.time() > faulted + hold, hold + 5, f"{hold} s of the fault")
+    heal()
+    healed = time.time()
+    wait_for(_converged(world, frozenset({"db-0"})), 40, "one primary, db-0 replicating again or quarantined")
+    settled = time.time() - healed
+    writer.stop()
+    acked, lost = _lost(world, writer.work, side)
+    roles = {m["name"]: m["role"] for m in world.status()["members"]}
+    return Replaced(
+        status["currentPrimary"],
+        detect,
+        recover,
+        settled,
+        acked,
+        lost,
+        _late(world, side, promoted_at),
+        _promotions(world),
+        roles["db-0"].lower(),
+    )
+
+
 def test_a_primary_isolated_with_a_client_beside_it_acknowledges_nothing_that_is_then_lost(
     start_databases: Callable[..., Databases], resilience: Recorder, tmp_path: Path
 ) -> None:
@@ -163,38 +237,11 @@ def test_a_primary_isolated_with_a_client_beside_it_acknowledges_nothing_that_is
     cut_at = time.time()
     for peer in (root, world.hosts[1].address, world.hosts[2].address):
         old.cut_from(peer)
-    status = wait_for(
-        lambda: (s := world.status()).get("currentPrimary") not in (None, "db-0") and s, DB_BOUND + 20, "promotion"
-    )
-    promoted_at = _epoch(status["lastPromotionTime"])
-    wait_for(progressed(pool_writer.work), 30, "the pool's writer on the new primary")
-    writes_again = time.time()
-    hold = cut_at + 15  # past the 10 s semi-sync fallback the server would otherwise take
-    wait_for(lambda: time.time() > hold, 20, "15 s of partition")
-    old.heal()
-    recovered = time.time()
-    wait_for(_converged(world, frozenset({"db-0"})), 30, "one primary, db-0 replicating again or quarantined")
-    settled = time.time() - recovered
-    pool_writer.stop()
-    acked, lost = _lost(world, pool_writer.work, side)
-    late = _late(world, side, promoted_at)
-    promotions = _promotions(world)
-    roles = {m["name"]: m["role"] for m in world.status()["members"]}
-    resilience.record(
-        Outcome(
-            scenario="primary isolated, a client beside it writing",
-            component="database",
-            outcome=f"{status['currentPrimary']} promoted; db-0 {roles['db-0'].lower()} {settled:.1f} s after healing",
-            detect=promoted_at - cut_at,
-            recover=writes_again - cut_at,
-            acked=acked,
-            lost=lost,
-            promotions=promotions,
-            limit="" if not late and not lost else f"{len(late)} writes acknowledged by db-0 after the promotion",
-        )
-    )
-    assert late == [], f"db-0 acknowledged {len(late)} writes after {status['currentPrimary']} was promoted"
-    assert lost == 0 and promotions == 1
+    # held past the 10 s semi-sync fallback the server would otherwise take
+    done = _replaced(world, pool_writer, side, cut_at, old.heal, hold=15)
+    outcome = f"{done.primary} promoted; db-0 {done.old_role} {done.settled:.1f} s after healing"
+    resilience.record(done.outcome("primary isolated, a client beside it writing", outcome))
+    done.check()
 
 
 @dataclass

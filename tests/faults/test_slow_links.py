@@ -1,0 +1,353 @@
+"""Slow links, staged in user space (this kernel has no netem): a toxiproxy inside a member's namespace delays,
+with jitter, or limits what the member sends to chosen clients (`tests.fixtures.slow_links`), while every
+address stays the same. Each scenario checks that slowness within the timeouts promotes nothing, that the lag
+in MySQLReplication status is what the replica itself reports, that slowness beyond the timeouts on the
+primary's link is failed over within the bound, that no acknowledged write is lost and that writers go on.
+
+Where toxiproxy sits: in the namespace of the member whose link is slow, on the server's side of each
+connection, so that the redirect (nftables in that namespace) can pick clients by source address and the
+proxy's own connection to the server (the namespace's loopback) is never redirected again. A replica's link is
+its connection to the primary; the primary's link is every client's connection to it; the operator's link needs
+the operator at an address of its own, so that scenario runs it in a namespace of its own (the writers stay in
+the root namespace, on fast links).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from tests.faults.report import Outcome, Recorder
+from tests.faults.test_database_faults import (
+    RunningWriter,
+    SideClient,
+    _lost,
+    _promotions,
+    _replaced,
+    _start_writer,
+)
+from tests.faults.test_vanished_primary import DB_BOUND, NET_TIMEOUT, PERIOD, THRESHOLD, Databases, start_databases
+from tests.fixtures.netns import MARIADB_PORT, TestNetwork
+from tests.fixtures.slow_links import Link, SlowLinks
+from tests.kube_helpers import wait_for
+from whm_ha.demo.stack import DEMO_SCHEMA
+
+pytestmark = pytest.mark.mariadb
+__all__ = ["start_databases"]  # a fixture
+
+TIMEOUT = min(PERIOD, 5)
+"""The operator's connect and inspection timeout (`whm_ha.replication.plan.member_timeout`)."""
+WAITING_TIMEOUT = TIMEOUT + NET_TIMEOUT
+"""Its timeout for a reply that may wait on a replication thread (`plan.waiting_timeout`): a fence's."""
+SLOW_SECONDS = 8
+"""How long slowness within the timeouts lasts."""
+STALL = 3.0
+"""Writers go on: never longer than this without an acknowledged write while they should."""
+
+
+def _toxiproxy(world: Databases, index: int, binary: Path, folder: Path) -> SlowLinks:
+    """A toxiproxy in front of db-<index>'s server, in its namespace (its log in ``folder``)."""
+    host = world.hosts[index]
+    return SlowLinks.start(host, binary, folder / f"toxiproxy-{host.name}.log", MARIADB_PORT)
+
+
+def _reported_lag(world: Databases, index: int) -> int | None:
+    """Seconds_Behind_Master as the replica's own server reports it now."""
+    with world.servers[index].connect() as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute("SHOW SLAVE STATUS")
+        row = cur.fetchone()
+    lag = row["Seconds_Behind_Master"] if row else None
+    return None if lag is None else int(lag)
+
+
+def _status_lag(world: Databases, member: str) -> int | None:
+    return next((m.get("lagSeconds") for m in world.status().get("members", []) if m["name"] == member), None)
+
+
+def _lag_samples(
+    world: Databases, index: int, into: list[tuple[int | None, int | None, int | None]]
+) -> Callable[[], None]:
+    """A sampler: the replica's own lag, the status's, its own again (the status lies between the two reads)."""
+    name = world.hosts[index].name
+
+    def sample() -> None:
+        into.append((_reported_lag(world, index), _status_lag(world, name), _reported_lag(world, index)))
+
+    return sample
+
+
+def _truthful(sample: tuple[int | None, int | None, int | None]) -> bool:
+    """The status's lag is what the server reported, give or take the second its inspection may be old."""
+    before, status, after = sample
+    if status is None or before is None or after is None:
+        return status is None and (before is None or after is None)
+    return min(before, after) - 1 <= status <= max(before, after) + 1
+
+
+def _watch(
+    writer: RunningWriter, seconds: float, sample: Callable[[], object] = lambda: None
+) -> tuple[float, list[tuple[float, int]]]:
+    """Watch for ``seconds``, every 0.1 s (calling ``sample`` too): the longest time the writer went without an
+    acknowledged write, and (time, last acknowledged id) as it went."""
+    history: list[tuple[float, int]] = []
+    started = last_change = time.monotonic()
+    stall, count = 0.0, len(writer.work.acknowledged)
+    while (now := time.monotonic()) < started + seconds:
+        acked = writer.work.acknowledged
+        if len(acked) != count:
+            count, last_change = len(acked), now
+        stall = max(stall, now - last_change)
+        history.append((now, acked[-1] if acked else 0))
+        sample()
+        time.sleep(0.1)
+    return stall, history
+
+
+def _arrival(world: Databases, replicas: tuple[int, ...], mark: int) -> dict[int, float]:
+    """Seconds from sending a commit to db-0 (as the administrator, beside the writers) until each replica holds
+    it, every replica polled from the moment it is sent (the commit returns only once one acknowledged it)."""
+    conn = world.servers[0].connect()
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.marks (id INT PRIMARY KEY)")
+    sessions = {index: world.servers[index].connect() for index in replicas}
+    commit = threading.Thread(target=conn.query, args=(f"INSERT INTO {DEMO_SCHEMA}.marks (id) VALUES ({mark})",))
+    arrived: dict[int, float] = {}
+    sent = time.monotonic()
+    commit.start()
+    try:
+        while len(arrived) < len(replicas) and time.monotonic() < sent + 10:
+            for index, session in sessions.items():
+                if index in arrived:
+                    continue
+                with session.cursor() as cur:
+                    try:
+                        cur.execute(f"SELECT COUNT(*) FROM {DEMO_SCHEMA}.marks WHERE id = %s", (mark,))
+                    except pymysql.ProgrammingError:  # the table has not arrived either
+                        continue
+                    row = cur.fetchone()
+                if row and row[0]:
+                    arrived[index] = time.monotonic() - sent
+            time.sleep(0.005)
+    finally:
+        commit.join(10)
+        for session in [conn, *sessions.values()]:
+            session.close()
+    assert len(arrived) == len(replicas), f"mark {mark} reached only {sorted(arrived)} within 10 s"
+    return arrived
+
+
+def _behind(world: Databases, index: int, history: list[tuple[float, int]]) -> float:
+    """Seconds since the primary acknowledged the oldest write the replica does not hold yet (0 when it holds
+    every write acknowledged so far): the replica's lag, measured apart from what any server reports."""
+    conn = world.servers[index].connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {DEMO_SCHEMA}.writes")
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    held = int(row[0]) if row else 0
+    now = time.monotonic()
+    return next((now - at for at, last in history if last > held), 0.0)
+
+
+def _rate(history: list[tuple[float, int]]) -> float:
+    """Acknowledged writes a second over a watched stretch."""
+    (first, low), (last, high) = history[0], history[-1]
+    return (high - low) / (last - first) if last > first else 0.0
+
+
+def test_a_replica_200_ms_behind_with_jitter_is_reported_as_it_reports_itself_and_promotes_nothing(
+    start_databases: Callable[..., Databases], toxiproxy_server: Path, resilience: Recorder, tmp_path: Path
+) -> None:
+    """db-1's replication link delayed 200 ± 50 ms, then limited to 2 KB/s: the status's lag is what db-1 itself
+    reports, nothing is promoted, the writers (acknowledged by db-2 meanwhile) do not stall, nothing is lost."""
+    links: dict[str, Link] = {}
+
+    def prepare(world: Databases) -> None:
+        links["db-1"] = _toxiproxy(world, 0, toxiproxy_server, tmp_path).route("db-1", [world.hosts[1].address])
+
+    world = start_databases(prepare=prepare)
+    writer = _start_writer(world)
+    _, calm = _watch(writer, 2)
+    link = links["db-1"]
+    link.delay(200, 50)
+    acked_at_fault = len(writer.work.acknowledged)
+    arrivals = [_arrival(world, (1, 2), mark) for mark in range(1, 6)]
+    later = sorted(arrival[1] - arrival[2] for arrival in arrivals)
+    delayed: list[tuple[int | None, int | None, int | None]] = []
+    stall, history = _watch(writer, SLOW_SECONDS, _lag_samples(world, 1, delayed))
+    link.limit(2)
+    limited: list[tuple[int | None, int | None, int | None]] = []
+    stall_limited, history_limited = _watch(writer, 6, _lag_samples(world, 1, limited))
+    behind = _behind(world, 1, history + history_limited)
+    link.clear()
+    acked_during = len(writer.work.acknowledged) - acked_at_fault
+    promotions = _promotions(world)
+    acknowledged = set(writer.work.acknowledged)
+    wait_for(lambda: acknowledged <= world.ids(1), 30, "db-1 caught up once its link is fast again")
+    writer.stop()
+    acked, lost = _lost(world, writer.work)
+    status_lag = max((s[1] or 0) for s in delayed + limited)
+    untrue = [s for s in delayed + limited if not _truthful(s)]
+    blind = status_lag < behind - 1
+    resilience.record(
+        Outcome(
+            scenario="replica's link 200 ± 50 ms slow, then limited to 2 KB/s",
+            component="database",
+            outcome=(
+                f"no promotion; db-1 received {later[len(later) // 2] * 1000:.0f} ms after db-2 (median of 5); "
+                f"lag in status up to {status_lag} s, as db-1 reported; writes {_rate(calm):.0f}/s before, "
+                f"{_rate(history):.0f}/s slow, {_rate(history_limited):.0f}/s limited; {acked_during} during"
+            ),
+            acked=acked,
+            lost=lost,
+            promotions=promotions,
+            limit=(
+                f"at 2 KB/s db-1 was {behind:.0f} s behind while it reported (and status showed) {status_lag} s: "
+                "Seconds_Behind_Master counts only what a replica received"
+                if blind
+                else ""
+            ),
+        )
+    )
+    assert later[len(later) // 2] >= 0.15, f"db-1 received only {later} s after db-2: the link is not slow"
+    assert behind > 2, f"db-1 only {behind:.1f} s behind at 2 KB/s: the limit did not hold it back"
+    assert untrue == [], f"status lag unlike db-1's own (before, status, after): {untrue}"
+    assert stall < STALL and stall_limited < STALL, f"writers stalled {stall:.1f} s, {stall_limited:.1f} s"
+    assert promotions == 0 and world.status()["currentPrimary"] == "db-0"
+    assert lost == 0
+
+
+def test_a_primary_link_at_50_ms_promotes_nothing_and_one_beyond_the_timeouts_fails_over_within_the_bound(
+    start_databases: Callable[..., Databases], toxiproxy_server: Path, resilience: Recorder, tmp_path: Path
+) -> None:
+    """What db-0 sends to every client (replicas, operator, writers) delayed 50 ms: slower writes, nothing
+    promoted. Then 2.5 s, beyond the operator's inspection timeout and the replicas' net timeout though within
+    the waiting timeout a fence is given: a promotion within the bound for a vanished primary, while a client
+    beside db-0 (over its loopback, not slowed) gets no write acknowledged after it, and nothing is lost."""
+    links: dict[str, Link] = {}
+
+    def prepare(world: Databases) -> None:
+        links["clients"] = _toxiproxy(world, 0, toxiproxy_server, tmp_path).route("clients")
+
+    world = start_databases(prepare=prepare)
+    writer = _start_writer(world)
+    side = SideClient.start(world, 0, tmp_path)
+    _, calm = _watch(writer, 2)
+    link = links["clients"]
+    link.delay(50)
+    acked_at_fault = len(writer.work.acknowledged)
+    stall, history = _watch(writer, SLOW_SECONDS)
+    acked_slow = len(writer.work.acknowledged) - acked_at_fault
+    promotions_slow = _promotions(world)
+    healthy = world.healthy_on("db-0")
+    resilience.record(
+        Outcome(
+            scenario="primary's link 50 ms slow (every client)",
+            component="database",
+            outcome=(
+                f"no promotion; writes {_rate(calm):.0f}/s before, {_rate(history):.0f}/s slow "
+                f"({acked_slow} in {SLOW_SECONDS} s), longest wait {stall:.1f} s"
+            ),
+            acked=acked_slow,
+            lost=None,
+            promotions=promotions_slow,
+        )
+    )
+    assert promotions_slow == 0 and healthy, world.status().get("reason")
+    assert acked_slow > 0 and stall < STALL, f"writers stalled {stall:.1f} s"
+
+    latency = 2.5
+    assert TIMEOUT < NET_TIMEOUT < latency < WAITING_TIMEOUT
+    link.delay(int(latency * 1000))
+    done = _replaced(world, writer, side, time.time(), link.clear)
+    scenario = f"primary's link {latency:g} s slow (beyond the {TIMEOUT} s inspection timeout), a client beside it"
+    outcome = f"{done.primary} promoted within {DB_BOUND} s; db-0 {done.old_role} {done.settled:.1f} s after healing"
+    resilience.record(done.outcome(scenario, outcome))
+    assert done.detect <= DB_BOUND, f"{done.detect:.1f} s to a promotion; bound {DB_BOUND} s"
+    done.check()
+
+
+def test_a_slow_operator_link_promotes_nothing_and_the_writers_go_on(
+    namespace_kubeconfig: Path,  # first: the API must outlive the operator at teardown
+    start_databases: Callable[..., Databases],
+    toxiproxy_server: Path,
+    test_network: TestNetwork,
+    resilience: Recorder,
+    tmp_path: Path,
+) -> None:
+    """The operator, in a namespace of its own, reaches every member through a link delayed 500 ± 100 ms (within
+    its 1 s timeout), then 1.5 s (beyond it); the writers, in the root namespace, do not go through it. Within
+    the timeout the operator still sees everything; beyond it, it sees no member and, the replicas not having
+    lost the primary, promotes nothing. Either way the writers go on and nothing is lost."""
+    operator = test_network.host("operator")
+    links: list[Link] = []
+
+    def prepare(world: Databases) -> None:
+        links.extend(
+            _toxiproxy(world, i, toxiproxy_server, tmp_path).route("operator", [operator.address]) for i in range(3)
+        )
+
+    world = start_databases(prepare=prepare, operator_in=(operator, namespace_kubeconfig))
+    writer = _start_writer(world)
+    for link in links:
+        link.delay(500, 100)
+    stall, _ = _watch(writer, SLOW_SECONDS)
+    seen = wait_for(
+        lambda: world.healthy_on("db-0") and all(m.get("reachable") for m in world.status()["members"]),
+        10,
+        "every member reachable, Healthy on db-0, through the slow link",
+    )
+    promotions_slow = _promotions(world)
+    resilience.record(
+        Outcome(
+            scenario="operator's link 500 ± 100 ms slow (within its 1 s timeout)",
+            component="database",
+            outcome=f"no promotion; every member inspected; writers' longest wait {stall:.1f} s",
+            promotions=promotions_slow,
+        )
+    )
+    assert seen and promotions_slow == 0
+    assert stall < STALL, f"writers stalled {stall:.1f} s"
+
+    for link in links:
+        link.delay(1500)
+    slowed = time.monotonic()
+    acked_at_fault = len(writer.work.acknowledged)
+    wait_for(lambda: "cannot reach the primary" in str(world.status().get("reason")), 10, "db-0 reported unreachable")
+    detect = time.monotonic() - slowed
+    window = PERIOD * (THRESHOLD + 2) + DB_BOUND
+    stall_beyond, _ = _watch(writer, window)
+    acked_during = len(writer.work.acknowledged) - acked_at_fault
+    promotions = _promotions(world)
+    reason = str(world.status().get("reason"))
+    for link in links:
+        link.clear()
+    healed = time.monotonic()
+    wait_for(lambda: world.healthy_on("db-0"), 30, "Healthy on db-0 once the link is fast again")
+    recover = time.monotonic() - healed
+    writer.stop()
+    acked, lost = _lost(world, writer.work)
+    resilience.record(
+        Outcome(
+            scenario="operator's link 1.5 s slow (beyond its 1 s timeout) for several failure windows",
+            component="database",
+            outcome=(
+                f"no promotion; {acked_during} writes during, longest wait {stall_beyond:.1f} s; "
+                f"Healthy {recover:.1f} s after healing"
+            ),
+            detect=detect,
+            acked=acked,
+            lost=lost,
+            promotions=promotions,
+        )
+    )
+    assert promotions == 0, f"promoted while the replicas still received from db-0: {reason}"
+    assert stall_beyond < STALL, f"writers stalled {stall_beyond:.1f} s"
+    assert lost == 0

@@ -165,8 +165,11 @@ def _rate(history: list[tuple[float, int]]) -> float:
 def test_a_replica_200_ms_behind_with_jitter_is_reported_as_it_reports_itself_and_promotes_nothing(
     start_databases: Callable[..., Databases], toxiproxy_server: Path, resilience: Recorder, tmp_path: Path
 ) -> None:
-    """db-1's replication link delayed 200 ± 50 ms, then limited to 2 KB/s: the status's lag is what db-1 itself
-    reports, nothing is promoted, the writers (acknowledged by db-2 meanwhile) do not stall, nothing is lost."""
+    """db-1's replication link delayed 200 ± 50 ms: the status's lag is what db-1 itself reports, nothing is
+    promoted, the writers (acknowledged by db-2 meanwhile) do not stall, nothing is lost. Then limited to
+    2 KB/s, so that db-1 falls seconds behind: what db-1 and the status report then is recorded against the lag
+    measured from the writes (only recorded: Seconds_Behind_Master jumps while the replica applies an old
+    event, too briefly to compare sample by sample)."""
     links: dict[str, Link] = {}
 
     def prepare(world: Databases) -> None:
@@ -194,7 +197,8 @@ def test_a_replica_200_ms_behind_with_jitter_is_reported_as_it_reports_itself_an
     writer.stop()
     acked, lost = _lost(world, writer.work)
     status_lag = max((s[1] or 0) for s in delayed + limited)
-    untrue = [s for s in delayed + limited if not _truthful(s)]
+    reported = max(max(s[0] or 0, s[2] or 0) for s in limited)
+    untrue = [s for s in delayed if not _truthful(s)]
     blind = status_lag < behind - 1
     resilience.record(
         Outcome(
@@ -209,8 +213,8 @@ def test_a_replica_200_ms_behind_with_jitter_is_reported_as_it_reports_itself_an
             lost=lost,
             promotions=promotions,
             limit=(
-                f"at 2 KB/s db-1 was {behind:.0f} s behind while it reported (and status showed) {status_lag} s: "
-                "Seconds_Behind_Master counts only what a replica received"
+                f"at 2 KB/s db-1 was {behind:.0f} s behind while it reported at most {reported} s and status "
+                f"showed {status_lag} s: Seconds_Behind_Master counts only what a replica received"
                 if blind
                 else ""
             ),

@@ -23,6 +23,7 @@ from whm_ha.mysql.gtid import MariaDBGtidSet, MySQLGtidSet
 from whm_ha.mysql.member import Credentials, MemberState, Session, connect, inspect, read_state
 from whm_ha.mysql.topology import can_rejoin, choose_candidate, errant_transactions, primary_confirmed_dead
 from whm_ha.replication import plan, procedures
+from whm_ha.replication.authority import Superseded
 
 pytestmark = pytest.mark.mariadb
 
@@ -469,3 +470,35 @@ def test_a_switchover_and_a_failover_by_the_operators_procedures(replicating: Cl
     assert (state.read_only, state.is_replica) == (False, False), "m0 is the writable primary"
     assert replicating.inspect(2).fenced is True
     assert {1, 20, 21} <= replicating.ids(0)
+
+
+def test_a_superseded_reconcile_changes_no_replication_setting(replicating: Cluster) -> None:
+    """Three steps of a pass change how members replicate without changing a role: the net timeout (restarts the
+    IO thread), semi-sync enabled, the source side turned off (kills the connections waiting for an
+    acknowledgement). A worker whose decision was superseded (``confirm`` refuses) does none of them."""
+    access, dialect = access_to(replicating), replicating.dialect
+    names = dialect.semi_sync_variables
+    replicating.sessions[1].execute(dialect.set_global(names["source_enabled"], "ON"))  # as on a former primary
+    replicating.sessions[2].execute(dialect.set_global(dialect.net_timeout_variable, 7))
+    watched = [(0, names["source_enabled"]), (1, names["source_enabled"]), (2, dialect.net_timeout_variable)]
+    watched += [(i, names["replica_enabled"]) for i in (1, 2)]
+
+    def settings() -> list[str]:
+        return [str(replicating.sessions[i].row(SQL(f"SELECT @@GLOBAL.{name}"))) for i, name in watched]
+
+    before = settings()
+    asked: list[str] = []
+
+    def refuse(what: str) -> None:
+        asked.append(what)
+        raise Superseded(f"not done ({what}): decided on an older state")
+
+    for steps in (
+        plan.Plan(net_timeout=("m2",)),
+        plan.Plan(semi_sync=True, replicas=("m1", "m2")),
+        plan.Plan(source_off=("m1",)),
+    ):
+        with pytest.raises(Superseded):
+            procedures.reconcile(access, "m0", steps, refuse)
+        assert settings() == before, f"{steps} changed a member although superseded"
+    assert asked == ["net timeout on m2", "enable semi-sync", "semi-sync on m1"]

@@ -134,6 +134,46 @@ class Writer(threading.Thread):
             conn.close()
 
 
+class SemiSyncSampler(threading.Thread):
+    """Reads ``@@read_only`` and then the semi-sync source side on every member, over and over as fast as one
+    session each allows, and records every sample showing a member writable with its source side off: a commit
+    made there is acknowledged at once, on no replica."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__(daemon=True)
+        self.servers = world.servers
+        self.query = f"SELECT @@GLOBAL.read_only, @@GLOBAL.{world.dialect.semi_sync_variables['source_enabled']}"
+        self.samples = 0
+        self.violations: list[str] = []
+        self.phase = "bootstrap"
+        """What the test is doing, named in each violation."""
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        sessions: dict[int, Any] = {}
+        while not self._halt.is_set():
+            for index, server in enumerate(self.servers):
+                try:
+                    if index not in sessions:
+                        sessions[index] = server.connect(connect_timeout=1)
+                    with sessions[index].cursor() as cur:
+                        cur.execute(self.query)
+                        read_only, source_side = cur.fetchone()
+                except pymysql.MySQLError:
+                    sessions.pop(index, None)  # down or restarting: nothing to sample
+                    continue
+                self.samples += 1
+                if int(read_only) == 0 and int(source_side) == 0:
+                    self.violations.append(f"{self.phase}: m{index} writable without semi-sync")
+        for conn in sessions.values():
+            conn.close()
+
+    def stop(self) -> list[str]:
+        self._halt.set()
+        self.join(10)
+        return self.violations
+
+
 @pytest.fixture
 def world(
     kube_api: KubeAPI,
@@ -142,15 +182,19 @@ def world(
     database_servers: StartFlavourServers,
     operator_process: StartOperator,
 ) -> Callable[..., World]:
-    """``world(**spec)``: three servers of the flavour, the replication created, the operator started, Healthy."""
+    """``world(watch=None, **spec)``: three servers of the flavour, the replication created, the operator started,
+    Healthy."""
     if kube_api.tier != "sandbox":
         pytest.skip("the flavour matrix runs on the sandbox API")
     flavour = database_servers.flavour
     fenced = ("--read-only=ON", "--init-rpl-role=SLAVE") if flavour.product == "mariadb" else ("--super-read-only=ON",)
 
-    def start(**spec: Any) -> World:
+    def start(watch: Callable[[World], object] | None = None, **spec: Any) -> World:
+        """``watch``, if given, is called with the servers up and the replication created, before the operator."""
         created = World(kube_client, kube_namespace, database_servers(3, fenced), dialect_for(flavour.product))
         created.create(**spec)
+        if watch is not None:
+            watch(created)
         created.operator = operator_process(kube_api.kubeconfig, kube_namespace)
         created.healthy_on("m0")
         created.sql("m0", "CREATE DATABASE IF NOT EXISTS app")
@@ -243,6 +287,50 @@ def test_a_promotion_left_past_its_point_of_no_return_is_finished(world: Callabl
     db.operator.start()
     db.healthy_on("m1", timeout=40)
     assert db.writable("m1") and not db.writable("m0") and not db.writable("m2")
+
+
+def test_no_member_accepts_writes_before_its_semi_sync_source_side_is_on(world: Callable[..., World]) -> None:
+    """With semiSync a commit is acknowledged only once a replica has it, so no member may be writable while its
+    source side is off. Sampled on every member from before the bootstrap, through a kill -9 failover, the old
+    primary's return, a switchover, and a primary found read-only with its source side off (as after a restart)
+    and reopened."""
+    samplers: list[SemiSyncSampler] = []
+
+    def watch(created: World) -> None:
+        samplers.append(SemiSyncSampler(created))
+        samplers[0].start()
+
+    db = world(watch, semiSync=True)
+    (sampler,) = samplers
+    try:
+        sampler.phase = "failover"
+        db.servers[0].kill()
+        status = db.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 30, "a new primary")
+        new = status["currentPrimary"]
+        db.servers[0].start()
+        db.wait(lambda s: db.roles().get("m0") in ("Replica", "Quarantined"), 40, "m0 back")
+        other = ({"m1", "m2"} - {new}).pop()
+        sampler.phase = "switchover"
+        db.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            db.namespace,
+            "mysqlreplications",
+            "db",
+            {"metadata": {"annotations": {"ha.whm.io/promote": other, "ha.whm.io/request-id": "semi-1"}}},
+        )
+        db.wait(lambda s: s.get("currentPrimary") == other and db.writable(other), 30, f"{other} primary")
+        sampler.phase = "reopen"
+        source_off = f"SET GLOBAL {db.dialect.semi_sync_variables['source_enabled']} = OFF"
+        for statement in (*db_fence(db.dialect), source_off):
+            db.sql(other, statement)
+        wait_for(lambda: db.writable(other), 30, f"{other} reopened")
+    finally:
+        violations = sampler.stop()
+    print(f"{db.dialect.flavor}: {sampler.samples} samples of read_only and the semi-sync source side")
+    assert sampler.samples > 1000
+    counts = {phase: violations.count(phase) for phase in dict.fromkeys(violations)}
+    assert violations == [], f"samples writable without semi-sync: {counts}"
 
 
 def db_open(dialect: Dialect) -> list[str]:

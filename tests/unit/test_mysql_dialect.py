@@ -166,6 +166,12 @@ def test_semi_sync_settings_and_plugins() -> None:
         "rpl_semi_sync_master_wait_point": "AFTER_SYNC",
     }
     assert MARIADB.semi_sync_settings("replica", True, 5000) == {"rpl_semi_sync_slave_enabled": "ON"}
+    assert list(MYSQL.semi_sync_settings("source", True, 5000).items()) == [
+        ("rpl_semi_sync_source_timeout", 5000),
+        ("rpl_semi_sync_source_wait_point", "AFTER_SYNC"),
+        ("rpl_semi_sync_source_wait_for_replica_count", 1),
+        ("rpl_semi_sync_source_enabled", "ON"),
+    ], "the waits set before the source side goes on"
     assert MYSQL.semi_sync_settings("source", False, 5000) == {"rpl_semi_sync_source_enabled": "OFF"}
     assert MYSQL.semi_sync_settings("replica", True, 0) == {"rpl_semi_sync_replica_enabled": "ON"}
     assert MARIADB.install_semi_sync("source") is None

@@ -119,6 +119,17 @@ def _set_read_only(session: Session, on: bool) -> bool:
     return True
 
 
+def allow_admin_writes(session: Session) -> bool:
+    """Let the administrative account write on the fenced member while applications still cannot (`Dialect.
+    admin_writes`); whether it wrote."""
+    statements = session.dialect.admin_writes()
+    if not statements or not session.server_state().fenced:
+        return False
+    for sql in statements:
+        session.execute(sql)
+    return True
+
+
 def ensure_replica(session: Session, source: Source, *, read_only: bool = True) -> bool:
     """Make the member a GTID replica of ``source``: read-only first, then reconfigure only if the settings differ
     (or the IO thread reports a wrong password), then start stopped threads."""
@@ -282,7 +293,13 @@ def enable_semi_sync(
         deadline = time.monotonic() + announce_timeout
         while primary.semi_sync_status().source_clients == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-    return _apply_semi_sync(primary, "source", True, timeout_ms) or changed
+    return source_semi_sync_on(primary, timeout_ms) or changed
+
+
+def source_semi_sync_on(session: Session, timeout_ms: int) -> bool:
+    """The source side of semi-sync on (AFTER_SYNC, waiting up to ``timeout_ms`` for the acknowledgements it
+    needs): set before a primary accepts writes, none of them is acknowledged before a replica has it."""
+    return _apply_semi_sync(session, "source", True, timeout_ms)
 
 
 def replica_semi_sync_on(session: Session) -> bool:

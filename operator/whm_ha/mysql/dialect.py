@@ -43,6 +43,8 @@ IOState = Literal["running", "connecting", "stopped"]
 CONNECT_RETRY_SECONDS = 1
 HEARTBEAT_SECONDS = 1
 REPLICATION_PRIVILEGE = "REPLICATION SLAVE"
+SEMI_SYNC_ACKS = 1
+"""Replica acknowledgements a semi-sync commit waits for (MariaDB's only setting; set on MySQL)."""
 READ_ONLY_ERRNO = 1290
 """ER_OPTION_PREVENTS_STATEMENT: the server is read-only (or super_read_only) and refuses the statement."""
 APPLICATION_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "INDEX", "EVENT")
@@ -169,7 +171,8 @@ class Dialect(ABC):
     columns: ClassVar[Mapping[str, str]]
     """Neutral name -> this flavor's SHOW ... STATUS column."""
     semi_sync_variables: ClassVar[Mapping[str, str]]
-    """Neutral name (source_enabled, source_timeout, source_wait_point, replica_enabled) -> variable."""
+    """Neutral name (source_enabled, source_timeout, source_wait_point, replica_enabled and, where it can be set,
+    source_acks) -> variable."""
     semi_sync_status_variables: ClassVar[Mapping[str, str]]
     """Neutral name (source_active, replica_active, source_clients) -> status variable."""
 
@@ -290,13 +293,23 @@ class Dialect(ABC):
         return []
 
     def semi_sync_settings(self, role: SemiSyncRole, enabled: bool, timeout_ms: int) -> dict[str, str | int]:
-        """The variables (name -> value) for this role; disabling only turns the role off."""
+        """The variables (name -> value) for this role, in the order to set them (the source's wait settings before
+        it is enabled); disabling only turns the role off."""
         names = self.semi_sync_variables
-        settings: dict[str, str | int] = {names[f"{role}_enabled"]: "ON" if enabled else "OFF"}
+        settings: dict[str, str | int] = {}
         if role == "source" and enabled:
             settings[names["source_timeout"]] = timeout_ms
             settings[names["source_wait_point"]] = "AFTER_SYNC"
+            if "source_acks" in names:
+                settings[names["source_acks"]] = SEMI_SYNC_ACKS
+        settings[names[f"{role}_enabled"]] = "ON" if enabled else "OFF"
         return settings
+
+    def admin_writes(self) -> list[SQL]:
+        """What lets the administrative account write on a read-only member while applications still cannot
+        (accounts are made on a primary before it opens): nothing on MariaDB, whose read_only the administrative
+        account passes (it holds READ ONLY ADMIN to set it)."""
+        return []
 
     def set_global(self, variable: str, value: str | int) -> SQL:
         """``SET GLOBAL``; ``variable`` must come from this class, never from input."""
@@ -430,6 +443,7 @@ class MySQLDialect(Dialect):
         "source_enabled": "rpl_semi_sync_source_enabled",
         "source_timeout": "rpl_semi_sync_source_timeout",
         "source_wait_point": "rpl_semi_sync_source_wait_point",
+        "source_acks": "rpl_semi_sync_source_wait_for_replica_count",
         "replica_enabled": "rpl_semi_sync_replica_enabled",
     }
     semi_sync_status_variables = {
@@ -466,6 +480,10 @@ class MySQLDialect(Dialect):
         if on:
             return [SQL("SET GLOBAL super_read_only = ON")]
         return [SQL("SET GLOBAL super_read_only = OFF"), SQL("SET GLOBAL read_only = OFF")]
+
+    def admin_writes(self) -> list[SQL]:
+        """``super_read_only`` off, ``read_only`` still on: only accounts with CONNECTION_ADMIN or SUPER write."""
+        return [SQL("SET GLOBAL super_read_only = OFF")]
 
     def install_semi_sync(self, role: SemiSyncRole) -> SQL | None:
         """``INSTALL PLUGIN``, which a ``super_read_only`` member refuses (it writes ``mysql.plugin``): replicas need

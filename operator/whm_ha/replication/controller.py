@@ -501,7 +501,13 @@ class ReplicationController:
                 obj = written
             fenced = {name for name, was in self.fenced_seen.items() if was}.union(prepared.fenced)
             unfenced = await self.workers.run(
-                procedures.finish, access, record, self.confirmer(obj), prepared.unreachable, fenced
+                procedures.finish,
+                access,
+                record,
+                self.confirmer(obj),
+                prepared.unreachable,
+                fenced,
+                semi_sync=spec.semi_sync,
             )
         except Superseded as exc:
             log.warning("replication %s/%s: %s", self.namespace, self.name, exc)

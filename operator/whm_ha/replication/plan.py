@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from ..crd.mysqlreplication import Member, MySQLReplicationSpec
 from ..mysql.actions import AUTH_ERRNOS
+from ..mysql.dialect import SEMI_SYNC_ACKS
 from ..mysql.member import MemberState
 from ..mysql.topology import Problem, choose_candidate, primary_behind, primary_confirmed_dead, replica_health
 
@@ -56,7 +57,7 @@ class Plan:
     open_primary: bool = False
     """Turn read-only off on the primary, once every other member answering is read-only."""
     semi_sync: bool = False
-    """Enable semi-sync on the primary and on ``replicas``."""
+    """Enable semi-sync on the primary and on ``replicas`` (always before ``open_primary`` with semi-sync)."""
     replicas: tuple[str, ...] = ()
     """The reachable members that are to replicate (for semi-sync)."""
     source_off: tuple[str, ...] = ()
@@ -114,8 +115,10 @@ def converge_plan(
     replicas = tuple(s.name for s in others)
     replica_off = [s for s in others if full or (s.semi_sync is not None and s.semi_sync.source_active)]
     head_semi = head.semi_sync
+    opening = head.read_only is True and not primary_behind(head, others).dead
     wants_semi = semi_sync and (
         full
+        or opening  # its source side goes on before it opens
         or head_semi is None
         or not head_semi.source_active
         or any(s.semi_sync is None or not s.semi_sync.replica_active for s in others if s.name not in quarantined)
@@ -125,7 +128,7 @@ def converge_plan(
         fence=fence,
         ensure_user=full or any(s.last_io_errno in AUTH_ERRNOS for s in others),
         join=join,
-        open_primary=head.read_only is True and not primary_behind(head, others).dead,
+        open_primary=opening,
         semi_sync=wants_semi,
         replicas=replicas,
         source_off=tuple(s.name for s in replica_off) + ((primary,) if head_off else ()),
@@ -270,10 +273,6 @@ def decide_failover(
     if choice.candidate is None:
         return Failover(None, verdict.reason, True, "no member can take over", choice.refusals)
     return Failover(choice.candidate, verdict.reason, True, refusals=choice.refusals, planned=planned)
-
-
-SEMI_SYNC_ACKS = 1
-"""Replica acknowledgements a semi-sync commit waits for (MariaDB's only setting; MySQL's default)."""
 
 
 def quorum_shortfall(spec: MySQLReplicationSpec, primary: str, states: Mapping[str, MemberState]) -> str:

@@ -125,6 +125,15 @@ class _Sessions:
             self.open[name] = self.access.connect(name)
         return self.open[name]
 
+    def attempt(self, name: str, what: str, outcome: Outcome) -> Session | None:
+        """The member's session, or None with the failure reported and the member counted unsafe."""
+        try:
+            return self[name]
+        except DatabaseError as exc:
+            outcome.errors.append(f"{name}: {what}: {self.access.describe(exc)}")
+            outcome.unsafe.add(name)
+            return None
+
     def __enter__(self) -> _Sessions:
         return self
 
@@ -180,23 +189,17 @@ def _source_semi_sync_off(session: Session) -> bool:
 
 def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Outcome:
     """Apply ``plan``. A member that fails is reported and skipped; the primary is opened for writes only when
-    every member the inspection saw writable was fenced. Each change of a member's role is confirmed first
-    (``confirm`` raises Superseded, which ends the pass)."""
+    every member the inspection saw writable was fenced, and with semi-sync only once its source side is on (the
+    accounts are made and the replicas joined before). Each change of a member's role or of its replication is
+    confirmed first (``confirm`` raises Superseded, which ends the pass)."""
     outcome = Outcome()
     with _Sessions(access) as sessions:
 
-        def attempt(name: str, what: str) -> Session | None:
-            try:
-                return sessions[name]
-            except DatabaseError as exc:
-                outcome.errors.append(f"{name}: {what}: {access.describe(exc)}")
-                outcome.unsafe.add(name)
-                return None
-
         def each(name: str, what: str, step: Callable[[Session], bool], change: str) -> None:
-            """One member's step of a setting that needs no primary; failures reported."""
+            """One member's step of a setting that needs no primary, confirmed first; failures reported."""
+            confirm(f"{what} on {name}")
             try:
-                session = attempt(name, what)
+                session = sessions.attempt(name, what, outcome)
                 if session is not None and step(session):
                     outcome.changes.append(f"{name}: {change}")
             except DatabaseError as exc:
@@ -204,7 +207,7 @@ def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Out
 
         for name in plan.fence:
             confirm(f"fence {name}")
-            session = attempt(name, "fence")
+            session = sessions.attempt(name, "fence", outcome)
             try:
                 if session is not None and fence(session).changed:
                     outcome.fenced.append(name)
@@ -212,37 +215,68 @@ def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Out
             except DatabaseError as exc:
                 outcome.errors.append(f"{name}: fence: {access.describe(exc)}")
                 outcome.unsafe.add(name)
+        opening = plan.open_primary and not outcome.unsafe
         variable = f"{access.dialect.net_timeout_variable} = {access.net_timeout}"
-        for name in plan.net_timeout:
+        for name in plan.net_timeout:  # restarts a running IO thread
             each(name, "net timeout", partial(actions.ensure_net_timeout, seconds=access.net_timeout), variable)
-        needs_primary = plan.ensure_user or plan.join or plan.open_primary or plan.semi_sync
-        head = attempt(primary, "connect") if needs_primary else None
-        if head is None:
-            return outcome
-        if plan.open_primary and not outcome.unsafe:
-            _open(access, head, confirm, outcome)
-        if plan.ensure_user:
-            _ensure_accounts(access, head, outcome)
-        for name in plan.join:
-            confirm(f"make {name} a replica of {primary}")
-            _join(access, sessions, head, name, outcome, semi_sync=plan.semi_sync)
-        try:
-            if plan.semi_sync:
-                wanted = [n for n in plan.replicas if n not in outcome.quarantined and n not in outcome.unsafe]
-                replicas = [s for n in wanted if (s := attempt(n, "semi-sync")) is not None]
-                if actions.enable_semi_sync(head, replicas, SEMI_SYNC_TIMEOUT_MS):
-                    outcome.changes.append("semi-sync enabled")
-        except DatabaseError as exc:
-            outcome.errors.append(f"{primary}: {access.describe(exc)}")
+        if plan.ensure_user or plan.join or plan.open_primary or plan.semi_sync:
+            head = sessions.attempt(primary, "connect", outcome)
+            if head is not None:
+                _converge_primary(sessions, head, plan, confirm, outcome, opening=opening)
         for name in plan.source_off:
             if name not in outcome.unsafe:  # not known to be fenced: its waiting commits stay unacknowledged
                 each(name, "semi-sync", _source_semi_sync_off, "semi-sync source side off")
     return outcome
 
 
+def _converge_primary(
+    sessions: _Sessions, head: Session, plan: Plan, confirm: Confirm, outcome: Outcome, *, opening: bool
+) -> None:
+    """The steps of ``plan`` that need the primary: its accounts, the joins, semi-sync, and last its opening."""
+    access = sessions.access
+    if opening:
+        opening = _allow_admin_writes(access, head, confirm, outcome)
+    if plan.ensure_user:
+        _ensure_accounts(access, head, outcome)
+    for name in plan.join:
+        confirm(f"make {name} a replica of {head.name}")
+        _join(access, sessions, head, name, outcome, semi_sync=plan.semi_sync)
+    if plan.semi_sync:
+        confirm("enable semi-sync")
+        wanted = [n for n in plan.replicas if n not in outcome.quarantined and n not in outcome.unsafe]
+        replicas = [s for n in wanted if (s := sessions.attempt(n, "semi-sync", outcome)) is not None]
+        opening = _enable_semi_sync(access, head, replicas, outcome) and opening
+    if opening:
+        _open(access, head, confirm, outcome)
+
+
+def _enable_semi_sync(access: Access, head: Session, replicas: list[Session], outcome: Outcome) -> bool:
+    """Semi-sync on the primary and ``replicas``; whether the primary's source side is on (else it must not open:
+    it would acknowledge writes that no replica has)."""
+    try:
+        if actions.enable_semi_sync(head, replicas, SEMI_SYNC_TIMEOUT_MS):
+            outcome.changes.append("semi-sync enabled")
+    except DatabaseError as exc:
+        outcome.errors.append(f"{head.name}: {access.describe(exc)}")
+        return False
+    return True
+
+
+def _allow_admin_writes(access: Access, head: Session, confirm: Confirm, outcome: Outcome) -> bool:
+    """Before the primary opens: let the administrative account make the accounts on it (a MySQL server started
+    with super_read_only refuses CREATE USER); applications still cannot write. Whether it may be opened."""
+    try:
+        confirm(f"let the administrative account write on {head.name}")
+        if actions.allow_admin_writes(head):
+            outcome.changes.append(f"{head.name}: writable by the administrative account")
+    except DatabaseError as exc:
+        outcome.errors.append(f"{head.name}: open: {access.describe(exc)}")
+        return False
+    return True
+
+
 def _open(access: Access, head: Session, confirm: Confirm, outcome: Outcome) -> None:
-    """Open the primary for writes. Every member the inspection saw writable is fenced by then; it opens before
-    the accounts are made on it, as a MySQL server started with super_read_only refuses CREATE USER."""
+    """Open the primary for writes. Every member the inspection saw writable is fenced by then."""
     try:
         confirm(f"open {head.name} for writes")
         if actions.promote(head).changed:
@@ -397,6 +431,8 @@ def finish(
     confirm: Confirm,
     unreachable: Collection[str] = (),
     fenced: Collection[str] = (),
+    *,
+    semi_sync: bool = False,
 ) -> list[str]:
     """The point of no return: every other member that answers is made read-only while the candidate stops
     receiving and applies its relay log (all at once, so that members that do not answer cost one timeout);
@@ -405,7 +441,9 @@ def finish(
     skipped: one that accepts connections but cannot serve them must not hold the promotion up. ``unreachable``:
     members ``prepare`` just found unreachable, tried again with a short connect timeout (one that came back is
     fenced; one that comes back later is fenced when it answers, before it may rejoin). Returns the members that
-    could not be fenced. Both the first write and the opening of the candidate are confirmed (Superseded)."""
+    could not be fenced. With ``semi_sync`` the candidate's source side is on before it opens: its first commits
+    wait for the replicas the next pass joins to it. Both the first write and the opening of the candidate are
+    confirmed (Superseded)."""
     others = [n for n in access.members if n != record.to and n not in fenced]
     confirm(f"fence the others and detach {record.to}")
     with access.connect(record.to) as session, ThreadPoolExecutor(max_workers=len(others) or 1) as pool:
@@ -416,5 +454,7 @@ def finish(
         actions.detach(session, timeout=RELAY_LOG_SECONDS)
         results = [future.result() for future in fencing]
         confirm(f"open {record.to} for writes")
+        if semi_sync:
+            actions.source_semi_sync_on(session, SEMI_SYNC_TIMEOUT_MS)
         actions.promote(session)
     return [name for name, result in zip(others, results, strict=True) if result is None]

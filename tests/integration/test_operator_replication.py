@@ -172,6 +172,41 @@ class Replication:
         finally:
             conn.close()
 
+    def unlogged(self, member: str, *statements: str) -> None:
+        """Statements run on one member only, not binlogged: no transaction of its own that would look errant."""
+        conn = self.servers[self.index(member)].connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION sql_log_bin = 0")
+                for statement in statements:
+                    cur.execute(statement)
+        finally:
+            conn.close()
+
+    def operator_account(self) -> tuple[str, str]:
+        """An administrative account of the operator's own on every member, which a test may lock on one."""
+        for member in ("m0", "m1", "m2"):
+            self.unlogged(
+                member,
+                "CREATE USER 'operator'@'%' IDENTIFIED BY 'op-secret'",
+                "GRANT ALL PRIVILEGES ON *.* TO 'operator'@'%' WITH GRANT OPTION",
+            )
+        return "operator", "op-secret"
+
+    def dropped_by_m0(self, member: str) -> None:
+        """Row 99 on ``member`` under m0's next GTID: what a restarted m0 dropped at recovery while a replica
+        held it."""
+        server_id = self.variable("m0", "server_id")
+        seq = int(self.variable("m0", "gtid_binlog_pos").split("-")[2])
+        conn = self.servers[self.index(member)].connect()
+        try:
+            with conn.cursor() as cur:
+                for statement in (f"SET SESSION server_id = {server_id}", f"SET SESSION gtid_seq_no = {seq + 1}"):
+                    cur.execute(statement)
+                cur.execute("INSERT INTO app.t VALUES (99)")
+        finally:
+            conn.close()
+
     def variable(self, member: str, name: str) -> Any:
         return self.sql(member, f"SELECT @@GLOBAL.{name}")[0][0]
 
@@ -453,14 +488,7 @@ def test_a_primary_back_read_only_behind_a_replica_is_switched_over_from_not_reo
     replication.create_app()
     wait_for(lambda: replication.sql("m1", "SHOW TABLES FROM app"), 10, "the table on m1")
     operator.kill()  # staged at once, as the operator would find it after the restart
-    server_id = replication.variable("m0", "server_id")
-    seq = int(replication.variable("m0", "gtid_binlog_pos").split("-")[2])
-    conn = replication.servers[1].connect()
-    with conn.cursor() as cur:
-        for statement in (f"SET SESSION server_id = {server_id}", f"SET SESSION gtid_seq_no = {seq + 1}"):
-            cur.execute(statement)
-        cur.execute("INSERT INTO app.t VALUES (99)")
-    conn.close()
+    replication.dropped_by_m0("m1")
     replication.sql("m0", "SET GLOBAL read_only = ON")
     operator_process(kube_api.kubeconfig, replication.namespace, standalone=True)
     status = replication.wait(lambda s: s.get("currentPrimary") == "m1" and s.get("phase") == "Healthy", 30, "m1")
@@ -470,6 +498,53 @@ def test_a_primary_back_read_only_behind_a_replica_is_switched_over_from_not_reo
     assert replication.replicates_from("m0", "m1") and replication.replicates_from("m2", "m1")
     wait_for(lambda: replication.ids("m2") == {99}, 10, "the row on m2")
     wait_for(lambda: replication.ids("m0") == {99}, 10, "the row on m0")
+
+
+def test_a_primary_back_read_only_is_not_reopened_while_a_replica_that_may_hold_more_does_not_answer(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, sampler: WritableSampler
+) -> None:
+    """As above, but m2, which holds the transaction m0 dropped, does not answer the operator (its account is
+    locked there). Reopened, m0 would reuse that GTID for a new write, which m2 skips once it answers: a later
+    failover to m2 would lose it. m0 stays read-only and status says why; once m2 answers, m0 is switched over
+    from."""
+    replication.create(admin=replication.operator_account(), semiSync=True)
+    operator = operator_process(kube_api.kubeconfig, replication.namespace, standalone=True)
+    replication.healthy()
+    replication.create_app()
+    wait_for(lambda: replication.sql("m2", "SHOW TABLES FROM app"), 10, "the table on m2")
+    operator.kill()
+    replication.dropped_by_m0("m2")
+    replication.unlogged("m2", "ALTER USER 'operator'@'%' ACCOUNT LOCK")
+    replication.sql("m0", "SET GLOBAL read_only = ON")
+    operator = operator_process(kube_api.kubeconfig, replication.namespace, standalone=True)
+    status = replication.wait(lambda s: "not opened again" in s.get("reason", ""), 15, "m0 held read-only")
+    assert "m2 unreachable, not seen since m0 came back read-only" in status["reason"], status["reason"]
+    wait_inspections(operator, 3)
+    assert replication.variable("m0", "read_only") == 1, "m0 reopened while m2 may hold what it lacks"
+    assert replication.status()["currentPrimary"] == "m0"
+    replication.unlogged("m2", "ALTER USER 'operator'@'%' ACCOUNT UNLOCK")
+    status = replication.wait(lambda s: s.get("currentPrimary") == "m2" and s.get("phase") == "Healthy", 30, "m2")
+    assert (
+        "came back read-only without transactions replicas received: m2 (1:" in status["promotionHistory"][0]["reason"]
+    )
+    wait_for(lambda: replication.ids("m0") == replication.ids("m1") == {99}, 10, "the row on m0 and m1")
+
+
+def test_a_primary_reopened_then_cut_off_is_not_taken_for_fenced(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    """m0 is found read-only (as after a restart), reopened by the operator, then killed before an inspection
+    sees it writable. Read-only when it last answered, it must not be skipped by the promotion as known fenced:
+    it is tried, recorded in ``unfenced`` and a FencePending Event says it is fenced when it answers."""
+    replication.create(periodSeconds=3)  # the next inspection comes some 3 s after the reopen
+    start(replication, kube_api, operator_process)
+    replication.healthy()
+    replication.sql("m0", "SET GLOBAL read_only = ON")
+    wait_for(lambda: replication.variable("m0", "read_only") == 0, 15, "m0 reopened")
+    replication.servers[0].kill()
+    status = replication.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 40, "a new primary")
+    assert status["promotionHistory"][0].get("unfenced") == ["m0"], status["promotionHistory"][0]
+    wait_for(lambda: replication.events("FencePending"), 10, "a FencePending Event")
 
 
 def _sql_running(replication: Replication, member: str) -> bool:
@@ -545,21 +620,10 @@ def test_operator_cut_off_from_a_live_primary_does_not_promote(
 ) -> None:
     """The operator's own account is locked on the primary only (not replicated): the replicas, which use the
     replication account, still replicate, so the primary is not confirmed dead."""
-    for member in ("m0", "m1", "m2"):
-        conn = replication.servers[replication.index(member)].connect()
-        with conn.cursor() as cur:
-            cur.execute("SET SESSION sql_log_bin = 0")
-            cur.execute("CREATE USER 'operator'@'%' IDENTIFIED BY 'op-secret'")
-            cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'operator'@'%' WITH GRANT OPTION")
-        conn.close()
-    replication.create(admin=("operator", "op-secret"))
+    replication.create(admin=replication.operator_account())
     operator = start(replication, kube_api, operator_process)
     replication.healthy()
-    conn = replication.servers[0].connect()
-    with conn.cursor() as cur:
-        cur.execute("SET SESSION sql_log_bin = 0")
-        cur.execute("ALTER USER 'operator'@'%' ACCOUNT LOCK")
-    conn.close()
+    replication.unlogged("m0", "ALTER USER 'operator'@'%' ACCOUNT LOCK")
     status = replication.wait(
         lambda s: "still replicate" in conditions(s)["PrimaryUnreachable"]["message"], 15, "PrimaryUnreachable"
     )
@@ -575,11 +639,7 @@ def test_operator_cut_off_from_a_live_primary_does_not_promote(
     assert "replicas m1, m2 still replicate" in conditions(status)["PrimaryUnreachable"]["message"]
     assert replication.replicates_from("m1", "m0") and replication.variable("m0", "read_only") == 0
 
-    conn = replication.servers[0].connect()
-    with conn.cursor() as cur:
-        cur.execute("SET SESSION sql_log_bin = 0")
-        cur.execute("ALTER USER 'operator'@'%' ACCOUNT UNLOCK")
-    conn.close()
+    replication.unlogged("m0", "ALTER USER 'operator'@'%' ACCOUNT UNLOCK")
     status = replication.healthy()
     assert condition_is(status, "PrimaryUnreachable", "False")
 

@@ -23,6 +23,7 @@ from whm_ha.mysql.topology import (
     primary_confirmed_dead,
     received,
     replica_health,
+    unaccounted,
 )
 
 U1 = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
@@ -353,6 +354,18 @@ def test_a_replica_read_after_the_primary_is_not_errant_against_a_fresh_read() -
     states = {"m0": at("m0", stale), "m1": at("m1", MARIA("0-1-102"))}
     assert set(errant_members(states, "m0", stale)) == {"m1"}
     assert errant_members(states, "m0", fresh) == {}
+
+
+def test_members_that_do_not_answer_are_accounted_for_only_by_an_answer_since_the_primary_came_back() -> None:
+    head = at("m0", MARIA("0-1-10"))
+    head = replace(head, read_only=True, server_id=1, is_replica=False)
+    down = [MemberState.unreachable(n, f"{n}.db", 3306, "down") for n in ("m1", "m2", "m3")]
+    since = {"m1": at("m1", MARIA("0-1-10,0-2-3")), "m2": at("m2", MARIA("0-1-11"))}  # m1: its own errant writes
+    assert unaccounted(head, down, since) == {
+        "m2": "unreachable, held 1 it lacks when it last answered: 0-1-11..11",
+        "m3": "unreachable, not seen since m0 came back read-only: it may hold more",
+    }
+    assert unaccounted(replace(head, read_only=False), down, {}) == {}, "only about a primary back read-only"
 
 
 # --- replica_health --------------------------------------------------------------------------------------------

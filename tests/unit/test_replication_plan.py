@@ -204,7 +204,8 @@ def test_plans_never_touch_the_primary_as_a_replica_and_fence_every_writable_mem
     usable = head.reachable and not head.is_replica
     if not usable:
         assert plan == Plan(fence=plan.fence)
-    assert plan.open_primary == (usable and head.read_only is True)
+    all_answer = all(s.reachable for s in others)  # and none holds more: a read-only primary may be reopened
+    assert plan.open_primary == (usable and head.read_only is True and all_answer)
 
 
 # --- decide_failover -------------------------------------------------------------------------------------------
@@ -244,6 +245,49 @@ def test_a_primary_back_read_only_with_everything_is_opened_again() -> None:
     states = topology(primary(read_only=True, gtid_executed=MariaDBGtidSet.parse("0-1-12")), replica("m1", "0-1-11"))
     assert converge_plan("m0", states, semi_sync=True).open_primary
     assert failover(states).candidate is None
+
+
+def test_a_primary_back_read_only_is_not_reopened_while_a_member_that_may_hold_more_does_not_answer() -> None:
+    """The issue's case: m2 holds 0-1-11, which m0 dropped at recovery; unreachable, it must hold m0 up too."""
+    ahead = replica("m2", "0-1-11")
+    down = MemberState.unreachable("m2", "m2.db", 3306, "Can't connect to server on 'm2.db' (2003)")
+    states = topology(primary(read_only=True), replica("m1"), down)
+    assert not converge_plan("m0", topology(primary(read_only=True), replica("m1"), ahead), semi_sync=True).open_primary
+    assert not converge_plan("m0", states, semi_sync=True).open_primary, "m2 was not seen since m0 came back"
+    assert not converge_plan("m0", states, semi_sync=True, answered_since_back={"m2": ahead}).open_primary
+    assert failover(states).candidate is None, "nobody to switch over to while m2 does not answer"
+    summary = summarize(spec(), "m0", states, quarantined={}, answered_since_back={"m2": ahead})
+    assert summary.phase == "Pending"
+    assert summary.reason == (
+        "the primary m0 is read-only: not opened again, m2 unreachable, held 1 it lacks when it last answered: "
+        "0-1-11..11"
+    )
+    plan = converge_plan("m0", states, semi_sync=True, answered_since_back={"m2": replica("m2")})
+    assert plan.open_primary and plan.semi_sync, "known to hold nothing more: opened, its source side on first"
+
+
+@given(
+    head=st.integers(8, 12),
+    others=st.lists(
+        st.tuples(st.integers(8, 12), st.booleans(), st.one_of(st.none(), st.integers(8, 12))), min_size=1, max_size=3
+    ),
+)
+def test_a_primary_back_read_only_is_reopened_only_when_every_member_is_accounted_for(
+    head: int, others: list[tuple[int, bool, int | None]]
+) -> None:
+    """Each other member: what it holds of m0's (0-1-1..seq), whether it answers, and what it held when it last
+    answered since m0 came back (None: not seen since). Reopened exactly when each that answers holds nothing
+    more, and each that does not was seen since holding nothing more."""
+    states = {"m0": primary(read_only=True, gtid_executed=MariaDBGtidSet.parse(f"0-1-{head}"))}
+    answered = {}
+    for index, (seq, reachable, last) in enumerate(others, start=1):
+        name = f"m{index}"
+        state = replica(name, f"0-1-{seq}")
+        states[name] = state if reachable else MemberState.unreachable(name, f"{name}.db", 3306, "down")
+        if last is not None:
+            answered[name] = replica(name, f"0-1-{last}")
+    expected = all(seq <= head if reachable else last is not None and last <= head for seq, reachable, last in others)
+    assert converge_plan("m0", states, semi_sync=False, answered_since_back=answered).open_primary == expected
 
 
 def test_a_read_only_primary_is_not_behind_a_replicas_own_errant_writes() -> None:

@@ -99,23 +99,29 @@ def primary_confirmed_dead(
     )
 
 
+def _lacked(primary: MemberState, holder: MemberState) -> GtidSet | None:
+    """The primary's own transactions that ``holder`` received and the primary lacks (None: none). Others it holds
+    are its errant writes (quarantined once the primary is open)."""
+    have = received(holder)
+    if have is None or primary.gtid_executed is None or primary.gtid_executed.contains(have):
+        return None
+    missing = have.difference(primary.gtid_executed)
+    return missing if missing.origins == {str(primary.server_id)} else None
+
+
 def primary_behind(primary: MemberState, replicas: Sequence[MemberState]) -> Verdict:
     """A primary found read-only (it restarted) that lacks transactions a reachable replica received must not be
     opened again: a MariaDB started with init_rpl_role=SLAVE drops on recovery what it had binlogged but not
     committed, some of which a replica may hold; reopened, it would write new transactions under the same GTIDs,
     which that replica skips (and the candidate chosen later cannot tell apart), and an acknowledged write is
     lost. ``dead`` (to be replaced) when so, with what each replica holds that it lacks. Only the primary's own
-    transactions count: others a replica holds are its errant writes (quarantined once the primary is open), and
-    MySQL (whose recovery keeps what it binlogged) is never behind so."""
+    transactions count (`_lacked`), and MySQL (whose recovery keeps what it binlogged) is never behind so."""
     if not primary.reachable or primary.read_only is not True or primary.gtid_executed is None:
         return Verdict(False, "the primary is not a read-only member that answers")
     ahead = []
     for state in replicas:
-        have = received(state) if state.reachable else None
-        if have is None or primary.gtid_executed.contains(have):
-            continue
-        missing = have.difference(primary.gtid_executed)
-        if missing.origins == {str(primary.server_id)}:
+        missing = _lacked(primary, state) if state.reachable else None
+        if missing is not None:
             ahead.append(f"{state.name} ({missing.count}: {missing})")
     if not ahead:
         return Verdict(False, "the primary holds every transaction the replicas received")
@@ -123,6 +129,28 @@ def primary_behind(primary: MemberState, replicas: Sequence[MemberState]) -> Ver
         True,
         f"the primary {primary.name} came back read-only without transactions replicas received: {', '.join(ahead)}",
     )
+
+
+def unaccounted(
+    primary: MemberState, others: Sequence[MemberState], answered_since_back: Mapping[str, MemberState]
+) -> dict[str, str]:
+    """The members that do not answer and may hold transactions of the read-only ``primary`` that it lacks, each
+    with why: it is not reopened while there are any (`primary_behind` says why for those that answer). One
+    that does not answer is known to hold nothing more only from an answer given after the primary was found
+    back read-only (and found so at every inspection since: what it could receive from the primary since is in
+    the primary's binary log), in ``answered_since_back``, that held nothing of the primary's that it lacks."""
+    if not primary.reachable or primary.read_only is not True or primary.gtid_executed is None:
+        return {}
+    found = {}
+    for state in others:
+        if state.reachable:
+            continue
+        last = answered_since_back.get(state.name)
+        if last is None:
+            found[state.name] = f"unreachable, not seen since {primary.name} came back read-only: it may hold more"
+        elif (missing := _lacked(primary, last)) is not None:
+            found[state.name] = f"unreachable, held {missing.count} it lacks when it last answered: {missing}"
+    return found
 
 
 def received(state: MemberState) -> GtidSet | None:

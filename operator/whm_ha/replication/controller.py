@@ -97,7 +97,12 @@ class ReplicationController:
     """Wall-clock time since which a replica has not been receiving from the primary, as seen while the primary
     answered (what this process observed: empty after a restart)."""
     fenced_seen: dict[str, bool] = field(default_factory=dict)
-    """Whether each member was fenced the last time it answered (promotion skips fencing those that were)."""
+    """Whether each member was fenced the last time it answered and not opened by this process since (promotion
+    skips fencing those that were)."""
+    back: str | None = None
+    """The primary, when the last inspection found it read-only (back after a restart, or being set up)."""
+    answered_since_back: dict[str, MemberState] = field(default_factory=dict)
+    """Each member's last answer since the primary was found back read-only (`plan.reopen_held`)."""
     finish_failures: int = 0
     """Attempts in a row at finishing the recorded promotion that failed."""
     seeded: bool = False
@@ -213,6 +218,7 @@ class ReplicationController:
             return
         if inspect:
             self._track_receiving(spec, primary)
+            self._track_back(primary)
         await self._detect_errant(obj, access, primary)
         request = self._request(obj, status)
         if request is not None:
@@ -238,7 +244,14 @@ class ReplicationController:
             await self.services.publish(obj, members[primary], None)
             return
         self.deferred = False
-        summary = summarize(spec, primary, self.states, quarantined=self.quarantined, failover=failover)
+        summary = summarize(
+            spec,
+            primary,
+            self.states,
+            quarantined=self.quarantined,
+            failover=failover,
+            answered_since_back=self.answered_since_back,
+        )
         await self._write_summary(obj, summary)
         await self.services.publish(obj, members[primary], [members[n] for n in summary.ready])
 
@@ -374,6 +387,24 @@ class ReplicationController:
             elif head is not None and head.reachable:
                 self.not_receiving_since.setdefault(name, now)
 
+    def _track_back(self, primary: str) -> None:
+        """Keep the members' answers given after an inspection that found the primary read-only, as long as every
+        inspection since found it so (an answer given in the same inspection may predate its restart)."""
+        head = self.states.get(primary)
+        if head is None or not head.reachable or head.read_only is not True:
+            self.back = None
+            self.answered_since_back.clear()
+            return
+        if self.back == primary:
+            self.answered_since_back.update((n, s) for n, s in self.states.items() if s.reachable and n != primary)
+        self.back = primary
+
+    def _opening(self, name: str) -> None:
+        """``name`` is about to be opened by this process: no longer known fenced, nor back read-only."""
+        self.fenced_seen[name] = False
+        self.back = None
+        self.answered_since_back.clear()
+
     def _failover(self, spec: MySQLReplicationSpec, status: Obj, primary: str) -> Failover | None:
         if primary not in self.states:
             return None
@@ -500,6 +531,7 @@ class ReplicationController:
                     return
                 obj = written
             fenced = {name for name, was in self.fenced_seen.items() if was}.union(prepared.fenced)
+            self._opening(record.to)
             unfenced = await self.workers.run(
                 procedures.finish,
                 access,
@@ -634,9 +666,12 @@ class ReplicationController:
             full=self.full,
             quarantined=quarantined,
             net_timeout=access.net_timeout,
+            answered_since_back=self.answered_since_back,
         )
         if not plan:
             return False
+        if plan.open_primary:
+            self._opening(primary)
         try:
             outcome = await self.workers.run(procedures.reconcile, access, primary, plan, self.confirmer(obj))
         except Superseded as exc:

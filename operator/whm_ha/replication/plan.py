@@ -12,7 +12,14 @@ from ..crd.mysqlreplication import Member, MySQLReplicationSpec
 from ..mysql.actions import AUTH_ERRNOS
 from ..mysql.dialect import SEMI_SYNC_ACKS
 from ..mysql.member import MemberState
-from ..mysql.topology import Problem, choose_candidate, primary_behind, primary_confirmed_dead, replica_health
+from ..mysql.topology import (
+    Problem,
+    choose_candidate,
+    primary_behind,
+    primary_confirmed_dead,
+    replica_health,
+    unaccounted,
+)
 
 # -- timeouts ----------------------------------------------------------------------------------------------------
 
@@ -55,7 +62,7 @@ class Plan:
     join: tuple[str, ...] = ()
     """Members to (re)attach to the primary: fenced, checked for errant transactions, then made replicas."""
     open_primary: bool = False
-    """Turn read-only off on the primary, once every other member answering is read-only."""
+    """Turn read-only off on the primary, once every other member answering is read-only (`reopen_held`)."""
     semi_sync: bool = False
     """Enable semi-sync on the primary and on ``replicas`` (always before ``open_primary`` with semi-sync)."""
     replicas: tuple[str, ...] = ()
@@ -98,9 +105,11 @@ def converge_plan(
     full: bool = False,
     quarantined: Collection[str] = (),
     net_timeout: int | None = None,
+    answered_since_back: Mapping[str, MemberState] | None = None,
 ) -> Plan:
     """What to fix, from the last inspection. ``full`` checks everything (after a start, a spec or Secret change,
-    a promotion): each action reads first, so that costs reads, never needless writes."""
+    a promotion): each action reads first, so that costs reads, never needless writes. ``answered_since_back``:
+    see `reopen_held`."""
     head = states.get(primary)
     others = [s for name, s in states.items() if name != primary and s.reachable]
     fence = tuple(s.name for s in others if s.fenced is False)
@@ -115,7 +124,7 @@ def converge_plan(
     replicas = tuple(s.name for s in others)
     replica_off = [s for s in others if full or (s.semi_sync is not None and s.semi_sync.source_active)]
     head_semi = head.semi_sync
-    opening = head.read_only is True and not primary_behind(head, others).dead
+    opening = head.read_only is True and not reopen_held(primary, states, answered_since_back or {})
     wants_semi = semi_sync and (
         full
         or opening  # its source side goes on before it opens
@@ -134,6 +143,24 @@ def converge_plan(
         source_off=tuple(s.name for s in replica_off) + ((primary,) if head_off else ()),
         net_timeout=timeouts,
     )
+
+
+def reopen_held(primary: str, states: Mapping[str, MemberState], answered_since_back: Mapping[str, MemberState]) -> str:
+    """Why the primary, found read-only, may not be opened again ("" when it may): a replica that answers holds
+    transactions of its that it lacks (it is switched over from instead: `primary_behind`), or one that does not
+    answer may (`unaccounted`; ``answered_since_back``: each member's last answer since the primary was found back
+    read-only). An acknowledged write would be lost: the primary would reuse those GTIDs for new ones."""
+    head = states.get(primary)
+    if head is None:
+        return ""
+    others = [s for name, s in states.items() if name != primary]
+    behind = primary_behind(head, others)
+    if behind.dead:
+        return behind.reason
+    unknown = unaccounted(head, others, answered_since_back)
+    if unknown:
+        return "; ".join(f"{name} {why}" for name, why in sorted(unknown.items()))
+    return ""
 
 
 def _iso(epoch: float) -> str:
@@ -418,8 +445,10 @@ def summarize(
     quarantined: Mapping[str, str],
     failover: Failover | None = None,
     pending: str = "",
+    answered_since_back: Mapping[str, MemberState] | None = None,
 ) -> Summary:
-    """Phase, reason, members, ready replicas, conditions. ``pending`` explains a missing primary (bootstrap)."""
+    """Phase, reason, members, ready replicas, conditions. ``pending`` explains a missing primary (bootstrap);
+    ``answered_since_back`` why a read-only primary is not opened again (`reopen_held`)."""
     members = [
         _member_status(
             m, states.get(m.name), _role(m.name, primary, states.get(m.name), quarantined), quarantined.get(m.name)
@@ -455,7 +484,11 @@ def summarize(
     elif head.is_replica:
         phase, reason = "Broken", f"the primary {primary} replicates from {head.source_host}:{head.source_port}"
     elif not writable:
-        phase, reason = "Pending", f"the primary {primary} is read-only: being set up"
+        held = reopen_held(primary, states, answered_since_back or {})
+        phase, reason = (
+            "Pending",
+            f"the primary {primary} is read-only: " + (f"not opened again, {held}" if held else "being set up"),
+        )
     elif issues:
         phase, reason = "Degraded", f"{len(ready)} of {replicas} replicas ready: " + "; ".join(issues)
     else:

@@ -81,8 +81,10 @@ class World:
             f"Healthy on {member}",
         )
 
-    def roles(self) -> dict[str, str]:
-        return {m["name"]: m["role"] for m in self.status().get("members", [])}
+    def roles(self, status: dict[str, Any] | None = None) -> dict[str, str]:
+        """The members' roles in ``status`` (a wait's predicate passes the one it was given: read again, the roles
+        could come from a later status than the one the wait returns), else in the status read now."""
+        return {m["name"]: m["role"] for m in (status or self.status()).get("members", [])}
 
     def sql(self, member: str, statement: str) -> list[tuple[Any, ...]]:
         conn = self.servers[int(member[1:])].connect()
@@ -223,7 +225,7 @@ def test_setup_then_a_primary_killed_under_writes_loses_no_acknowledged_row(worl
     db.servers[0].start()
     assert not db.writable("m0"), "the old primary comes back read-only"
     settled = db.wait(
-        lambda s: s.get("phase") in ("Healthy", "Degraded") and db.roles().get("m0") in ("Replica", "Quarantined"),
+        lambda s: s.get("phase") in ("Healthy", "Degraded") and db.roles(s).get("m0") in ("Replica", "Quarantined"),
         40,
         "m0 back as a replica, or quarantined if it kept commits nobody acknowledged",
     )
@@ -257,7 +259,7 @@ def test_errant_transactions_on_a_replica_are_quarantined(world: Callable[..., W
     db = world()
     for statement in (*db_open(db.dialect), "CREATE DATABASE errant_here", *db_fence(db.dialect)):
         db.sql("m1", statement)
-    status = db.wait(lambda s: db.roles().get("m1") == "Quarantined", 20, "m1 quarantined")
+    status = db.wait(lambda s: db.roles(s).get("m1") == "Quarantined", 20, "m1 quarantined")
     m1 = next(m for m in status["members"] if m["name"] == "m1")
     assert "errant" in m1.get("lastError", ""), m1
 

@@ -68,6 +68,8 @@ COMPONENTS = (
 )
 UP_TIMEOUT = 120.0
 POLL_INTERVAL = 0.25
+KILL_TIMEOUT = 10.0
+"""Seconds ``down`` waits for a component's processes to exit after SIGKILL before it reports them."""
 # (token name, user, group): static tokens of the control plane's own clients.
 IDENTITIES = {
     "admin": ("whm-ha:admin", "system:masters"),
@@ -239,12 +241,35 @@ def _spawn(paths: Paths, name: str, argv: list[str], env: dict[str, str] | None 
     (paths.pids / name).write_text(str(proc.pid))
 
 
-def alive(pid: int) -> bool:
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, pgrp, ...); None when gone."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return False
-    return state != "Z"
+        return None
+
+
+def alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` that have not exited (zombies are gone for this purpose)."""
+    stats = {int(proc.name): _stat(int(proc.name)) for proc in Path("/proc").iterdir() if proc.name.isdigit()}
+    return [pid for pid, fields in stats.items() if fields is not None and fields[0] != "Z" and fields[2] == str(pgid)]
+
+
+def describe_processes(pids: list[int]) -> str:
+    """``pid (name, state X)`` for each, as /proc has them now."""
+    parts = []
+    for pid in pids:
+        with suppress(OSError):
+            fields = dict(
+                line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line
+            )
+            parts.append(f"{pid} ({fields.get('Name', '?')}, state {fields.get('State', '?')})")
+    return ", ".join(parts)
 
 
 def pid_of(paths: Paths, name: str) -> int | None:
@@ -261,19 +286,34 @@ def _check_running(paths: Paths, names: list[str]) -> None:
             raise ClusterError(f"{name} exited; last lines of its log:\n{log_tail(paths.logs / f'{name}.log')}")
 
 
-def _stop(paths: Paths, name: str, grace: float = 0.0) -> None:
-    """SIGTERM (when ``grace``), then SIGKILL the component's process group."""
+def stop_group(pgid: int, grace: float = 0.0, timeout: float = KILL_TIMEOUT) -> list[int]:
+    """Stop every process of group ``pgid``: SIGTERM and up to ``grace`` seconds to exit (when ``grace``), then
+    SIGKILL and up to ``timeout`` seconds. Returns once none is left (empty), or at the deadline with those still
+    there (a process in uninterruptible sleep outlives SIGKILL)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, timeout)):
+        if not wait or not group_members(pgid):
+            continue
+        with suppress(ProcessLookupError):  # the last one exited meanwhile
+            os.killpg(pgid, sig)
+        _poll(lambda: not group_members(pgid), wait)
+    return group_members(pgid)
+
+
+def stop_component(paths: Paths, name: str, grace: float = 0.0, timeout: float = KILL_TIMEOUT) -> str | None:
+    """Stop the component's process group (`stop_group`) and forget its pid; a problem instead when a process of
+    it is still there at the deadline or cannot be signalled (its pid is kept, so that ``down`` can be run
+    again)."""
     pid = pid_of(paths, name)
     if pid is None:
-        return
-    if grace and alive(pid):
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-        _poll(lambda: not alive(pid), grace)
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    _poll(lambda: not alive(pid), 10.0)
+        return None
+    try:
+        left = stop_group(pid, grace, timeout)
+    except PermissionError as exc:
+        return f"{name}: cannot signal process group {pid}: {exc}"
+    if left:
+        return f"{name}: still running {timeout:g}s after SIGKILL: {describe_processes(left)}"
     (paths.pids / name).unlink(missing_ok=True)
+    return None
 
 
 def _poll(check: Callable[[], bool], timeout: float) -> bool:
@@ -698,7 +738,7 @@ def down(paths: Paths, keep_logs: bool = False, log: Callable[[str], None] = pri
     started = time.monotonic()
     problems: list[str] = []
     for name in ("kubelet", "kube-controller-manager", "kube-scheduler", "coredns"):
-        _stop(paths, name)
+        problems += _problem(stop_component(paths, name))
     bin_dir = find_bin_dir()
     if paths.containerd_socket.exists() and bin_dir is not None:
         # Stop and remove every pod through the CRI: containers, their network namespaces, veths and IPs.
@@ -706,18 +746,22 @@ def down(paths: Paths, keep_logs: bool = False, log: Callable[[str], None] = pri
         result = _run(*crictl, "rmp", "--all", "--force", check=False, timeout=120)
         if result.returncode != 0:
             problems.append(f"crictl rmp: {result.stderr.strip()}")
-    _stop(paths, "containerd", grace=10.0)
-    _kill_leftover_containers(paths)
-    _stop(paths, "kube-proxy")
+    problems += _problem(stop_component(paths, "containerd", grace=10.0))
+    problems += _kill_leftover_containers(paths)
+    problems += _problem(stop_component(paths, "kube-proxy"))
     if bin_dir is not None and (paths.root / "kube-proxy.yaml").exists():
         _run(str(bin_dir / "kube-proxy"), f"--config={paths.root / 'kube-proxy.yaml'}", "--cleanup", check=False)
     _remove_kubelet_chains()
     for name in ("kube-apiserver", "etcd"):
-        _stop(paths, name)  # SIGKILL: the API server takes a minute to drain, and its state is thrown away
+        # SIGKILL: the API server takes a minute to drain, and its state is thrown away
+        problems += _problem(stop_component(paths, name))
+    running = [name for name in COMPONENTS if pid_of(paths, name) is not None]
     problems += _unmount_under(paths.root)
     problems += _network_down(paths)
     _remove_pod_cgroups()
-    if paths.root.exists():
+    if running:
+        problems.append(f"kept {paths.root}: {', '.join(running)} still running (its pid files are needed to retry)")
+    elif paths.root.exists():
         if keep_logs and paths.logs.exists():
             kept = paths.root.with_name(paths.root.name + "-logs")
             shutil.rmtree(kept, ignore_errors=True)
@@ -726,12 +770,19 @@ def down(paths: Paths, keep_logs: bool = False, log: Callable[[str], None] = pri
         shutil.rmtree(paths.root, ignore_errors=True)
         if paths.root.exists():
             problems.append(f"could not remove {paths.root}")
-    log(f"cluster down in {time.monotonic() - started:.1f}s" + (f"; problems: {problems}" if problems else ""))
+    took = time.monotonic() - started
+    log(f"cluster NOT down after {took:.1f}s: {problems}" if problems else f"cluster down in {took:.1f}s")
     return problems
 
 
-def _kill_leftover_containers(paths: Paths) -> None:
-    """Kill containerd shims of this cluster and any process left in a pod's cgroup."""
+def _problem(problem: str | None) -> list[str]:
+    return [problem] if problem else []
+
+
+def _kill_leftover_containers(paths: Paths, timeout: float = KILL_TIMEOUT) -> list[str]:
+    """SIGKILL containerd shims of this cluster and any process left in a pod's cgroup, and wait up to ``timeout``
+    for them to exit; a problem naming those still there."""
+    killed = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -741,8 +792,13 @@ def _kill_leftover_containers(paths: Paths) -> None:
         except OSError:
             continue
         if (b"containerd-shim" in cmdline and str(paths.root).encode() in cmdline) or "/kubepods" in cgroups:
-            with suppress(ProcessLookupError, PermissionError):
+            with suppress(ProcessLookupError, PermissionError):  # one that cannot be signalled is reported below
+                killed.append(int(proc.name))
                 os.kill(int(proc.name), signal.SIGKILL)
+    if _poll(lambda: not any(alive(pid) for pid in killed), timeout):
+        return []
+    left = [pid for pid in killed if alive(pid)]
+    return [f"containers: still running {timeout:g}s after SIGKILL: {describe_processes(left)}"]
 
 
 def _remove_kubelet_chains() -> None:
@@ -823,7 +879,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             up(paths)
         elif args.command == "down":
-            return 1 if down(paths) else 0
+            problems = down(paths)
+            for problem in problems:
+                print(f"local-cluster: down: {problem}", file=sys.stderr)
+            return 1 if problems else 0
         else:
             report = status(paths)
             print(json.dumps(report, indent=2))

@@ -3,8 +3,10 @@ the project's own dialect and actions (``make test-databases`` runs the flavours
 
 from __future__ import annotations
 
+import threading
 import time
 
+import pymysql
 import pytest
 
 from tests.fixtures.mariadb import StartFlavourServers
@@ -12,6 +14,8 @@ from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER
 from whm_ha.mysql import actions
 from whm_ha.mysql.dialect import SQL, Source, dialect_for
 from whm_ha.mysql.member import Credentials, connect, read_state
+from whm_ha.replication import procedures
+from whm_ha.replication.procedures import SEMI_SYNC_TIMEOUT_MS
 
 pytestmark = pytest.mark.mariadb
 
@@ -74,3 +78,63 @@ def test_a_server_started_read_only_is_not_writable_until_opened(database_server
         assert (state.read_only, state.fenced) == (False, False)
         variables = "@@GLOBAL.read_only" + (", @@GLOBAL.super_read_only" if flavour.product == "mysql" else "")
         assert set(session.row(SQL(f"SELECT {variables}")) or ()) == {0}
+
+
+PRIVILEGED = {"mariadb": "SUPER, INSERT", "mysql": "ALL PRIVILEGES"}
+"""Global privileges beyond the application account's: on MySQL SUPER and CONNECTION_ADMIN, which offline_mode
+does not disconnect; on MariaDB 10.11+ SUPER, which (unlike READ ONLY ADMIN) read_only binds."""
+
+
+def test_fencing_a_primary_whose_commits_wait_for_an_acknowledgement_tells_no_client_of_them(
+    database_servers: StartFlavourServers,
+) -> None:
+    """Issue 28, item 5: a former primary that no replica acknowledges (none is connected here) holds commits of six
+    clients, three as the application account and three as an account with a global privilege, each waiting for an
+    acknowledgement (MySQL shows one per group commit in that state, the others 'waiting for handler commit').
+    Fencing it ends those waits (`procedures.fence`): no client may be told that its commit succeeded, as no
+    replica has it and a promotion elsewhere discards it."""
+    flavour = database_servers.flavour
+    dialect = dialect_for(flavour.product)
+    (server,) = database_servers(1)
+    admin = Credentials(ADMIN_USER, ADMIN_PASSWORD)
+    with connect("m0", server.host, server.port, admin, dialect, read_timeout=3) as session:
+        for statement in (
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY)",
+            "CREATE USER 'ops'@'%' IDENTIFIED BY 'ops-pw'",
+            f"GRANT {PRIVILEGED[flavour.product]} ON *.* TO 'ops'@'%'",
+        ):
+            session.execute(SQL(statement))
+        actions.ensure_application_user(session, "app", "app-pw", ("app",))
+        for variable, value in dialect.semi_sync_settings("source", True, SEMI_SYNC_TIMEOUT_MS).items():
+            session.execute(dialect.set_global(variable, value))
+        told: dict[int, str] = {}
+
+        def commit(row_id: int, user: str, password: str) -> None:
+            conn = pymysql.connect(
+                host=server.host, port=server.port, user=user, password=password, autocommit=True, read_timeout=30
+            )
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("INSERT INTO app.t (id) VALUES (%s)", (row_id,))
+                told[row_id] = "committed"
+            except pymysql.MySQLError as exc:
+                told[row_id] = f"error {exc.args[0]}"
+            finally:
+                conn.close()
+
+        clients = [("app", "app-pw"), ("ops", "ops-pw")] * 3
+        threads = [threading.Thread(target=commit, args=(i, *c), daemon=True) for i, c in enumerate(clients)]
+        for thread in threads:
+            thread.start()
+        inserting = SQL("SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE 'INSERT INTO app.t%'")
+        deadline = time.monotonic() + 20
+        while (session.row(inserting) or (0,))[0] < len(clients):
+            assert time.monotonic() < deadline, f"the six commits waiting: {told}"
+            time.sleep(0.05)
+
+        assert procedures.fence(session).changed
+        for thread in threads:
+            thread.join(30)
+        assert session.fenced()
+    assert len(told) == len(clients) and "committed" not in told.values(), told

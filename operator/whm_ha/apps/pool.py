@@ -7,8 +7,10 @@ member changes role; a statement still running on a primary that was demoted is 
 an error at once instead of waiting its read timeout on a member that may never answer or acknowledge). A
 watcher thread re-reads the topology every ``watch`` seconds for that. A writer connection is checked to be on a
 writable server before it is handed out, and
-an account that MariaDB's read_only would not bind (SUPER, READ ONLY ADMIN, ALL PRIVILEGES) is refused, so no
-write reaches a fenced member even when a promotion fences it between the check and the write.
+an account that fencing does not bind is refused: on MariaDB one read_only lets write (SUPER, READ ONLY ADMIN,
+ALL PRIVILEGES), so no write reaches a fenced member even when a promotion fences it between the check and the
+write; on MySQL one offline_mode does not disconnect (SUPER, CONNECTION_ADMIN, ALL PRIVILEGES), so no commit
+waiting for an acknowledgement on a member being fenced can be reported to it as done.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 
 import pymysql
 
-from ..mysql.dialect import read_only_bypass
+from ..mysql.dialect import fencing_bypass
 from .topology import Endpoint, Topology
 
 
@@ -182,17 +184,17 @@ class ReadWritePool:
             return None
 
     def _check_account(self, conn: pymysql.Connection[Any]) -> None:
-        """Once: refuse an account that a fenced member would still let write (PoolError)."""
+        """Once: refuse an account that fencing does not bind (PoolError; `fencing_bypass`)."""
         with conn.cursor() as cur:
             cur.execute("SELECT VERSION()")
             version = str(cur.fetchone()[0])
             cur.execute("SHOW GRANTS FOR CURRENT_USER()")
             grants = [str(row[0]) for row in cur.fetchall()]
-        bypass = read_only_bypass(version, grants)
+        bypass = fencing_bypass(version, grants)
         if bypass is not None:
             raise PoolError(
-                f"the account {self._credentials[0]} holds {bypass}: read_only does not bind it, so a write could land"
-                " on a fenced member; use the operator's application account (Secret <replication>-app)"
+                f"the account {self._credentials[0]} holds {bypass}; use the operator's application account"
+                " (Secret <replication>-app)"
             )
         self._account_checked = True
 

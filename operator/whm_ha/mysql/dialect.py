@@ -56,19 +56,30 @@ _GLOBAL_PRIVILEGES = re.compile(r"^GRANT (.+?) ON \*\.\* TO ", re.IGNORECASE)
 READ_ONLY_BYPASS = ("ALL PRIVILEGES", "SUPER", "READ ONLY ADMIN", "READ_ONLY ADMIN")
 """Global privileges that MariaDB's read_only lets through (MySQL's super_read_only, which fencing sets there,
 binds every account)."""
+OFFLINE_MODE_BYPASS = ("ALL PRIVILEGES", "SUPER", "CONNECTION_ADMIN")
+"""Global privileges that MySQL's offline_mode neither disconnects nor refuses (a grant of ALL lists SUPER and
+CONNECTION_ADMIN; privileges of the active roles are listed too)."""
 
 
-def read_only_bypass(version: str, grants: Iterable[str]) -> str | None:
-    """The privilege by which an account could still write to a fenced member, from ``SELECT VERSION()`` and its
-    ``SHOW GRANTS``; None when fencing binds it."""
-    if "mariadb" not in version.lower():
-        return None
+def fencing_bypass(version: str, grants: Iterable[str]) -> str | None:
+    """How an account escapes fencing, from ``SELECT VERSION()`` and its ``SHOW GRANTS``: on MariaDB a privilege
+    read_only does not bind, on MySQL one offline_mode does not disconnect (the privilege, and why it matters);
+    None when fencing binds it."""
+    mariadb = "mariadb" in version.lower()
+    bypass, why = (
+        (READ_ONLY_BYPASS, "read_only does not bind it: it could write to a fenced member")
+        if mariadb
+        else (
+            OFFLINE_MODE_BYPASS,
+            "offline_mode does not disconnect it: a member being fenced could tell it of a commit no replica has",
+        )
+    )
     for grant in grants:
         match = _GLOBAL_PRIVILEGES.match(grant)
         held = {p.strip().upper() for p in match.group(1).split(",")} if match else set()
-        for privilege in READ_ONLY_BYPASS:
+        for privilege in bypass:
             if privilege in held:
-                return privilege
+                return f"{privilege} ({why})"
     return None
 
 
@@ -283,13 +294,30 @@ class Dialect(ABC):
             "AND id <> CONNECTION_ID() AND user <> 'system user'"
         )
 
+    def client_connections(self) -> SQL:
+        """Every client connection but this session's: not the replication threads (``system user``, see
+        `semi_sync_waiters`), the binlog dump threads serving replicas, nor daemons (the event scheduler). Killed
+        before the commits waiting for an acknowledgement are ended, so that no client is left to be told of one:
+        the waiting state shows only on one connection per group commit (the others, MySQL's 'waiting for handler
+        commit', wait for it), and accounts with SUPER or CONNECTION_ADMIN outlive MySQL's offline_mode."""
+        return SQL(
+            "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() AND user <> 'system user' "
+            "AND command NOT LIKE 'Binlog Dump%' AND command <> 'Daemon'"
+        )
+
+    def keep_clients_out(self) -> list[SQL]:
+        """Before the client connections are killed to release waiting commits: what refuses new ones; nothing
+        where the release needs none (MariaDB: read-only is set right after the kill, and a commit begun meanwhile
+        makes it time out again rather than be released)."""
+        return []
+
     def release_semi_sync_waiters(self) -> list[SQL]:
         """After their connections are killed, what ends the commits still waiting for an acknowledgement (they
         hold the lock that setting read-only needs); nothing where killing ends the wait (MariaDB)."""
         return []
 
     def after_release(self) -> list[SQL]:
-        """What undoes `release_semi_sync_waiters` once the member is fenced."""
+        """What undoes `keep_clients_out` once the member is fenced (or the release failed)."""
         return []
 
     def semi_sync_settings(self, role: SemiSyncRole, enabled: bool, timeout_ms: int) -> dict[str, str | int]:
@@ -491,11 +519,16 @@ class MySQLDialect(Dialect):
         name, library = self.semi_sync_plugins[role]
         return SQL(f"INSTALL PLUGIN {name} SONAME '{library}'")
 
+    def keep_clients_out(self) -> list[SQL]:
+        """offline_mode: disconnects every client without CONNECTION_ADMIN or SUPER and refuses new ones (those
+        with it can still connect: a commit such a client begins between the kill and the release is the one
+        case left, which the application pool rules out by refusing such accounts)."""
+        return [SQL("SET GLOBAL offline_mode = ON")]
+
     def release_semi_sync_waiters(self) -> list[SQL]:
-        """A killed MySQL session keeps waiting for its acknowledgement (its client is disconnected at once). First
-        offline_mode, which disconnects every client without CONNECTION_ADMIN and refuses new ones, so that no
-        client is left to be told of a commit; then the source side off, which ends the waits."""
-        return [SQL("SET GLOBAL offline_mode = ON"), SQL("SET GLOBAL rpl_semi_sync_source_enabled = OFF")]
+        """A killed MySQL session keeps waiting for its acknowledgement (its client is disconnected at once): the
+        source side off ends the waits."""
+        return [SQL("SET GLOBAL rpl_semi_sync_source_enabled = OFF")]
 
     def after_release(self) -> list[SQL]:
         return [SQL("SET GLOBAL offline_mode = OFF")]

@@ -145,28 +145,36 @@ class _Sessions:
 LOCK_WAIT_TIMEOUT = 1205
 
 
+def _kill(session: Session, connections: SQL) -> None:
+    """Kill the connections the query lists: their clients get an error."""
+    for (connection,) in session.rows(connections):
+        with contextlib.suppress(pymysql.OperationalError):  # it may have ended meanwhile
+            session.execute(SQL("KILL CONNECTION %s", (int(connection),)))
+
+
 def _kill_semi_sync_waiters(session: Session) -> None:
     """Kill the connections whose commit waits for a replica's acknowledgement: their clients get an error. On a
     former primary cut off from its replicas no acknowledgement will come, and these commits are on no replica."""
-    for (waiting,) in session.rows(session.dialect.semi_sync_waiters()):
-        with contextlib.suppress(pymysql.OperationalError):  # it may have ended meanwhile
-            session.execute(SQL("KILL CONNECTION %s", (int(waiting),)))
+    _kill(session, session.dialect.semi_sync_waiters())
 
 
 def fence(session: Session) -> GtidResult:
     """Make the member read-only. Setting read-only waits for the commits in progress; on a former primary those
     may wait for an acknowledgement that never comes (it was cut off when it was demoted, then came back): the
-    fence then times out, and is tried once more after their connections are killed (and, where a kill does not
-    end the wait, once no client is left to be told: `Dialect.release_semi_sync_waiters`)."""
+    fence then times out, and is tried once more after every client connection is killed (`Dialect.
+    client_connections`: not only the waiting ones, as a group commit shows one) and, where a kill does not end
+    the wait, once the waits are ended with no client left to be told (`Dialect.release_semi_sync_waiters`)."""
     try:
         return actions.fence(session)
     except pymysql.OperationalError as exc:
         if not exc.args or exc.args[0] != LOCK_WAIT_TIMEOUT:
             raise
-    _kill_semi_sync_waiters(session)
-    for sql in session.dialect.release_semi_sync_waiters():
-        session.execute(sql)
     try:
+        for sql in session.dialect.keep_clients_out():
+            session.execute(sql)
+        _kill(session, session.dialect.client_connections())
+        for sql in session.dialect.release_semi_sync_waiters():
+            session.execute(sql)
         return actions.fence(session)
     finally:
         for sql in session.dialect.after_release():

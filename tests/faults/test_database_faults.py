@@ -39,26 +39,37 @@ pytestmark = pytest.mark.mariadb
 __all__ = ["start_databases"]  # a fixture
 
 SIDE_CLIENT = """
-import sys, time, pymysql
-port, user, password, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-conn, next_id = None, 0
-with open(out, "a", buffering=1) as acks:
+import sys, threading, time, pymysql
+port, user, password, table, connections, out = sys.argv[1:7]
+port, connections = int(port), int(connections)
+lock = threading.Lock()
+
+def write(next_id):
+    conn = None
     while True:
-        next_id += 1
         try:
             if conn is None:
                 conn = pymysql.connect(host="127.0.0.1", port=port, user=user, password=password, autocommit=True,
                                        connect_timeout=2, read_timeout=60, write_timeout=60)
             with conn.cursor() as cur:
-                cur.execute("INSERT INTO demo.side_acks (id) VALUES (%s)", (next_id,))
-            acks.write(f"{next_id} {time.time():.3f}\\n")
+                cur.execute(f"INSERT INTO {table} (id) VALUES (%s)", (next_id,))
+            with lock:
+                acks.write(f"{next_id} {time.time():.3f}\\n")
         except pymysql.MySQLError:
             conn = None
             time.sleep(0.2)
+        next_id += connections
         time.sleep(0.01)
+
+with open(out, "a", buffering=1) as acks:
+    threads = [threading.Thread(target=write, args=(first,)) for first in range(1, connections + 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 """
-"""Inserts ids 1, 2, ... into demo.side_acks on a member over loopback as the application account (which a
-fenced member refuses); appends "id time" for each acknowledged one."""
+"""Inserts ids into ``table`` on a member over loopback on each of ``connections`` connections (ids 1, 1 + n,
+1 + 2n, ... on the first), as the account given; appends "id time" for each acknowledged one."""
 
 
 @dataclass
@@ -70,16 +81,26 @@ class SideClient:
 
     @classmethod
     def start(cls, world: Databases, index: int, folder: Path) -> SideClient:
+        """One connection as the application account (which a fenced member refuses), into demo.side_acks."""
         conn = world.servers[index].connect()
         with conn.cursor() as cur:
             cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.side_acks (id INT PRIMARY KEY)")
         conn.close()
         secret = client.CoreV1Api(world.api).read_namespaced_secret("db-app", world.namespace).data or {}
         user, password = (base64.b64decode(secret[k]).decode() for k in ("username", "password"))
-        side = cls(world.hosts[index], folder / f"side-{index}.acks")
+        table = f"{DEMO_SCHEMA}.side_acks"
+        return cls.launch(
+            world.hosts[index], world.servers[index].port, (user, password), table, folder / f"side-{index}.acks"
+        )
+
+    @classmethod
+    def launch(
+        cls, host: Host, port: int, account: tuple[str, str], table: str, acks: Path, connections: int = 1
+    ) -> SideClient:
+        """Start it in ``host``'s namespace, writing to the member on ``port``; returns after 20 acknowledgements."""
+        side = cls(host, acks)
         side.acks.touch()
-        argv = [sys.executable, "-c", SIDE_CLIENT, str(world.servers[index].port), user, password, str(side.acks)]
-        side.host.popen(argv)
+        host.popen([sys.executable, "-c", SIDE_CLIENT, str(port), *account, table, str(connections), str(acks)])
         wait_for(lambda: len(side.acked()) >= 20, 20, "the side client's first acknowledged writes")
         return side
 

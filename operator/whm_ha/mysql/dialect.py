@@ -313,7 +313,8 @@ class Dialect(ABC):
 
     def release_semi_sync_waiters(self) -> list[SQL]:
         """After their connections are killed, what ends the commits still waiting for an acknowledgement (they
-        hold the lock that setting read-only needs); nothing where killing ends the wait (MariaDB)."""
+        hold the lock that setting read-only needs) and fences in the same statement; nothing where killing ends
+        the wait (MariaDB)."""
         return []
 
     def after_release(self) -> list[SQL]:
@@ -527,8 +528,10 @@ class MySQLDialect(Dialect):
 
     def release_semi_sync_waiters(self) -> list[SQL]:
         """A killed MySQL session keeps waiting for its acknowledgement (its client is disconnected at once): the
-        source side off ends the waits."""
-        return [SQL("SET GLOBAL rpl_semi_sync_source_enabled = OFF")]
+        source side off ends the waits, and super_read_only, set by the same statement, waits for those commits to
+        end and then binds every account, so that no commit of a client let in by offline_mode slips in between
+        without waiting for an acknowledgement."""
+        return [SQL("SET GLOBAL rpl_semi_sync_source_enabled = OFF, GLOBAL super_read_only = ON")]
 
     def after_release(self) -> list[SQL]:
         return [SQL("SET GLOBAL offline_mode = OFF")]

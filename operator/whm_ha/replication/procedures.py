@@ -175,7 +175,7 @@ def fence(session: Session) -> GtidResult:
         _kill(session, session.dialect.client_connections())
         for sql in session.dialect.release_semi_sync_waiters():
             session.execute(sql)
-        return actions.fence(session)
+        return GtidResult(True, actions.fence(session).gtid)  # the release may fence too: it was not before
     finally:
         for sql in session.dialect.after_release():
             session.execute(sql)

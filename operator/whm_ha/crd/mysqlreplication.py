@@ -154,7 +154,8 @@ class MemberStatus(CRDModel):
     sql_running: bool | None = None
     """Replica SQL thread running."""
     lag_seconds: int | None = Field(default=None, ge=0)
-    """Seconds behind the primary as the replica reports it."""
+    """Seconds behind the primary: what the replica reports, or more when it lacks what the primary had executed
+    that long before (a slow link hides that from its own report); to within an inspection period."""
     gtid_executed: str | None = Field(default=None, max_length=65536)
     """The executed GTID set."""
     last_error: str | None = Field(default=None, max_length=4096)

@@ -185,7 +185,9 @@ class MemberState:
     """The IO thread runs but is not connected: it is retrying to reach its source."""
     sql_running: bool | None = None
     seconds_behind: int | None = None
-    """None also when the IO thread is not connected: both flavors report NULL then."""
+    """Seconds_Behind_Master as the replica reports it, which counts only what it received; the replication
+    controller raises it to the lag measured against the primary's history (`lag.truthful_lag`). None also when
+    the IO thread is not connected: both flavors report NULL then."""
     last_io_errno: int | None = None
     last_io_error: str | None = None
     last_sql_error: str | None = None

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..db.migrate import MigrationError
 from ..kube.client import MYSQLREPLICATIONS, SECRETS, ApiError, KubeClient
 from ..mysql.actions import PromotionError
 from ..mysql.dialect import dialect_for
+from ..mysql.lag import PrimaryHistory, record, truthful_lag
 from ..mysql.member import Credentials, MemberState
 from ..mysql.topology import errant_members
 from ..workers import WorkerBudget
@@ -103,6 +104,9 @@ class ReplicationController:
     """The primary, when the last inspection found it read-only (back after a restart, or being set up)."""
     answered_since_back: dict[str, MemberState] = field(default_factory=dict)
     """Each member's last answer since the primary was found back read-only (`plan.reopen_held`)."""
+    primary_history: PrimaryHistory | None = None
+    """The current primary's executed sets as inspections read them, for the replicas' lag (`lag.truthful_lag`):
+    empty after a restart, when the lag is what the replicas report until it builds up."""
     finish_failures: int = 0
     """Attempts in a row at finishing the recorded promotion that failed."""
     seeded: bool = False
@@ -314,15 +318,16 @@ class ReplicationController:
     async def _inspect(self, spec: MySQLReplicationSpec, access: Access, status: Obj) -> None:
         """Every member at once, each in a worker thread; count failures in a row."""
         states = await asyncio.gather(*(self.workers.run(access.inspect, m.name) for m in spec.members))
-        now = time.time()
-        self.states = {s.name: s for s in states}
+        now, answered = time.time(), time.monotonic()  # every set was read by then
+        self._track_primary(status.get("currentPrimary"), states, answered)
+        self.states = {s.name: replace(s, seconds_behind=truthful_lag(s, self.primary_history)) for s in states}
         if any(s.error and s.error.endswith(f"({ACCESS_DENIED})") for s in states):
             self.secrets.clear()  # the password may have changed: read the Secrets again
         for gone in set(self.failures) - set(self.states):
             del self.failures[gone]
         labels = (self.namespace, self.name)
         metrics.INSPECTIONS.labels(*labels).inc()
-        for state in states:
+        for state in self.states.values():
             if state.reachable:
                 self.failures[state.name] = 0
                 self.failing_since.pop(state.name, None)
@@ -345,6 +350,14 @@ class ReplicationController:
                     metrics.REPLICA_LAG.remove(*labels, state.name)
         if status.get("lastPromotionTime"):
             metrics.SINCE_PROMOTION.labels(*labels).set(now - _epoch(status["lastPromotionTime"]))
+
+    def _track_primary(self, primary: str | None, states: list[MemberState], answered: float) -> None:
+        """Add the primary's executed set to its history (`lag.record`); forget the history of any other."""
+        if self.primary_history is not None and self.primary_history.primary != primary:
+            self.primary_history = None
+        head = next((s for s in states if s.name == primary), None)
+        if head is not None and head.reachable and head.gtid_executed is not None:
+            self.primary_history = record(self.primary_history, head.name, answered, head.gtid_executed)
 
     async def _detect_errant(self, obj: Obj, access: Access, primary: str) -> None:
         """Quarantine every member holding transactions the primary lacks, at the first inspection that shows

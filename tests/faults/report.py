@@ -102,9 +102,7 @@ scenario, none where the primary was alive), and exactly one primary node at eve
 - A former primary that committed what no replica received (commits it never acknowledged) comes back with
   errant transactions: it is fenced and quarantined, and must be rebuilt; nothing is merged silently.
 - Slow links are staged with toxiproxy, on the server's side of each connection
-  (`tests/faults/test_slow_links.py`). A replica's lag in status is Seconds_Behind_Master as the replica
-  reports it, which counts only what it received: a replica held back by its link (2 KB/s) reports 0 s
-  while seconds behind.
+  (`tests/faults/test_slow_links.py`).
 
 ## Scenarios
 

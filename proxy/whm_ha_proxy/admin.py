@@ -50,7 +50,7 @@ def build_app(supervisor: Supervisor) -> web.Application:
 
     async def stats(_: web.Request) -> web.Response:
         merged = await supervisor.stats()
-        config = supervisor.config
+        config = supervisor.config  # no await since stats(): workers.applied counts the workers routing with it
         ready, reason = supervisor.readiness()
         return web.json_response(
             {

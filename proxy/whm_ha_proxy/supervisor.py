@@ -87,29 +87,47 @@ class Supervisor:
             return False, "a worker has no routable node yet"
         return True, "ready"
 
-    async def call(self, worker: Worker, message: dict[str, Any]) -> dict[str, Any]:
-        """Send a message to a worker and wait for its answer."""
+    def send(self, worker: Worker, message: dict[str, Any]) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        """Send a message to a worker; its id, and the worker's answer to come (cancelled if the worker goes)."""
         ident = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         worker.pending[ident] = future
         worker.channel.send({**message, "id": ident})
+        return ident, future
+
+    async def call(self, worker: Worker, message: dict[str, Any]) -> dict[str, Any]:
+        """Send a message to a worker and wait for its answer (an answer after CALL_TIMEOUT is dropped)."""
+        ident, future = self.send(worker, message)
         try:
             return await asyncio.wait_for(future, CALL_TIMEOUT)
         finally:
             worker.pending.pop(ident, None)
 
     async def configure(self, worker: Worker, config: ProxyConfig | None) -> None:
-        """Give one worker a configuration and wait until it has applied it."""
-        await self.call(worker, {"config": config.to_json() if config is not None else None})
-        worker.applied = config
-        worker.configured = True
+        """Give one worker a configuration and wait until it has applied it, or CALL_TIMEOUT: a confirmation that
+        comes later still records it as applied (confirmations come in the order the configurations were sent)."""
+
+        def confirmed(answer: asyncio.Future[dict[str, Any]]) -> None:
+            if not answer.cancelled():
+                worker.applied = config
+                worker.configured = True
+
+        _, future = self.send(worker, {"config": config.to_json() if config is not None else None})
+        future.add_done_callback(confirmed)
+        await asyncio.wait_for(asyncio.shield(future), CALL_TIMEOUT)
 
     async def broadcast(self, config: ProxyConfig | None) -> None:
         """Give every worker a configuration and wait until each has applied it."""
         await asyncio.gather(*(self.configure(w, config) for w in list(self.workers.values())), return_exceptions=True)
 
+    def applied(self) -> int:
+        """How many workers have confirmed the watch's current configuration, ``config``: a worker routes with a
+        change only a moment after the watch has it."""
+        return sum(worker.configured and worker.applied == self.config for worker in self.workers.values())
+
     async def stats(self) -> dict[str, Any]:
-        """Counters summed over the workers that answered."""
+        """Counters summed over the workers that answered, and how many workers run, answered, listen and have
+        applied ``config`` (counted once they answered, against ``config`` as it is when this returns)."""
         answers = await asyncio.gather(
             *(self.call(w, {"stats": True}) for w in list(self.workers.values())), return_exceptions=True
         )
@@ -119,6 +137,7 @@ class Supervisor:
             "running": len(self.workers),
             "reporting": len(snapshots),
             "listening": sum(worker.configured for worker in self.workers.values()),
+            "applied": self.applied(),
         }
         return merged
 

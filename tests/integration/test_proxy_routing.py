@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -118,6 +119,32 @@ def test_sticky_sessions_pin_and_fall_back(
     assert f"PIN={other}; " in fallback.headers["Set-Cookie"], "the cookie is re-set to the new node"
 
 
+def test_a_worker_applying_a_change_late_is_waited_for_and_counted_once_it_has(
+    kube_api: KubeAPI, cluster: Cluster, node_servers: StartNodes, proxy_process: StartProxy
+) -> None:
+    """The watch has a change before the workers route with it: /stats counts the workers that have applied the
+    configuration it shows (what proxy.routable() waits for), and a worker that confirms it after the supervisor
+    stopped waiting (CALL_TIMEOUT; here stopped, as one starved of CPU) counts once it does: it makes /readyz 200."""
+    cluster.create()
+    (server,) = node_servers("n1")
+    cluster.add_node("n1", server.host, server.port, health="Unhealthy")
+    proxy = proxy_process(kube_api.kubeconfig, cluster.namespace, workers=2)
+    stopped = proxy.worker_pids()[0]
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        cluster.set_health("n1", "Healthy")
+        wait_for(lambda: proxy.admin("GET", "/readyz")[1]["reason"] == "a worker has no routable node yet", 10, "n1")
+        # Asked after the configuration was sent: answered once the supervisor gave up on the stopped worker.
+        stats = proxy.stats()
+        assert stats["workers"] == {"running": 2, "reporting": 1, "listening": 2, "applied": 1}
+        assert [node["routable"] for node in stats["config"]["nodes"]] == [True]
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    wait_for(proxy.ready, 10, "ready once the stopped worker confirmed n1 routable")
+    assert proxy.routable() == ["n1"]
+    assert served_by(proxy, 4) == {"n1": 4}
+
+
 def test_reload_by_annotation_and_admin_post(
     kube_api: KubeAPI, cluster: Cluster, backends: StartBackends, proxy_process: StartProxy
 ) -> None:
@@ -175,7 +202,7 @@ def test_metrics_and_healthz(
     wait_for(proxy.ready, 10, "ready")
     served_by(proxy, 20)
     stats = proxy.stats()
-    assert stats["workers"] == {"running": 2, "reporting": 2, "listening": 2}
+    assert stats["workers"] == {"running": 2, "reporting": 2, "listening": 2, "applied": 2}
     assert stats["nodes"]["m1"]["requests"] == 20 and stats["nodes"]["m1"]["responses"]["2xx"] == 20
     assert stats["nodes"]["m1"]["latency"]["count"] == 20
     text = urllib3.request("GET", proxy.admin_url + "/metrics").data.decode()

@@ -325,16 +325,13 @@ def test_a_dead_worker_is_started_again(
     cluster.add_node("w", *node.address)
     proxy = proxy_process(sandbox_api.kubeconfig, cluster.namespace, workers=2)
     wait_for(proxy.ready, 10, "ready")
-    assert proxy.process is not None
-    workers = [
-        int(child)
-        for task in Path(f"/proc/{proxy.process.pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    ]
+    workers = proxy.worker_pids()
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
     wait_for(
-        lambda: proxy.stats()["workers"] == {"running": 2, "reporting": 2, "listening": 2}, 15, "worker started again"
+        lambda: proxy.stats()["workers"] == {"running": 2, "reporting": 2, "listening": 2, "applied": 2},
+        15,
+        "worker started again",
     )
     for _ in range(10):
         assert HTTP.request("GET", proxy.url + "/x").status == 200

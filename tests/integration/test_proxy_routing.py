@@ -86,11 +86,11 @@ def test_weighted_and_least_connections_live(
     assert served_by(proxy, 40) == {"a": 30, "b": 10}
 
     cluster.patch_node("b", weight=4)
-    wait_for(lambda: proxy.stats()["config"]["nodes"][1]["weight"] == 4, 10, "new weight")
+    wait_for(lambda: proxy.config()["nodes"][1]["weight"] == 4, 10, "new weight")
     assert served_by(proxy, 35) == {"a": 15, "b": 20}
 
     cluster.patch({"spec": {"loadBalancer": {"algorithm": "leastConnections"}}})
-    wait_for(lambda: proxy.stats()["config"]["algorithm"] == "leastConnections", 10, "new algorithm")
+    wait_for(lambda: proxy.config()["algorithm"] == "leastConnections", 10, "new algorithm")
     assert served_by(proxy, 20) == {"a": 10, "b": 10}  # sequential: always a tie, ties rotate
 
 
@@ -173,7 +173,7 @@ def test_reload_by_annotation_and_admin_post(
     flaky.status = 200
     assert set(served_by(proxy, 4)) == {"good"}
     cluster.patch({"metadata": {"annotations": {"ha.whm.io/reload": "2024-01-01T00:00:00Z"}}})
-    wait_for(lambda: proxy.stats()["config"]["generation"] == 2, 10, "reload by annotation")
+    wait_for(lambda: proxy.config()["generation"] == 2, 10, "reload by annotation")
     wait_for(lambda: set(served_by(proxy, 4)) == {"flaky", "good"}, 10, "flaky back after the reload")
 
 

@@ -105,7 +105,7 @@ def test_a_get_that_timed_out_is_retried_only_where_the_cluster_allows(
         a.reset()
         b.reset()
     cluster.patch({"spec": {"loadBalancer": {"retryAfterTimeout": {"enabled": False}}}})
-    wait_for(lambda: proxy.stats()["config"]["retryAfterTimeout"] is False, 10, "retries after a timeout off")
+    wait_for(lambda: proxy.config()["retryAfterTimeout"] is False, 10, "retries after a timeout off")
     assert HTTP.request("GET", proxy.url + "/page").status == 504
     assert targets(a, b) == [("GET", "/page")]
 

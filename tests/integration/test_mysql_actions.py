@@ -444,7 +444,7 @@ def test_a_switchover_and_a_failover_by_the_operators_procedures(replicating: Cl
     now = datetime.now(UTC)
     switch = PromotionProgress(from_="m0", to="m1", type="manual", planned=True, reason="test", detected_at=now)
     prepared = procedures.prepare(access, switch, spec, {}, confirm=lambda _: None)
-    assert procedures.finish(access, switch, lambda _: None, prepared.unreachable, prepared.fenced) == []
+    assert procedures.finish(access, switch, lambda _: None, prepared.unreachable, prepared.fenced).unfenced == ()
     states = {f"m{i}": replicating.inspect(i) for i in range(3)}
     assert (states["m0"].read_only, states["m0"].fenced) == (True, True), "the old primary is fenced"
     assert (states["m1"].read_only, states["m1"].fenced, states["m1"].is_replica) == (False, False, False)
@@ -464,12 +464,38 @@ def test_a_switchover_and_a_failover_by_the_operators_procedures(replicating: Cl
     spec = spec.model_copy(update={"primary": "m1"})
     prepared = procedures.prepare(access, failover, spec, {}, confirm=lambda _: None)
     assert prepared.unreachable == ("m1",)
-    assert procedures.finish(access, failover, lambda _: None, prepared.unreachable, prepared.fenced) == ["m1"]
+    finished = procedures.finish(access, failover, lambda _: None, prepared.unreachable, prepared.fenced)
+    assert finished.unfenced == ("m1",)
     replicating.reconnect(0)
     state = replicating.inspect(0)
     assert (state.read_only, state.is_replica) == (False, False), "m0 is the writable primary"
     assert replicating.inspect(2).fenced is True
     assert {1, 20, 21} <= replicating.ids(0)
+
+
+def test_a_promoted_replica_acknowledges_its_first_commit_without_another_pass(replicating: Cluster) -> None:
+    """With semi-sync, ``finish`` makes the other answering members replicas of the candidate (replica side on)
+    before the candidate opens with its source side on: its first commit is acknowledged by one of them at once,
+    with no reconcile pass in between (it never falls back to asynchronous, so a commit that returned was
+    acknowledged)."""
+    access, spec = access_to(replicating), spec_of(replicating).model_copy(update={"semi_sync": True})
+    primary, *replicas = replicating.sessions
+    assert actions.enable_semi_sync(primary, replicas, procedures.SEMI_SYNC_TIMEOUT_MS)
+    replicating.servers[0].kill()
+    wait_until(lambda: all(replicating.inspect(i).io_connecting for i in (1, 2)), "the replicas lose m0")
+    failover = PromotionProgress(from_="m0", to="m1", type="automatic", reason="test", detected_at=datetime.now(UTC))
+    prepared = procedures.prepare(access, failover, spec, {}, confirm=lambda _: None)
+    finished = procedures.finish(
+        access, failover, lambda _: None, prepared.unreachable, prepared.fenced, semi_sync=True
+    )
+    assert finished.unfenced == ("m0",)
+    assert (finished.joins.joined, finished.joins.errors) == (["m2"], [])
+    server = replicating.servers[1]
+    with connect("m1", server.host, server.port, ADMIN, replicating.dialect, read_timeout=5) as m1:
+        assert m1.semi_sync_status().source_active, "m1 opened with its source side on"
+        m1.execute(SQL("INSERT INTO app.t (id) VALUES (30)"))  # waits for m2's acknowledgement
+    replicating.wait_rows(2, {30})
+    assert replicating.inspect(2).fenced is True
 
 
 def test_a_superseded_reconcile_changes_no_replication_setting(replicating: Cluster) -> None:

@@ -545,7 +545,7 @@ class ReplicationController:
                 obj = written
             fenced = {name for name, was in self.fenced_seen.items() if was}.union(prepared.fenced)
             self._opening(record.to)
-            unfenced = await self.workers.run(
+            finished = await self.workers.run(
                 procedures.finish,
                 access,
                 record,
@@ -568,7 +568,8 @@ class ReplicationController:
                 await self._stalled(obj, record, access.describe(exc))
             return
         self.finish_failures = 0
-        await self._complete(obj, access, record, unfenced)
+        await self._record(obj, record.to, finished.joins)
+        await self._complete(obj, access, record, list(finished.unfenced))
 
     async def _stalled(self, obj: Obj, record: PromotionProgress, error: str) -> None:
         """A promotion past its point of no return that failed to finish: retried every period, and after
@@ -692,6 +693,12 @@ class ReplicationController:
             self.wake.set()
             return False
         self.full = self.full and bool(outcome.errors)
+        await self._record(obj, primary, outcome)
+        return bool(outcome.changes)
+
+    async def _record(self, obj: Obj, primary: str, outcome: procedures.Outcome) -> None:
+        """Events for the members an operation fenced or quarantined, its changes and errors logged."""
+        quarantined = self.quarantined
         for name in outcome.joined:
             quarantined.pop(name, None)
         for name, why in outcome.quarantined.items():
@@ -704,7 +711,6 @@ class ReplicationController:
             log.info("replication %s/%s: %s", self.namespace, self.name, "; ".join(outcome.changes))
         for error in outcome.errors:
             log.warning("replication %s/%s: %s", self.namespace, self.name, error)
-        return bool(outcome.changes)
 
     async def _announce(self, obj: Obj, primary: str, failover: Failover | None) -> None:
         """One FailoverBlocked Event per cause, naming each candidate and why it was refused."""

@@ -112,6 +112,15 @@ class Outcome:
     unsafe: set[str] = field(default_factory=set)
     """Members that may still accept writes: the primary is not opened while there are any."""
 
+    def merge(self, other: Outcome) -> None:
+        """Add what ``other`` did and found."""
+        self.changes += other.changes
+        self.fenced += other.fenced
+        self.joined += other.joined
+        self.quarantined.update(other.quarantined)
+        self.errors += other.errors
+        self.unsafe |= other.unsafe
+
 
 class _Sessions:
     """Sessions opened on demand during one pass, all closed at the end."""
@@ -248,7 +257,9 @@ def _converge_primary(
         _ensure_accounts(access, head, outcome)
     for name in plan.join:
         confirm(f"make {name} a replica of {head.name}")
-        _join(access, sessions, head, name, outcome, semi_sync=plan.semi_sync)
+        _join(
+            access, sessions, name, outcome, primary=head.name, primary_executed=head.executed, semi_sync=plan.semi_sync
+        )
     if plan.semi_sync:
         confirm("enable semi-sync")
         wanted = [n for n in plan.replicas if n not in outcome.quarantined and n not in outcome.unsafe]
@@ -308,10 +319,19 @@ def _ensure_accounts(access: Access, head: Session, outcome: Outcome) -> None:
         outcome.errors.append(f"{head.name}: application account: {access.describe(exc)}")
 
 
-def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome: Outcome, *, semi_sync: bool) -> None:
-    """Fence the member, stop it replicating from any other source, then make it a replica of the primary unless
-    it has transactions the primary lacks (read after the stop, and before the primary's); its source side of
-    semi-sync is turned off, and with ``semi_sync`` its replica side on, before it replicates."""
+def _join(
+    access: Access,
+    sessions: _Sessions,
+    name: str,
+    outcome: Outcome,
+    *,
+    primary: str,
+    primary_executed: Callable[[], GtidSet],
+    semi_sync: bool,
+) -> None:
+    """Fence the member, stop it replicating from any other source, then make it a replica of ``primary`` unless
+    it has transactions the primary lacks (the member's read after the stop, then ``primary_executed()``); its
+    source side of semi-sync is turned off, and with ``semi_sync`` its replica side on, before it replicates."""
     try:
         session = sessions[name]
         fenced = fence(session)
@@ -323,11 +343,11 @@ def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome
         outcome.fenced.append(name)
         outcome.changes.append(f"{name}: made read-only")
     try:
-        source = access.source(head.name)
+        source = access.source(primary)
         executed = fenced.gtid
         if actions.stop_other_source(session, source):
             executed = session.executed()  # read once nothing more can arrive from elsewhere
-        verdict = can_rejoin(executed, head.executed())
+        verdict = can_rejoin(executed, primary_executed())
         if not verdict.ok:
             outcome.quarantined[name] = verdict.reason
             return
@@ -339,7 +359,7 @@ def _join(access: Access, sessions: _Sessions, head: Session, name: str, outcome
         if semi_sync and actions.replica_semi_sync_on(session):
             outcome.changes.append(f"{name}: semi-sync replica side on")
         if actions.ensure_replica(session, source):
-            outcome.changes.append(f"{name}: replicates from {head.name}")
+            outcome.changes.append(f"{name}: replicates from {primary}")
     except DatabaseError as exc:
         outcome.errors.append(f"{name}: join: {access.describe(exc)}")
 
@@ -433,6 +453,16 @@ def _stopped_replicas(access: Access, old_primary: str) -> list[MemberState]:
     return states
 
 
+@dataclass(frozen=True)
+class Finished:
+    """What ``finish`` did besides opening the candidate."""
+
+    unfenced: tuple[str, ...]
+    """Members that could not be reached to be made read-only."""
+    joins: Outcome
+    """The members made replicas of the candidate before it opened (or found to hold what it lacks)."""
+
+
 def finish(
     access: Access,
     record: PromotionProgress,
@@ -441,28 +471,46 @@ def finish(
     fenced: Collection[str] = (),
     *,
     semi_sync: bool = False,
-) -> list[str]:
+) -> Finished:
     """The point of no return: every other member that answers is made read-only while the candidate stops
     receiving and applies its relay log (all at once, so that members that do not answer cost one timeout);
     then, with every answering member read-only, the candidate accepts writes (an old primary removed from
     spec.members is no longer reached). Members in ``fenced`` (known fenced since they last answered) are
     skipped: one that accepts connections but cannot serve them must not hold the promotion up. ``unreachable``:
     members ``prepare`` just found unreachable, tried again with a short connect timeout (one that came back is
-    fenced; one that comes back later is fenced when it answers, before it may rejoin). Returns the members that
-    could not be fenced. With ``semi_sync`` the candidate's source side is on before it opens: its first commits
-    wait for the replicas the next pass joins to it. Both the first write and the opening of the candidate are
-    confirmed (Superseded)."""
+    fenced; one that comes back later is fenced when it answers, before it may rejoin). Before the candidate
+    opens, the members known fenced but not ``unreachable`` are made its replicas (with ``semi_sync``, the
+    replica side on; then its source side): its first commits are acknowledged at once, not after the next
+    pass's inspection. A join that fails does not stop the opening (the next pass joins the member). Both the
+    first write and the joins, and the opening of the candidate, are confirmed (Superseded)."""
     others = [n for n in access.members if n != record.to and n not in fenced]
     confirm(f"fence the others and detach {record.to}")
-    with access.connect(record.to) as session, ThreadPoolExecutor(max_workers=len(others) or 1) as pool:
+    with access.connect(record.to) as session, ThreadPoolExecutor(max_workers=len(access.members)) as pool:
         fencing = [
             pool.submit(fence_if_reachable, access, name, timeout=RETRY_CONNECT if name in unreachable else None)
             for name in others
         ]
         actions.detach(session, timeout=RELAY_LOG_SECONDS)
-        results = [future.result() for future in fencing]
+        results = dict(zip(others, [future.result() for future in fencing], strict=True))
+        unfenced = tuple(name for name, result in results.items() if result is None)
+        known_fenced = set(fenced).union(name for name, result in results.items() if result is not None)
+        replicas = [n for n in access.members if n in known_fenced and n != record.to and n not in unreachable]
+        joins = Outcome()
+        if replicas:
+            confirm(f"make {', '.join(replicas)} replicas of {record.to}")
+            executed = session.executed()  # final until it opens: it is read-only and replicates from nothing
+            for done in [pool.submit(_join_alone, access, record.to, executed, n, semi_sync) for n in replicas]:
+                joins.merge(done.result())
         confirm(f"open {record.to} for writes")
         if semi_sync:
             actions.source_semi_sync_on(session, SEMI_SYNC_TIMEOUT_MS)
         actions.promote(session)
-    return [name for name, result in zip(others, results, strict=True) if result is None]
+    return Finished(unfenced, joins)
+
+
+def _join_alone(access: Access, primary: str, executed: GtidSet, name: str, semi_sync: bool) -> Outcome:
+    """`_join` in a session of its own, to a primary whose executed GTIDs are ``executed`` and stay so."""
+    outcome = Outcome()
+    with _Sessions(access) as sessions:
+        _join(access, sessions, name, outcome, primary=primary, primary_executed=lambda: executed, semi_sync=semi_sync)
+    return outcome

@@ -141,10 +141,7 @@ def test_a_blackholed_primary_is_replaced_on_every_flavour(staged: Staged, resil
         )
     )
     assert lost == [], f"{len(lost)} acknowledged writes lost"
-    # MariaDB 11.8's replicas report a vanished source some 3 s later than 10.11's (not explained yet): the
-    # bound the README states holds for the host's MariaDB and MySQL; 11.8 is held to a documented limit.
-    bound = DB_BOUND + 4 if flavour.name == "mariadb-11.8" else DB_BOUND
-    assert took <= bound, f"{took:.1f}s to a new primary; bound {bound}s"
+    assert took <= DB_BOUND, f"{took:.1f}s to a new primary; bound {DB_BOUND}s"
 
 
 def test_a_primary_isolated_with_a_privileged_client_beside_it_acknowledges_nothing_that_is_then_lost(

@@ -165,7 +165,11 @@ def test_semi_sync_settings_and_plugins() -> None:
         "rpl_semi_sync_master_timeout": 5000,
         "rpl_semi_sync_master_wait_point": "AFTER_SYNC",
     }
-    assert MARIADB.semi_sync_settings("replica", True, 5000) == {"rpl_semi_sync_slave_enabled": "ON"}
+    assert list(MARIADB.semi_sync_settings("replica", True, 5000).items()) == [
+        ("rpl_semi_sync_slave_kill_conn_timeout", 1),
+        ("rpl_semi_sync_slave_enabled", "ON"),
+    ], "a STOP waits at most 1 s on a vanished source"
+    assert MARIADB.semi_sync_settings("replica", False, 0) == {"rpl_semi_sync_slave_enabled": "OFF"}
     assert list(MYSQL.semi_sync_settings("source", True, 5000).items()) == [
         ("rpl_semi_sync_source_timeout", 5000),
         ("rpl_semi_sync_source_wait_point", "AFTER_SYNC"),

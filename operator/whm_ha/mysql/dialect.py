@@ -45,6 +45,11 @@ HEARTBEAT_SECONDS = 1
 REPLICATION_PRIVILEGE = "REPLICATION SLAVE"
 SEMI_SYNC_ACKS = 1
 """Replica acknowledgements a semi-sync commit waits for (MariaDB's only setting; set on MySQL)."""
+SEMI_SYNC_KILL_SECONDS = 1
+"""How long a MariaDB semi-sync replica's STOP waits for the connection it opens to its source to end its dump
+thread there (default 5 s). A vanished source never answers it: with the default, stopping a replica of a
+blackholed primary took 5-6 s on MariaDB 11.8 (2 s on 10.11), and a failover missed its bound. A live source
+answers within it; one that does not loses its stale dump thread when the replica next registers."""
 READ_ONLY_ERRNO = 1290
 """ER_OPTION_PREVENTS_STATEMENT: the server is read-only (or super_read_only) and refuses the statement."""
 APPLICATION_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "CREATE", "ALTER", "INDEX", "EVENT")
@@ -182,8 +187,8 @@ class Dialect(ABC):
     columns: ClassVar[Mapping[str, str]]
     """Neutral name -> this flavor's SHOW ... STATUS column."""
     semi_sync_variables: ClassVar[Mapping[str, str]]
-    """Neutral name (source_enabled, source_timeout, source_wait_point, replica_enabled and, where it can be set,
-    source_acks) -> variable."""
+    """Neutral name (source_enabled, source_timeout, source_wait_point, replica_enabled and, where they can be set,
+    source_acks and replica_kill_timeout) -> variable."""
     semi_sync_status_variables: ClassVar[Mapping[str, str]]
     """Neutral name (source_active, replica_active, source_clients) -> status variable."""
 
@@ -331,6 +336,8 @@ class Dialect(ABC):
             settings[names["source_wait_point"]] = "AFTER_SYNC"
             if "source_acks" in names:
                 settings[names["source_acks"]] = SEMI_SYNC_ACKS
+        if role == "replica" and enabled and "replica_kill_timeout" in names:
+            settings[names["replica_kill_timeout"]] = SEMI_SYNC_KILL_SECONDS
         settings[names[f"{role}_enabled"]] = "ON" if enabled else "OFF"
         return settings
 
@@ -408,6 +415,7 @@ class MariaDBDialect(Dialect):
         "source_timeout": "rpl_semi_sync_master_timeout",
         "source_wait_point": "rpl_semi_sync_master_wait_point",
         "replica_enabled": "rpl_semi_sync_slave_enabled",
+        "replica_kill_timeout": "rpl_semi_sync_slave_kill_conn_timeout",
     }
     semi_sync_status_variables = {
         "source_active": "Rpl_semi_sync_master_status",

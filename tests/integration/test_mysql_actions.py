@@ -457,6 +457,23 @@ def test_a_failover_is_abandoned_when_the_old_primary_answers_again(replicating:
     assert replicating.sessions[1].read_only() and replicating.sessions[2].read_only(), "nobody was promoted"
 
 
+def test_an_abandoned_failover_leaves_the_replicas_receiving_so_that_it_can_be_tried_again(
+    replicating: Cluster,
+) -> None:
+    """m0 dies; a failover to m2 is abandoned once the replicas were stopped (m1, as up to date, ranks first by
+    name: the rule that abandoned one in the fault tier). Left stopped, the replicas would confirm nothing, and no
+    later attempt could start: they must be receiving again (reconnecting to m0), confirming its death."""
+    replicating.servers[0].kill()
+    wait_until(lambda: all(replicating.inspect(i).io_connecting for i in (1, 2)), "the replicas notice m0 is gone")
+    record = PromotionProgress(from_="m0", to="m2", type="automatic", reason="test", detected_at=datetime.now(UTC))
+    with pytest.raises(PromotionError, match="m2 is no longer the member to promote: as up to date as m1"):
+        procedures.prepare(access_to(replicating), record, spec_of(replicating), {}, confirm=lambda _: None)
+    states = [replicating.inspect(i) for i in range(3)]
+    assert all(s.io_running or s.io_connecting for s in states[1:]), [(s.name, s.io_running) for s in states[1:]]
+    verdict = primary_confirmed_dead(states[0], 3, 3, states[1:])
+    assert verdict.dead, verdict.reason
+
+
 def test_a_switchover_and_a_failover_by_the_operators_procedures(replicating: Cluster) -> None:
     """The controller's own steps on each flavour: a switchover m0 -> m1 (fence, catch up, promote, repoint), then
     m1 is killed and m2 promoted (replicas stopped, candidate checked, the rest fenced); no row is lost."""

@@ -25,6 +25,7 @@ from kubernetes import client
 
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.mariadb import StartServers
+from tests.fixtures.netns import freeze, thaw
 from tests.fixtures.operator_process import OperatorProcess, StartOperator
 from tests.kube_helpers import GROUP, VERSION, wait_for
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
@@ -606,6 +607,44 @@ def test_primary_killed_under_writes_loses_no_acknowledged_row_and_rejoins(
     assert rows == [("database", "m0", new, "automatic")]
     assert metric(operator, "whm_ha_mysql_promotions_total") == 1
     assert sampler.stop() == [] and sampler.samples > 50, "never two writable members"
+
+
+def test_a_failover_abandoned_once_is_tried_again_within_the_bound(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    """m0 vanishes (frozen: its sockets open, nothing answers) while m1's applier waits on a table lock, so m1's
+    lag is unknown and m2 is chosen. The lock goes as that promotion starts; m1, as up to date, then ranks first
+    and the promotion of m2 is abandoned, as in a fault-tier run, which left the replicas it had stopped
+    stopped: confirming nothing, they held every later attempt off (55 s without a primary). The next attempt
+    must promote within the bound of a vanished primary (period x (threshold + 1) + net timeout + 2 s)."""
+    replication.create(semiSync=True)
+    start(replication, kube_api, operator_process)
+    replication.healthy()
+    replication.create_app()
+    wait_for(lambda: _rows(replication, "m1", "SELECT 1 FROM app.t LIMIT 0") == [], 10, "app.t on m1")
+    holder = replication.servers[1].connect()
+    with holder.cursor() as cur:
+        cur.execute("LOCK TABLES app.t READ")  # m1's applier waits; its IO thread still receives
+    replication.sql("m0", "INSERT INTO app.t VALUES (1), (2), (3)")
+    wait_for(lambda: replication.ids("m2") == {1, 2, 3}, 10, "m2 applies the rows")
+    primary = replication.servers[0].process
+    assert primary is not None
+    freeze(primary)
+    try:
+        replication.wait(lambda s: (s.get("promotion") or {}).get("to") == "m2", 20, "a promotion of m2")
+        holder.close()  # m1 applies all it received before the replicas' fresh states are read
+        released = time.monotonic()
+        bound = FAST["periodSeconds"] * (FAST["failureThreshold"] + 1) + 2 + 2
+        status = replication.wait(lambda s: s.get("currentPrimary") != "m0", bound + 20, "a new primary")
+        took = time.monotonic() - released
+    finally:
+        thaw(primary)
+    abandoned = replication.events("PromotionFailed")
+    assert any("m2 is no longer the member to promote" in e and "m1, which ranks first" in e for e in abandoned), (
+        abandoned
+    )
+    print(f"abandoned promotion to a new primary: {took:.2f}s (bound {bound}s)")
+    assert status["currentPrimary"] == "m1" and took <= bound, f"{took:.1f}s to {status['currentPrimary']}"
 
 
 def _rows(replication: Replication, member: str, statement: str) -> list[tuple[Any, ...]]:

@@ -302,6 +302,18 @@ def test_replicas_that_still_replicate_veto_the_promotion() -> None:
     assert "replicas m1 still replicate from it" in decision.reason
 
 
+def test_replicas_an_abandoned_attempt_stopped_confirm_nothing_until_they_reconnect() -> None:
+    """What an abandoned failover leaves when nothing restarts the replicas: it stopped their IO threads while they
+    were reconnecting to the vanished primary, with no error yet (as a fault-tier run left them, then promoted
+    nobody for 55 s). A stopped thread cannot tell a lost source from a stop, so they confirm nothing: the
+    abandoning `procedures.prepare` starts them again, and reconnecting they confirm it at the next pass."""
+    reconnecting = [replace(lost(replica(n)), last_io_errno=None, last_io_error=None) for n in ("m1", "m2")]
+    assert failover(topology(DEAD, *reconnecting)).candidate == "m1"
+    decision = failover(topology(DEAD, *(replace(s, io_connecting=False) for s in reconnecting)))
+    assert decision.candidate is None and not decision.dead
+    assert decision.reason.endswith("replicas m1, m2 are not receiving but none lost it")
+
+
 def test_automatic_failover_off_or_too_soon_blocks() -> None:
     off = failover(dead_topology(), automaticFailover=False)
     assert (off.candidate, off.blocked_by) == (None, "automaticFailover is off")

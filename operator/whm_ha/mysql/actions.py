@@ -185,6 +185,16 @@ def stop_io_threads(sessions: Sequence[Session]) -> dict[str, str]:
     return {s.name: why for s, why in zip(sessions, outcomes, strict=True) if why is not None}
 
 
+def resume_receiving(session: Session, host: str, port: int) -> bool:
+    """Start the replica's IO thread if it is stopped and its source is ``host``:``port`` (the SQL thread is left
+    as it is); whether it wrote."""
+    status = session.replica_status()
+    if status is None or status.io_state != "stopped" or (status.source_host, status.source_port) != (host, port):
+        return False
+    session.execute(session.dialect.start_replica("io"))
+    return True
+
+
 def ensure_net_timeout(session: Session, seconds: int) -> bool:
     """Set the member's replica net timeout; a running IO thread reconnects so that it takes effect."""
     if session.net_timeout() == seconds:

@@ -401,7 +401,9 @@ def prepare(
 
     Switchover: fence the old primary, wait until the candidate applied all it had. Failover: try to fence the old
     primary while every replica stops receiving; should it answer, abandon (it is not dead); otherwise check on
-    fresh states that the candidate is still the one to promote (nothing can arrive any more)."""
+    fresh states that the candidate is still the one to promote (nothing can arrive any more). A failover
+    abandoned leaves the old primary's replicas receiving again (`_resume_receiving`), so that it can be tried
+    again."""
     confirm(f"fence {record.from_} to promote {record.to}")
     if record.planned:
         with access.connect(record.from_) as old, access.connect(record.to) as candidate:
@@ -412,13 +414,24 @@ def prepare(
                     f"within {CATCH_UP_SECONDS:g}s"
                 )
         return Prepared(fenced=(record.from_,))
+    try:
+        return _prepare_failover(access, record, spec, quarantined)
+    except (PromotionError, *DatabaseError):
+        _resume_receiving(access, record.from_, confirm)
+        raise
+
+
+def _prepare_failover(
+    access: Access, record: PromotionProgress, spec: MySQLReplicationSpec, quarantined: Mapping[str, str]
+) -> Prepared:
+    """``prepare`` of a failover; the replicas are left stopped whatever it raises."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         # Meanwhile the replicas stop receiving: a vanished primary costs one timeout, not two.
         fencing = pool.submit(fence_if_reachable, access, record.from_)
         states = _stopped_replicas(access, record.from_)
         if fencing.result() is not None:
             # It answers after all: not dead. Its last transactions may be on no replica; promoting would drop
-            # them. It is read-only now; the next pass opens it again and restarts the replicas.
+            # them. It is read-only now; the next pass opens it again.
             raise PromotionError(f"the primary {record.from_} answers again: it is not dead")
     short = quorum_shortfall(spec, record.from_, {s.name: s for s in states})
     if short and not record.force:
@@ -432,6 +445,24 @@ def prepare(
         why = choice.refusals.get(record.to, f"{choice.candidate} ranks first now")
         raise PromotionError(f"{record.to} is no longer the member to promote: {why}")
     return Prepared(unreachable=(record.from_,), fenced=tuple(s.name for s in states if s.fenced))
+
+
+def _resume_receiving(access: Access, old_primary: str, confirm: Confirm) -> None:
+    """After a failover was abandoned: start again, all at once, the stopped IO threads of the old primary's
+    replicas. Stopped by the operator, they no longer count as having lost it (`primary_confirmed_dead` cannot
+    tell such a stop from a human's), so no later attempt could confirm its death; should it live, they receive
+    from it again. Best effort: a member that fails is left as it is (a later pass joins it once the primary
+    answers)."""
+    source = access.members[old_primary]
+    names = [name for name in access.members if name != old_primary]
+    confirm(f"let {', '.join(names)} receive from {old_primary} again")
+
+    def resume(name: str) -> None:
+        with contextlib.suppress(*DatabaseError), access.connect(name) as session:
+            actions.resume_receiving(session, source.host, source.port)
+
+    with ThreadPoolExecutor(max_workers=len(names) or 1) as pool:
+        list(pool.map(resume, names))
 
 
 def _stopped_replicas(access: Access, old_primary: str) -> list[MemberState]:

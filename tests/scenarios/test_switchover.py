@@ -27,8 +27,9 @@ from whm_ha.apps.pool import PoolError
 from whm_ha.apps.sessions import SessionStore, session_hash
 from whm_ha.control_plane import find_bin_dir
 from whm_ha.db.server_checks import binlog_point, errant, transactions_after
-from whm_ha.demo.stack import DEMO_SCHEMA, Stack
-from whm_ha.demo.tour import Traffic, Writer, application_pool, promote_through_shim, settled_on
+from whm_ha.demo import checkers
+from whm_ha.demo.stack import Stack
+from whm_ha.demo.tour import Traffic, application_pool, promote_through_shim, settled_on
 from whm_ha.demo.view import Observer
 
 pytestmark = pytest.mark.mariadb
@@ -96,23 +97,25 @@ class Workload:
     """Everything that writes or reads while the database changes primary."""
 
     traffic: Traffic
-    writer: Writer
+    writers: checkers.Writers
     sessions: Sessions
     threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> None:
-        for part in (self.traffic, self.writer, self.sessions):
+        self.writers.start(warm_up=0)
+        for part in (self.traffic, self.sessions):
             self.threads.append(threading.Thread(target=part.run, daemon=True))
             self.threads[-1].start()
 
     def progressed(self) -> Callable[[], bool]:
-        """A condition: both writers had an acknowledged write after this call."""
-        writes, sessions = len(self.writer.acknowledged), len(self.sessions.acknowledged)
-        return lambda: len(self.writer.acknowledged) > writes and len(self.sessions.acknowledged) > sessions
+        """A condition: the writers and the sessions had an acknowledged write after this call."""
+        writes, sessions = self.writers.acks.progressed(), len(self.sessions.acknowledged)
+        return lambda: writes() and len(self.sessions.acknowledged) > sessions
 
     def stop(self) -> None:
-        for part in (self.traffic, self.writer, self.sessions):
+        for part in (self.traffic, self.sessions):
             part.stop.set()
+        self.writers.stop(30)
         for thread in self.threads:
             thread.join(30)
 
@@ -127,11 +130,11 @@ def system(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[System]:
 
 @pytest.fixture
 def workload(system: System) -> Iterator[Workload]:
-    writer = Writer(application_pool(system.api))
-    writer.create_table()
+    pool = application_pool(system.api)
+    checkers.create_table(pool.writer)
     work = Workload(
         Traffic(f"http://127.0.0.1:{system.stack.proxy_port}/"),
-        writer,
+        checkers.Writers(pool.writer),
         Sessions(SessionStore(application_pool(system.api, database="whm_ha"))),
     )
     work.start()
@@ -142,10 +145,11 @@ def workload(system: System) -> Iterator[Workload]:
 
 def check_nothing_lost(system: System, work: Workload) -> None:
     """Every acknowledged write and session is on the primary; nobody holds what the primary lacks."""
-    writes, sessions = list(work.writer.acknowledged), list(work.sessions.acknowledged)  # before reading the primary
+    writes, sessions = work.writers.acks.all(), list(work.sessions.acknowledged)  # before reading the primary
     primary = system.primary()
-    ids = {r[0] for r in system.sql(primary, f"SELECT id FROM {DEMO_SCHEMA}.writes")}
-    assert sorted(set(writes) - ids) == [], f"acknowledged writes lost on {primary}"
+    ids = {int(r[0]) for r in system.sql(primary, f"SELECT id FROM {checkers.TABLE}")}
+    assert checkers.missing(writes, ids) == [], f"acknowledged writes lost on {primary}"
+    assert checkers.two_acknowledging(writes) == [], "two members acknowledging writes"
     hashes = {r[0] for r in system.sql(primary, "SELECT session_hash FROM whm_ha.ha_sessions")}
     assert [s for s in sessions if session_hash(s) not in hashes] == [], f"acknowledged sessions lost on {primary}"
     assert errant(system.stack.databases, system.index(primary)) == {}, "errant transactions"

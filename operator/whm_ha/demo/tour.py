@@ -12,13 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import pymysql
 from kubernetes import client
 
-from ..apps.pool import PoolError, ReadWritePool
+from ..apps.pool import ReadWritePool
 from ..apps.topology import KubernetesTopology
 from ..db.server_checks import source_port
-from .stack import ADMIN_TOKEN, DEMO_SCHEMA, FAST_HEALTH, NAMESPACE, REPLICATION, Stack
+from . import checkers
+from .stack import ADMIN_TOKEN, FAST_HEALTH, NAMESPACE, REPLICATION, Stack
 from .view import Observer
 
 Say = Callable[[str], None]
@@ -45,36 +45,6 @@ class Traffic:
 
     def summary(self) -> str:
         return f"{self.ok} requests through the proxy, {self.failed} failed"
-
-
-@dataclass
-class Writer:
-    """Inserts rows through the read/write-splitting pool; remembers each acknowledged one."""
-
-    pool: ReadWritePool
-    acknowledged: list[int] = field(default_factory=list)
-    errors: int = 0
-    last_ok: float = 0.0
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def create_table(self) -> None:
-        """The table it writes to, created through the pool (on the primary) when missing."""
-        with self.pool.writer() as conn, conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS {DEMO_SCHEMA}")
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.writes (id INT PRIMARY KEY)")
-
-    def run(self) -> None:
-        next_id = 0
-        while not self.stop.is_set():
-            next_id += 1
-            try:
-                with self.pool.writer() as conn, conn.cursor() as cur:
-                    cur.execute(f"INSERT INTO {DEMO_SCHEMA}.writes (id) VALUES (%s)", (next_id,))
-                self.acknowledged.append(next_id)
-                self.last_ok = time.monotonic()
-            except (pymysql.MySQLError, PoolError):
-                self.errors += 1
-            time.sleep(0.01)
 
 
 def application_pool(api: client.ApiClient, *, refresh: float = 0.2, database: str | None = None) -> ReadWritePool:
@@ -154,47 +124,45 @@ def node_failover(stack: Stack, observer: Observer, traffic: Traffic, say: Say) 
     return took <= bound + 1 and failed == 0
 
 
-def _acknowledged_present(stack: Stack, observer: Observer, writer: Writer) -> list[int]:
-    """The acknowledged writes missing on the current primary."""
-    index = int(observer.replication()["status"]["currentPrimary"].rsplit("-", 1)[1])
-    conn = stack.databases[index].connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT id FROM {DEMO_SCHEMA}.writes")
-            present = {row[0] for row in cur.fetchall()}
-    finally:
-        conn.close()
-    return sorted(set(writer.acknowledged) - present)
-
-
 def database_failover(stack: Stack, api: client.ApiClient, observer: Observer, say: Say) -> bool:
-    """SIGKILL the MySQL primary under a writer; True when a replica was promoted and no write was lost."""
-    say("2. Killing the MySQL primary (SIGKILL) while a writer inserts rows through the pool.")
+    """SIGKILL the MySQL primary under 8 writers; True when a replica was promoted, no acknowledged write was lost
+    and never two members acknowledged writes (``checkers``)."""
+    say("2. Killing the MySQL primary (SIGKILL) while 8 writers insert rows through the pool.")
     primary = observer.replication()["status"]["currentPrimary"]
     index = int(primary.rsplit("-", 1)[1])
-    writer = Writer(application_pool(api))
-    writer.create_table()
-    thread = threading.Thread(target=writer.run, daemon=True)
-    thread.start()
-    _wait(lambda: len(writer.acknowledged) > 100, 20)
-    stack.databases[index].kill()
-    killed = time.monotonic()
-    took = _wait(lambda: (observer.replication().get("status") or {}).get("currentPrimary") not in (None, primary), 60)
-    if took is not None:
-        _wait(lambda: writer.last_ok > killed, 30)
-    writer.stop.set()
-    thread.join(10)
+    pool = application_pool(api)
+    checkers.create_table(pool.writer)
+    writers = checkers.Writers(pool.writer)
+    try:
+        writers.start(warm_up=100, timeout=20)
+        stack.databases[index].kill()
+        killed = time.time()
+        took = _wait(
+            lambda: (observer.replication().get("status") or {}).get("currentPrimary") not in (None, primary), 60
+        )
+        if took is not None:
+            _wait(lambda: bool(writers.acks.between(killed)), 30)
+    finally:
+        writers.stop(10)
+        pool.close()
     if took is None:
         say("   no promotion within 60s")
         return False
+    acks = writers.acks.all()
+    after = writers.acks.between(killed)
+    resumed = min((a.acked for a in after), default=float("nan")) - killed
     new = observer.replication()["status"]["currentPrimary"]
-    say(
-        f"   {primary} killed: {new} promoted after {took:.1f}s; the writer resumed after "
-        f"{writer.last_ok - killed:.1f}s."
-    )
-    lost = _acknowledged_present(stack, observer, writer)
-    say(f"   {len(writer.acknowledged)} writes acknowledged, {len(lost)} lost (semi-sync on).")
-    return not lost
+    say(f"   {primary} killed: {new} promoted after {took:.1f}s; the writers resumed after {resumed:.1f}s.")
+    conn = stack.databases[int(new.rsplit("-", 1)[1])].connect()
+    try:
+        lost = checkers.missing(acks, checkers.present_ids(conn))
+    finally:
+        conn.close()
+    overlapping = checkers.two_acknowledging(acks)
+    say(f"   {len(acks)} writes acknowledged ({len(after)} after the kill), {len(lost)} lost (semi-sync on).")
+    if overlapping:
+        say(f"   two members acknowledging writes: {'; '.join(overlapping)}")
+    return not lost and not overlapping
 
 
 def tour(stack: Stack, api: client.ApiClient, say: Say) -> bool:

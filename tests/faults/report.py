@@ -5,60 +5,108 @@ merged into ``docs/resilience.json`` (by scenario, so a partial run updates only
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(os.environ.get("WHM_HA_RESILIENCE_DOCS") or Path(__file__).resolve().parents[2] / "docs")
+"""Where the report goes (the environment variable: elsewhere, for the report's own test)."""
 RESULTS = DOCS / "resilience.json"
 REPORT = DOCS / "resilience.md"
 
 
 @dataclass
 class Outcome:
-    """What one scenario measured. Times in seconds from the fault; None where it does not apply."""
+    """What one scenario measured. Times in seconds from the fault; None where it does not apply (or where the
+    scenario failed before measuring it)."""
 
     scenario: str
     component: str
     """``database`` or ``nodes``."""
-    outcome: str
+    outcome: str = ""
     """What happened, in a few words (e.g. "m1 promoted", "no promotion")."""
     detect: float | None = None
-    """Fault to the operator acting on it (promotion started, failover recorded)."""
+    """Fault to the operator acting on it (a new primary acknowledging writes, a failover in the API)."""
     recover: float | None = None
-    """Fault to writes (or GETs) served again."""
+    """Fault (or healing, where nothing was promoted) to writes (or GETs) served through the application's path
+    again."""
     acked: int | None = None
-    """Writes (or GETs) acknowledged to clients during the scenario."""
+    """Writes (or GETs) acknowledged to clients during the whole scenario, warm-up included."""
+    during: int | None = None
+    """Of those, acknowledged between the fault and its healing."""
+    after: int | None = None
+    """Of those, acknowledged after the healing."""
     lost: int | None = None
     """Acknowledged writes missing from the final primary (or failed GETs)."""
     promotions: int | None = None
     limit: str = ""
-    """Empty when every checker passed; else the documented limit the figures show."""
+    """What a checker found (the failure, for a failing scenario); empty when every checker passed."""
+    result: str = ""
+    """``pass`` or ``fail``: the test's own outcome (setup, body and teardown)."""
+    commit: str = ""
+    """The commit measured (``+changes`` when the work tree differed from it)."""
     measured: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%d"))
 
 
 class Recorder:
-    """The ``resilience`` fixture: ``resilience.record(Outcome(...))`` once per scenario."""
+    """The ``resilience`` fixture of one test: ``row = resilience.scenario(name, component)`` first, then the
+    figures set on ``row`` as they are measured. The row joins the report when the test ends, marked pass or fail
+    from the test's real outcome (a scenario that fails before it measured something still shows, failing)."""
 
     def __init__(self) -> None:
-        self.outcomes: list[Outcome] = []
+        self.row: Outcome | None = None
 
-    def record(self, outcome: Outcome) -> None:
-        print(
-            f"\n{outcome.scenario}: {outcome.outcome}; detect {_seconds(outcome.detect)}, recover "
-            f"{_seconds(outcome.recover)}, acked {_count(outcome.acked)}, lost {_count(outcome.lost)}"
-        )
-        self.outcomes.append(outcome)
+    def scenario(self, name: str, component: str) -> Outcome:
+        self.row = Outcome(name, component)
+        return self.row
 
 
-RECORDER = Recorder()
+FINISHED: list[Outcome] = []
+RECORDER = pytest.StashKey["Recorder"]()
 
 
 @pytest.fixture
-def resilience() -> Recorder:
-    return RECORDER
+def resilience(request: pytest.FixtureRequest) -> Recorder:
+    recorder = Recorder()
+    request.node.stash[RECORDER] = recorder
+    return recorder
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """At each phase's report: a failure marks the row failed (its message becomes the limit); at teardown the
+    row is finished (a skipped test leaves the report's previous row)."""
+    report: pytest.TestReport = yield
+    recorder = item.stash.get(RECORDER, None)
+    row = recorder.row if recorder else None
+    if row is None:
+        return report
+    if report.failed:
+        row.result = "fail"
+        row.limit = row.limit or _failure(report)
+    elif report.skipped and report.when != "teardown":
+        row.result = "skipped"
+    if report.when == "teardown" and row.result != "skipped":
+        row.result = row.result or "pass"
+        print(
+            f"\n{row.scenario}: {row.result}; {row.outcome}; detect {_seconds(row.detect)}, recover "
+            f"{_seconds(row.recover)}, acked {_count(row.acked)} ({_count(row.during)} during the fault, "
+            f"{_count(row.after)} after), lost {_count(row.lost)}"
+        )
+        FINISHED.append(row)
+    return report
+
+
+def _failure(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = crash.message if crash is not None else str(report.longrepr)
+    first = message.strip().splitlines()[0] if message.strip() else "failed"
+    return f"failed at {report.when}: {first[:200]}"
 
 
 def _seconds(value: float | None) -> str:
@@ -73,13 +121,18 @@ HEADER = """# Resilience: what whm-ha does under faults
 
 Generated by the fault tier (`make test-faults`, `tests/faults`) from the figures each scenario measured;
 `docs/resilience.json` holds them. Every database member and stand-in WHM node runs in its own network
-namespace on a private bridge; faults are nftables drops (loss with nftables' random numbers), link down/up,
-SIGSTOP and SIGKILL, and delay, jitter and bandwidth limits through toxiproxy in a member's namespace (this
-kernel has no netem). The operator, the API server and the proxy run in the root namespace. Times are seconds from the fault.
-A row whose *limit* column is empty passed all its checkers: every acknowledged write is on the final primary,
-never two members acknowledging writes, the topology converges (one primary, every other member replicating
-from it or quarantined and named) within 60 s of healing, the number of promotions is counted (at most one per
-scenario, none where the primary was alive), and exactly one primary node at every sampled moment.
+namespace on a private bridge; faults are nftables drops, `tc netem` delay and loss, link down/up, SIGSTOP and
+SIGKILL. The operator, the API server and the proxy run in the root namespace. Times are seconds from the fault,
+from precise client-side clocks. Writes come from 8 connections through the applications pool (the root
+namespace) and 2 more beside every member (in its namespace, over loopback, which no cut reaches); *acked*
+counts every acknowledged write, warm-up included, *during* those acknowledged between the fault and its healing,
+*after* those acknowledged after it. *result* is the test's own outcome, *commit* the commit measured. A row
+that passed passed all its checkers: every acknowledged write is on the final primary, never two members
+acknowledging writes (no member acknowledges a write sent after another member acknowledged one), writes go on
+during the fault wherever a primary is reachable, the topology converges (one primary, every other member
+replicating from it or quarantined and named) within 60 s of healing, the number of promotions is counted (at
+most one per scenario, none where the primary was alive), and exactly one primary node at every sampled moment;
+a failing row's *limit* says which checker failed.
 
 ## Settings for zero acknowledged-write loss
 
@@ -106,8 +159,8 @@ scenario, none where the primary was alive), and exactly one primary node at eve
 
 ## Scenarios
 
-| scenario | component | outcome | detect | recover | acked | lost | promotions | limit | measured |
-|---|---|---|---|---|---|---|---|---|---|
+| scenario | component | outcome | detect | recover | acked | during | after | lost | promotions | result | limit | commit | measured |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 """
 
 
@@ -122,13 +175,29 @@ def write_report(outcomes: list[Outcome]) -> None:
     RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
     lines = [
         f"| {r['scenario']} | {r['component']} | {r['outcome']} | {_seconds(r['detect'])} | "  # type: ignore[arg-type]
-        f"{_seconds(r['recover'])} | {_count(r['acked'])} | {_count(r['lost'])} | "  # type: ignore[arg-type]
-        f"{_count(r['promotions'])} | {r['limit'] or ''} | {r['measured']} |"  # type: ignore[arg-type]
+        f"{_seconds(r['recover'])} | {_count(r['acked'])} | {_count(r.get('during'))} | "  # type: ignore[arg-type]
+        f"{_count(r.get('after'))} | {_count(r['lost'])} | {_count(r['promotions'])} | "  # type: ignore[arg-type]
+        f"{r.get('result') or '-'} | {r['limit'] or ''} | {r.get('commit') or '-'} | {r['measured']} |"
         for r in rows
     ]
     REPORT.write_text(HEADER + "\n".join(lines) + "\n")
 
 
+def measured_commit() -> str:
+    """HEAD's short hash, ``+changes`` when tracked files differ from it (the report's own files aside)."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False).stdout.strip()
+
+    changed = [line for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    changed = [line for line in changed if not line.endswith(("docs/resilience.json", "docs/resilience.md"))]
+    return git("rev-parse", "--short=12", "HEAD") + ("+changes" if changed else "")
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if RECORDER.outcomes:
-        write_report(RECORDER.outcomes)
+    if FINISHED:
+        commit = measured_commit()
+        for row in FINISHED:
+            row.commit = commit
+        write_report(FINISHED)

@@ -307,31 +307,29 @@ def _failures(traffic: Traffic, fault: float) -> list[str]:
 
 
 def record(
-    resilience: Recorder,
+    row: Outcome,
     traffic: Traffic,
     fault: float,
-    scenario: str,
     outcome: str,
     detect: float | None,
     failovers: int,
     problems: list[str],
+    healed: float | None = None,
 ) -> None:
-    """The scenario's figures in the resilience report; its limit says what the checkers found."""
+    """The scenario's figures in its resilience row; its limit says what the checkers found. ``healed``: when
+    the fault ended, if GETs went on after it."""
     gets = traffic.since(fault)
     failed = sum(1 for get in gets if not get.ok)
-    resilience.record(
-        Outcome(
-            scenario=scenario,
-            component="nodes",
-            outcome=f"{outcome}; slowest GET {traffic.slowest(fault):.1f} s",
-            detect=detect,
-            recover=traffic.recovered(fault),
-            acked=len(gets) - failed,
-            lost=failed,
-            promotions=failovers,
-            limit="; ".join(problems),
-        )
-    )
+    answered = [get.ended for get in gets if get.ok]
+    row.during = sum(1 for ended in answered if healed is None or ended < healed)
+    row.after = None if healed is None else len(answered) - row.during
+    row.outcome = f"{outcome}; slowest GET {traffic.slowest(fault):.1f} s"
+    row.detect = detect
+    row.recover = traffic.recovered(fault)
+    row.acked = len(gets) - failed
+    row.lost = failed
+    row.promotions = failovers
+    row.limit = "; ".join(problems)
 
 
 def fail_over(
@@ -340,6 +338,7 @@ def fail_over(
     """Stage a fault on the primary n1 under traffic; check the failover within NODE_BOUND, one primary at
     every sampled moment and no failed GET; record the figures; heal and check n1 comes back a healthy
     secondary."""
+    row = resilience.scenario(scenario, "nodes")
     with nodes.sampler() as sampler, nodes.traffic() as traffic:
         stage()
         fault = time.monotonic()
@@ -371,7 +370,7 @@ def fail_over(
         f"{stats['retries']} retried elsewhere, {stats['ejections']} ejections; no role Primary for at most "
         f"{sampler.handover_gap():.2f} s; {len(sampler.samples)} samples, {len(sampler.errors)} API errors"
     )
-    record(resilience, traffic, fault, scenario, f"{new} primary", detect, len(failovers), problems)
+    record(row, traffic, fault, f"{new} primary", detect, len(failovers), problems)
     assert not problems, problems
     assert nodes.primary() == new, "n1 healthy again took the role back (failback is off)"
 
@@ -430,6 +429,7 @@ def test_flapping_primary_nodes_fail_over_at_most_once_per_min_interval(
     Whichever is primary keeps failing; the anti-flap rule (failover.minIntervalSeconds) allows at most one
     automatic failover per MIN_INTERVAL and keeps an Unhealthy primary in between. The proxy routes around
     the down links (connect timeouts, header timeouts, ejection) and most GETs succeed."""
+    row = resilience.scenario(f"primary nodes flapping (link down/up every 3-4 s for {FLAP_SECONDS} s)", "nodes")
     nodes = start_nodes(priorities=(100, 50, 0), minIntervalSeconds=MIN_INTERVAL)
     with nodes.sampler() as sampler, nodes.traffic() as traffic:
         flaps = [host.flap(period, FLAP_SECONDS) for host, period in zip(nodes.hosts, FLAP_PERIODS, strict=False)]
@@ -441,6 +441,7 @@ def test_flapping_primary_nodes_fail_over_at_most_once_per_min_interval(
             for host, thread in zip(nodes.hosts, flaps, strict=False):
                 host.heal()
                 thread.join(10)
+        healed = time.monotonic()
         wait_for(lambda: set(nodes.health().values()) == {"Healthy"}, 30, "every node healthy again")
         wait_for(lambda: len(nodes.proxy.routable()) == 3, 10, "every node routed to again")
         wait_for(traffic.served_after(time.monotonic(), 50), 20, "GETs served by every node")
@@ -468,14 +469,14 @@ def test_flapping_primary_nodes_fail_over_at_most_once_per_min_interval(
         f"{len(sampler.errors)} API errors"
     )
     record(
-        resilience,
+        row,
         traffic,
         fault,
-        f"primary nodes flapping (link down/up every 3-4 s for {FLAP_SECONDS} s)",
         f"{len(changes)} failovers in {FLAP_SECONDS} s, minIntervalSeconds {MIN_INTERVAL}",
         changes[0][0] - fault if changes else None,
         len(changes),
         problems,
+        healed,
     )
     assert not problems, problems
     assert changes, "no failover: the flapping did not make the primary Unhealthy"

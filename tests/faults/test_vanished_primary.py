@@ -8,7 +8,6 @@ applications library, as the application account)."""
 from __future__ import annotations
 
 import base64
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import pytest
 from kubernetes import client
 
 from tests.faults.report import Outcome, Recorder
+from tests.faults.workload import Workload, judge
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.netns import Host, StartNetnsServers, TestNetwork
 from tests.fixtures.operator_process import OperatorProcess, StartOperator
@@ -27,8 +27,8 @@ from tests.kube_helpers import GROUP, VERSION, wait_for
 from whm_ha.apps.pool import ReadWritePool
 from whm_ha.apps.topology import KubernetesTopology
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
+from whm_ha.demo import checkers
 from whm_ha.demo.stack import DEMO_SCHEMA
-from whm_ha.demo.tour import Writer
 
 pytestmark = pytest.mark.mariadb
 
@@ -95,35 +95,43 @@ class Databases:
             and status.get("readyReplicas") == 2
         )
 
-    def writable(self, index: int) -> bool:
-        """Read on the server (1 s to answer): read-only off."""
+    def _ask(self, index: int, check: Callable[[checkers.Connection], bool]) -> bool:
+        """``check`` on a fresh connection to the server (1 s to connect; a failure to connect is False)."""
         try:
             conn = self.servers[index].connect(connect_timeout=1)
         except pymysql.MySQLError:
             return False
         try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT @@GLOBAL.read_only")
-                row = cur.fetchone()
-            return bool(row and int(row[0]) == 0)
+            return check(conn)
         finally:
             conn.close()
 
-    def pool(self) -> ReadWritePool:
-        secret = client.CoreV1Api(self.api).read_namespaced_secret("db-app", self.namespace)
-        data = secret.data or {}
+    def writable(self, index: int) -> bool:
+        """Read-only off on the server."""
+        return self._ask(index, lambda conn: not checkers.fenced(conn, "mariadb"))
+
+    def fenced(self, index: int) -> bool:
+        """Fenced as the product fences (a server that does not answer is not, yet)."""
+        return self._ask(index, lambda conn: checkers.fenced(conn, "mariadb"))
+
+    def application(self) -> tuple[str, str]:
+        data = client.CoreV1Api(self.api).read_namespaced_secret("db-app", self.namespace).data or {}
         user, password = (base64.b64decode(data[k]).decode() for k in ("username", "password"))
+        return user, password
+
+    def pool(self) -> ReadWritePool:
+        user, password = self.application()
         topology = KubernetesTopology(self.api, self.namespace, "db", refresh=0.2)
         return ReadWritePool(topology, user=user, password=password, acquire_timeout=60, connect_timeout=1)
 
-    def ids(self, index: int) -> set[int]:
-        conn = self.servers[index].connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"SELECT id FROM {DEMO_SCHEMA}.writes")
-                return {row[0] for row in cur.fetchall()}
-        finally:
-            conn.close()
+    def workload(self, folder: Path) -> Workload:
+        """The scenario's writers (tests/faults/workload.py), started on the primary db-0."""
+        ports = [server.port for server in self.servers]
+        return Workload.start(self.pool(), self.hosts, ports, *self.application(), folder)
+
+    def primary(self) -> int:
+        """The index of the member the status names primary."""
+        return int(self.status()["currentPrimary"].rsplit("-", 1)[1])
 
 
 @pytest.fixture
@@ -169,69 +177,46 @@ def databases(start_databases: Callable[..., Databases]) -> Databases:
 
 
 @pytest.fixture
-def writer(databases: Databases) -> Iterator[Writer]:
-    pool = databases.pool()
-    work = Writer(pool)
-    work.create_table()
-    thread = threading.Thread(target=work.run, daemon=True)
-    thread.start()
-    wait_for(lambda: len(work.acknowledged) >= 50, 30, "50 acknowledged writes")
-    yield work
-    work.stop.set()
-    thread.join(90)
-    pool.close()
+def workload(databases: Databases, tmp_path: Path) -> Iterator[Workload]:
+    load = databases.workload(tmp_path)
+    yield load
+    load.stop()
 
 
-def progressed(writer: Writer) -> Callable[[], bool]:
-    """A condition: the writer had an acknowledged write after this call."""
-    count = len(writer.acknowledged)
-    return lambda: len(writer.acknowledged) > count
-
-
-def blackhole_primary(databases: Databases, writer: Writer) -> tuple[str, float]:
-    """Blackhole db-0 under the writer; the new primary and the seconds until it was writable."""
+def blackhole_primary(databases: Databases) -> tuple[str, float, float]:
+    """Blackhole db-0; the new primary, when the fault began (wall clock) and the seconds until a member was
+    writable again."""
+    fault = time.time()
     databases.hosts[0].blackhole()
-    started = time.monotonic()
     wait_for(lambda: databases.writable(1) or databases.writable(2), DB_BOUND + 20, "a writable new primary")
-    took = time.monotonic() - started
+    took = time.time() - fault
     status = wait_for(lambda: (s := databases.status()).get("currentPrimary") not in (None, "db-0") and s, 10, "status")
     print(f"blackhole to a writable new primary: {took:.2f}s (bound {DB_BOUND}s)")
-    return str(status["currentPrimary"]), took
+    return str(status["currentPrimary"]), fault, took
 
 
 def test_a_blackholed_primary_is_replaced_within_the_bound_and_no_acknowledged_write_is_lost(
-    databases: Databases, writer: Writer, resilience: Recorder
+    databases: Databases, workload: Workload, resilience: Recorder
 ) -> None:
-    started = time.monotonic()
-    new, took = blackhole_primary(databases, writer)
-    wait_for(progressed(writer), 30, "the writer to go on on the new primary")
-    recover = time.monotonic() - started
+    row = resilience.scenario("primary blackholed (every packet dropped)", "database")
+    new, fault, took = blackhole_primary(databases)
+    wait_for(workload.progressed(), 30, "the writers to go on on the new primary")
+    row.recover = time.time() - fault
+    row.detect = (workload.first_elsewhere(0, fault) or float("nan")) - fault
     record = databases.status()["promotionHistory"][0]
-    acknowledged = list(writer.acknowledged)  # before reading the primary
-    lost = sorted(set(acknowledged) - databases.ids(int(new[-1])))
-    resilience.record(
-        Outcome(
-            scenario="primary blackholed (every packet dropped)",
-            component="database",
-            outcome=f"{new} promoted within the bound ({DB_BOUND} s)",
-            detect=took,
-            recover=recover,
-            acked=len(acknowledged),
-            lost=len(lost),
-            promotions=len(databases.status().get("promotionHistory", [])),
-        )
-    )
+    row.outcome = f"{new} promoted within the bound ({DB_BOUND} s)"
+    row.promotions = len(databases.status().get("promotionHistory", []))
+    judge(workload, databases.servers[databases.primary()].connect(), row, fault, None, writes_during=True)
     assert took <= DB_BOUND, f"{took:.1f}s to a writable new primary; bound {DB_BOUND}s"
     assert (record["from"], record["to"], record["type"]) == ("db-0", new, "automatic")
     assert record["unfenced"] == ["db-0"], record
-    assert lost == [], f"{len(lost)} of {len(acknowledged)} acknowledged writes lost"
 
 
-def test_a_blackholed_primary_comes_back_read_only_and_rejoins(databases: Databases, writer: Writer) -> None:
-    new, _ = blackhole_primary(databases, writer)
-    wait_for(progressed(writer), 30, "the writer to go on on the new primary")
+def test_a_blackholed_primary_comes_back_read_only_and_rejoins(databases: Databases, workload: Workload) -> None:
+    new, fault, _ = blackhole_primary(databases)
+    wait_for(workload.progressed(), 30, "the writers to go on on the new primary")
     databases.hosts[0].heal()
-    wait_for(lambda: not databases.writable(0) and databases.servers[0].running, 10, "db-0 fenced once it answers")
+    wait_for(lambda: databases.fenced(0) and databases.servers[0].running, 10, "db-0 fenced once it answers")
     status = wait_for(
         lambda: (
             (s := databases.status())
@@ -249,9 +234,10 @@ def test_a_blackholed_primary_comes_back_read_only_and_rejoins(databases: Databa
         assert errant["status"] == "True" and "db-0" in errant["message"]
     else:
         wait_for(lambda: databases.healthy_on(new), 30, f"Healthy on {new} with db-0 replicating")
-    acknowledged = list(writer.acknowledged)
-    assert sorted(set(acknowledged) - databases.ids(int(new[-1]))) == []
-    assert not databases.writable(0)
+    judge(
+        workload, databases.servers[int(new[-1])].connect(), Outcome(new, "database"), fault, None, writes_during=True
+    )
+    assert databases.fenced(0)
 
 
 def test_a_replica_cut_off_from_the_primary_long_before_is_not_promoted(

@@ -1,0 +1,31 @@
+"""The checkers every scenario, the demo's tour and the benchmarks trust (whm_ha.demo.checkers)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from whm_ha.demo.checkers import Ack, Acks, missing, two_acknowledging
+
+
+def test_a_write_answered_late_by_the_old_primary_is_not_two_acknowledging() -> None:
+    acks = [Ack(1, "a", 0.0, 0.1), Ack(2, "a", 0.2, 5.0), Ack(3, "b", 3.0, 3.5), Ack(4, "b", 4.0, 4.1)]
+    assert two_acknowledging(acks) == []
+
+
+def test_the_old_primary_taking_a_write_sent_after_the_new_one_acknowledged_is_reported() -> None:
+    acks = [Ack(1, "a", 0.0, 0.1), Ack(3, "b", 3.0, 3.5), Ack(2, "a", 3.6, 3.7)]
+    (found,) = two_acknowledging(acks)
+    assert found.startswith("a acknowledged a write sent 0.100 s after b")
+
+
+@given(st.lists(st.floats(0, 100), min_size=1, max_size=30), st.floats(0, 100))
+def test_members_taking_writes_one_after_another_pass(moments: list[float], switch: float) -> None:
+    acks = [Ack(i, "a" if at < switch else "b", at, at + 0.01) for i, at in enumerate(sorted(moments))]
+    assert two_acknowledging(acks) == []
+
+
+def test_missing_and_the_counts_between_moments() -> None:
+    acks = Acks([Ack(1, "a", 0, 1), Ack(2, "a", 1, 2), Ack(3, "b", 2, 3)])
+    assert missing(acks.all(), {1, 3}) == [2]
+    assert [a.id for a in acks.between(2)] == [2, 3] and [a.id for a in acks.between(1, 2)] == [1]

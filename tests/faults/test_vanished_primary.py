@@ -266,4 +266,4 @@ def test_a_replica_cut_off_from_the_primary_long_before_is_not_promoted(
     status = wait_for(
         lambda: (s := world.status()) and stale in s.get("reason", "") and s, 30, "the failover refused as stale"
     )
-    assert status["currentPrimary"] == "db-0" and not world.writable(2) and "promotion" not in status
+    assert status["currentPrimary"] == "db-0" and world.fenced(2) and "promotion" not in status

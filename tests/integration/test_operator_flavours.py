@@ -12,12 +12,10 @@ nobody acknowledged, and is then quarantined, named, rather than rejoined.
 from __future__ import annotations
 
 import base64
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import pymysql
 import pytest
 from kubernetes import client
 
@@ -26,6 +24,7 @@ from tests.fixtures.mariadb import StartFlavourServers
 from tests.fixtures.operator_process import OperatorProcess, StartOperator
 from tests.kube_helpers import GROUP, VERSION, wait_for
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
+from whm_ha.demo.checkers import Direct, Writers, fenced, missing
 from whm_ha.mysql.dialect import Dialect, dialect_for
 
 pytestmark = pytest.mark.mariadb
@@ -95,6 +94,14 @@ class World:
         finally:
             conn.close()
 
+    def fenced(self, member: str) -> bool:
+        """Fenced as the product fences: MySQL's super_read_only, not read_only alone."""
+        conn = self.servers[int(member[1:])].connect()
+        try:
+            return fenced(conn, self.dialect.flavor)
+        finally:
+            conn.close()
+
     def writable(self, member: str) -> bool:
         return bool(self.sql(member, "SELECT @@GLOBAL.read_only")[0][0] == 0)
 
@@ -106,34 +113,10 @@ class World:
         return base64.b64decode(data["username"]).decode(), base64.b64decode(data["password"]).decode()
 
 
-class Writer(threading.Thread):
-    """Inserts ids 1, 2, ... into app.t on one member as the application account until an insert fails."""
-
-    def __init__(self, server: LocalServer, user: str, password: str) -> None:
-        super().__init__(daemon=True)
-        self.server, self.user, self.password = server, user, password
-        self.acked: list[int] = []
-
-    def run(self) -> None:
-        conn = pymysql.connect(
-            host=self.server.host,
-            port=self.server.port,
-            user=self.user,
-            password=self.password,
-            autocommit=True,
-            read_timeout=30,
-            ssl_disabled=True,
-        )
-        try:
-            with conn.cursor() as cur:
-                for row_id in range(1, 10**6):
-                    try:
-                        cur.execute("INSERT INTO app.t (id) VALUES (%s)", (row_id,))
-                    except pymysql.MySQLError:
-                        return
-                    self.acked.append(row_id)
-        finally:
-            conn.close()
+def app_writers(server: LocalServer, user: str, password: str) -> Writers:
+    """8 writers inserting into app.t on one member as the application account, each until an insert fails."""
+    source = Direct(server.host, server.port, user, password, read_timeout=30)
+    return Writers(source, table="app.t", until_error=True).start(warm_up=50)
 
 
 class SemiSyncSampler(threading.Thread):
@@ -209,21 +192,20 @@ def world(
 def test_setup_then_a_primary_killed_under_writes_loses_no_acknowledged_row(world: Callable[..., World]) -> None:
     db = world(semiSync=True)
     assert db.roles() == {"m0": "Primary", "m1": "Replica", "m2": "Replica"}
-    assert not db.writable("m1") and not db.writable("m2")
-    writer = Writer(db.servers[0], *db.application())
-    writer.start()
-    wait_for(lambda: len(writer.acked) >= 200, 30, "200 acknowledged inserts")
+    assert db.fenced("m1") and db.fenced("m2")
+    writers = app_writers(db.servers[0], *db.application())
+    wait_for(lambda: len(writers.acks) >= 200, 30, "200 acknowledged inserts")
     killed = time.monotonic()
     db.servers[0].kill()
-    writer.join(30)
+    assert writers.join(30), "writers still writing to a killed primary"
     status = db.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 30, "a new primary")
     took = time.monotonic() - killed
     new = status["currentPrimary"]
-    print(f"{db.dialect.flavor}: kill -9 to new primary recorded {took:.2f}s; {len(writer.acked)} rows acknowledged")
+    print(f"{db.dialect.flavor}: kill -9 to new primary recorded {took:.2f}s; {len(writers.acks)} rows acknowledged")
     assert took < 10
-    assert set(writer.acked) <= db.ids(new), "every acknowledged insert survived"
+    assert missing(writers.acks.all(), db.ids(new)) == [], "every acknowledged insert survived"
     db.servers[0].start()
-    assert not db.writable("m0"), "the old primary comes back read-only"
+    assert db.fenced("m0"), "the old primary comes back fenced"
     settled = db.wait(
         lambda s: s.get("phase") in ("Healthy", "Degraded") and db.roles(s).get("m0") in ("Replica", "Quarantined"),
         40,
@@ -237,9 +219,8 @@ def test_setup_then_a_primary_killed_under_writes_loses_no_acknowledged_row(worl
 
 def test_a_switchover_loses_no_acknowledged_row(world: Callable[..., World]) -> None:
     db = world(semiSync=True)
-    writer = Writer(db.servers[0], *db.application())
-    writer.start()
-    wait_for(lambda: len(writer.acked) >= 100, 30, "100 acknowledged inserts")
+    writers = app_writers(db.servers[0], *db.application())
+    wait_for(lambda: len(writers.acks) >= 100, 30, "100 acknowledged inserts")
     db.custom.patch_namespaced_custom_object(
         GROUP,
         VERSION,
@@ -249,10 +230,10 @@ def test_a_switchover_loses_no_acknowledged_row(world: Callable[..., World]) -> 
         {"metadata": {"annotations": {"ha.whm.io/promote": "m2", "ha.whm.io/request-id": "flavour-1"}}},
     )
     db.healthy_on("m2", timeout=30)
-    writer.join(30)
-    assert set(writer.acked) <= db.ids("m2")
+    assert writers.join(30), "writers still writing to the fenced primary"
+    assert missing(writers.acks.all(), db.ids("m2")) == []
     assert db.status()["lastRequest"]["result"] == "Succeeded"
-    assert db.writable("m2") and not db.writable("m0") and not db.writable("m1")
+    assert db.writable("m2") and db.fenced("m0") and db.fenced("m1")
 
 
 def test_errant_transactions_on_a_replica_are_quarantined(world: Callable[..., World]) -> None:
@@ -288,7 +269,7 @@ def test_a_promotion_left_past_its_point_of_no_return_is_finished(world: Callabl
     )
     db.operator.start()
     db.healthy_on("m1", timeout=40)
-    assert db.writable("m1") and not db.writable("m0") and not db.writable("m2")
+    assert db.writable("m1") and db.fenced("m0") and db.fenced("m2")
 
 
 def test_no_member_accepts_writes_before_its_semi_sync_source_side_is_on(world: Callable[..., World]) -> None:

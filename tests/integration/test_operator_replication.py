@@ -29,6 +29,7 @@ from tests.fixtures.netns import freeze, thaw
 from tests.fixtures.operator_process import OperatorProcess, StartOperator
 from tests.kube_helpers import GROUP, VERSION, wait_for
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
+from whm_ha.demo.checkers import Direct, Writers, missing
 from whm_ha.kube.client import KubeClient
 from whm_ha.replication.controller import ReplicationController
 
@@ -275,38 +276,11 @@ def wait_inspections(operator: OperatorProcess, rounds: int) -> None:
     wait_for(lambda: metric(operator, "whm_ha_mysql_inspections_total") >= target, rounds * 3 + 5, "inspections")
 
 
-class Writer(threading.Thread):
-    """Inserts ids 1, 2, ... into app.t on one server as the application account and records each acknowledged
-    insert, until an insert fails (the server died or became read-only) or stop()."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.acked: list[int] = []
-        self.error: str = ""
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        conn = pymysql.connect(
-            host="127.0.0.1", port=self.port, user=APP_USER, password=APP_PASSWORD, autocommit=True, read_timeout=30
-        )
-        try:
-            with conn.cursor() as cur:
-                for row_id in range(1, 10**6):
-                    if self._halt.is_set():
-                        return
-                    try:
-                        cur.execute("INSERT INTO app.t (id) VALUES (%s)", (row_id,))
-                    except pymysql.MySQLError as exc:
-                        self.error = str(exc)
-                        return
-                    self.acked.append(row_id)
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(30)
+def app_writers(port: int) -> Writers:
+    """8 writers inserting into app.t on one server as the application account, each until an insert fails (the
+    server died or became read-only), once 50 writes were acknowledged."""
+    source = Direct("127.0.0.1", port, APP_USER, APP_PASSWORD, read_timeout=30)
+    return Writers(source, table="app.t", until_error=True).start(warm_up=50, timeout=20)
 
 
 class WritableSampler(threading.Thread):
@@ -565,23 +539,22 @@ def test_primary_killed_under_writes_loses_no_acknowledged_row_and_rejoins(
     operator = start(replication, kube_api, operator_process)
     replication.healthy()
     replication.create_app()
-    writer = Writer(replication.port("m0"))
-    writer.start()
-    wait_for(lambda: len(writer.acked) >= 300, 20, "300 acknowledged inserts")
+    writers = app_writers(replication.port("m0"))
+    wait_for(lambda: len(writers.acks) >= 300, 20, "300 acknowledged inserts")
     killed = time.monotonic()
     replication.servers[0].kill()
-    writer.join(30)
+    assert writers.join(30), "writers still writing to a killed primary"
     status = replication.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 20, "a new primary")
     elapsed = time.monotonic() - killed
     new = status["currentPrimary"]
     other = ({"m1", "m2"} - {new}).pop()
     record = status["promotionHistory"][0]
     print(
-        f"kill -9 to new primary recorded: {elapsed:.2f}s; durationMs {record['durationMs']}; {len(writer.acked)} rows"
+        f"kill -9 to new primary recorded: {elapsed:.2f}s; durationMs {record['durationMs']}; {len(writers.acks)} rows"
     )
     assert (record["from"], record["to"], record["type"]) == ("m0", new, "automatic")
     assert 0 < record["durationMs"] < 10_000 and elapsed < 10
-    assert set(writer.acked) <= replication.ids(new), "every acknowledged insert survived"
+    assert missing(writers.acks.all(), replication.ids(new)) == [], "every acknowledged insert survived"
     assert replication.variable(new, "read_only") == 0
 
     replication.sql(new, "INSERT INTO app.t VALUES (-1)")
@@ -699,20 +672,19 @@ def test_manual_promotion_switches_over_without_losing_writes_and_refuses_explic
     assert "marked neverPromote" in " ".join(replication.events("PromotionRefused"))
 
     replication.create_app()
-    writer = Writer(replication.port("m0"))
-    writer.start()
-    wait_for(lambda: len(writer.acked) >= 200, 20, "200 acknowledged inserts")
+    writers = app_writers(replication.port("m0"))
+    wait_for(lambda: len(writers.acks) >= 200, 20, "200 acknowledged inserts")
     requested = time.monotonic()
     replication.annotate({"ha.whm.io/promote": "m1", "ha.whm.io/request-id": "switch-1"})
     status = replication.wait(lambda s: s.get("currentPrimary") == "m1", 15, "m1 to be primary")
     elapsed = time.monotonic() - requested
-    writer.join(10)
-    assert "read-only" in writer.error or "--read-only" in writer.error, writer.error
+    assert writers.join(10), "writers still writing to the fenced primary"
+    assert all("read-only" in error for error in writers.errors), writers.errors
     record = status["promotionHistory"][0]
     print(f"switchover: {elapsed:.2f}s from the request; durationMs {record['durationMs']}")
     assert (record["from"], record["to"], record["type"]) == ("m0", "m1", "manual")
     assert status["lastRequest"]["id"] == "switch-1" and status["lastRequest"]["result"] == "Succeeded"
-    assert set(writer.acked) <= replication.ids("m1"), "no acknowledged write lost"
+    assert missing(writers.acks.all(), replication.ids("m1")) == [], "no acknowledged write lost"
     status = replication.healthy()
     assert replication.roles(status) == {"m0": "Replica", "m1": "Primary", "m2": "Replica"}
     assert replication.replicates_from("m0", "m1") and replication.replicates_from("m2", "m1")

@@ -96,17 +96,20 @@ def create_table(source: Source) -> None:
 
 @dataclass
 class Writers:
-    """``count`` threads inserting into ``TABLE`` through ``source`` until ``stop()``; thread k writes ids
+    """``count`` threads inserting into ``table`` through ``source`` until ``stop()``; thread k writes ids
     ``first + k``, ``first + k + count``, ... (an id is never reused, also after a failed insert, which may have
-    committed). A failure is counted and the thread goes on after ``pause_after_error``."""
+    committed). A failure's message is kept in ``errors``; the thread goes on after ``pause_after_error``, or
+    ends there with ``until_error``."""
 
     source: Source
     count: int = 8
     first: int = 1
+    table: str = TABLE
+    until_error: bool = False
     pause: float = 0.01
     pause_after_error: float = 0.05
     acks: Acks = field(default_factory=Acks)
-    errors: int = 0
+    errors: list[str] = field(default_factory=list)
     on_ack: Callable[[Ack], None] | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -132,10 +135,12 @@ class Writers:
             sent = time.time()
             try:
                 with self.source() as conn, conn.cursor() as cur:
-                    cur.execute(f"INSERT INTO {TABLE} (id) VALUES (%s)", (row_id,))
+                    cur.execute(f"INSERT INTO {self.table} (id) VALUES (%s)", (row_id,))
                     ack = Ack(row_id, f"{conn.host}:{conn.port}", sent, time.time())
-            except FAILURES:
-                self.errors += 1
+            except FAILURES as exc:
+                self.errors.append(str(exc))
+                if self.until_error:
+                    return
                 self._stop.wait(self.pause_after_error)
                 continue
             self.acks.add(ack)
@@ -143,11 +148,18 @@ class Writers:
                 self.on_ack(ack)
             self._stop.wait(self.pause)
 
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the threads to end by themselves (``until_error``); whether they
+        did."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
+
     def stop(self, timeout: float = 90) -> None:
         """Stop the threads and wait for them (a write in flight ends at its connection's read timeout)."""
         self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout)
+        self.join(timeout)
 
 
 class Direct:

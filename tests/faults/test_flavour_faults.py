@@ -22,6 +22,7 @@ from tests.kube_helpers import wait_for
 from whm_ha.apps.pool import ReadWritePool
 from whm_ha.apps.topology import KubernetesTopology
 from whm_ha.demo import checkers
+from whm_ha.demo.stack import DEMO_SCHEMA
 from whm_ha.mysql.dialect import dialect_for
 
 pytestmark = pytest.mark.mariadb
@@ -57,7 +58,8 @@ def test_a_blackholed_primary_is_replaced_on_every_flavour(
     hosts = [test_network.host(f"db-{i}") for i in range(3)]
     fenced = ("--read-only=ON", "--init-rpl-role=SLAVE") if flavour.product == "mariadb" else ("--super-read-only=ON",)
     world = World(kube_client, kube_namespace, netns_database_servers(hosts, fenced), dialect_for(flavour.product))
-    world.create(semiSync=True, periodSeconds=PERIOD, failureThreshold=THRESHOLD)
+    schemas = {"schemas": ["whm_ha", "app", DEMO_SCHEMA]}  # the writers' table is the demo's
+    world.create(semiSync=True, periodSeconds=PERIOD, failureThreshold=THRESHOLD, applicationAccount=schemas)
     operator_process(kube_api.kubeconfig, kube_namespace)
     world.healthy_on("m0")
     user, password = world.application()

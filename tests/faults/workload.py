@@ -14,13 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pymysql
-
 from tests.faults.report import Outcome
 from tests.fixtures.netns import Host
 from tests.kube_helpers import wait_for
 from whm_ha.apps.pool import ReadWritePool
-from whm_ha.demo.checkers import Ack, Beside, Writers, create_table, missing, present_ids, two_acknowledging
+from whm_ha.demo.checkers import Ack, Beside, Connection, Writers, create_table, missing, present_ids, two_acknowledging
 
 BESIDE_IDS = 10**8
 """Member i's writers beside it write ids from (i + 1) x BESIDE_IDS; the pool's from 1."""
@@ -81,7 +79,7 @@ class Workload:
 
 def judge(
     load: Workload,
-    final: pymysql.Connection,  # type: ignore[type-arg]
+    final: Connection,
     row: Outcome,
     fault: float,
     healed: float | None,

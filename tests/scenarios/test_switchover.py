@@ -193,7 +193,7 @@ def test_switchovers_through_the_shim_under_every_writer(system: System, workloa
                 "switchovers": len(times),
                 "median_s": round(statistics.median(times), 2),
                 "max_s": round(max(times), 2),
-                "writes": len(workload.writer.acknowledged),
+                "writes": len(workload.writers.acks),
                 "sessions": len(workload.sessions.acknowledged),
                 "errant": 0,
             }

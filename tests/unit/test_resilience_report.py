@@ -29,8 +29,9 @@ def test_failing_before_measuring(resilience):
 def test_each_row_carries_the_tests_outcome_and_the_commit(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
-    previous = {"scenario": "failing", "component": "database", "outcome": "fine", "detect": None, "recover": None}
-    previous |= {"acked": 9, "lost": 0, "promotions": 0, "limit": "", "measured": "2026-11-30"}
+    previous: dict[str, object] = {"scenario": "failing", "component": "database", "outcome": "fine"}
+    previous |= {"detect": None, "recover": None, "acked": 9, "lost": 0, "promotions": 0, "limit": ""}
+    previous["measured"] = "2026-11-30"
     (docs / "resilience.json").write_text(json.dumps([previous]))
     (tmp_path / "test_scenarios.py").write_text(SCENARIOS)
     env = {**os.environ, "WHM_HA_RESILIENCE_DOCS": str(docs), "PYTHONPATH": str(ROOT)}

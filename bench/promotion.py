@@ -47,6 +47,12 @@ def writable(stack: Stack, index: int) -> bool:
         conn.close()
 
 
+def label(stack: Stack, member: int | str) -> str:
+    """``host:port`` of a member (by index or name), as the writers name who acknowledged."""
+    server = stack.databases[member if isinstance(member, int) else int(member.rsplit("-", 1)[1])]
+    return f"{server.host}:{server.port}"
+
+
 def one_run(period: int, threshold: int, flavour: Flavour) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(
@@ -86,7 +92,7 @@ def one_run(period: int, threshold: int, flavour: Flavour) -> dict[str, Any]:
                 "writer_resumed_s": min((a.acked for a in acks if a.acked >= killed), default=float("nan")) - killed,
                 "acknowledged": len(acks),
                 "lost": len(checkers.missing(acks, present)),
-                "two_acknowledging": len(checkers.two_acknowledging(acks)),
+                "two_acknowledging": len(checkers.two_acknowledging(acks, [label(stack, 0), label(stack, new)])),
             }
         finally:
             stack.stop()

@@ -66,7 +66,9 @@ def main() -> None:
                 lost = len(checkers.missing(acks, checkers.present_ids(primary)))
             finally:
                 primary.close()
-            overlapping = len(checkers.two_acknowledging(acks))
+            labels = [f"{server.host}:{server.port}" for server in stack.databases]
+            primaries = [labels[0], *(labels[int(target[-1])] for target in targets)]
+            overlapping = len(checkers.two_acknowledging(acks, primaries))
             period = stack.db_period_seconds
         finally:
             stack.stop()

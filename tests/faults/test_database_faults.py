@@ -32,7 +32,8 @@ __all__ = ["start_databases"]  # a fixture
 
 
 def _judge(world: Databases, load: Workload, row: Outcome, fault: float, healed: float, writes_during: bool) -> None:
-    judge(load, world.servers[world.primary()].connect(), row, fault, healed, writes_during=writes_during)
+    final = world.servers[world.primary()].connect()
+    judge(load, final, row, fault, healed, world.status(), writes_during=writes_during)
 
 
 def _promoted(world: Databases, load: Workload, row: Outcome, fault: float) -> dict[str, object]:

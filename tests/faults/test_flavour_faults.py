@@ -80,5 +80,5 @@ def test_a_blackholed_primary_is_replaced_on_every_flavour(
     wait_for(lambda: is_fenced(world, "m0"), 30, "m0 fenced once its packets flow again")
     row.outcome = f"{new} promoted (bound {DB_BOUND} s); m0 fenced after healing"
     row.promotions = len(world.status().get("promotionHistory", []))
-    judge(load, world.servers[int(new[1:])].connect(), row, fault, healed, writes_during=True)
+    judge(load, world.servers[int(new[1:])].connect(), row, fault, healed, world.status(), writes_during=True)
     assert row.detect <= DB_BOUND, f"{row.detect:.1f}s to a new primary; bound {DB_BOUND}s"

@@ -206,7 +206,8 @@ def test_a_blackholed_primary_is_replaced_within_the_bound_and_no_acknowledged_w
     record = databases.status()["promotionHistory"][0]
     row.outcome = f"{new} promoted within the bound ({DB_BOUND} s)"
     row.promotions = len(databases.status().get("promotionHistory", []))
-    judge(workload, databases.servers[databases.primary()].connect(), row, fault, None, writes_during=True)
+    final = databases.servers[databases.primary()].connect()
+    judge(workload, final, row, fault, None, databases.status(), writes_during=True)
     assert took <= DB_BOUND, f"{took:.1f}s to a writable new primary; bound {DB_BOUND}s"
     assert (record["from"], record["to"], record["type"]) == ("db-0", new, "automatic")
     assert record["unfenced"] == ["db-0"], record
@@ -234,9 +235,8 @@ def test_a_blackholed_primary_comes_back_read_only_and_rejoins(databases: Databa
         assert errant["status"] == "True" and "db-0" in errant["message"]
     else:
         wait_for(lambda: databases.healthy_on(new), 30, f"Healthy on {new} with db-0 replicating")
-    judge(
-        workload, databases.servers[int(new[-1])].connect(), Outcome(new, "database"), fault, None, writes_during=True
-    )
+    final = databases.servers[int(new[-1])].connect()
+    judge(workload, final, Outcome(new, "database"), fault, None, databases.status(), writes_during=True)
     assert databases.fenced(0)
 
 

@@ -9,16 +9,28 @@ writes, and writes acknowledged during the fault where they should go on."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.faults.report import Outcome
 from tests.fixtures.netns import Host
 from tests.kube_helpers import wait_for
 from whm_ha.apps.pool import ReadWritePool
-from whm_ha.demo.checkers import Ack, Beside, Connection, Writers, create_table, missing, present_ids, two_acknowledging
+from whm_ha.demo.checkers import (
+    Ack,
+    Beside,
+    Connection,
+    Writers,
+    create_table,
+    missing,
+    present_ids,
+    primaries_from,
+    two_acknowledging,
+)
 
 BESIDE_IDS = 10**8
 """Member i's writers beside it write ids from (i + 1) x BESIDE_IDS; the pool's from 1."""
@@ -83,6 +95,7 @@ def judge(
     row: Outcome,
     fault: float,
     healed: float | None,
+    status: dict[str, Any],
     *,
     writes_during: bool,
 ) -> None:
@@ -101,7 +114,9 @@ def judge(
     row.during = sum(1 for a in acks if fault <= a.acked < end)
     row.after = None if healed is None else sum(1 for a in acks if a.acked >= healed)
     row.lost = len(lost)
-    overlapping = two_acknowledging(acks)
+    names = sorted({m["name"] for m in status.get("members", [])}, key=lambda n: int(re.findall(r"\d+$", n)[0]))
+    labels = dict(zip(names, load.labels, strict=True))
+    overlapping = two_acknowledging(acks, primaries_from(status, labels, names[0]))
     assert not lost, f"{len(lost)} of {len(acks)} acknowledged writes lost: {lost[:10]}"
     assert not overlapping, f"two members acknowledging writes: {overlapping}"
     if writes_during:

@@ -11,7 +11,8 @@ import ``tests/``, which is not installed, and the tests already import the demo
 * ``python -m whm_ha.demo.checkers --port P ...``: the same writers as a process of their own, e.g. beside a
   member in its network namespace, over loopback; each acknowledgement is a line of a file (``read_acks``).
 * Checkers: ``missing`` (acknowledged writes absent from the final primary), ``two_acknowledging`` (two members
-  accepting writes at once), ``fenced`` (the read-only the product enforces: ``super_read_only`` on MySQL).
+  accepting writes at once: the order in which members took writes against the order they were made primary),
+  ``fenced`` (the read-only the product enforces: ``super_read_only`` on MySQL).
 """
 
 from __future__ import annotations
@@ -209,25 +210,36 @@ def present_ids(conn: Connection) -> set[int]:
         return {int(row[0]) for row in cur.fetchall()}
 
 
-def two_acknowledging(acks: Iterable[Ack]) -> list[str]:
-    """Each pair of members that accepted writes at the same time: in the order in which members first
-    acknowledged a write, a member that acknowledged a write *sent* after a later member's first acknowledgement
-    (a write sent to the earlier one before that moment may be answered after it: it committed before).
-    Empty when the members took writes one after another. (A member that becomes primary again after another
-    was is reported too: no scenario promotes twice.)"""
-    first: dict[str, float] = {}
-    last_sent: dict[str, float] = {}
-    for ack in acks:
-        first[ack.member] = min(first.get(ack.member, ack.acked), ack.acked)
-        last_sent[ack.member] = max(last_sent.get(ack.member, ack.sent), ack.sent)
-    order = sorted(first, key=first.__getitem__)
-    return [
-        f"{earlier} acknowledged a write sent {last_sent[earlier] - first[later]:.3f} s after {later} had "
-        f"acknowledged one"
-        for i, earlier in enumerate(order)
-        for later in order[i + 1 :]
-        if last_sent[earlier] > first[later]
-    ]
+def acknowledging_order(acks: Iterable[Ack]) -> list[str]:
+    """The members in the order they took writes: a member starts a new entry when it acknowledges a write sent
+    after the current entry's first acknowledgement; an answer to a write sent before that moment (in flight at
+    the change: it may have committed before) starts none."""
+    order: list[str] = []
+    start = float("-inf")
+    for ack in sorted(acks, key=lambda a: a.acked):
+        if (order and ack.member == order[-1]) or ack.sent < start:
+            continue
+        order.append(ack.member)
+        start = ack.acked
+    return order
+
+
+def two_acknowledging(acks: Iterable[Ack], primaries: list[str]) -> list[str]:
+    """Empty when the members took writes one after another, in the order ``primaries`` (the initial primary,
+    then each new one) were made primary; else the order seen. Two members accepting writes at once show as
+    more changes than were made (X, Y, X, ...: one of them acknowledged a write sent after the other had)."""
+    order = acknowledging_order(acks)
+    remaining = iter(primaries)
+    if all(member in remaining for member in order):  # a subsequence: a primary may have taken no write
+        return []
+    return [f"writes acknowledged by {' -> '.join(order)}; primaries were {' -> '.join(primaries)}"]
+
+
+def primaries_from(status: dict[str, Any], labels: dict[str, str], initial: str) -> list[str]:
+    """The labels of the members made primary, in order, from a MySQLReplication status (its promotion history is
+    newest first), starting with ``initial``; ``labels``: member name -> ``host:port``."""
+    history = reversed(status.get("promotionHistory", []))
+    return [labels[initial], *(labels[record["to"]] for record in history)]
 
 
 def fenced(conn: Connection, product: Literal["mariadb", "mysql"]) -> bool:

@@ -158,7 +158,8 @@ def database_failover(stack: Stack, api: client.ApiClient, observer: Observer, s
         lost = checkers.missing(acks, checkers.present_ids(conn))
     finally:
         conn.close()
-    overlapping = checkers.two_acknowledging(acks)
+    labels = [f"{server.host}:{server.port}" for server in stack.databases]
+    overlapping = checkers.two_acknowledging(acks, [labels[index], labels[int(new.rsplit("-", 1)[1])]])
     say(f"   {len(acks)} writes acknowledged ({len(after)} after the kill), {len(lost)} lost (semi-sync on).")
     if overlapping:
         say(f"   two members acknowledging writes: {'; '.join(overlapping)}")

@@ -23,16 +23,10 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from tests.faults.report import Outcome, Recorder
-from tests.faults.test_database_faults import (
-    RunningWriter,
-    SideClient,
-    _lost,
-    _promotions,
-    _replaced,
-    _start_writer,
-)
+from tests.faults.report import Recorder
+from tests.faults.test_database_faults import _converged, _judge, _promoted, _promotions
 from tests.faults.test_vanished_primary import DB_BOUND, NET_TIMEOUT, PERIOD, THRESHOLD, Databases, start_databases
+from tests.faults.workload import BESIDE_IDS, Workload
 from tests.fixtures.netns import MARIADB_PORT, TestNetwork
 from tests.fixtures.slow_links import Link, SlowLinks
 from tests.kube_helpers import wait_for
@@ -74,8 +68,8 @@ def _status_lag(world: Databases, member: str) -> int | None:
     return next((m.get("lagSeconds") for m in world.status().get("members", []) if m["name"] == member), None)
 
 
-History = list[tuple[float, int]]
-"""(time, last acknowledged id) as a watch went (`_watch`)."""
+History = list[tuple[float, int, int]]
+"""(time, writes acknowledged, highest id acknowledged) as a watch went (`_watch`)."""
 
 
 def _lag_samples(
@@ -113,19 +107,21 @@ def _truthful(sample: tuple[int | None, int | None, int | None]) -> bool:
 
 
 def _watch(
-    writer: RunningWriter, seconds: float, sample: Callable[[History], object] = lambda _: None
+    load: Workload, seconds: float, sample: Callable[[History], object] = lambda _: None
 ) -> tuple[float, History]:
     """Watch for ``seconds``, every 0.1 s (calling ``sample`` with the history so far too): the longest time the
-    writer went without an acknowledged write, and (time, last acknowledged id) as it went."""
+    pool's writers went without an acknowledged write, and (time, writes acknowledged, highest id acknowledged)
+    as they went."""
     history: History = []
     started = last_change = time.monotonic()
-    stall, count = 0.0, len(writer.work.acknowledged)
+    stall, count, highest = 0.0, len(load.writers.acks), 0
     while (now := time.monotonic()) < started + seconds:
-        acked = writer.work.acknowledged
+        acked = load.writers.acks.all()
         if len(acked) != count:
             count, last_change = len(acked), now
+            highest = max(ack.id for ack in acked)
         stall = max(stall, now - last_change)
-        history.append((now, acked[-1] if acked else 0))
+        history.append((now, count, highest))
         sample(history)
         time.sleep(0.1)
     return stall, history
@@ -170,13 +166,13 @@ def _behind(world: Databases, index: int, history: History) -> float:
     conn = world.servers[index].connect()
     try:
         with conn.cursor() as cur:
-            cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {DEMO_SCHEMA}.writes")
+            cur.execute(f"SELECT COALESCE(MAX(id), 0) FROM {DEMO_SCHEMA}.writes WHERE id < {BESIDE_IDS}")
             row = cur.fetchone()
     finally:
         conn.close()
     held = int(row[0]) if row else 0
     now = time.monotonic()
-    return next((now - at for at, last in history if last > held), 0.0)
+    return next((now - at for at, _, last in history if last > held), 0.0)
 
 
 def _near(status: int | None, measured: float) -> bool:
@@ -186,8 +182,8 @@ def _near(status: int | None, measured: float) -> bool:
 
 
 def _rate(history: History) -> float:
-    """Acknowledged writes a second over a watched stretch."""
-    (first, low), (last, high) = history[0], history[-1]
+    """Acknowledged writes a second over a watched stretch (the pool's)."""
+    (first, low, _), (last, high, _) = history[0], history[-1]
     return (high - low) / (last - first) if last > first else 0.0
 
 
@@ -203,56 +199,47 @@ def test_a_replica_behind_a_slow_link_is_reported_as_far_behind_as_it_is_and_pro
     def prepare(world: Databases) -> None:
         links["db-1"] = _toxiproxy(world, 0, toxiproxy_server, tmp_path).route("db-1", [world.hosts[1].address])
 
+    row = resilience.scenario("replica's link 200 ± 50 ms slow, then limited to 2 KB/s", "database")
     world = start_databases(prepare=prepare)
-    writer = _start_writer(world)
-    _, calm = _watch(writer, 2)
+    load = world.workload(tmp_path)
+    _, calm = _watch(load, 2)
     link = links["db-1"]
+    fault = time.time()
     link.delay(200, 50)
-    acked_at_fault = len(writer.work.acknowledged)
     arrivals = [_arrival(world, (1, 2), mark) for mark in range(1, 6)]
     later = sorted(arrival[1] - arrival[2] for arrival in arrivals)
     delayed: list[tuple[int | None, int | None, int | None]] = []
-    stall, history = _watch(writer, SLOW_SECONDS, _lag_samples(world, 1, delayed))
+    stall, history = _watch(load, SLOW_SECONDS, _lag_samples(world, 1, delayed))
     link.limit(2)
     limited: list[tuple[int | None, int | None, float]] = []
-    stall_limited, history_limited = _watch(writer, 6, _measured_lag_samples(world, 1, history, limited))
+    stall_limited, history_limited = _watch(load, 6, _measured_lag_samples(world, 1, history, limited))
     behind = _behind(world, 1, history + history_limited)
     link.clear()
-    acked_during = len(writer.work.acknowledged) - acked_at_fault
-    promotions = _promotions(world)
-    acknowledged = set(writer.work.acknowledged)
-    wait_for(lambda: acknowledged <= world.ids(1), 30, "db-1 caught up once its link is fast again")
-    writer.stop()
-    acked, lost = _lost(world, writer.work)
+    healed = time.time()
+    row.promotions = _promotions(world)
+    wait_for(_converged(world), 30, "one primary, every other member replicating once the link is fast again")
+    wait_for(load.progressed(), 30, "writes after healing")
     status_lag = max((s[1] or 0) for s in delayed)
     status_limited = max((s[1] or 0) for s in limited)
     reported = max((s[0] or 0) for s in limited)
     untrue = [s for s in delayed if not _truthful(s)]
     unlike = [(s[1], round(s[2], 1)) for s in limited if not _near(s[1], s[2])]
-    resilience.record(
-        Outcome(
-            scenario="replica's link 200 ± 50 ms slow, then limited to 2 KB/s",
-            component="database",
-            outcome=(
-                f"no promotion; db-1 received {later[len(later) // 2] * 1000:.0f} ms after db-2 (median of 5); "
-                f"lag in status up to {status_lag} s, as db-1 reported; at 2 KB/s db-1 fell {behind:.0f} s behind "
-                f"(measured from the writes), status showed up to {status_limited} s while db-1 reported at most "
-                f"{reported} s; writes {_rate(calm):.0f}/s before, {_rate(history):.0f}/s slow, "
-                f"{_rate(history_limited):.0f}/s limited; {acked_during} during"
-            ),
-            acked=acked,
-            lost=lost,
-            promotions=promotions,
-            limit="" if not unlike else f"status lag unlike the measured lag (status, measured): {unlike}",
-        )
+    row.outcome = (
+        f"no promotion; db-1 received {later[len(later) // 2] * 1000:.0f} ms after db-2 (median of 5); "
+        f"lag in status up to {status_lag} s, as db-1 reported; at 2 KB/s db-1 fell {behind:.0f} s behind "
+        f"(measured from the writes), status showed up to {status_limited} s while db-1 reported at most "
+        f"{reported} s; writes {_rate(calm):.0f}/s before, {_rate(history):.0f}/s slow, "
+        f"{_rate(history_limited):.0f}/s limited"
     )
+    if unlike:
+        row.limit = f"status lag unlike the measured lag (status, measured): {unlike}"
+    _judge(world, load, row, fault, healed, writes_during=True)
     assert later[len(later) // 2] >= 0.15, f"db-1 received only {later} s after db-2: the link is not slow"
     assert behind > 2, f"db-1 only {behind:.1f} s behind at 2 KB/s: the limit did not hold it back"
     assert untrue == [], f"status lag unlike db-1's own (before, status, after): {untrue}"
     assert unlike == [], f"at 2 KB/s the status lag was not db-1's measured lag (status, measured): {unlike}"
     assert stall < STALL and stall_limited < STALL, f"writers stalled {stall:.1f} s, {stall_limited:.1f} s"
-    assert promotions == 0 and world.status()["currentPrimary"] == "db-0"
-    assert lost == 0
+    assert row.promotions == 0 and world.status()["currentPrimary"] == "db-0"
 
 
 def test_a_primary_link_at_50_ms_promotes_nothing_and_one_beyond_the_timeouts_fails_over_within_the_bound(
@@ -267,42 +254,46 @@ def test_a_primary_link_at_50_ms_promotes_nothing_and_one_beyond_the_timeouts_fa
     def prepare(world: Databases) -> None:
         links["clients"] = _toxiproxy(world, 0, toxiproxy_server, tmp_path).route("clients")
 
+    slow = resilience.scenario("primary's link 50 ms slow (every client)", "database")
+    latency = 2.5
+    scenario = f"primary's link {latency:g} s slow (beyond the {TIMEOUT} s inspection timeout), a client beside it"
+    row = resilience.scenario(scenario, "database")
     world = start_databases(prepare=prepare)
-    writer = _start_writer(world)
-    side = SideClient.start(world, 0, tmp_path)
-    _, calm = _watch(writer, 2)
+    load = world.workload(tmp_path)
+    _, calm = _watch(load, 2)
     link = links["clients"]
     link.delay(50)
-    acked_at_fault = len(writer.work.acknowledged)
-    stall, history = _watch(writer, SLOW_SECONDS)
-    acked_slow = len(writer.work.acknowledged) - acked_at_fault
-    promotions_slow = _promotions(world)
+    slowed = time.time()
+    stall, history = _watch(load, SLOW_SECONDS)
+    slow.during = len(load.writers.acks.between(slowed))
+    slow.promotions = _promotions(world)
     healthy = world.healthy_on("db-0")
-    resilience.record(
-        Outcome(
-            scenario="primary's link 50 ms slow (every client)",
-            component="database",
-            outcome=(
-                f"no promotion; writes {_rate(calm):.0f}/s before, {_rate(history):.0f}/s slow "
-                f"({acked_slow} in {SLOW_SECONDS} s), longest wait {stall:.1f} s"
-            ),
-            acked=acked_slow,
-            lost=None,
-            promotions=promotions_slow,
-        )
+    slow.outcome = (
+        f"no promotion; writes {_rate(calm):.0f}/s before, {_rate(history):.0f}/s slow "
+        f"({slow.during} in {SLOW_SECONDS} s), longest wait {stall:.1f} s"
     )
-    assert promotions_slow == 0 and healthy, world.status().get("reason")
-    assert acked_slow > 0 and stall < STALL, f"writers stalled {stall:.1f} s"
+    assert slow.promotions == 0 and healthy, world.status().get("reason")
+    assert slow.during > 0 and stall < STALL, f"writers stalled {stall:.1f} s"
 
-    latency = 2.5
     assert TIMEOUT < NET_TIMEOUT < latency < WAITING_TIMEOUT
+    fault = time.time()
     link.delay(int(latency * 1000))
-    done = _replaced(world, writer, side, time.time(), link.clear)
-    scenario = f"primary's link {latency:g} s slow (beyond the {TIMEOUT} s inspection timeout), a client beside it"
-    outcome = f"{done.primary} promoted within {DB_BOUND} s; db-0 {done.old_role} {done.settled:.1f} s after healing"
-    resilience.record(done.outcome(scenario, outcome))
-    assert done.detect <= DB_BOUND, f"{done.detect:.1f} s to a promotion; bound {DB_BOUND} s"
-    done.check()
+    status = _promoted(world, load, row, fault)
+    wait_for(load.progressed(), 30, "the pool's writers on the new primary")
+    row.recover = time.time() - fault
+    link.clear()
+    healed = time.time()
+    wait_for(_converged(world, frozenset({"db-0"})), 40, "one primary, db-0 replicating again or quarantined")
+    settled = time.time() - healed
+    roles = {m["name"]: m["role"] for m in world.status()["members"]}
+    row.outcome = (
+        f"{status['currentPrimary']} promoted within {DB_BOUND} s; db-0 {roles['db-0'].lower()} {settled:.1f} s "
+        f"after healing"
+    )
+    row.promotions = _promotions(world)
+    _judge(world, load, row, fault, healed, writes_during=True)
+    assert row.detect is not None and row.detect <= DB_BOUND, f"{row.detect} s to a promotion; bound {DB_BOUND} s"
+    assert row.promotions == 1
 
 
 def test_a_slow_operator_link_promotes_nothing_and_the_writers_go_on(
@@ -325,60 +316,40 @@ def test_a_slow_operator_link_promotes_nothing_and_the_writers_go_on(
             _toxiproxy(world, i, toxiproxy_server, tmp_path).route("operator", [operator.address]) for i in range(3)
         )
 
+    within = resilience.scenario("operator's link 500 ± 100 ms slow (within its 1 s timeout)", "database")
+    scenario = "operator's link 1.5 s slow (beyond its 1 s timeout) for several failure windows"
+    row = resilience.scenario(scenario, "database")
     world = start_databases(prepare=prepare, operator_in=(operator, namespace_kubeconfig))
-    writer = _start_writer(world)
+    load = world.workload(tmp_path)
     for link in links:
         link.delay(500, 100)
-    stall, _ = _watch(writer, SLOW_SECONDS)
+    stall, _ = _watch(load, SLOW_SECONDS)
     seen = wait_for(
         lambda: world.healthy_on("db-0") and all(m.get("reachable") for m in world.status()["members"]),
         10,
         "every member reachable, Healthy on db-0, through the slow link",
     )
-    promotions_slow = _promotions(world)
-    resilience.record(
-        Outcome(
-            scenario="operator's link 500 ± 100 ms slow (within its 1 s timeout)",
-            component="database",
-            outcome=f"no promotion; every member inspected; writers' longest wait {stall:.1f} s",
-            promotions=promotions_slow,
-        )
-    )
-    assert seen and promotions_slow == 0
+    within.promotions = _promotions(world)
+    within.outcome = f"no promotion; every member inspected; writers' longest wait {stall:.1f} s"
+    assert seen and within.promotions == 0
     assert stall < STALL, f"writers stalled {stall:.1f} s"
 
+    fault = time.time()
     for link in links:
         link.delay(1500)
-    slowed = time.monotonic()
-    acked_at_fault = len(writer.work.acknowledged)
     wait_for(lambda: "cannot reach the primary" in str(world.status().get("reason")), 10, "db-0 reported unreachable")
-    detect = time.monotonic() - slowed
+    row.detect = time.time() - fault
     window = PERIOD * (THRESHOLD + 2) + DB_BOUND
-    stall_beyond, _ = _watch(writer, window)
-    acked_during = len(writer.work.acknowledged) - acked_at_fault
-    promotions = _promotions(world)
+    stall_beyond, _ = _watch(load, window)
+    row.promotions = _promotions(world)
     reason = str(world.status().get("reason"))
     for link in links:
         link.clear()
-    healed = time.monotonic()
+    healed = time.time()
     wait_for(lambda: world.healthy_on("db-0"), 30, "Healthy on db-0 once the link is fast again")
-    recover = time.monotonic() - healed
-    writer.stop()
-    acked, lost = _lost(world, writer.work)
-    resilience.record(
-        Outcome(
-            scenario="operator's link 1.5 s slow (beyond its 1 s timeout) for several failure windows",
-            component="database",
-            outcome=(
-                f"no promotion; {acked_during} writes during, longest wait {stall_beyond:.1f} s; "
-                f"Healthy {recover:.1f} s after healing"
-            ),
-            detect=detect,
-            acked=acked,
-            lost=lost,
-            promotions=promotions,
-        )
-    )
-    assert promotions == 0, f"promoted while the replicas still received from db-0: {reason}"
+    row.recover = time.time() - healed
+    row.outcome = f"no promotion; longest wait {stall_beyond:.1f} s; Healthy {row.recover:.1f} s after healing"
+    wait_for(load.progressed(), 30, "writes after healing")
+    _judge(world, load, row, fault, healed, writes_during=True)
+    assert row.promotions == 0, f"promoted while the replicas still received from db-0: {reason}"
     assert stall_beyond < STALL, f"writers stalled {stall_beyond:.1f} s"
-    assert lost == 0

@@ -12,10 +12,12 @@ nobody acknowledged, and is then quarantined, named, rather than rejoined.
 from __future__ import annotations
 
 import base64
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pymysql
 import pytest
 from kubernetes import client
 

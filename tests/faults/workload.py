@@ -33,7 +33,8 @@ from whm_ha.demo.checkers import (
 )
 
 BESIDE_IDS = 10**8
-"""Member i's writers beside it write ids from (i + 1) x BESIDE_IDS; the pool's from 1."""
+"""Member i's writers beside it write ids from (i + 1) x BESIDE_IDS, further ones (`Workload.add_beside`) from the
+next multiples; the pool's from 1."""
 
 
 @dataclass
@@ -68,6 +69,27 @@ class Workload:
         load.writers.start(warm_up=50)
         wait_for(lambda: len(beside[0].acks()) >= 20, 30, "the first writes beside the primary")
         return load
+
+    def add_beside(
+        self, index: int, host: Host, port: int, account: tuple[str, str], count: int, folder: Path
+    ) -> Beside:
+        """More writers beside member ``index`` (``host`` serving on ``port``): ``count`` connections as
+        ``account`` (user, password), e.g. a client that is not the application's; judged with the others. Returns
+        once it had its first writes acknowledged."""
+        user, password = account
+        side = Beside.start(
+            host.popen,
+            port=port,
+            user=user,
+            password=password,
+            label=self.labels[index],
+            first=(len(self.beside) + 1) * BESIDE_IDS,
+            count=count,
+            out=folder / f"beside-{host.name}-{user}.acks",
+        )
+        self.beside.append(side)
+        wait_for(lambda: len(side.acks()) >= 20, 30, f"the first writes of {user} beside {host.name}")
+        return side
 
     def acks(self) -> list[Ack]:
         """Every acknowledged write so far (the pool's and those beside the members)."""

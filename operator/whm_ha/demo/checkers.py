@@ -291,8 +291,9 @@ def main(argv: list[str] | None = None) -> None:
 
 @dataclass
 class Beside:
-    """A writer process (``main`` above) started by ``popen`` (e.g. in a member's network namespace) on one
-    server; its acknowledgements, labelled ``label`` (the ``host:port`` other writers see), in ``out``."""
+    """A writer process (``main`` above, ``count`` connections as ``user``) started by ``popen`` (e.g. in a
+    member's network namespace) on one server; its acknowledgements, labelled ``label`` (the ``host:port`` other
+    writers see), in ``out``."""
 
     process: subprocess.Popen[bytes]
     out: Path
@@ -308,10 +309,12 @@ class Beside:
         label: str,
         first: int,
         out: Path,
+        count: int = 2,
     ) -> Beside:
         out.touch()
         argv = [sys.executable, "-m", "whm_ha.demo.checkers", "--port", str(port), "--user", user]
-        argv += ["--password", password, "--label", label, "--first", str(first), "--out", str(out)]
+        argv += ["--password", password, "--label", label, "--first", str(first), "--count", str(count)]
+        argv += ["--out", str(out)]
         return cls(popen(argv), out)
 
     def acks(self) -> Acks:

@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from whm_ha.demo.checkers import Ack, Acks, acknowledging_order, missing, primaries_from, two_acknowledging
+from whm_ha.demo.checkers import (
+    Ack,
+    Acks,
+    Beside,
+    acknowledging_order,
+    arguments,
+    missing,
+    primaries_from,
+    two_acknowledging,
+)
+
+
+def test_a_writer_process_is_given_an_account_whose_user_and_password_start_with_a_dash(tmp_path: Path) -> None:
+    """A generated password may start with "-" (the fault tier's application account once did): the writer
+    process must still read it as the password, not as an option."""
+    started: list[list[str]] = []
+
+    def popen(argv: list[str]) -> subprocess.Popen[bytes]:
+        started.append(argv)
+        return subprocess.Popen(["true"])
+
+    side = Beside.start(popen, port=3306, user="-u", password="-pw", label="a", first=1, out=tmp_path / "acks", count=8)
+    side.stop()
+    (argv,) = started
+    assert argv[1:3] == ["-m", "whm_ha.demo.checkers"]
+    args = arguments().parse_args(argv[3:])
+    assert (args.user, args.password, args.count) == ("-u", "-pw", 8)
 
 
 def test_a_write_answered_late_by_the_old_primary_is_not_two_acknowledging() -> None:

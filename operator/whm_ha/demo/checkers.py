@@ -272,15 +272,20 @@ def _write_line(out: TextIO, lock: threading.Lock, label: str) -> Callable[[Ack]
     return write
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Writers on one server until killed, appending ``id member sent acked`` to ``--out`` per acknowledgement."""
+def arguments() -> argparse.ArgumentParser:
+    """The writer process's command line (``main``)."""
     parser = argparse.ArgumentParser(prog="python -m whm_ha.demo.checkers")
     for name in ("--host", "--user", "--password", "--out", "--label"):
         parser.add_argument(name, required=name in ("--user", "--password", "--out", "--label"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--first", type=int, default=1)
     parser.add_argument("--count", type=int, default=2)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Writers on one server until killed, appending ``id member sent acked`` to ``--out`` per acknowledgement."""
+    args = arguments().parse_args(argv)
     source = Direct(args.host or "127.0.0.1", args.port, args.user, args.password)
     with open(args.out, "a", buffering=1) as out:
         on_ack = _write_line(out, threading.Lock(), args.label)
@@ -312,9 +317,10 @@ class Beside:
         count: int = 2,
     ) -> Beside:
         out.touch()
-        argv = [sys.executable, "-m", "whm_ha.demo.checkers", "--port", str(port), "--user", user]
-        argv += ["--password", password, "--label", label, "--first", str(first), "--count", str(count)]
-        argv += ["--out", str(out)]
+        # name=value: a value starting with "-" (a generated password may) is not taken for an option
+        options = {"port": port, "user": user, "password": password, "label": label, "first": first, "count": count}
+        options["out"] = out
+        argv = [sys.executable, "-m", "whm_ha.demo.checkers", *(f"--{k}={v}" for k, v in options.items())]
         return cls(popen(argv), out)
 
     def acks(self) -> Acks:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
@@ -127,35 +128,47 @@ def _watch(
     return stall, history
 
 
+def _received(session: pymysql.connections.Connection[Any]) -> int:
+    """The sequence number of the last transaction a replica's IO thread received (its ``Gtid_IO_Pos``, one
+    domain), whether or not it is applied yet."""
+    with session.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute("SHOW SLAVE STATUS")
+        row = cur.fetchone()
+    positions = str(row["Gtid_IO_Pos"] or "") if row else ""
+    return max((int(gtid.rsplit("-", 1)[1]) for gtid in positions.split(",") if gtid.strip()), default=0)
+
+
 def _arrival(world: Databases, replicas: tuple[int, ...], mark: int) -> dict[int, float]:
-    """Seconds from sending a commit to db-0 (as the administrator, beside the writers) until each replica holds
-    it, every replica polled from the moment it is sent (the commit returns only once one acknowledged it)."""
+    """Seconds from sending a commit to db-0 (as the administrator, beside the writers) until each replica
+    received it, every replica polled from the moment it is sent (the commit returns only once one acknowledged
+    it). Received, not applied: under the writers a replica's applier may trail by more than a slow link
+    delays."""
     conn = world.servers[0].connect()
     with conn.cursor() as cur:
         cur.execute(f"CREATE TABLE IF NOT EXISTS {DEMO_SCHEMA}.marks (id INT PRIMARY KEY)")
     sessions = {index: world.servers[index].connect() for index in replicas}
     commit = threading.Thread(target=conn.query, args=(f"INSERT INTO {DEMO_SCHEMA}.marks (id) VALUES ({mark})",))
-    arrived: dict[int, float] = {}
+    polled: dict[int, list[tuple[float, int]]] = {index: [] for index in replicas}
+    target: int | None = None
     sent = time.monotonic()
     commit.start()
     try:
-        while len(arrived) < len(replicas) and time.monotonic() < sent + 10:
+        while time.monotonic() < sent + 10:
             for index, session in sessions.items():
-                if index in arrived:
-                    continue
-                with session.cursor() as cur:
-                    try:
-                        cur.execute(f"SELECT COUNT(*) FROM {DEMO_SCHEMA}.marks WHERE id = %s", (mark,))
-                    except pymysql.ProgrammingError:  # the table has not arrived either
-                        continue
-                    row = cur.fetchone()
-                if row and row[0]:
-                    arrived[index] = time.monotonic() - sent
+                polled[index].append((time.monotonic() - sent, _received(session)))
+            if target is None and not commit.is_alive():
+                with conn.cursor() as cur:
+                    cur.execute("SELECT @@last_gtid")
+                    target = int(str(cur.fetchone()[0]).rsplit("-", 1)[1])
+            if target is not None and all(polled[i][-1][1] >= target for i in replicas):
+                break
             time.sleep(0.005)
     finally:
         commit.join(10)
         for session in [conn, *sessions.values()]:
             session.close()
+    first = {i: next((at for at, seq in polled[i] if target is not None and seq >= target), None) for i in replicas}
+    arrived = {i: at for i, at in first.items() if at is not None}
     assert len(arrived) == len(replicas), f"mark {mark} reached only {sorted(arrived)} within 10 s"
     return arrived
 

@@ -82,7 +82,8 @@ def test_weighted_and_least_connections_live(
     cluster.add_node("a", a.host, a.port, weight=3)
     cluster.add_node("b", b.host, b.port, weight=1)
     proxy = proxy_process(kube_api.kubeconfig, cluster.namespace)
-    wait_for(proxy.ready, 10, "proxy ready")
+    # Ready needs one routable node, not both: b may reach the workers a moment after a.
+    wait_for(lambda: proxy.routable() == ["a", "b"], 10, "a and b routable")
     assert served_by(proxy, 40) == {"a": 30, "b": 10}
 
     cluster.patch_node("b", weight=4)

@@ -3,17 +3,19 @@ the project's own dialect and actions (``make test-databases`` runs the flavours
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 
 import pymysql
 import pytest
 
 from tests.fixtures.mariadb import StartFlavourServers
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
 from whm_ha.mysql import actions
 from whm_ha.mysql.dialect import SQL, Source, dialect_for
-from whm_ha.mysql.member import Credentials, connect, read_state
+from whm_ha.mysql.member import Credentials, Session, connect, read_state
 from whm_ha.replication import procedures
 from whm_ha.replication.procedures import SEMI_SYNC_TIMEOUT_MS
 
@@ -85,6 +87,32 @@ PRIVILEGED = {"mariadb": "SUPER, INSERT", "mysql": "ALL PRIVILEGES"}
 does not disconnect; on MariaDB 10.11+ SUPER, which (unlike READ ONLY ADMIN) read_only binds."""
 
 
+@contextlib.contextmanager
+def _primary_no_replica_acknowledges(database_servers: StartFlavourServers) -> Iterator[tuple[LocalServer, Session]]:
+    """A server with table app.t, the application account ``app`` and an account ``ops`` with global privileges
+    (`PRIVILEGED`), and semi-sync's source side on (no replica is connected: a commit waits for good); an
+    administrative session to it."""
+    (server,) = database_servers(1)
+    admin = Credentials(ADMIN_USER, ADMIN_PASSWORD)
+    dialect = dialect_for(database_servers.flavour.product)
+    with connect("m0", server.host, server.port, admin, dialect, read_timeout=3) as session:
+        for statement in (
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY)",
+            "CREATE USER 'ops'@'%' IDENTIFIED BY 'ops-pw'",
+            f"GRANT {PRIVILEGED[dialect.flavor]} ON *.* TO 'ops'@'%'",
+        ):
+            session.execute(SQL(statement))
+        actions.ensure_application_user(session, "app", "app-pw", ("app",))
+        _semi_sync_source_on(session)
+        yield server, session
+
+
+def _semi_sync_source_on(session: Session) -> None:
+    for variable, value in session.dialect.semi_sync_settings("source", True, SEMI_SYNC_TIMEOUT_MS).items():
+        session.execute(session.dialect.set_global(variable, value))
+
+
 def test_fencing_a_primary_whose_commits_wait_for_an_acknowledgement_tells_no_client_of_them(
     database_servers: StartFlavourServers,
 ) -> None:
@@ -93,21 +121,7 @@ def test_fencing_a_primary_whose_commits_wait_for_an_acknowledgement_tells_no_cl
     acknowledgement (MySQL shows one per group commit in that state, the others 'waiting for handler commit').
     Fencing it ends those waits (`procedures.fence`): no client may be told that its commit succeeded, as no
     replica has it and a promotion elsewhere discards it."""
-    flavour = database_servers.flavour
-    dialect = dialect_for(flavour.product)
-    (server,) = database_servers(1)
-    admin = Credentials(ADMIN_USER, ADMIN_PASSWORD)
-    with connect("m0", server.host, server.port, admin, dialect, read_timeout=3) as session:
-        for statement in (
-            "CREATE DATABASE app",
-            "CREATE TABLE app.t (id INT PRIMARY KEY)",
-            "CREATE USER 'ops'@'%' IDENTIFIED BY 'ops-pw'",
-            f"GRANT {PRIVILEGED[flavour.product]} ON *.* TO 'ops'@'%'",
-        ):
-            session.execute(SQL(statement))
-        actions.ensure_application_user(session, "app", "app-pw", ("app",))
-        for variable, value in dialect.semi_sync_settings("source", True, SEMI_SYNC_TIMEOUT_MS).items():
-            session.execute(dialect.set_global(variable, value))
+    with _primary_no_replica_acknowledges(database_servers) as (server, session):
         told: dict[int, str] = {}
 
         def commit(row_id: int, user: str, password: str) -> None:
@@ -138,3 +152,67 @@ def test_fencing_a_primary_whose_commits_wait_for_an_acknowledgement_tells_no_cl
             thread.join(30)
         assert session.fenced()
     assert len(told) == len(clients) and "committed" not in told.values(), told
+
+
+FENCES = 8
+"""How many times the primary is fenced and reopened: each a chance for the race of the kills with the commits."""
+
+
+def test_fencing_a_primary_while_clients_keep_reconnecting_and_committing_tells_none_of_a_commit(
+    database_servers: StartFlavourServers,
+) -> None:
+    """A primary with semi-sync on and no replica can acknowledge nothing. 24 connections of an account with a
+    global privilege (and 6 of the application account) commit again and again, reconnecting at once after each
+    kill, while the primary is fenced. On MariaDB the AFTER_SYNC wait is the group commit leader's: a killed leader
+    commits its whole group, so a commit that joined the group of a killed leader on a connection not (yet) killed
+    was told it succeeded. No client may be told so, in any of several fences."""
+    with _primary_no_replica_acknowledges(database_servers) as (server, session):
+        told: list[int] = []
+        attempts = iter(range(10**9))
+        stop = threading.Event()
+
+        def writer(user: str, password: str) -> None:
+            while not stop.is_set():
+                try:
+                    conn = pymysql.connect(
+                        host=server.host,
+                        port=server.port,
+                        user=user,
+                        password=password,
+                        autocommit=True,
+                        read_timeout=30,
+                    )
+                except pymysql.MySQLError:
+                    continue
+                try:
+                    with conn.cursor() as cur:
+                        while not stop.is_set():
+                            row_id = next(attempts)
+                            cur.execute("INSERT INTO app.t (id) VALUES (%s)", (row_id,))
+                            told.append(row_id)
+                except pymysql.MySQLError:
+                    pass
+                finally:
+                    conn.close()
+
+        clients = [("ops", "ops-pw")] * 24 + [("app", "app-pw")] * 6
+        threads = [threading.Thread(target=writer, args=c, daemon=True) for c in clients]
+        for thread in threads:
+            thread.start()
+        waiting = SQL("SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE 'INSERT INTO app.t%'")
+        try:
+            for _ in range(FENCES):
+                deadline = time.monotonic() + 20
+                while (session.row(waiting) or (0,))[0] < len(clients):
+                    assert time.monotonic() < deadline, "the clients' commits waiting"
+                    time.sleep(0.05)
+                assert procedures.fence(session).changed
+                assert session.fenced()
+                for sql in session.dialect.set_read_only(False):
+                    session.execute(sql)
+                _semi_sync_source_on(session)  # MySQL's release turned it off
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+    assert told == [], f"{len(told)} commits told they succeeded: {told[:10]}"

@@ -304,22 +304,23 @@ class Dialect(ABC):
         `semi_sync_waiters`), the binlog dump threads serving replicas, nor daemons (the event scheduler). Killed
         before the commits waiting for an acknowledgement are ended, so that no client is left to be told of one:
         the waiting state shows only on one connection per group commit (the others, MySQL's 'waiting for handler
-        commit', wait for it), and accounts with SUPER or CONNECTION_ADMIN outlive MySQL's offline_mode."""
+        commit', wait for it), and accounts with SUPER or CONNECTION_ADMIN outlive MySQL's offline_mode. Those
+        in that state come last: killing one ends the wait of its whole group (MariaDB), whose other clients must
+        have been killed before."""
         return SQL(
             "SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() AND user <> 'system user' "
-            "AND command NOT LIKE 'Binlog Dump%' AND command <> 'Daemon'"
+            "AND command NOT LIKE 'Binlog Dump%' AND command <> 'Daemon' "
+            "ORDER BY COALESCE(state, '') LIKE 'Waiting for semi-sync ACK%', id"
         )
 
     def keep_clients_out(self) -> list[SQL]:
         """Before the client connections are killed to release waiting commits: what refuses new ones; nothing
-        where the release needs none (MariaDB: read-only is set right after the kill, and a commit begun meanwhile
-        makes it time out again rather than be released)."""
+        on MariaDB (the fence waiting meanwhile holds their writes back, see `procedures.fence`)."""
         return []
 
     def release_semi_sync_waiters(self) -> list[SQL]:
         """After their connections are killed, what ends the commits still waiting for an acknowledgement (they
-        hold the lock that setting read-only needs) and fences in the same statement; nothing where killing ends
-        the wait (MariaDB)."""
+        hold the lock that setting read-only needs); nothing where killing ends the wait (MariaDB)."""
         return []
 
     def after_release(self) -> list[SQL]:
@@ -536,10 +537,9 @@ class MySQLDialect(Dialect):
 
     def release_semi_sync_waiters(self) -> list[SQL]:
         """A killed MySQL session keeps waiting for its acknowledgement (its client is disconnected at once): the
-        source side off ends the waits, and super_read_only, set by the same statement, waits for those commits to
-        end and then binds every account, so that no commit of a client let in by offline_mode slips in between
-        without waiting for an acknowledgement."""
-        return [SQL("SET GLOBAL rpl_semi_sync_source_enabled = OFF, GLOBAL super_read_only = ON")]
+        source side off ends the waits (super_read_only, waiting meanwhile, holds back the writes of any client
+        offline_mode lets in)."""
+        return [SQL("SET GLOBAL rpl_semi_sync_source_enabled = OFF")]
 
     def after_release(self) -> list[SQL]:
         return [SQL("SET GLOBAL offline_mode = OFF")]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, NamedTuple
 
 import pymysql
@@ -44,11 +46,15 @@ def _on(value: object) -> bool:
 class Session:
     """An open administrative connection (autocommit) to one member, with its flavor's SQL."""
 
-    def __init__(self, name: str, conn: pymysql.Connection[Any], dialect: Dialect, timeout: float) -> None:
+    def __init__(
+        self, name: str, conn: pymysql.Connection[Any], dialect: Dialect, timeout: float, reopen: Callable[[], Session]
+    ) -> None:
         self.name = name
         self.conn = conn
         self.dialect = dialect
         self.timeout = timeout
+        self.another = reopen
+        """A new session to the same member, as this one was opened."""
 
     def __repr__(self) -> str:
         return f"Session({self.name!r}, {self.conn.host}:{self.conn.port}, {self.dialect.flavor})"
@@ -150,7 +156,10 @@ def connect(
     # no inspection reaches it, and a failover would be abandoned for it again and again. pymysql has no public
     # setter; it applies these to the next read and write.
     conn._read_timeout = conn._write_timeout = replies  # type: ignore[attr-defined]
-    return Session(name, conn, dialect, replies)
+    again = partial(
+        connect, name, host, port, credentials, dialect, timeout=timeout, read_timeout=read_timeout, tls=tls
+    )
+    return Session(name, conn, dialect, replies, again)
 
 
 def describe_error(exc: BaseException, secret: str = "") -> str:

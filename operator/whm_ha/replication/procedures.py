@@ -5,6 +5,7 @@ after an interruption is safe."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -152,11 +153,15 @@ class _Sessions:
 
 
 LOCK_WAIT_TIMEOUT = 1205
+FENCE_POLL_SECONDS = 0.01
+"""How often the fence's own wait is looked for before the clients are killed."""
 
 
-def _kill(session: Session, connections: SQL) -> None:
-    """Kill the connections the query lists: their clients get an error."""
+def _kill(session: Session, connections: SQL, spare: Collection[int] = ()) -> None:
+    """Kill the connections the query lists, in its order, but those in ``spare``: their clients get an error."""
     for (connection,) in session.rows(connections):
+        if int(connection) in spare:
+            continue
         with contextlib.suppress(pymysql.OperationalError):  # it may have ended meanwhile
             session.execute(SQL("KILL CONNECTION %s", (int(connection),)))
 
@@ -170,9 +175,12 @@ def _kill_semi_sync_waiters(session: Session) -> None:
 def fence(session: Session) -> GtidResult:
     """Make the member read-only. Setting read-only waits for the commits in progress; on a former primary those
     may wait for an acknowledgement that never comes (it was cut off when it was demoted, then came back): the
-    fence then times out, and is tried once more after every client connection is killed (`Dialect.
-    client_connections`: not only the waiting ones, as a group commit shows one) and, where a kill does not end
-    the wait, once the waits are ended with no client left to be told (`Dialect.release_semi_sync_waiters`)."""
+    fence then times out, and is set once more, on another connection, while every client connection is killed
+    (`Dialect.client_connections`: not only the waiting ones, as a group commit shows one) and, where a kill does
+    not end the wait, the waits are ended with no client left to be told (`Dialect.release_semi_sync_waiters`).
+    Waiting, that fence holds every new write back: no commit begun after the kills is ended without an
+    acknowledgement (on MariaDB, killing the leader of a group commit, which waits for the whole group, ends the
+    commits of the group; a client that joined it would be told of one)."""
     try:
         return actions.fence(session)
     except pymysql.OperationalError as exc:
@@ -181,10 +189,21 @@ def fence(session: Session) -> GtidResult:
     try:
         for sql in session.dialect.keep_clients_out():
             session.execute(sql)
-        _kill(session, session.dialect.client_connections())
-        for sql in session.dialect.release_semi_sync_waiters():
-            session.execute(sql)
-        return GtidResult(True, actions.fence(session).gtid)  # the release may fence too: it was not before
+        with session.another() as other, ThreadPoolExecutor(max_workers=1) as pool:
+            (fencer,) = other.row(SQL("SELECT CONNECTION_ID()")) or (0,)
+            fencing = pool.submit(actions.fence, other)
+            waiting = SQL(
+                "SELECT COUNT(*) FROM information_schema.processlist WHERE id = %s AND info LIKE 'SET GLOBAL %%' "
+                "AND state LIKE 'Waiting for%%'",
+                (fencer,),
+            )
+            while not fencing.done() and not (session.row(waiting) or (0,))[0]:
+                time.sleep(FENCE_POLL_SECONDS)
+            if not fencing.done():
+                _kill(session, session.dialect.client_connections(), spare={int(fencer)})
+                for sql in session.dialect.release_semi_sync_waiters():
+                    session.execute(sql)
+            return GtidResult(True, fencing.result().gtid)  # raises what setting read-only raised
     finally:
         for sql in session.dialect.after_release():
             session.execute(sql)

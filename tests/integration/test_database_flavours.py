@@ -113,6 +113,16 @@ def _semi_sync_source_on(session: Session) -> None:
         session.execute(session.dialect.set_global(variable, value))
 
 
+def _commit(conn: pymysql.Connection[pymysql.cursors.Cursor], row_id: int, told: dict[int, str]) -> None:
+    """Insert ``row_id`` into app.t; what the client was told goes into ``told``."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO app.t (id) VALUES (%s)", (row_id,))
+        told[row_id] = "committed"
+    except pymysql.MySQLError as exc:
+        told[row_id] = f"error {exc.args[0]}"
+
+
 def test_fencing_a_primary_whose_commits_wait_for_an_acknowledgement_tells_no_client_of_them(
     database_servers: StartFlavourServers,
 ) -> None:
@@ -129,11 +139,7 @@ def test_fencing_a_primary_whose_commits_wait_for_an_acknowledgement_tells_no_cl
                 host=server.host, port=server.port, user=user, password=password, autocommit=True, read_timeout=30
             )
             try:
-                with conn.cursor() as cur:
-                    cur.execute("INSERT INTO app.t (id) VALUES (%s)", (row_id,))
-                told[row_id] = "committed"
-            except pymysql.MySQLError as exc:
-                told[row_id] = f"error {exc.args[0]}"
+                _commit(conn, row_id, told)
             finally:
                 conn.close()
 
@@ -216,3 +222,56 @@ def test_fencing_a_primary_while_clients_keep_reconnecting_and_committing_tells_
             for thread in threads:
                 thread.join(30)
     assert told == [], f"{len(told)} commits told they succeeded: {told[:10]}"
+
+
+GROUP_COMMIT = {
+    "mariadb": {"binlog_commit_wait_count": 4, "binlog_commit_wait_usec": 5_000_000},
+    "mysql": {"binlog_group_commit_sync_no_delay_count": 4, "binlog_group_commit_sync_delay": 1_000_000},
+}
+"""A binlog group commit waits (up to its delay) for 4 commits."""
+
+
+def test_fencing_kills_the_clients_of_a_group_commit_before_its_leader(database_servers: StartFlavourServers) -> None:
+    """Four commits form one group commit, whose leader (on MariaDB) waits for the acknowledgement of the whole
+    group: killing it ends the commits of the group, and tells every client of the group whose connection is not
+    killed yet that its commit succeeded. The leader holds the newest connection, the others the oldest, with 100
+    idle connections between; the fence kills them all, and none may be told that its commit succeeded."""
+    with _primary_no_replica_acknowledges(database_servers) as (server, session):
+        for variable, value in GROUP_COMMIT[session.dialect.flavor].items():
+            session.execute(SQL(f"SET GLOBAL {variable} = {value}"))
+
+        def client() -> pymysql.Connection[pymysql.cursors.Cursor]:
+            return pymysql.connect(
+                host=server.host, port=server.port, user="app", password="app-pw", autocommit=True, read_timeout=30
+            )
+
+        followers = [client() for _ in range(3)]
+        idle = [client() for _ in range(100)]
+        leader = client()
+        told: dict[int, str] = {}
+
+        threads = [
+            threading.Thread(target=_commit, args=(c, i, told), daemon=True) for i, c in enumerate((leader, *followers))
+        ]
+
+        def until(condition: str, count: int) -> None:
+            query = SQL(f"SELECT COUNT(*) FROM information_schema.processlist WHERE info LIKE 'INSERT%' {condition}")
+            deadline = time.monotonic() + 20
+            while (session.row(query) or (0,))[0] < count:
+                assert time.monotonic() < deadline, f"{count} commits {condition}: {told}"
+                time.sleep(0.02)
+
+        threads[0].start()
+        until("", 1)  # the first to commit leads the group
+        for thread in threads[1:]:
+            thread.start()
+        until("AND state LIKE 'Waiting for semi-sync ACK%'", 1)
+        try:
+            assert procedures.fence(session).changed
+            for thread in threads:
+                thread.join(30)
+        finally:
+            for conn in (leader, *followers, *idle):
+                with contextlib.suppress(pymysql.MySQLError):
+                    conn.close()
+    assert len(told) == len(threads) and "committed" not in told.values(), told

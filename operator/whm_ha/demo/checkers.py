@@ -9,7 +9,8 @@ import ``tests/``, which is not installed, and the tests already import the demo
   acknowledged write as an ``Ack``: the id, the member that acknowledged it (``host:port``) and the wall-clock
   times the statement was sent and its answer came back (precise times, comparable across processes).
 * ``python -m whm_ha.demo.checkers --port P ...``: the same writers as a process of their own, e.g. beside a
-  member in its network namespace, over loopback; each acknowledgement is a line of a file (``read_acks``).
+  member in its network namespace, over loopback, or in a pod through the primary's Service; each acknowledgement
+  is a line of a file or of its output (``read_acks``, ``parse_acks``: e.g. ``kubectl logs``).
 * Checkers: ``missing`` (acknowledged writes absent from the final primary), ``two_acknowledging`` (two members
   accepting writes at once: the order in which members took writes against the order they were made primary),
   ``fenced`` (the read-only the product enforces: ``super_read_only`` on MySQL).
@@ -88,11 +89,17 @@ class Acks:
         return lambda: any(ack.acked > now for ack in reversed(self.all()))
 
 
-def create_table(source: Source) -> None:
-    """The writers' table, created on whatever ``source`` connects to (the primary) when missing."""
+def create_table(source: Source, table: str = TABLE) -> None:
+    """The writers' table (``schema.table``) and its schema, created on whatever ``source`` connects to (the
+    primary) when missing."""
     with source() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE IF NOT EXISTS {DEMO_SCHEMA}")
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (id BIGINT PRIMARY KEY)")
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {table.split('.', 1)[0]}")
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {table} (id BIGINT PRIMARY KEY)")
+
+
+def address(conn: Connection) -> str:
+    """``host:port`` a connection was made to."""
+    return f"{conn.host}:{conn.port}"
 
 
 @dataclass
@@ -112,6 +119,8 @@ class Writers:
     acks: Acks = field(default_factory=Acks)
     errors: list[str] = field(default_factory=list)
     on_ack: Callable[[Ack], None] | None = None
+    member: Callable[[Connection], str] = address
+    """The label of the server a connection writes to (e.g. ``Direct.member`` behind a Service)."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -137,7 +146,7 @@ class Writers:
             try:
                 with self.source() as conn, conn.cursor() as cur:
                     cur.execute(f"INSERT INTO {self.table} (id) VALUES (%s)", (row_id,))
-                    ack = Ack(row_id, f"{conn.host}:{conn.port}", sent, time.time())
+                    ack = Ack(row_id, self.member(conn), sent, time.time())
             except FAILURES as exc:
                 self.errors.append(str(exc))
                 if self.until_error:
@@ -164,12 +173,22 @@ class Writers:
 
 
 class Direct:
-    """A ``Source`` for one server: each thread keeps its own connection, dropped after a failure."""
+    """A ``Source`` for one server: each thread keeps its own connection, dropped after a failure. With
+    ``identify``, each connection asks the server its ``@@hostname:@@port`` once (``member``): behind a Service,
+    which server a connection reached."""
 
-    def __init__(self, host: str, port: int, user: str, password: str, *, read_timeout: float = 60) -> None:
+    def __init__(
+        self, host: str, port: int, user: str, password: str, *, read_timeout: float = 60, identify: bool = False
+    ) -> None:
         self._host, self._port, self._user, self._password = host, port, user, password
         self._read_timeout = read_timeout
+        self._identify = identify
         self._local = threading.local()
+
+    def member(self, conn: Connection) -> str:
+        """The label of the server this thread's connection ``conn`` reached: its own name with ``identify``."""
+        identity: str | None = getattr(self._local, "member", None)
+        return identity or address(conn)
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[Connection]:
@@ -185,8 +204,13 @@ class Direct:
                 read_timeout=self._read_timeout,
                 write_timeout=self._read_timeout,
             )
-            self._local.conn = conn
+            self._local.conn, self._local.member = conn, None
         try:
+            if self._identify and self._local.member is None:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT @@hostname, @@port")
+                    host, port = cur.fetchone() or ("?", 0)
+                self._local.member = f"{host}:{port}"
             yield conn
         except BaseException:
             self._local.conn = None
@@ -254,20 +278,27 @@ def fenced(conn: Connection, product: Literal["mariadb", "mysql"]) -> bool:
 # -- writers as a process of their own ------------------------------------------------------------------------
 
 
-def read_acks(path: Path) -> Acks:
-    """The acknowledgements a writer process wrote to ``path`` so far."""
+def parse_acks(text: str) -> Acks:
+    """The acknowledgements in a writer process's output (lines ``id member sent acked``; others are skipped)."""
     acks = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) == 4:
-            acks.append(Ack(int(parts[0]), parts[1], float(parts[2]), float(parts[3])))
+            with contextlib.suppress(ValueError):
+                acks.append(Ack(int(parts[0]), parts[1], float(parts[2]), float(parts[3])))
     return Acks(acks)
 
 
-def _write_line(out: TextIO, lock: threading.Lock, label: str) -> Callable[[Ack], None]:
+def read_acks(path: Path) -> Acks:
+    """The acknowledgements a writer process wrote to ``path`` so far."""
+    return parse_acks(path.read_text())
+
+
+def _write_line(out: TextIO, lock: threading.Lock) -> Callable[[Ack], None]:
     def write(ack: Ack) -> None:
         with lock:
-            out.write(f"{ack.id} {label} {ack.sent:.6f} {ack.acked:.6f}\n")
+            out.write(f"{ack.id} {ack.member} {ack.sent:.6f} {ack.acked:.6f}\n")
+            out.flush()
 
     return write
 
@@ -275,21 +306,41 @@ def _write_line(out: TextIO, lock: threading.Lock, label: str) -> Callable[[Ack]
 def arguments() -> argparse.ArgumentParser:
     """The writer process's command line (``main``)."""
     parser = argparse.ArgumentParser(prog="python -m whm_ha.demo.checkers")
-    for name in ("--host", "--user", "--password", "--out", "--label"):
-        parser.add_argument(name, required=name in ("--user", "--password", "--out", "--label"))
+    parser.add_argument("--host", default="127.0.0.1")
+    for name in ("--user", "--password"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--out", default="-", help="the file to append to; - (the default): standard output")
+    parser.add_argument("--label", help="every acknowledgement's member; default: the server's @@hostname:@@port")
+    parser.add_argument("--table", default=TABLE)
+    parser.add_argument("--create-table", action="store_true", help="create --table first (retried until done)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--first", type=int, default=1)
     parser.add_argument("--count", type=int, default=2)
+    parser.add_argument("--read-timeout", type=float, default=60)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Writers on one server until killed, appending ``id member sent acked`` to ``--out`` per acknowledgement."""
+    """Writers on one server until killed, appending ``id member sent acked`` to ``--out`` per acknowledgement
+    (the member: ``--label``, else the server that acknowledged, also behind a Service). With ``--create-table``
+    the table is created first, retried until the server takes it (e.g. once the Service has a primary)."""
     args = arguments().parse_args(argv)
-    source = Direct(args.host or "127.0.0.1", args.port, args.user, args.password)
-    with open(args.out, "a", buffering=1) as out:
-        on_ack = _write_line(out, threading.Lock(), args.label)
-        writers = Writers(source, count=args.count, first=args.first, on_ack=on_ack)
+    label: str | None = args.label
+    source = Direct(
+        args.host, args.port, args.user, args.password, read_timeout=args.read_timeout, identify=label is None
+    )
+    while args.create_table:
+        try:
+            create_table(source, args.table)
+            break
+        except FAILURES as exc:
+            print(f"creating {args.table}: {exc}", file=sys.stderr, flush=True)
+            time.sleep(1)
+    with contextlib.ExitStack() as stack:
+        out = sys.stdout if args.out == "-" else stack.enter_context(open(args.out, "a", buffering=1))
+        on_ack = _write_line(out, threading.Lock())
+        member = source.member if label is None else (lambda _conn: label)
+        writers = Writers(source, args.count, args.first, args.table, on_ack=on_ack, member=member)
         writers.start(warm_up=0)
         threading.Event().wait()
 

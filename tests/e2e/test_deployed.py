@@ -23,7 +23,8 @@ import pytest
 from tests.fixtures.e2e import ROOT, Provider
 from tests.fixtures.local_cluster import wait_until
 from tests.fixtures.reports import failed
-from whm_ha.demo.deployed import NAMESPACE, install_args, render
+from whm_ha.demo.checkers import Acks
+from whm_ha.demo.deployed import NAMESPACE, install_args, judge_writes, member_pod, render, writer_acks
 
 INSTALL_TIMEOUT = 300.0
 NODE_FAILOVER_BOUND = 1 * 2 + 1  # periodSeconds x failureThreshold + one period of the resources.yaml cluster
@@ -78,10 +79,9 @@ class Release:
             and self.status("mysqlreplication", "whm-db").get("phase") == "Healthy"
         )
 
-    def acknowledged(self) -> list[int]:
-        """The writer's acknowledged rows, from its log."""
-        log = self.provider.kubectl("logs", "-n", NAMESPACE, "deploy/writer", "--tail=-1")
-        return [int(line.split()[1]) for line in log.splitlines() if line.startswith("ack ")]
+    def acks(self) -> Acks:
+        """The writer pod's acknowledged writes, from its log."""
+        return writer_acks(self.provider.kubectl)
 
     def sql(self, pod: str, query: str) -> str:
         return self.provider.kubectl(
@@ -252,8 +252,8 @@ def test_the_database_primary_container_killed_promotes_without_losing_an_acknow
 ) -> None:
     status = release.status("mysqlreplication", "whm-db")
     old = str(status["currentPrimary"])
-    old_pod = f"mysql-{old.rsplit('-', 1)[1]}"
-    wait_until("the writer writing", lambda: len(release.acknowledged()) >= 20, timeout=60)
+    old_pod = member_pod(old)
+    wait_until("the writer writing", lambda: len(release.acks()) >= 20, timeout=60)
     took = _crash(
         release,
         old_pod,
@@ -261,20 +261,22 @@ def test_the_database_primary_container_killed_promotes_without_losing_an_acknow
         lambda: release.status("mysqlreplication", "whm-db").get("currentPrimary") not in (None, old),
         release.healthy,
     )
-    new = str(release.status("mysqlreplication", "whm-db")["currentPrimary"])
+    new, promoted = str(release.status("mysqlreplication", "whm-db")["currentPrimary"]), time.time()
     print(f"database primary {old} (container killed) replaced by {new} after {took:.1f}s")
-    before = len(release.acknowledged())
-    resumed = wait_until("the writer resuming", lambda: len(release.acknowledged()) >= before + 20, timeout=60)
+    resumed = wait_until(
+        "the new primary acknowledging writes", lambda: len(release.acks().between(promoted)) >= 20, timeout=60
+    )
     print(f"writer resumed through whm-db-primary {resumed:.1f}s after the promotion was recorded")
     wait_until("the old primary rejoining", release.healthy, timeout=180, interval=1.0, explain=release.describe)
-    acknowledged = set(release.acknowledged())
-    new_pod = f"mysql-{new.rsplit('-', 1)[1]}"
-    stored = {int(row) for row in release.sql(new_pod, "SELECT id FROM whm_ha.e2e_writes").split()}
-    lost = sorted(acknowledged - stored)
-    print(f"{len(acknowledged)} acknowledged writes, {len(lost)} lost")
-    assert not lost, lost[:20]
-    assert took <= DB_FAILOVER_BOUND
+    acks = release.acks()
     rejoined = release.status("mysqlreplication", "whm-db")
+    problems = judge_writes(release.provider.kubectl, rejoined, acks)
+    print(f"{len(acks)} acknowledged writes; {'; '.join(problems) or 'none lost, never two members taking them'}")
+    assert not problems
+    assert {ack.member for ack in acks.between(promoted)} == {f"{member_pod(new)}:3306"}, (
+        "the writes since went to the new primary"
+    )
+    assert took <= DB_FAILOVER_BOUND
     assert rejoined["currentPrimary"] == new
     assert release.sql(old_pod, "SELECT @@read_only").strip() == "1"
 

@@ -1,6 +1,7 @@
 """``whm-ha demo --api cluster``: the system as users deploy it, on the local cluster (``hack/local-cluster``):
 the chart installed with helm as the README says, then the workloads and custom resources in ``manifests/``
-(three MariaDB pods, three stand-in WHM nodes, a writer). The end-to-end suite deploys the same.
+(three MariaDB pods, three stand-in WHM nodes, the checkers' writer). The end-to-end suite deploys the same and
+judges the writer's acknowledgements as the tour does (``writer_acks``, ``judge_writes``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from .. import local_cluster
 from ..control_plane import REPO_ROOT, find_bin_dir
+from . import checkers
 from .stack import DemoError
 
 MANIFESTS = Path(__file__).parent / "manifests"
@@ -26,6 +28,10 @@ CHART = REPO_ROOT / "charts" / "whm-ha"
 IMAGE_REPOSITORY, IMAGE_TAG = "localhost/whm-ha", "dev"
 MARIADB_IMAGE = "localhost/whm-ha-mariadb:bookworm"
 HEALTHY_TIMEOUT = 300.0
+WRITER_TABLE = "whm_ha.e2e_writes"
+"""The table of the writer pod (workloads.yaml), in the application account's schema."""
+Kubectl = Callable[..., str]
+"""``kubectl(*args)``: its output (``Cluster.kubectl``, the end-to-end suite's ``Provider.kubectl``)."""
 
 
 def render(name: str, *, image: str, mariadb_image: str, volume_root: str) -> str:
@@ -71,6 +77,33 @@ class Cluster:
 
     def cluster_ip(self, service: str) -> str:
         return self.kubectl("get", "service", "-n", NAMESPACE, service, "-o", "jsonpath={.spec.clusterIP}")
+
+
+def member_pod(member: str) -> str:
+    """The MariaDB pod of a MySQLReplication member (resources.yaml: db-N is mysql-N)."""
+    return f"mysql-{member.rsplit('-', 1)[1]}"
+
+
+def writer_acks(kubectl: Kubectl) -> checkers.Acks:
+    """The writer pod's acknowledgements so far, from its log."""
+    return checkers.parse_acks(kubectl("logs", "-n", NAMESPACE, "deploy/writer", "--tail=-1"))
+
+
+def stored_ids(kubectl: Kubectl, pod: str) -> set[int]:
+    """The ids in the writer's table on one MariaDB pod (as root, by its socket)."""
+    query = f"SELECT id FROM {WRITER_TABLE}"
+    out = kubectl("exec", "-n", NAMESPACE, pod, "-c", "mariadb", "--", "mariadb", "-uroot", "-N", "-B", "-e", query)
+    return {int(row) for row in out.split()}
+
+
+def judge_writes(kubectl: Kubectl, status: dict[str, Any], acks: checkers.Acks) -> list[str]:
+    """What the writer's acknowledgements ``acks`` show wrong, by the checkers, against a MySQLReplication's
+    ``status``: acknowledged writes missing from the current primary, members taking writes out of the order
+    they were made primary (two at once). Empty when none."""
+    lost = checkers.missing(acks.all(), stored_ids(kubectl, member_pod(status["currentPrimary"])))
+    problems = [f"{len(lost)} acknowledged writes lost: {lost[:20]}"] if lost else []
+    labels = {f"db-{n}": f"mysql-{n}:3306" for n in range(3)}  # @@hostname:@@port of each member's pod
+    return problems + checkers.two_acknowledging(acks.all(), checkers.primaries_from(status, labels, "db-0"))
 
 
 def _run(argv: list[str], stdin: str | None, check: bool) -> str:
@@ -124,13 +157,23 @@ def failover_tour(cluster: Cluster, paths: local_cluster.Paths, say: Callable[[s
     took = _wait("a new primary WHM node", lambda: _primary_node(cluster) not in ("", primary), 60)
     say(f"  failed over to {_primary_node(cluster)} after {took:.1f}s")
     old = str(cluster.get("mysqlreplication", "whm-db")["status"]["currentPrimary"])
-    db_pod = f"mysql-{old.rsplit('-', 1)[1]}"
+    db_pod = member_pod(old)
     say(f"Killing the mariadb container of {db_pod} ({old}, the primary) ...")
     took = _crash(cluster, paths, db_pod, old, say)
-    say(f"  promoted {_current_primary(cluster)} after {took:.1f}s; the writer goes on through whm-db-primary")
+    new, promoted = _current_primary(cluster), time.time()
+    say(f"  promoted {new} after {took:.1f}s")
+    resumed = _wait(
+        "the writer writing to the new primary",
+        lambda: len(writer_acks(cluster.kubectl).between(promoted)) >= 20,
+        60,
+    )
+    say(f"  the writer goes on through whm-db-primary: 20 writes acknowledged within {resumed:.1f}s")
     took = _wait("Healthy again", lambda: cluster.phases() == ("Healthy", "Healthy"), 180)
     say(f"  {old} rejoined as a replica; Healthy {took:.0f}s later")
-    return True
+    acks = writer_acks(cluster.kubectl)
+    problems = judge_writes(cluster.kubectl, cluster.get("mysqlreplication", "whm-db")["status"], acks)
+    say(f"  {len(acks)} writes acknowledged: {'; '.join(problems) or 'none lost, never two members taking them'}")
+    return not problems
 
 
 def _crash(cluster: Cluster, paths: local_cluster.Paths, pod: str, primary: str, say: Callable[[str], None]) -> float:

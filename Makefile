@@ -44,6 +44,7 @@ images: control-plane
 	bash hack/build-images
 
 test-cluster: setup images
+	bash hack/cluster-packages
 	$(VENV)/pytest tests/cluster --cluster -v
 
 # The real kube-apiserver + etcd tier: the tests that take kube_api, on the real server only.
@@ -64,6 +65,7 @@ demo: setup
 # The end-to-end suite (tests/e2e): helm install, then pods killed under traffic and writes. `make e2e` runs it on
 # the local cluster (root; what CI runs), `make e2e-kind` on kind (needs Docker and kind, as on users' machines).
 e2e: setup images
+	bash hack/cluster-packages
 	$(VENV)/pytest tests/e2e --e2e=local -v -s
 
 e2e-kind: setup

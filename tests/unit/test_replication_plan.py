@@ -296,6 +296,12 @@ def test_a_read_only_primary_is_not_behind_a_replicas_own_errant_writes() -> Non
     assert failover(states).candidate is None
 
 
+def test_a_read_only_primary_is_behind_a_replica_holding_its_dropped_transactions_beside_errant_writes() -> None:
+    """m1 received 0-1-11, which m0 dropped, and also has writes of its own in another domain: m0 is still behind."""
+    states = topology(primary(read_only=True), replica("m1", "0-1-11,1-2-5"), replica("m2"))
+    assert not converge_plan("m0", states, semi_sync=True).open_primary
+
+
 def test_replicas_that_still_replicate_veto_the_promotion() -> None:
     decision = failover(topology(DEAD, replica("m1"), lost(replica("m2"))))
     assert decision.candidate is None and not decision.dead

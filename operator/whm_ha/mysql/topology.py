@@ -100,13 +100,14 @@ def primary_confirmed_dead(
 
 
 def _lacked(primary: MemberState, holder: MemberState) -> GtidSet | None:
-    """The primary's own transactions that ``holder`` received and the primary lacks (None: none). Others it holds
-    are its errant writes (quarantined once the primary is open)."""
+    """What ``holder`` received that the primary lacks, when some of it is the primary's own (None: none of it is).
+    Transactions of other origins alone are the holder's errant writes (quarantined once the primary is open); mixed
+    with the primary's, the primary is still behind."""
     have = received(holder)
     if have is None or primary.gtid_executed is None or primary.gtid_executed.contains(have):
         return None
     missing = have.difference(primary.gtid_executed)
-    return missing if missing.origins == {str(primary.server_id)} else None
+    return missing if str(primary.server_id) in missing.origins else None
 
 
 def primary_behind(primary: MemberState, replicas: Sequence[MemberState]) -> Verdict:

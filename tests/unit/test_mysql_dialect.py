@@ -136,7 +136,8 @@ def test_read_only_statements() -> None:
     assert [s.text for s in MYSQL.set_read_only(False)] == [
         "SET GLOBAL super_read_only = OFF",
         "SET GLOBAL read_only = OFF",
-    ]
+        "SET GLOBAL offline_mode = OFF",
+    ], "opening a member also undoes the offline_mode of a fence that was interrupted"
 
 
 def test_wait_for_gtid() -> None:

@@ -514,10 +514,15 @@ class MySQLDialect(Dialect):
         return SQL("SELECT WAIT_FOR_EXECUTED_GTID_SET(%s, %s)", (str(gtid), timeout))
 
     def set_read_only(self, on: bool) -> list[SQL]:
-        """``super_read_only=ON`` also sets ``read_only``; turning off needs both."""
+        """``super_read_only=ON`` also sets ``read_only``; turning off needs both, and ``offline_mode`` off (a fence
+        interrupted between `keep_clients_out` and `after_release`, e.g. by an operator killed there, leaves it on)."""
         if on:
             return [SQL("SET GLOBAL super_read_only = ON")]
-        return [SQL("SET GLOBAL super_read_only = OFF"), SQL("SET GLOBAL read_only = OFF")]
+        return [
+            SQL("SET GLOBAL super_read_only = OFF"),
+            SQL("SET GLOBAL read_only = OFF"),
+            SQL("SET GLOBAL offline_mode = OFF"),
+        ]
 
     def admin_writes(self) -> list[SQL]:
         """``super_read_only`` off, ``read_only`` still on: only accounts with CONNECTION_ADMIN or SUPER write."""

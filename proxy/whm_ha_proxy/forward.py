@@ -266,6 +266,8 @@ class Forwarder:
         attempt's node, chosen and counted (and the request perhaps sent) by ``forward_now``."""
         replayable = not request.has_body and request.method in IDEMPOTENT
         tried: list[Backend] = []
+        # Nodes whose connect was given up as they left the rotation: excluded, yet neither failures nor retries.
+        abandoned: set[str] = set()
         failure: tuple[int, str, str] | None = None
         while True:
             connection: Connection | None = None
@@ -279,7 +281,8 @@ class Forwarder:
                     return error(request, failure[0], failure[1], node=failure[2])
                 backend = picked
                 stats = self.stats[backend.name]  # configure() keeps one for every node the balancer picks from
-                if tried and (previous := self.stats.get(tried[-1].name)) is not None:
+                last = tried[-1].name if tried else None
+                if last is not None and last not in abandoned and (previous := self.stats.get(last)) is not None:
                     previous.retries += 1
                 stats.requests += 1
                 started = self._loop.time()
@@ -292,12 +295,13 @@ class Forwarder:
                         request, backend, out.head_for(backend), connection, resend=replayable
                     )
                 except ConnectAbandoned:
-                    continue  # the node left the rotation while connecting: not a failure, nor a retry of the request
+                    abandoned.add(backend.name)
+                    continue
                 except ConnectFailed as exc:
                     self._failed(backend, stats, refused=True)
                     message = "upstream connect timeout" if exc.timed_out else "upstream connection failed"
                     failure = (504 if exc.timed_out else 502, message, backend.name)
-                    if len(tried) <= config.retries:
+                    if len(tried) - len(abandoned) <= config.retries:
                         continue
                     return error(request, failure[0], failure[1], node=backend.name)
                 except UpstreamError as exc:
@@ -309,7 +313,7 @@ class Forwarder:
                     failure = (504 if timed_out else 502, message, backend.name)
                     if (
                         replayable
-                        and len(tried) <= config.retries
+                        and len(tried) - len(abandoned) <= config.retries
                         and (not timed_out or config.retries_after_timeout(request.path))
                     ):
                         continue

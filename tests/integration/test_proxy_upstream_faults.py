@@ -237,7 +237,9 @@ def test_connects_to_a_node_marked_failed_go_to_another_node_at_once(
     cluster.set_health("stuck", "Unhealthy")
     answered_soon(clients, marked, 4)
     assert targets(good) == [("GET", "/page")] * 4
-    assert proxy.stats()["nodes"]["stuck"]["errors"] == 0, "an abandoned connect is not the node's failure"
+    stuck_stats = proxy.stats()["nodes"]["stuck"]
+    assert stuck_stats["errors"] == 0, "an abandoned connect is not the node's failure"
+    assert stuck_stats["retries"] == 0, "nor a retry of the request (it does not count against retries)"
 
 
 def test_connects_to_a_node_the_proxy_ejects_go_to_another_node_at_once(

@@ -163,7 +163,9 @@ def database_failover(stack: Stack, api: client.ApiClient, observer: Observer, s
     say(f"   {len(acks)} writes acknowledged ({len(after)} after the kill), {len(lost)} lost (semi-sync on).")
     if overlapping:
         say(f"   two members acknowledging writes: {'; '.join(overlapping)}")
-    return not lost and not overlapping
+    if not after:
+        say("   no write acknowledged after the kill within 30s")
+    return bool(after) and not lost and not overlapping
 
 
 def tour(stack: Stack, api: client.ApiClient, say: Say) -> bool:

@@ -214,9 +214,11 @@ def test_fencing_a_primary_while_clients_keep_reconnecting_and_committing_tells_
                     time.sleep(0.05)
                 assert procedures.fence(session).changed
                 assert session.fenced()
+                # MySQL's release turned semi-sync off: on again before it opens (as `procedures.finish` does), else
+                # the clients' commits in between are acknowledged at once.
+                _semi_sync_source_on(session)
                 for sql in session.dialect.set_read_only(False):
                     session.execute(sql)
-                _semi_sync_source_on(session)  # MySQL's release turned it off
         finally:
             stop.set()
             for thread in threads:

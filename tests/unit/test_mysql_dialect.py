@@ -140,6 +140,15 @@ def test_read_only_statements() -> None:
     ], "opening a member also undoes the offline_mode of a fence that was interrupted"
 
 
+def test_fence_behind_waiters_takes_mysqls_global_read_lock_once() -> None:
+    assert MARIADB.fence_behind_waiters() == MARIADB.set_read_only(True)
+    assert [s.text for s in MYSQL.fence_behind_waiters()] == [
+        "FLUSH TABLES WITH READ LOCK",
+        "SET GLOBAL super_read_only = ON",
+        "UNLOCK TABLES",
+    ], "super_read_only set alone takes the lock twice: writes of SUPER clients queued behind it pass in between"
+
+
 def test_wait_for_gtid() -> None:
     state = MariaDBGtidSet.parse("0-1-98,0-2-105,1-3-4")
     assert MARIADB.wait_for_gtid(state, 1.5) == SQL("SELECT MASTER_GTID_WAIT(%s, %s)", ("0-2-105,1-3-4", 1.5))

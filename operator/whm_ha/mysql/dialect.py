@@ -318,6 +318,11 @@ class Dialect(ABC):
         on MariaDB (the fence waiting meanwhile holds their writes back, see `procedures.fence`)."""
         return []
 
+    def fence_behind_waiters(self) -> list[SQL]:
+        """What fences on a second connection while commits wait for an acknowledgement: queued behind them, it
+        holds every new write back until the member is read-only. Setting read-only on MariaDB."""
+        return self.set_read_only(True)
+
     def release_semi_sync_waiters(self) -> list[SQL]:
         """After their connections are killed, what ends the commits still waiting for an acknowledgement (they
         hold the lock that setting read-only needs); nothing where killing ends the wait (MariaDB)."""
@@ -539,6 +544,13 @@ class MySQLDialect(Dialect):
         with it can still connect: a commit such a client begins between the kill and the release is the one
         case left, which the application pool rules out by refusing such accounts)."""
         return [SQL("SET GLOBAL offline_mode = ON")]
+
+    def fence_behind_waiters(self) -> list[SQL]:
+        """The global read lock, then super_read_only set under it. Not ``SET GLOBAL super_read_only = ON``
+        alone: with read_only off it takes the global read lock twice, to set read_only and then super_read_only,
+        and writes queued behind the first of a client with SUPER or CONNECTION_ADMIN (offline_mode lets it in)
+        pass read_only in between, once the release left no acknowledgement to wait for."""
+        return [SQL("FLUSH TABLES WITH READ LOCK"), SQL("SET GLOBAL super_read_only = ON"), SQL("UNLOCK TABLES")]
 
     def release_semi_sync_waiters(self) -> list[SQL]:
         """A killed MySQL session keeps waiting for its acknowledgement (its client is disconnected at once): the

@@ -175,9 +175,10 @@ def _kill_semi_sync_waiters(session: Session) -> None:
 def fence(session: Session) -> GtidResult:
     """Make the member read-only. Setting read-only waits for the commits in progress; on a former primary those
     may wait for an acknowledgement that never comes (it was cut off when it was demoted, then came back): the
-    fence then times out, and is set once more, on another connection, while every client connection is killed
-    (`Dialect.client_connections`: not only the waiting ones, as a group commit shows one) and, where a kill does
-    not end the wait, the waits are ended with no client left to be told (`Dialect.release_semi_sync_waiters`).
+    fence then times out, and is set once more, on another connection (`Dialect.fence_behind_waiters`), while every
+    client connection is killed (`Dialect.client_connections`: not only the waiting ones, as a group commit shows
+    one) and, where a kill does not end the wait, the waits are ended with no client left to be told
+    (`Dialect.release_semi_sync_waiters`).
     Waiting, that fence holds every new write back: no commit begun after the kills is ended without an
     acknowledgement (on MariaDB, killing the leader of a group commit, which waits for the whole group, ends the
     commits of the group; a client that joined it would be told of one)."""
@@ -191,10 +192,9 @@ def fence(session: Session) -> GtidResult:
             session.execute(sql)
         with session.another() as other, ThreadPoolExecutor(max_workers=1) as pool:
             (fencer,) = other.row(SQL("SELECT CONNECTION_ID()")) or (0,)
-            fencing = pool.submit(actions.fence, other)
+            fencing = pool.submit(_fence_behind_waiters, other)
             waiting = SQL(
-                "SELECT COUNT(*) FROM information_schema.processlist WHERE id = %s AND info LIKE 'SET GLOBAL %%' "
-                "AND state LIKE 'Waiting for%%'",
+                "SELECT COUNT(*) FROM information_schema.processlist WHERE id = %s AND state LIKE 'Waiting for%%'",
                 (fencer,),
             )
             while not fencing.done() and not (session.row(waiting) or (0,))[0]:
@@ -207,6 +207,13 @@ def fence(session: Session) -> GtidResult:
     finally:
         for sql in session.dialect.after_release():
             session.execute(sql)
+
+
+def _fence_behind_waiters(session: Session) -> GtidResult:
+    """`Dialect.fence_behind_waiters`, then what the member had executed (nothing more can be)."""
+    for sql in session.dialect.fence_behind_waiters():
+        session.execute(sql)
+    return GtidResult(True, session.executed())
 
 
 def _source_semi_sync_off(session: Session) -> bool:

@@ -99,6 +99,7 @@ def test_a_blackholed_primary_is_replaced_on_every_flavour(
     fault = time.time()
     hosts[0].blackhole()
     status = world.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), DB_BOUND + 20, "a new primary")
+    promoted = time.time() - fault  # the bound is to a new primary in status; detect adds the writers' first ack
     wait_for(lambda: load.first_elsewhere(0, fault) is not None, 30, "a write acknowledged by the new primary")
     row.detect = (load.first_elsewhere(0, fault) or fault) - fault
     wait_for(load.progressed(), 30, "the pool's writes on the new primary")
@@ -107,10 +108,10 @@ def test_a_blackholed_primary_is_replaced_on_every_flavour(
     hosts[0].heal()
     healed = time.time()
     wait_for(lambda: is_fenced(world, "m0"), 30, "m0 fenced once its packets flow again")
-    row.outcome = f"{new} promoted (bound {DB_BOUND} s); m0 fenced after healing"
+    row.outcome = f"{new} promoted after {promoted:.1f} s (bound {DB_BOUND} s); m0 fenced after healing"
     row.promotions = len(world.status().get("promotionHistory", []))
     judge(load, world.servers[int(new[1:])].connect(), row, fault, healed, world.status(), writes_during=True)
-    assert row.detect <= DB_BOUND, f"{row.detect:.1f}s to a new primary; bound {DB_BOUND}s"
+    assert promoted <= DB_BOUND, f"{promoted:.1f}s to a new primary; bound {DB_BOUND}s"
 
 
 def test_a_primary_isolated_with_a_privileged_client_beside_it_acknowledges_nothing_that_is_then_lost(

@@ -67,6 +67,13 @@ class World:
         }
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, "mysqlreplications", body)
 
+    def request_promotion(self, member: str, request_id: str) -> None:
+        """Ask the operator to switch over to ``member`` (the ``ha.whm.io/promote`` annotation)."""
+        annotations = {"ha.whm.io/promote": member, "ha.whm.io/request-id": request_id}
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "mysqlreplications", "db", {"metadata": {"annotations": annotations}}
+        )
+
     def status(self) -> dict[str, Any]:
         obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "mysqlreplications", "db")
         return obj.get("status") or {}  # type: ignore[no-any-return]
@@ -223,14 +230,7 @@ def test_a_switchover_loses_no_acknowledged_row(world: Callable[..., World]) -> 
     db = world(semiSync=True)
     writers = app_writers(db.servers[0], *db.application())
     wait_for(lambda: len(writers.acks) >= 100, 30, "100 acknowledged inserts")
-    db.custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        db.namespace,
-        "mysqlreplications",
-        "db",
-        {"metadata": {"annotations": {"ha.whm.io/promote": "m2", "ha.whm.io/request-id": "flavour-1"}}},
-    )
+    db.request_promotion("m2", "flavour-1")
     db.healthy_on("m2", timeout=30)
     assert writers.join(30), "writers still writing to the fenced primary"
     assert missing(writers.acks.all(), db.ids("m2")) == []
@@ -296,14 +296,7 @@ def test_no_member_accepts_writes_before_its_semi_sync_source_side_is_on(world: 
         db.wait(lambda s: db.roles().get("m0") in ("Replica", "Quarantined"), 40, "m0 back")
         other = ({"m1", "m2"} - {new}).pop()
         sampler.phase = "switchover"
-        db.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            db.namespace,
-            "mysqlreplications",
-            "db",
-            {"metadata": {"annotations": {"ha.whm.io/promote": other, "ha.whm.io/request-id": "semi-1"}}},
-        )
+        db.request_promotion(other, "semi-1")
         db.wait(lambda s: s.get("currentPrimary") == other and db.writable(other), 30, f"{other} primary")
         sampler.phase = "reopen"
         source_off = f"SET GLOBAL {db.dialect.semi_sync_variables['source_enabled']} = OFF"

@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from types import FrameType
 
 PR_SET_PDEATHSIG = 1
@@ -21,8 +22,22 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+_stop_requested: list[str] = []
+"""The names of the signals that asked to stop."""
+
+
 def _interrupt(signum: int, _: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _stop_requested.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_stop_requested[-1])
+
+
+def pause(seconds: float) -> None:
+    """``time.sleep`` for the waiting loops of the main thread, which stop there once a signal asked to stop even if
+    its KeyboardInterrupt was lost: raised while a finaliser (``__del__``) ran, Python only prints it and goes on."""
+    if not _stop_requested:
+        time.sleep(seconds)
+    if _stop_requested:
+        raise KeyboardInterrupt(_stop_requested[-1])
 
 
 def stop_on_signals() -> None:

@@ -61,7 +61,12 @@ def test_a_stopped_demo_leaves_no_process(how: str) -> None:
             os.killpg(demo.pid, signal.SIGINT)
         else:
             demo.send_signal(getattr(signal, how))
-        demo.wait(60)
+        try:
+            demo.wait(60)
+        except subprocess.TimeoutExpired:
+            demo.send_signal(signal.SIGABRT)  # with PYTHONFAULTHANDLER (the Makefile's): every thread's stack
+            output = "" if demo.stdout.closed else demo.communicate(timeout=30)[0].decode(errors="replace")
+            pytest.fail(f"the demo still ran 60 s after {how}; its last output:\n{output[-6000:]}")
         deadline = time.monotonic() + 30
         while left := _marked(mark):
             assert time.monotonic() < deadline, f"left running after {how}: {left}"

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import local_cluster
 from ..control_plane import REPO_ROOT, find_bin_dir
+from ..lifecycle import pause
 from . import checkers
 from .stack import DemoError
 
@@ -118,7 +119,7 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> float:
     while not check():
         if time.monotonic() - began > timeout:
             raise DemoError(f"{what} did not happen within {timeout:.0f}s")
-        time.sleep(0.5)
+        pause(0.5)
     return time.monotonic() - began
 
 
@@ -245,7 +246,7 @@ def run(scenario: str | None, say: Callable[[str], None]) -> int:
             if phases != last:
                 say(f"  WHMCluster whm: {phases[0]}, MySQLReplication whm-db: {phases[1]}")
                 last = phases
-            time.sleep(2)
+            pause(2)
     except (DemoError, local_cluster.ClusterError) as exc:
         say(f"whm-ha demo: {exc}")
         return 1

@@ -16,7 +16,7 @@ from kubernetes import client, config
 
 from ..control_plane import find_bin_dir
 from ..crd.generate import all_files
-from ..lifecycle import say
+from ..lifecycle import pause, say
 from .stack import ADMIN_TOKEN, DATABASES, NAMESPACE, DemoError, Stack
 from .tour import tour
 from .view import Observer
@@ -52,7 +52,7 @@ def _install_crds(api: client.ApiClient) -> None:
         except client.ApiException:
             if time.monotonic() > deadline:
                 raise DemoError("the CRDs were not served within 60s") from None
-            time.sleep(0.5)
+            pause(0.5)
 
 
 def _ready(observer: Observer, shim_port: int) -> bool:
@@ -100,7 +100,7 @@ def start_system(
                 "the cluster and the replication did not become Healthy with the legacy tables created within 90s;"
                 f" see the logs in {stack.workdir}"
             )
-        time.sleep(0.2)
+        pause(0.2)
     return api_client, observer
 
 
@@ -126,7 +126,7 @@ def _watch(observer: Observer) -> None:
             for line in lines:
                 say(line)
             shown = lines
-        time.sleep(1)
+        pause(1)
 
 
 def run(

@@ -34,7 +34,7 @@ from ..db.local_server import (
     init_template,
 )
 from ..kube import config as kube_config
-from ..lifecycle import die_with_parent
+from ..lifecycle import die_with_parent, pause
 
 NAMESPACE = "default"
 CLUSTER = "whm"
@@ -125,7 +125,7 @@ class Stack:
             except urllib.error.HTTPError:
                 return  # it answers
             except OSError:
-                time.sleep(0.1)
+                pause(0.1)
         raise DemoError(f"{what} did not answer on {url} within {timeout:g}s")
 
     # -- parts ------------------------------------------------------------------------------------

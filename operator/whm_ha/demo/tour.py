@@ -17,6 +17,7 @@ from kubernetes import client
 from ..apps.pool import ReadWritePool
 from ..apps.topology import KubernetesTopology
 from ..db.server_checks import source_port
+from ..lifecycle import pause
 from . import checkers
 from .stack import ADMIN_TOKEN, FAST_HEALTH, NAMESPACE, REPLICATION, Stack
 from .view import Observer
@@ -58,7 +59,7 @@ def application_pool(api: client.ApiClient, *, refresh: float = 0.2, database: s
         except client.ApiException as exc:
             if exc.status != 404 or time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+            pause(0.2)
     data = secret.data or {}
     user, password = (base64.b64decode(data[key]).decode() for key in ("username", "password"))
     topology = KubernetesTopology(api, NAMESPACE, REPLICATION, refresh=refresh)
@@ -100,7 +101,7 @@ def _wait(condition: Callable[[], bool], timeout: float) -> float | None:
     while time.monotonic() - started < timeout:
         if condition():
             return time.monotonic() - started
-        time.sleep(0.05)
+        pause(0.05)
     return None
 
 

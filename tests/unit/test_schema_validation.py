@@ -12,6 +12,7 @@ import yaml
 from whm_ha.crd.generate import resource_schema
 from whm_ha.crd.resources import ALL, MYSQL_REPLICATION, WHM_CLUSTER, WHM_NODE
 from whm_ha.crd.validation import admit, schema_problems
+from whm_ha.crd.whmcluster import WHMClusterSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 BY_KIND = {r.kind: r for r in ALL}
@@ -86,6 +87,24 @@ INVALID = [
         "must not exceed",
     ),
     ("WHMCluster", "spec.healthCheck.path", "healthz", "spec.healthCheck.path", "does not match"),
+    ("WHMCluster", "spec.healthCheck.scheme", "ftp", "spec.healthCheck.scheme", "Unsupported value"),
+    (
+        "WHMCluster",
+        "spec.healthCheck",
+        {"type": "tcp", "scheme": "https"},
+        "spec.healthCheck.scheme",
+        "scheme applies to http probes only",
+    ),
+    (
+        "WHMCluster",
+        "spec.nodeTLS",
+        {"enabled": True, "insecureSkipVerify": True, "caSecret": {"name": "node-ca"}},
+        "spec.nodeTLS.insecureSkipVerify",
+        "insecureSkipVerify and caSecret are exclusive",
+    ),
+    ("WHMCluster", "spec.nodeTLS", {"serverName": "WHM_node"}, "spec.nodeTLS.serverName", "does not match"),
+    ("WHMCluster", "spec.nodeTLS", {"enabled": "yes"}, "spec.nodeTLS.enabled", "must be of type boolean"),
+    ("WHMCluster", "spec.nodeTLS", {"caSecret": {"key": "ca.crt"}}, "spec.nodeTLS.caSecret.name", "Required value"),
     ("WHMCluster", "spec.loadBalancer.retries", 11, "spec.loadBalancer.retries", "maximum"),
     ("WHMCluster", "spec.database.replicationRef", DELETE, "spec.database.replicationRef", "Required value"),
     ("WHMCluster", "spec", DELETE, "spec", "Required value"),
@@ -143,6 +162,24 @@ def test_defaults_fill_an_empty_cluster_spec() -> None:
     assert admitted["spec"]["healthCheck"]["periodSeconds"] == 5
     assert admitted["spec"]["failover"]["automatic"] is True
     assert admitted["spec"]["loadBalancer"]["stickySessions"]["cookieName"] == "WHMHA_NODE"
+    assert admitted["spec"]["nodeTLS"] == {"enabled": False, "insecureSkipVerify": False}
+    assert "scheme" not in admitted["spec"]["healthCheck"]
+
+
+def test_probe_scheme_follows_node_tls_unless_set() -> None:
+    def scheme(spec: dict[str, Any]) -> str:
+        return WHMClusterSpec.model_validate(spec).probe_scheme
+
+    assert scheme({}) == "http"
+    assert scheme({"nodeTLS": {"enabled": True}}) == "https"
+    assert scheme({"nodeTLS": {"enabled": True}, "healthCheck": {"scheme": "http"}}) == "http"
+    assert scheme({"healthCheck": {"scheme": "https"}}) == "https"
+    admitted, errors = admit(
+        resource_schema(WHM_CLUSTER),
+        {"kind": "WHMCluster", "spec": {"nodeTLS": {"enabled": True, "caSecret": {"name": "node-ca"}}}},
+    )
+    assert errors == []
+    assert admitted["spec"]["nodeTLS"]["caSecret"] == {"name": "node-ca", "key": "ca.crt"}
 
 
 def test_replication_defaults() -> None:

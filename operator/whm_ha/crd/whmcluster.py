@@ -16,6 +16,7 @@ from .common import (
     LocalObjectReference,
     Port,
     RequestOutcome,
+    SecretKeySelector,
     cel,
     conditions_field,
 )
@@ -32,12 +33,16 @@ class HealthCheck(CRDModel):
                     "timeoutSeconds must not exceed periodSeconds",
                     ".timeoutSeconds",
                 ),
+                cel("!has(self.scheme) || self.type == 'http'", "scheme applies to http probes only", ".scheme"),
             ]
         }
     }
 
     type: Literal["http", "tcp"] = "http"
     """http: GET on path, healthy on a 2xx or 3xx answer; tcp: healthy when a connection opens."""
+    scheme: Literal["http", "https"] | None = None
+    """http or https (http probes only); default https when nodeTLS is enabled, else http. https verifies the
+    node's certificate as nodeTLS says (caSecret, serverName, insecureSkipVerify), also when nodeTLS is off."""
     path: str = Field(default="/healthz", max_length=2048, pattern=r"^/")
     """Path of the HTTP GET (http only)."""
     port: Port | None = None
@@ -50,6 +55,40 @@ class HealthCheck(CRDModel):
     """Consecutive failures after which a node is Unhealthy."""
     success_threshold: int = Field(default=1, ge=1, le=100)
     """Consecutive successes after which an Unhealthy node is Healthy again."""
+
+
+class NodeTLS(CRDModel):
+    """TLS from the proxy to the nodes, and how the nodes' certificates are verified (by the proxy and by
+    https probes)."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!(self.insecureSkipVerify && has(self.caSecret))",
+                    "insecureSkipVerify and caSecret are exclusive: a CA is pointless when nothing is verified",
+                    ".insecureSkipVerify",
+                ),
+            ]
+        }
+    }
+
+    enabled: bool = False
+    """The proxy connects to the nodes with TLS (re-encryption); https probes follow unless scheme says."""
+    ca_secret: SecretKeySelector | None = None
+    """Secret key holding the PEM CA certificate(s) the nodes' certificates must chain to (default key ca.crt);
+    without it, the system's trusted CAs."""
+    server_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    )
+    """Host name sent as SNI and that every node's certificate must be valid for; default each node's
+    spec.address (its DNS name or IP address)."""
+    insecure_skip_verify: bool = False
+    """Accept any certificate (encryption without authentication); the operator posts an InsecureNodeTLS Warning
+    Event on the cluster while it is on."""
 
 
 class Failover(CRDModel):
@@ -135,6 +174,8 @@ class WHMClusterSpec(CRDModel):
 
     health_check: HealthCheck = Field(default_factory=HealthCheck)
     """How nodes are probed."""
+    node_tls: NodeTLS = Field(default_factory=NodeTLS, alias="nodeTLS")
+    """TLS to the nodes: the proxy's upstream connections and the verification of https probes."""
     failover: Failover = Field(default_factory=Failover)
     """Failover policy."""
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer)
@@ -145,6 +186,13 @@ class WHMClusterSpec(CRDModel):
     """Optional database for the legacy tables (health checks, failover events, sessions, cache)."""
     sessions: Sessions = Field(default_factory=Sessions)
     """Shared session store settings."""
+
+    @property
+    def probe_scheme(self) -> Literal["http", "https"]:
+        """The scheme of http probes: as healthCheck.scheme says, else https exactly when nodeTLS is enabled."""
+        if self.health_check.scheme is not None:
+            return self.health_check.scheme
+        return "https" if self.node_tls.enabled else "http"
 
 
 ClusterPhase = Literal["Pending", "Healthy", "Degraded", "FailingOver", "NoPrimary"]

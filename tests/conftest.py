@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.control_plane",
     "tests.fixtures.kube",
     "tests.fixtures.whm_nodes",
+    "tests.fixtures.node_certs",
     "tests.fixtures.operator_process",
     "tests.fixtures.proxy_process",
     "tests.fixtures.shim_process",

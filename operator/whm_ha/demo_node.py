@@ -4,6 +4,8 @@
 unhealthy, or late when slow) and answers every other GET with the node's name. ``POST /_control``
 with ``{"mode": "healthy" | "unhealthy" | "slow" | "overloaded", "delay": seconds}`` changes how it
 behaves: ``slow`` delays the health check only, ``overloaded`` every answer (pages too) but ``/_control``.
+With ``--tls-cert FILE --tls-key FILE`` it serves HTTPS instead (certificate chain and key in PEM), as WHM nodes
+often do.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -59,8 +62,16 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain (with --tls-key)")
+    parser.add_argument("--tls-key", help="the PEM private key of --tls-cert")
     args = parser.parse_args()
-    web.run_app(build_app(args.name), host=args.host, port=args.port, print=None, access_log=None)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    web.run_app(build_app(args.name), host=args.host, port=args.port, ssl_context=context, print=None, access_log=None)
 
 
 if __name__ == "__main__":

@@ -26,16 +26,19 @@ from ..crd.annotations import CLUSTER_LABEL, FAILOVER_TO, REQUEST_ID, ROLE_LABEL
 from ..crd.common import HISTORY_LIMIT
 from ..crd.conditions import now_iso, set_condition
 from ..crd.whmcluster import WHMClusterSpec
-from ..kube.client import MYSQLREPLICATIONS, PODS, WHMCLUSTERS, WHMNODES, ApiError, KubeClient
+from ..kube.client import MYSQLREPLICATIONS, PODS, SECRETS, WHMCLUSTERS, WHMNODES, ApiError, KubeClient
+from ..node_tls import ClientTLS, ca_from_secret, settings
 from . import metrics
 from .discovery import sync_discovered_nodes
 from .election import Candidate, Decision, Policy, elect, manual
-from .health import HEARTBEAT_SECONDS, NodeHealth, heartbeat_due, status_changed
+from .health import HEARTBEAT_SECONDS, NodeHealth, ProbeResult, heartbeat_due, status_changed
 from .legacy_tables import LegacyTables
 from .probe import probe_all
 
 log = logging.getLogger(__name__)
 FINALIZER = "ha.whm.io/primary-handover"
+CA_TTL = 30.0
+"""Seconds a CA read from a Secret is used before it is read again: a rotated CA reaches the probes within it."""
 LOST_RACE_WAIT = 1.0
 """After a write lost a race, how long to wait for the watch to bring the change before deciding again."""
 Obj = dict[str, Any]
@@ -76,6 +79,10 @@ class ClusterController:
     """A MySQLReplication by name, as the operator's watch last saw it (None: not seen)."""
     primary_series: set[str] = field(default_factory=set)
     """The nodes with a whm_ha_primary_node series: a node that goes takes its series with it."""
+    ca: tuple[float, str, str, str | None] | None = None
+    """The probes' CA: (monotonic time read, Secret name, key, PEM text or None when it could not be read)."""
+    insecure_warned: bool = False
+    """Whether this process posted the InsecureNodeTLS Event while insecureSkipVerify has been on."""
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -148,6 +155,7 @@ class ClusterController:
                 self._replication_view(spec.database.replication_ref.name),
             )
         await self._ensure_finalizers(nodes)
+        await self._warn_if_insecure(cluster, spec)
         live = [n for n in nodes if not n["metadata"].get("deletionTimestamp")]
         node_ids = self._node_ids(nodes)
         if probe:
@@ -224,7 +232,14 @@ class ClusterController:
             (node["metadata"]["name"], node["spec"]["address"], check.port or int(node["spec"].get("port", 4000)))
             for node in nodes
         ]
-        results = await probe_all(targets, kind=check.type, path=check.path, timeout=check.timeout_seconds)
+        if check.type == "http" and spec.probe_scheme == "https":
+            tls, problem = await self._probe_tls(spec)
+            if problem is not None:  # nothing to verify with: every node fails, saying why, rather than go unverified
+                results = [(name, ProbeResult(False, 0.0, problem)) for name, _, _ in targets]
+            else:
+                results = await probe_all(targets, kind="http", path=check.path, timeout=check.timeout_seconds, tls=tls)
+        else:
+            results = await probe_all(targets, kind=check.type, path=check.path, timeout=check.timeout_seconds)
         now = time.monotonic()
         for name, result in results:
             previous = self.health.get(name, NodeHealth())
@@ -233,6 +248,48 @@ class ClusterController:
             metrics.PROBE_LATENCY.labels(self.namespace, self.name).observe(result.latency_ms / 1000)
             if self.legacy is not None:
                 self.legacy.add_health_check(name, result.ok, result.latency_ms, result.message, time.time())
+
+    async def _probe_tls(self, spec: WHMClusterSpec) -> tuple[ClientTLS, str | None]:
+        """The https probes' verification settings, with the CA from nodeTLS.caSecret (read again after CA_TTL;
+        the last good read stands while the API is unreachable), and the problem that prevents verifying."""
+        selector = spec.node_tls.ca_secret
+        if selector is None:
+            return settings(spec.node_tls, None), None
+        now = time.monotonic()
+        cached = self.ca
+        if cached is None or cached[1:3] != (selector.name, selector.key) or now - cached[0] >= CA_TTL:
+            pem: str | None = None
+            try:
+                secret = await self.kube.get(SECRETS, self.namespace, selector.name)
+                pem = ca_from_secret(secret, selector.key)
+            except ApiError as exc:
+                if exc.status != 404 and cached is not None and cached[1:3] == (selector.name, selector.key):
+                    pem = cached[3]  # API trouble: keep verifying with the CA read last
+                else:
+                    log.warning(
+                        "cluster %s/%s: cannot read CA Secret %s: %s", self.namespace, self.name, selector.name, exc
+                    )
+            except ValueError as exc:
+                log.warning("cluster %s/%s: CA Secret %s %s", self.namespace, self.name, selector.name, exc)
+            self.ca = cached = (now, selector.name, selector.key, pem)
+        if cached[3] is None:
+            return settings(spec.node_tls, None), (
+                f"cannot verify node certificates: CA Secret {selector.name} (key {selector.key}) missing or unreadable"
+            )
+        return settings(spec.node_tls, cached[3]), None
+
+    async def _warn_if_insecure(self, cluster: Obj, spec: WHMClusterSpec) -> None:
+        """One InsecureNodeTLS Warning Event while the cluster's node certificates go unverified."""
+        insecure = spec.node_tls.insecure_skip_verify and (spec.node_tls.enabled or spec.probe_scheme == "https")
+        if insecure and not self.insecure_warned:
+            await self._event(
+                cluster,
+                "InsecureNodeTLS",
+                "nodeTLS.insecureSkipVerify is on: the proxy and the probes accept any certificate from the nodes "
+                "(encrypted, not authenticated)",
+                warning=True,
+            )
+        self.insecure_warned = insecure
 
     def _candidates(self, nodes: list[Obj]) -> list[Candidate]:
         return [

@@ -7,6 +7,7 @@ traffic Service. ``POST /reload`` is answered only to loopback clients (``kubect
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,17 @@ def build_app(supervisor: Supervisor) -> web.Application:
                     "stickyCookie": config.sticky_cookie,
                     "generation": config.generation,
                     "nodes": [{**asdict(node), "routable": node.routable} for node in config.nodes],
+                    "nodeTLS": None
+                    if config.tls is None
+                    else {
+                        "serverName": config.tls.server_name,
+                        "insecureSkipVerify": config.tls.insecure,
+                        "ca": "secret" if config.tls.ca_pem else "system",
+                        "caFingerprint": hashlib.sha256(config.tls.ca_pem.encode()).hexdigest()[:16]
+                        if config.tls.ca_pem
+                        else None,
+                        "problem": config.tls_problem,
+                    },
                 },
                 "api": {"lists": supervisor.watcher.lists, "reloads": supervisor.watcher.reloads},
                 "workers": merged["workers"],

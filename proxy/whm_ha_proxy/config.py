@@ -1,9 +1,11 @@
 """The proxy's configuration, read from the WHMCluster and its WHMNodes and kept current by watching them.
 
 ``ConfigWatcher`` lists both kinds, then watches each from the list's resourceVersion (the operator's
-``relisting`` loop and ``follow`` watch). It lists again on 410 Gone, after API errors (with a growing
-backoff, so an API server restart is survived), every ``resync`` seconds, when the cluster's
-``ha.whm.io/reload`` annotation takes a new value, and when ``reload()`` is called.
+``relisting`` loop and ``follow`` watch); with ``spec.nodeTLS`` enabled, likewise the one Secret its caSecret
+names (a field selector on its name), so that a rotated CA reaches the workers as a cluster change does.
+It lists again on 410 Gone, after API errors (with a growing backoff, so an API server restart is survived),
+every ``resync`` seconds, when the cluster's ``ha.whm.io/reload`` annotation takes a new value or its CA Secret
+another name, and when ``reload()`` is called.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from whm_ha.crd.annotations import RELOAD
-from whm_ha.crd.whmcluster import LoadBalancer
-from whm_ha.kube.client import WHMCLUSTERS, WHMNODES, KubeClient, Obj
+from whm_ha.crd.whmcluster import LoadBalancer, NodeTLS
+from whm_ha.kube.client import SECRETS, WHMCLUSTERS, WHMNODES, KubeClient, Obj
 from whm_ha.kube.informer import follow, relisting
+from whm_ha.node_tls import ClientTLS, ca_from_secret, settings
 
 from .balancer import Algorithm, NodeSpec
 
@@ -43,6 +46,11 @@ class ProxyConfig:
     nodes: tuple[NodeSpec, ...] = ()
     generation: int = 0
     """Number of reloads (annotation or admin) so far: a new value makes workers forget passive ejections."""
+    tls: ClientTLS | None = None
+    """How the nodes are verified when the proxy connects to them with TLS (nodeTLS.enabled); None: plain HTTP."""
+    tls_problem: str | None = None
+    """Why the nodes cannot be verified as nodeTLS asks (its CA Secret is missing or holds no certificate):
+    every connect fails with it, rather than go unverified."""
 
     @property
     def routable(self) -> list[str]:
@@ -65,6 +73,7 @@ class ProxyConfig:
                 **data,
                 "no_retry_after_timeout": tuple(data["no_retry_after_timeout"]),
                 "nodes": tuple(NodeSpec(**node) for node in data["nodes"]),
+                "tls": ClientTLS(**data["tls"]) if data.get("tls") is not None else None,
             }
         )
 
@@ -82,12 +91,41 @@ def node_spec(obj: Obj) -> NodeSpec:
     )
 
 
-def build_config(cluster: Obj | None, nodes: list[Obj], generation: int) -> ProxyConfig | None:
-    """The configuration for a cluster object and its nodes; None when the cluster does not exist."""
+def ca_secret_name(cluster: Obj | None) -> str | None:
+    """The Secret whose CA the proxy verifies the nodes with: nodeTLS.caSecret while nodeTLS is enabled."""
+    if cluster is None:
+        return None
+    node_tls = NodeTLS.model_validate(cluster.get("spec", {}).get("nodeTLS", {}))
+    return node_tls.ca_secret.name if node_tls.enabled and node_tls.ca_secret is not None else None
+
+
+def upstream_tls(cluster: Obj, secret: Obj | None) -> tuple[ClientTLS | None, str | None]:
+    """The cluster's upstream TLS settings (None when nodeTLS is off), and why they cannot be used, if they cannot
+    (the CA Secret, ``secret`` as watched, is missing or holds no certificate under its key)."""
+    node_tls = NodeTLS.model_validate(cluster.get("spec", {}).get("nodeTLS", {}))
+    if not node_tls.enabled:
+        return None, None
+    selector = node_tls.ca_secret
+    if selector is None:
+        return settings(node_tls, None), None
+    if secret is None:
+        return settings(node_tls, None), f"CA Secret {selector.name} not found"
+    try:
+        return settings(node_tls, ca_from_secret(secret, selector.key)), None
+    except ValueError as exc:
+        return settings(node_tls, None), f"CA Secret {selector.name} {exc}"
+
+
+def build_config(
+    cluster: Obj | None, nodes: list[Obj], generation: int, ca_secret: Obj | None = None
+) -> ProxyConfig | None:
+    """The configuration for a cluster object, its nodes and the Secret of its nodeTLS CA; None when the cluster
+    does not exist."""
     if cluster is None:
         return None
     balancing = LoadBalancer.model_validate(cluster.get("spec", {}).get("loadBalancer", {}))
     sticky = balancing.sticky_sessions
+    tls, tls_problem = upstream_tls(cluster, ca_secret)
     return ProxyConfig(
         algorithm=balancing.algorithm,
         retries=balancing.retries,
@@ -96,6 +134,8 @@ def build_config(cluster: Obj | None, nodes: list[Obj], generation: int) -> Prox
         sticky_cookie=sticky.cookie_name if sticky.enabled else None,
         nodes=tuple(sorted((node_spec(obj) for obj in nodes), key=lambda node: node.name)),
         generation=generation,
+        tls=tls,
+        tls_problem=tls_problem,
     )
 
 
@@ -121,6 +161,9 @@ class ConfigWatcher:
     """Reloads requested so far (annotation or ``reload()``)."""
     _cluster_obj: Obj | None = None
     _nodes: dict[str, Obj] = field(default_factory=dict)
+    _ca_name: str | None = None
+    """The nodeTLS CA Secret watched (None: none)."""
+    _ca_secret: Obj | None = None
     _reload_value: str | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _listed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -137,7 +180,7 @@ class ConfigWatcher:
         await asyncio.wait_for(self._listed.wait(), timeout)
         return self.config
 
-    async def _list(self) -> tuple[str, str]:
+    async def _list(self) -> tuple[str, str, str | None]:
         self._wake.clear()
         clusters, nodes = await asyncio.gather(
             self.client.list(WHMCLUSTERS, self.namespace), self.client.list(WHMNODES, self.namespace)
@@ -145,20 +188,34 @@ class ConfigWatcher:
         self._cluster_obj = next((c for c in clusters["items"] if c["metadata"]["name"] == self.cluster), None)
         self._reload_value = _reload_value(self._cluster_obj)
         self._nodes = {n["metadata"]["name"]: n for n in nodes["items"] if self._mine(n)}
+        self._ca_name = ca_secret_name(self._cluster_obj)
+        secrets_version = None
+        self._ca_secret = None
+        if self._ca_name is not None:
+            secrets = await self.client.list(SECRETS, self.namespace, field_selector=f"metadata.name={self._ca_name}")
+            self._ca_secret = next(iter(secrets["items"]), None)
+            secrets_version = secrets["metadata"]["resourceVersion"]
         self.lists += 1
         first = not self.loaded
         self.loaded = True
         self._publish(always=first)
         self._listed.set()
-        return clusters["metadata"]["resourceVersion"], nodes["metadata"]["resourceVersion"]
+        return clusters["metadata"]["resourceVersion"], nodes["metadata"]["resourceVersion"], secrets_version
 
-    async def _watch(self, versions: tuple[str, str]) -> None:
-        """Watch both kinds until a re-list is due; raises what ended a watch abnormally."""
-        clusters_version, nodes_version = versions
-        watches = ((WHMCLUSTERS, clusters_version, self._on_cluster), (WHMNODES, nodes_version, self._on_node))
+    async def _watch(self, versions: tuple[str, str, str | None]) -> None:
+        """Watch both kinds (and the CA Secret) until a re-list is due; raises what ended a watch abnormally."""
+        clusters_version, nodes_version, secrets_version = versions
+        watches = [
+            (WHMCLUSTERS, clusters_version, self._on_cluster, ""),
+            (WHMNODES, nodes_version, self._on_node, ""),
+        ]
+        if secrets_version is not None:
+            watches.append((SECRETS, secrets_version, self._on_ca_secret, f"metadata.name={self._ca_name}"))
         tasks: list[asyncio.Task[Any]] = [
-            asyncio.create_task(follow(self.client, kind, self.namespace, version, apply, seconds=WATCH_SECONDS))
-            for kind, version, apply in watches
+            asyncio.create_task(
+                follow(self.client, kind, self.namespace, version, apply, seconds=WATCH_SECONDS, field_selector=fields)
+            )
+            for kind, version, apply, fields in watches
         ]
         tasks.append(asyncio.create_task(self._wake.wait()))
         try:
@@ -180,6 +237,12 @@ class ConfigWatcher:
             log.info("reload requested by annotation %s", RELOAD)
             self.reloads += 1
             raise _Relist
+        if ca_secret_name(self._cluster_obj) != self._ca_name:
+            raise _Relist  # another CA Secret to read and watch
+        self._publish()
+
+    def _on_ca_secret(self, kind: str, obj: Obj) -> None:
+        self._ca_secret = None if kind == "DELETED" else obj
         self._publish()
 
     def _on_node(self, kind: str, obj: Obj) -> None:
@@ -197,10 +260,21 @@ class ConfigWatcher:
     def _publish(self, always: bool = False) -> None:
         """Calls ``on_change`` when the configuration changed, or ``always`` (the first list: even no cluster
         is news to workers, which listen only once they have a configuration)."""
-        config = build_config(self._cluster_obj, list(self._nodes.values()), self.reloads)
+        config = build_config(self._cluster_obj, list(self._nodes.values()), self.reloads, self._ca_secret)
         if always or config != self.config:
+            _log_tls_change(self.config, config)
             self.config = config
             self.on_change(config)
+
+
+def _log_tls_change(old: ProxyConfig | None, new: ProxyConfig | None) -> None:
+    """Say it once when the nodes' certificates stop being verified, and when they cannot be verified."""
+    was_insecure = old is not None and old.tls is not None and old.tls.insecure
+    if new is not None and new.tls is not None and new.tls.insecure and not was_insecure:
+        log.warning("nodeTLS.insecureSkipVerify is on: any certificate the nodes present is accepted")
+    problem = new.tls_problem if new is not None else None
+    if problem is not None and problem != (old.tls_problem if old is not None else None):
+        log.warning("nodes cannot be verified, every connection to them fails: %s", problem)
 
 
 def _reload_value(cluster: Obj | None) -> str | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from .upstream import (
     Connection,
     Pool,
     Response,
+    TLSFailed,
     UpstreamClosed,
     UpstreamError,
 )
@@ -46,6 +48,8 @@ SMALL_BODY = 65536
 JSON = b"Content-Type: application/json\r\n"
 log = logging.getLogger("whm_ha_proxy.forward")
 REASONS = {502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
+TLS_LOG_INTERVAL = 60.0
+"""A node's TLS failure is logged when its reason changes, and otherwise at most this often (seconds)."""
 
 
 @dataclass(frozen=True)
@@ -180,12 +184,17 @@ class Forwarder:
         self.stats: dict[str, NodeStats] = {}
         self.unrouted = 0
         self._loop = asyncio.get_running_loop()
+        self._tls_logged: dict[str, tuple[str, float]] = {}
+        """Per node, the TLS failure last logged and when (monotonic)."""
 
     def configure(self, config: ProxyConfig | None) -> None:
         """Apply a new configuration in place (in-flight requests keep their nodes)."""
         previous = self.config
         self.config = config
         nodes = config.nodes if config is not None else ()
+        self.pool.use_tls(
+            config.tls if config is not None else None, config.tls_problem if config is not None else None
+        )
         self.balancer.configure(config.algorithm if config is not None else "roundRobin", nodes)
         routable = set(config.routable) if config is not None else set()
         for left in set(previous.routable if previous is not None else ()) - routable:
@@ -199,9 +208,10 @@ class Forwarder:
 
     def snapshot(self) -> dict[str, object]:
         backends = self.balancer.backends
+        handshakes = self.pool.handshakes
         return {
             "nodes": {
-                name: stats.snapshot(backends[name].active if name in backends else 0)
+                name: stats.snapshot(backends[name].active if name in backends else 0, handshakes.get(name, 0))
                 for name, stats in self.stats.items()
             },
             "unrouted": self.unrouted,
@@ -218,6 +228,25 @@ class Forwarder:
         if self.balancer.failed(backend, self._loop.time(), refused=refused):
             stats.ejections += 1
             self.pool.abandon(backend.name)
+
+    def _connect_failed(self, backend: Backend, stats: NodeStats, failure: ConnectFailed) -> str:
+        """Count a connect that failed (nothing was sent) against its node; the message for the client."""
+        self._failed(backend, stats, refused=True)
+        if isinstance(failure, TLSFailed):
+            self._tls_failed(backend, stats, failure)
+            return "upstream TLS handshake failed"
+        return "upstream connect timeout" if failure.timed_out else "upstream connection failed"
+
+    def _tls_failed(self, backend: Backend, stats: NodeStats, failure: TLSFailed) -> None:
+        """Count a failed TLS handshake, and log it when its reason is new for the node or a while has passed."""
+        stats.tls_failures += 1
+        reason, now = str(failure), time.monotonic()
+        logged = self._tls_logged.get(backend.name)
+        if logged is None or logged[0] != reason or now - logged[1] >= TLS_LOG_INTERVAL:
+            self._tls_logged[backend.name] = (reason, now)
+            log.warning(
+                "node %s: %s; its requests go to other nodes (%d so far)", backend.name, reason, stats.tls_failures
+            )
 
     def forward_now(self, request: Request) -> bool:
         """Serve a request without a body: sent over an idle pooled connection, the exchange is followed from
@@ -298,9 +327,7 @@ class Forwarder:
                     abandoned.add(backend.name)
                     continue
                 except ConnectFailed as exc:
-                    self._failed(backend, stats, refused=True)
-                    message = "upstream connect timeout" if exc.timed_out else "upstream connection failed"
-                    failure = (504 if exc.timed_out else 502, message, backend.name)
+                    failure = (504 if exc.timed_out else 502, self._connect_failed(backend, stats, exc), backend.name)
                     if len(tried) - len(abandoned) <= config.retries:
                         continue
                     return error(request, failure[0], failure[1], node=backend.name)

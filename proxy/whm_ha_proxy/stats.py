@@ -17,7 +17,7 @@ CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 class NodeStats:
     """Counters of one node in one worker (``active`` is read from the balancer when snapshotting)."""
 
-    __slots__ = ("buckets", "ejections", "errors", "latency_sum", "requests", "responses", "retries")
+    __slots__ = ("buckets", "ejections", "errors", "latency_sum", "requests", "responses", "retries", "tls_failures")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -25,6 +25,8 @@ class NodeStats:
         self.errors = 0
         self.retries = 0
         self.ejections = 0
+        self.tls_failures = 0
+        """Connects whose TLS handshake failed (a certificate refused, or no TLS spoken)."""
         self.latency_sum = 0.0
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
 
@@ -34,7 +36,7 @@ class NodeStats:
         self.latency_sum += seconds
         self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
-    def snapshot(self, active: int) -> dict[str, Any]:
+    def snapshot(self, active: int, tls_handshakes: int = 0) -> dict[str, Any]:
         return {
             "active": active,
             "requests": self.requests,
@@ -42,6 +44,8 @@ class NodeStats:
             "errors": self.errors,
             "retries": self.retries,
             "ejections": self.ejections,
+            "tls_handshakes": tls_handshakes,
+            "tls_failures": self.tls_failures,
             "latency": {"count": sum(self.buckets), "sum": self.latency_sum, "buckets": list(self.buckets)},
         }
 
@@ -61,7 +65,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
                     "latency": {**node["latency"], "buckets": list(node["latency"]["buckets"])},
                 }
                 continue
-            for key in ("active", "requests", "errors", "retries", "ejections"):
+            for key in ("active", "requests", "errors", "retries", "ejections", "tls_handshakes", "tls_failures"):
                 total[key] += node[key]
             for cls, count in node["responses"].items():
                 total["responses"][cls] += count
@@ -91,6 +95,12 @@ class StatsCollector(Collector):
         errors = CounterMetricFamily("whm_ha_proxy_errors", "Failed exchanges with each node.", labels=keys)
         retries = CounterMetricFamily("whm_ha_proxy_retries", "Requests retried away from each node.", labels=keys)
         ejections = CounterMetricFamily("whm_ha_proxy_ejections", "Passive-health ejections.", labels=keys)
+        handshakes = CounterMetricFamily(
+            "whm_ha_proxy_tls_handshakes", "TLS connections made to each node (nodeTLS).", labels=keys
+        )
+        tls_failures = CounterMetricFamily(
+            "whm_ha_proxy_tls_failures", "Connects to each node whose TLS handshake failed.", labels=keys
+        )
         latency = HistogramMetricFamily(
             "whm_ha_proxy_request_duration_seconds", "Time from choosing a node to the last byte.", labels=keys
         )
@@ -103,6 +113,8 @@ class StatsCollector(Collector):
             errors.add_metric(values, node["errors"])
             retries.add_metric(values, node["retries"])
             ejections.add_metric(values, node["ejections"])
+            handshakes.add_metric(values, node["tls_handshakes"])
+            tls_failures.add_metric(values, node["tls_failures"])
             cumulative, buckets = 0, []
             for bound, count in zip((*LATENCY_BUCKETS, float("inf")), node["latency"]["buckets"], strict=True):
                 cumulative += count
@@ -112,4 +124,15 @@ class StatsCollector(Collector):
             "whm_ha_proxy_unrouted", "Requests answered 503 because no node could serve.", labels=list(self._labels)
         )
         unrouted.add_metric(base, merged["unrouted"])
-        yield from (active, requests, responses, errors, retries, ejections, latency, unrouted)
+        yield from (
+            active,
+            requests,
+            responses,
+            errors,
+            retries,
+            ejections,
+            handshakes,
+            tls_failures,
+            latency,
+            unrouted,
+        )

@@ -5,15 +5,22 @@ uses this instead: one ``Connection`` protocol per upstream socket parses the re
 frames the body (Content-Length, chunked or until close) without decoding it; body bytes are
 handed out as they arrive, with flow control both ways. Errors say whether anything could have
 reached the node: ``ConnectFailed`` means nothing was sent.
+
+With ``spec.nodeTLS`` the pool connects with TLS (``Pool.use_tls``) and keeps those connections as it keeps
+plain ones, so that a keep-alive client costs one handshake per pooled connection, not one per request. A
+certificate the node presents that fails verification is a ``TLSFailed``: nothing was sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections import deque
 from collections.abc import AsyncIterable, Callable
 from typing import cast
+
+from whm_ha.node_tls import ClientTLS, tls_failure
 
 HEAD_LIMIT = 65536
 HOP_BY_HOP = frozenset(
@@ -44,6 +51,10 @@ class ConnectFailed(UpstreamError):
     def __init__(self, message: str, *, timed_out: bool = False) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+
+
+class TLSFailed(ConnectFailed):
+    """The TLS handshake failed (a certificate refused, or no TLS spoken): nothing was sent."""
 
 
 class ConnectAbandoned(ConnectFailed):
@@ -83,9 +94,11 @@ _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS = 0, 1, 2, 3
 class Connection(asyncio.Protocol):
     """One keep-alive connection to a node, carrying one exchange at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: str, tls: ClientTLS | None = None) -> None:
         self.loop = loop
         self.key = key
+        self.tls = tls
+        """The TLS settings the connection was made and verified with (None: plain)."""
         self.transport: asyncio.Transport | None = None
         self.reused = False
         self.reusable = True
@@ -547,6 +560,10 @@ class Pool:
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
+        self.tls: ClientTLS | None = None
+        self.tls_problem: str | None = None
+        self.handshakes: dict[str, int] = {}
+        """TLS handshakes completed (new TLS connections) per node."""
         self._idle: dict[str, list[Connection]] = {}
         self._connecting: dict[str, set[asyncio.Task[tuple[asyncio.BaseTransport, Connection]]]] = {}
 
@@ -560,19 +577,42 @@ class Pool:
                 return connection
         return None
 
+    def use_tls(self, tls: ClientTLS | None, problem: str | None = None) -> None:
+        """Connect with TLS verified as ``tls`` says from now on (None: plain), or (``problem``) fail every connect
+        with that reason. Idle connections made otherwise are closed; those in use are closed when released."""
+        if (tls, problem) == (self.tls, self.tls_problem):
+            return
+        self.tls, self.tls_problem = tls, problem
+        self.close()
+
     async def acquire(self, key: str, host: str, port: int) -> Connection:
-        """An idle connection to ``host:port`` if one is open, else a new one; ConnectAbandoned when
-        ``abandon(key)`` is called while it connects."""
+        """An idle connection to ``host:port`` if one is open, else a new one (with TLS as ``use_tls`` said);
+        ConnectAbandoned when ``abandon(key)`` is called while it connects, TLSFailed when its handshake fails."""
         connection = self.take_idle(key)
         if connection is not None:
             return connection
-        connecting = self.loop.create_task(self.loop.create_connection(lambda: Connection(self.loop, key), host, port))
+        tls = self.tls
+        if self.tls_problem is not None:
+            raise TLSFailed(f"cannot connect to {host}:{port} with TLS: {self.tls_problem}")
+        name = tls.name_for(host) if tls is not None else None
+        connecting = self.loop.create_task(
+            self.loop.create_connection(
+                lambda: Connection(self.loop, key, tls),
+                host,
+                port,
+                ssl=tls.context() if tls is not None else None,
+                server_hostname=name,
+            )
+        )
         pending = self._connecting.setdefault(key, set())
         pending.add(connecting)
         try:
             _, protocol = await asyncio.wait_for(connecting, self.connect_timeout)
         except TimeoutError:
             raise ConnectFailed(f"connect to {host}:{port} timed out", timed_out=True) from None
+        except ssl.SSLError as exc:
+            assert name is not None
+            raise TLSFailed(f"TLS to {host}:{port} failed: {tls_failure(exc, name)}") from None
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
         except asyncio.CancelledError:
@@ -584,6 +624,8 @@ class Pool:
             pending.discard(connecting)
             if not pending and self._connecting.get(key) is pending:
                 del self._connecting[key]
+        if tls is not None:
+            self.handshakes[key] = self.handshakes.get(key, 0) + 1
         return protocol
 
     def abandon(self, key: str) -> None:
@@ -594,7 +636,7 @@ class Pool:
 
     def release(self, connection: Connection) -> None:
         """Take a connection back: kept if its exchange completed cleanly, closed otherwise."""
-        if not connection.reusable or connection.closed or not connection.complete():
+        if not connection.reusable or connection.closed or not connection.complete() or connection.tls is not self.tls:
             connection.abort()
             return
         self._idle.setdefault(connection.key, []).append(connection)

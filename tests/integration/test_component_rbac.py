@@ -18,6 +18,7 @@ from kubernetes import client
 
 from tests.fixtures.control_plane import IDENTITIES, ControlPlane
 from tests.fixtures.mariadb import StartServers
+from tests.fixtures.node_certs import NodeCA
 from tests.fixtures.operator_process import StartOperator
 from tests.fixtures.proxy_process import Cluster as ProxyCluster
 from tests.fixtures.proxy_process import StartProxy
@@ -228,12 +229,16 @@ def test_proxy_with_only_the_chart_rbac(
     admin: client.ApiClient,
     namespace: str,
     node_servers: StartNodes,
+    node_ca: NodeCA,
     proxy_process: StartProxy,
 ) -> None:
+    """With nodeTLS on: the proxy reads and watches the CA Secret too."""
     grant(real_control_plane, "proxy", namespace)
+    client.CoreV1Api(admin).create_namespaced_secret(namespace, node_ca.secret("node-ca"))
     cluster = ProxyCluster(admin, namespace)
     cluster.create()
-    (node,) = node_servers("n1")
+    cluster.patch({"spec": {"nodeTLS": {"enabled": True, "caSecret": {"name": "node-ca"}}}})
+    (node,) = node_servers("n1", tls=node_ca.issue("127.0.0.1"))
     cluster.add_node("n1", node.host, node.port)
     proxy = proxy_process(real_control_plane.kubeconfigs["chart-proxy"], namespace)
     wait_for(lambda: proxy.routable() == ["n1"], 30, "the proxy to route to n1")

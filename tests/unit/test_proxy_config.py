@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +12,7 @@ import aiohttp
 import pytest
 
 from whm_ha.kube.client import ApiError, Resource
+from whm_ha.node_tls import ClientTLS
 from whm_ha_proxy.balancer import NodeSpec
 from whm_ha_proxy.config import ConfigWatcher, ProxyConfig, build_config
 
@@ -81,19 +84,41 @@ class FakeClient:
     """Scripted list and watch answers; each watch call takes the next script (events or an error)."""
 
     def __init__(self) -> None:
-        self.objects: dict[str, list[dict[str, Any]]] = {"whmclusters": [], "whmnodes": []}
-        self.watches: dict[str, list[list[dict[str, Any]] | Exception]] = {"whmclusters": [], "whmnodes": []}
+        self.objects: dict[str, list[dict[str, Any]]] = {"whmclusters": [], "whmnodes": [], "secrets": []}
+        self.watches: dict[str, list[list[dict[str, Any]] | Exception]] = {
+            "whmclusters": [],
+            "whmnodes": [],
+            "secrets": [],
+        }
         self.lists = 0
         self.list_errors: list[Exception] = []
+        self.field_selectors: list[str] = []
+        self.after_list: Any = None
+        """Called with the plural after each list has taken its items (to change what the next list finds)."""
 
-    async def list(self, resource: Resource, namespace: str | None = None) -> dict[str, Any]:
+    async def list(
+        self, resource: Resource, namespace: str | None = None, *, field_selector: str = ""
+    ) -> dict[str, Any]:
         if self.list_errors:
             raise self.list_errors.pop(0)
         self.lists += 1
-        return {"metadata": {"resourceVersion": str(self.lists)}, "items": list(self.objects[resource.plural])}
+        items = self.objects[resource.plural]
+        if field_selector:
+            self.field_selectors.append(field_selector)
+            items = [i for i in items if f"metadata.name={i['metadata']['name']}" == field_selector]
+        listed = {"metadata": {"resourceVersion": str(self.lists)}, "items": list(items)}
+        if self.after_list is not None:
+            self.after_list(resource.plural)
+        return listed
 
     async def watch(
-        self, resource: Resource, namespace: str | None, resource_version: str, *, timeout: int = 60
+        self,
+        resource: Resource,
+        namespace: str | None,
+        resource_version: str,
+        *,
+        field_selector: str = "",
+        timeout: int = 60,
     ) -> AsyncIterator[dict[str, Any]]:
         script = self.watches[resource.plural]
         if not script:
@@ -190,3 +215,70 @@ async def test_cluster_deleted_means_no_configuration() -> None:
     watcher = watcher_for(fake, seen)
     await run_until(watcher, lambda: len(seen) == 2)
     assert seen == [ProxyConfig(), None]
+
+
+def ca_secret(name: str, pem: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "data": {"ca.crt": base64.b64encode(pem.encode()).decode()}}
+
+
+PEM_A = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+PEM_B = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"
+
+
+def tls_cluster(**node_tls: Any) -> dict[str, Any]:
+    obj = cluster()
+    obj["spec"]["nodeTLS"] = {"enabled": True, **node_tls}
+    return obj
+
+
+def test_build_config_reads_node_tls() -> None:
+    assert build_config(cluster(), [], 0) == ProxyConfig(tls=None)
+    off = cluster()
+    off["spec"]["nodeTLS"] = {"enabled": False, "caSecret": {"name": "ca"}}
+    assert build_config(off, [], 0, ca_secret("ca", PEM_A)) == ProxyConfig(tls=None), "off: plain HTTP"
+    system = build_config(tls_cluster(serverName="whm.example"), [], 0)
+    assert system is not None and system.tls == ClientTLS(server_name="whm.example") and system.tls_problem is None
+    with_ca = build_config(tls_cluster(caSecret={"name": "ca"}), [], 0, ca_secret("ca", PEM_A))
+    assert with_ca is not None and with_ca.tls == ClientTLS(ca_pem=PEM_A) and with_ca.tls_problem is None
+    missing = build_config(tls_cluster(caSecret={"name": "ca"}), [], 0, None)
+    assert missing is not None and missing.tls_problem == "CA Secret ca not found"
+    wrong_key = build_config(tls_cluster(caSecret={"name": "ca", "key": "root.pem"}), [], 0, ca_secret("ca", PEM_A))
+    assert wrong_key is not None and wrong_key.tls_problem == "CA Secret ca has no key root.pem"
+    insecure = build_config(tls_cluster(insecureSkipVerify=True), [], 0)
+    assert insecure is not None and insecure.tls == ClientTLS(insecure=True)
+    assert ProxyConfig.from_json(json.loads(json.dumps(with_ca.to_json()))) == with_ca
+
+
+async def test_the_ca_secret_is_listed_and_watched_by_name() -> None:
+    fake = FakeClient()
+    fake.objects["whmclusters"] = [tls_cluster(caSecret={"name": "node-ca"})]
+    fake.objects["secrets"] = [ca_secret("node-ca", PEM_A), ca_secret("unrelated", PEM_B)]
+    fake.watches["secrets"] = [
+        [
+            {"type": "MODIFIED", "object": ca_secret("node-ca", PEM_B)},
+            {"type": "DELETED", "object": ca_secret("node-ca", PEM_B)},
+        ]
+    ]
+    seen: list[ProxyConfig | None] = []
+    watcher = watcher_for(fake, seen)
+    await run_until(watcher, lambda: len(seen) == 3)
+    assert fake.field_selectors == ["metadata.name=node-ca"]
+    assert [(c.tls.ca_pem if c and c.tls else None, c.tls_problem if c else None) for c in seen] == [
+        (PEM_A, None),
+        (PEM_B, None),
+        (None, "CA Secret node-ca not found"),
+    ]
+
+
+async def test_another_ca_secret_name_lists_again() -> None:
+    fake = FakeClient()
+    fake.objects["whmclusters"] = [tls_cluster(caSecret={"name": "old-ca"})]
+    fake.objects["secrets"] = [ca_secret("old-ca", PEM_A), ca_secret("new-ca", PEM_B)]
+    renamed = tls_cluster(caSecret={"name": "new-ca"})
+    fake.watches["whmclusters"] = [[{"type": "MODIFIED", "object": renamed}]]
+    fake.after_list = lambda plural: plural == "whmclusters" and fake.objects.update(whmclusters=[renamed])
+    seen: list[ProxyConfig | None] = []
+    watcher = watcher_for(fake, seen)
+    await run_until(watcher, lambda: len(seen) == 2)
+    assert fake.field_selectors == ["metadata.name=old-ca", "metadata.name=new-ca"]
+    assert [c.tls.ca_pem if c and c.tls else None for c in seen] == [PEM_A, PEM_B]

@@ -130,9 +130,11 @@ class KubeClient:
     async def get(self, resource: Resource, namespace: str | None, name: str) -> Obj:
         return await self.request("GET", resource.path(namespace, name))
 
-    async def list(self, resource: Resource, namespace: str | None = None, *, label_selector: str = "") -> Obj:
-        params = {"labelSelector": label_selector} if label_selector else None
-        return await self.request("GET", resource.path(namespace), params=params)
+    async def list(
+        self, resource: Resource, namespace: str | None = None, *, label_selector: str = "", field_selector: str = ""
+    ) -> Obj:
+        params = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v}
+        return await self.request("GET", resource.path(namespace), params=params or None)
 
     async def create(self, resource: Resource, namespace: str | None, body: Obj) -> Obj:
         return await self.request("POST", resource.path(namespace), body=body)
@@ -168,6 +170,7 @@ class KubeClient:
         resource_version: str,
         *,
         label_selector: str = "",
+        field_selector: str = "",
         timeout: int = 60,
     ) -> AsyncIterator[Obj]:
         """Events after resource_version until the server ends the watch; 410 Gone raises ApiError."""
@@ -179,6 +182,8 @@ class KubeClient:
         }
         if label_selector:
             params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
         client_timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout + 30)
         async with self.session.get(resource.path(namespace), params=params, timeout=client_timeout) as response:
             if response.status >= 400:

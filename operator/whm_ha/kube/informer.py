@@ -61,11 +61,12 @@ async def follow(
     apply: Callable[[str, Obj], None],
     *,
     seconds: int = WATCH_SECONDS,
+    field_selector: str = "",
 ) -> None:
     """Watch from ``version``, each watch request resumed from the last version seen, until the API ends it
     abnormally (raises); ``apply(type, obj)`` for every event but bookmarks."""
     while True:
-        async for event in client.watch(resource, namespace, version, timeout=seconds):
+        async for event in client.watch(resource, namespace, version, field_selector=field_selector, timeout=seconds):
             obj = event["object"]
             version = obj.get("metadata", {}).get("resourceVersion", version)
             if event["type"] != "BOOKMARK":

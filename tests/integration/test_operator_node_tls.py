@@ -24,12 +24,18 @@ def cluster(kube_client: client.ApiClient, kube_namespace: str) -> Cluster:
 def test_an_expired_certificate_makes_a_node_unhealthy_until_it_is_renewed(
     cluster: Cluster, kube_api: KubeAPI, node_servers: StartNodes, node_ca: NodeCA, operator_process: StartOperator
 ) -> None:
-    cluster.core.create_namespaced_secret(cluster.namespace, node_ca.secret("node-ca"))
     cluster.create(nodeTLS={"caSecret": {"name": "node-ca"}}, healthCheck={**FAST_HTTPS})
     good, stale = node_servers("n1", "n2", tls=node_ca.issue("127.0.0.1"))
     cluster.add(good, 100)
     cluster.add(stale, 50)
     start(cluster, kube_api, operator_process)
+    status = wait_for(
+        lambda: (s := cluster.node("n1").get("status") or {}).get("health") == "Unhealthy" and s,
+        BOUND + 10,
+        "n1 Unhealthy without the CA to verify it with",
+    )
+    assert status["message"] == "cannot verify node certificates: CA Secret node-ca not found"
+    cluster.core.create_namespaced_secret(cluster.namespace, node_ca.secret("node-ca"))
     cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster over https probes")
 
     expired_at = datetime.now(UTC) - timedelta(minutes=1)

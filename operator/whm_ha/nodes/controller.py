@@ -60,6 +60,15 @@ def _seconds_since(iso: str) -> float:
     return time.time() - (epoch + 1 if epoch.is_integer() else epoch)
 
 
+def _ca_problem(secret: str, error: Exception) -> str:
+    """Why the probes cannot verify: the CA Secret is missing, unreadable or holds no CA under its key."""
+    if isinstance(error, ApiError):
+        why = "not found" if error.status == 404 else f"unreadable ({error})"
+    else:
+        why = str(error)
+    return f"cannot verify node certificates: CA Secret {secret} {why}"
+
+
 @dataclass
 class ClusterController:
     """State and steps of one cluster's loop. The state is what this process observed, never status."""
@@ -79,8 +88,8 @@ class ClusterController:
     """A MySQLReplication by name, as the operator's watch last saw it (None: not seen)."""
     primary_series: set[str] = field(default_factory=set)
     """The nodes with a whm_ha_primary_node series: a node that goes takes its series with it."""
-    ca: tuple[float, str, str, str | None] | None = None
-    """The probes' CA: (monotonic time read, Secret name, key, PEM text or None when it could not be read)."""
+    ca: tuple[float, str, str, str] | None = None
+    """The probes' CA: (monotonic time read, Secret name, key, PEM text)."""
     insecure_warned: bool = False
     """Whether this process posted the InsecureNodeTLS Event while insecureSkipVerify has been on."""
 
@@ -250,32 +259,26 @@ class ClusterController:
                 self.legacy.add_health_check(name, result.ok, result.latency_ms, result.message, time.time())
 
     async def _probe_tls(self, spec: WHMClusterSpec) -> tuple[ClientTLS, str | None]:
-        """The https probes' verification settings, with the CA from nodeTLS.caSecret (read again after CA_TTL;
-        the last good read stands while the API is unreachable), and the problem that prevents verifying."""
+        """The https probes' verification settings, with the CA from nodeTLS.caSecret, and the problem that
+        prevents verifying. A CA read is used for CA_TTL; a missing one is looked for again every period, and
+        while the API fails the last one read stands."""
         selector = spec.node_tls.ca_secret
         if selector is None:
             return settings(spec.node_tls, None), None
-        now = time.monotonic()
-        cached = self.ca
-        if cached is None or cached[1:3] != (selector.name, selector.key) or now - cached[0] >= CA_TTL:
-            pem: str | None = None
+        now, cached = time.monotonic(), self.ca
+        if cached is not None and cached[1:3] != (selector.name, selector.key):
+            cached = self.ca = None
+        if cached is None or now - cached[0] >= CA_TTL:
             try:
                 secret = await self.kube.get(SECRETS, self.namespace, selector.name)
-                pem = ca_from_secret(secret, selector.key)
-            except ApiError as exc:
-                if exc.status != 404 and cached is not None and cached[1:3] == (selector.name, selector.key):
-                    pem = cached[3]  # API trouble: keep verifying with the CA read last
-                else:
-                    log.warning(
-                        "cluster %s/%s: cannot read CA Secret %s: %s", self.namespace, self.name, selector.name, exc
-                    )
-            except ValueError as exc:
-                log.warning("cluster %s/%s: CA Secret %s %s", self.namespace, self.name, selector.name, exc)
-            self.ca = cached = (now, selector.name, selector.key, pem)
-        if cached[3] is None:
-            return settings(spec.node_tls, None), (
-                f"cannot verify node certificates: CA Secret {selector.name} (key {selector.key}) missing or unreadable"
-            )
+                self.ca = cached = (now, selector.name, selector.key, ca_from_secret(secret, selector.key))
+            except (ApiError, ValueError) as exc:
+                if cached is None or not isinstance(exc, ApiError) or exc.status == 404:
+                    self.ca = None
+                    return settings(spec.node_tls, None), _ca_problem(selector.name, exc)
+                log.warning(
+                    "cluster %s/%s: CA Secret %s not read again: %s", self.namespace, self.name, selector.name, exc
+                )
         return settings(spec.node_tls, cached[3]), None
 
     async def _warn_if_insecure(self, cluster: Obj, spec: WHMClusterSpec) -> None:

@@ -91,6 +91,8 @@ class Certificate:
     names: tuple[str, ...]
     """Its DNS names (subjectAltName; the subject's CN when it has none), lower case; wildcards as ``*.x``."""
     not_after: datetime
+    pem: tuple[str, str] = field(compare=False, repr=False)
+    """The certificate chain and key it was loaded from."""
     context: ssl.SSLContext = field(compare=False, repr=False)
 
 
@@ -101,7 +103,7 @@ def load_certificate(source: str, cert_pem: str, key_pem: str) -> Certificate:
     except ValueError:
         raise CertificateError(f"{source}: the certificate is not PEM (tls.crt)") from None
     context = server_context(cert_pem, key_pem)
-    return Certificate(source, dns_names(leaf), leaf.not_valid_after_utc, context)
+    return Certificate(source, dns_names(leaf), leaf.not_valid_after_utc, (cert_pem, key_pem), context)
 
 
 def dns_names(certificate: x509.Certificate) -> tuple[str, ...]:
@@ -186,3 +188,55 @@ class CertificateStore:
             return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
         connection.context = certificate.context
         return None
+
+
+class SecretCertificates:
+    """Certificates from ``kubernetes.io/tls`` Secrets by name, each Secret's last good certificate kept while the
+    Secret is missing or holds something that cannot be served (a listener never loses a working certificate to a
+    bad edit). Each Secret is loaded once per resourceVersion."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, Certificate | str]] = {}
+        """Per Secret: the resourceVersion last loaded and its certificate, or what was wrong with it."""
+        self._good: dict[str, Certificate] = {}
+
+    def update(self, names: Sequence[str], secrets: Mapping[str, Mapping[str, Any]]) -> Served:
+        """The certificates to serve for the Secrets ``names`` (in that order), given the Secrets that exist."""
+        served: list[Certificate] = []
+        problems: dict[str, str] = {}
+        for name in names:
+            secret = secrets.get(name)
+            if secret is None:
+                problem: str | None = f"Secret {name} not found"
+            else:
+                version = str(secret.get("metadata", {}).get("resourceVersion", ""))
+                seen = self._seen.get(name)
+                if seen is None or seen[0] != version:
+                    try:
+                        loaded: Certificate | str = load_certificate(name, *pem_from_secret(secret))
+                    except CertificateError as exc:
+                        loaded = str(exc)
+                    seen = self._seen[name] = (version, loaded)
+                if isinstance(seen[1], Certificate):
+                    self._good[name] = seen[1]
+                    problem = None
+                else:
+                    problem = seen[1]
+            if problem is not None:
+                kept = "its last good certificate is served" if name in self._good else "nothing is served for it"
+                problems[name] = f"{problem}; {kept}"
+            if name in self._good:
+                served.append(self._good[name])
+        for gone in set(self._seen) - set(names):
+            del self._seen[gone]
+            self._good.pop(gone, None)
+        return Served(tuple(served), problems)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What ``SecretCertificates.update`` found: the certificates to serve (the first is the default) and, per
+    Secret, what is wrong with it."""
+
+    certificates: tuple[Certificate, ...]
+    problems: dict[str, str]

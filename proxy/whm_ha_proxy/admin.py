@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .stats import CLASSES, StatsCollector
 
@@ -43,11 +46,42 @@ def is_loopback(address: str | None) -> bool:
     return ip.is_loopback
 
 
+class TLSCollector(Collector):
+    """The TLS listener's certificates: expiry per served Secret, and which named Secrets cannot be served."""
+
+    def __init__(self, supervisor: Supervisor, labels: dict[str, str]) -> None:
+        self._supervisor = supervisor
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        watcher = self._supervisor.watcher
+        keys, base = [*self._labels, "secret"], list(self._labels.values())
+        expiry = GaugeMetricFamily(
+            "whm_ha_proxy_tls_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (Unix time).",
+            labels=keys,
+        )
+        for certificate in watcher.served_certificates:
+            expiry.add_metric([*base, certificate.source], certificate.not_after.timestamp())
+        problems = GaugeMetricFamily(
+            "whm_ha_proxy_tls_secret_problem",
+            "1 for each certificate Secret the WHMCluster names that cannot be served (missing, not kubernetes.io/tls, "
+            "or a certificate and key that do not load); the log says why.",
+            labels=keys,
+        )
+        for name in watcher.certificate_problems:
+            problems.add_metric([*base, name], 1)
+        yield from (expiry, problems)
+
+
 def build_app(supervisor: Supervisor) -> web.Application:
     options = supervisor.options
     latest: dict[str, Any] = {"nodes": {}, "unrouted": 0}
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatsCollector(lambda: latest, {"namespace": options.namespace, "cluster": options.cluster}))
+    labels = {"namespace": options.namespace, "cluster": options.cluster}
+    registry.register(StatsCollector(lambda: latest, labels))
+    if options.listen_tls is not None:
+        registry.register(TLSCollector(supervisor, labels))
 
     async def stats(_: web.Request) -> web.Response:
         merged = await supervisor.stats()
@@ -80,6 +114,15 @@ def build_app(supervisor: Supervisor) -> web.Application:
                         else None,
                         "problem": config.tls_problem,
                     },
+                },
+                "tls": None
+                if options.listen_tls is None
+                else {
+                    "served": [
+                        {"secret": c.source, "names": list(c.names), "notAfter": c.not_after.isoformat()}
+                        for c in supervisor.watcher.served_certificates
+                    ],
+                    "problems": supervisor.watcher.certificate_problems,
                 },
                 "api": {"lists": supervisor.watcher.lists, "reloads": supervisor.watcher.reloads},
                 "workers": merged["workers"],

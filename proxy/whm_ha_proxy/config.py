@@ -2,7 +2,9 @@
 
 ``ConfigWatcher`` lists both kinds, then watches each from the list's resourceVersion (the operator's
 ``relisting`` loop and ``follow`` watch); with ``spec.nodeTLS`` enabled, likewise the one Secret its caSecret
-names (a field selector on its name), so that a rotated CA reaches the workers as a cluster change does.
+names (a field selector on its name), so that a rotated CA reaches the workers as a cluster change does; with an
+HTTPS listener, the namespace's Secrets too (the certificates ``loadBalancer.tls`` names, each kept at its last
+good value while its Secret is missing or broken).
 It lists again on 410 Gone, after API errors (with a growing backoff, so an API server restart is survived),
 every ``resync`` seconds, when the cluster's ``ha.whm.io/reload`` annotation takes a new value or its CA Secret
 another name, and when ``reload()`` is called.
@@ -22,6 +24,7 @@ from whm_ha.crd.whmcluster import LoadBalancer, NodeTLS
 from whm_ha.kube.client import SECRETS, WHMCLUSTERS, WHMNODES, KubeClient, Obj
 from whm_ha.kube.informer import follow, relisting
 from whm_ha.node_tls import ClientTLS, ca_from_secret, settings
+from whm_ha.tls import TLS_SECRET_TYPE, Certificate, SecretCertificates
 
 from .balancer import Algorithm, NodeSpec
 
@@ -51,6 +54,12 @@ class ProxyConfig:
     tls_problem: str | None = None
     """Why the nodes cannot be verified as nodeTLS asks (its CA Secret is missing or holds no certificate):
     every connect fails with it, rather than go unverified."""
+    redirect_http: bool = False
+    """The plain listener answers 308 to https (``https.redirect_location``)."""
+    hsts: str = ""
+    """The Strict-Transport-Security value on HTTPS answers; empty for none."""
+    certificates: tuple[tuple[str, str, str], ...] = ()
+    """(Secret, certificate chain PEM, key PEM) the HTTPS listener serves, the first the default."""
 
     @property
     def routable(self) -> list[str]:
@@ -74,6 +83,7 @@ class ProxyConfig:
                 "no_retry_after_timeout": tuple(data["no_retry_after_timeout"]),
                 "nodes": tuple(NodeSpec(**node) for node in data["nodes"]),
                 "tls": ClientTLS(**data["tls"]) if data.get("tls") is not None else None,
+                "certificates": tuple(tuple(served) for served in data["certificates"]),
             }
         )
 
@@ -116,16 +126,25 @@ def upstream_tls(cluster: Obj, secret: Obj | None) -> tuple[ClientTLS | None, st
         return settings(node_tls, None), f"CA Secret {selector.name} {exc}"
 
 
+def load_balancer(cluster: Obj) -> LoadBalancer:
+    return LoadBalancer.model_validate(cluster.get("spec", {}).get("loadBalancer", {}))
+
+
 def build_config(
-    cluster: Obj | None, nodes: list[Obj], generation: int, ca_secret: Obj | None = None
+    cluster: Obj | None,
+    nodes: list[Obj],
+    generation: int,
+    ca_secret: Obj | None = None,
+    certificates: tuple[Certificate, ...] = (),
 ) -> ProxyConfig | None:
-    """The configuration for a cluster object, its nodes and the Secret of its nodeTLS CA; None when the cluster
-    does not exist."""
+    """The configuration for a cluster object, its nodes, the Secret of its nodeTLS CA and the certificates the
+    HTTPS listener serves; None when the cluster does not exist."""
     if cluster is None:
         return None
-    balancing = LoadBalancer.model_validate(cluster.get("spec", {}).get("loadBalancer", {}))
+    balancing = load_balancer(cluster)
     sticky = balancing.sticky_sessions
     tls, tls_problem = upstream_tls(cluster, ca_secret)
+    hsts = balancing.tls.hsts
     return ProxyConfig(
         algorithm=balancing.algorithm,
         retries=balancing.retries,
@@ -136,6 +155,11 @@ def build_config(
         generation=generation,
         tls=tls,
         tls_problem=tls_problem,
+        redirect_http=balancing.tls.redirect_http,
+        hsts=f"max-age={hsts.max_age_seconds}" + ("; includeSubDomains" if hsts.include_sub_domains else "")
+        if hsts.max_age_seconds
+        else "",
+        certificates=tuple((served.source, *served.pem) for served in certificates),
     )
 
 
@@ -152,6 +176,8 @@ class ConfigWatcher:
     cluster: str
     on_change: Callable[[ProxyConfig | None], None]
     resync: float = 300.0
+    https: bool = False
+    """Watch the namespace's Secrets for the certificates the cluster names (the proxy has an HTTPS listener)."""
     config: ProxyConfig | None = None
     loaded: bool = False
     """True once the first list succeeded."""
@@ -164,6 +190,13 @@ class ConfigWatcher:
     _ca_name: str | None = None
     """The nodeTLS CA Secret watched (None: none)."""
     _ca_secret: Obj | None = None
+    _secrets: dict[str, Obj] = field(default_factory=dict)
+    """With ``https``, the namespace's Secrets (of other types than kubernetes.io/tls, only what says so)."""
+    _certificates: SecretCertificates = field(default_factory=SecretCertificates)
+    certificate_problems: dict[str, str] = field(default_factory=dict)
+    """What is wrong with each certificate Secret the cluster names, by Secret."""
+    served_certificates: tuple[Certificate, ...] = ()
+    """The certificates the HTTPS listener serves."""
     _reload_value: str | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _listed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -180,11 +213,13 @@ class ConfigWatcher:
         await asyncio.wait_for(self._listed.wait(), timeout)
         return self.config
 
-    async def _list(self) -> tuple[str, str, str | None]:
+    async def _list(self) -> tuple[str, str, str | None, str | None]:
         self._wake.clear()
-        clusters, nodes = await asyncio.gather(
-            self.client.list(WHMCLUSTERS, self.namespace), self.client.list(WHMNODES, self.namespace)
+        kinds = (WHMCLUSTERS, WHMNODES, SECRETS) if self.https else (WHMCLUSTERS, WHMNODES)
+        clusters, nodes, *all_secrets = await asyncio.gather(
+            *(self.client.list(kind, self.namespace) for kind in kinds)
         )
+        self._secrets = {s["metadata"]["name"]: _certificate_part(s) for listed in all_secrets for s in listed["items"]}
         self._cluster_obj = next((c for c in clusters["items"] if c["metadata"]["name"] == self.cluster), None)
         self._reload_value = _reload_value(self._cluster_obj)
         self._nodes = {n["metadata"]["name"]: n for n in nodes["items"] if self._mine(n)}
@@ -200,17 +235,26 @@ class ConfigWatcher:
         self.loaded = True
         self._publish(always=first)
         self._listed.set()
-        return clusters["metadata"]["resourceVersion"], nodes["metadata"]["resourceVersion"], secrets_version
+        certificates_version = all_secrets[0]["metadata"]["resourceVersion"] if all_secrets else None
+        return (
+            clusters["metadata"]["resourceVersion"],
+            nodes["metadata"]["resourceVersion"],
+            secrets_version,
+            certificates_version,
+        )
 
-    async def _watch(self, versions: tuple[str, str, str | None]) -> None:
-        """Watch both kinds (and the CA Secret) until a re-list is due; raises what ended a watch abnormally."""
-        clusters_version, nodes_version, secrets_version = versions
+    async def _watch(self, versions: tuple[str, str, str | None, str | None]) -> None:
+        """Watch both kinds (and the CA Secret, and with ``https`` every Secret) until a re-list is due; raises what
+        ended a watch abnormally."""
+        clusters_version, nodes_version, secrets_version, certificates_version = versions
         watches = [
             (WHMCLUSTERS, clusters_version, self._on_cluster, ""),
             (WHMNODES, nodes_version, self._on_node, ""),
         ]
         if secrets_version is not None:
             watches.append((SECRETS, secrets_version, self._on_ca_secret, f"metadata.name={self._ca_name}"))
+        if certificates_version is not None:
+            watches.append((SECRETS, certificates_version, self._on_secret, ""))
         tasks: list[asyncio.Task[Any]] = [
             asyncio.create_task(
                 follow(self.client, kind, self.namespace, version, apply, seconds=WATCH_SECONDS, field_selector=fields)
@@ -245,6 +289,14 @@ class ConfigWatcher:
         self._ca_secret = None if kind == "DELETED" else obj
         self._publish()
 
+    def _on_secret(self, kind: str, obj: Obj) -> None:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            self._secrets.pop(name, None)
+        else:
+            self._secrets[name] = _certificate_part(obj)
+        self._publish()
+
     def _on_node(self, kind: str, obj: Obj) -> None:
         name = obj["metadata"]["name"]
         if kind == "DELETED" or not self._mine(obj):
@@ -260,11 +312,38 @@ class ConfigWatcher:
     def _publish(self, always: bool = False) -> None:
         """Calls ``on_change`` when the configuration changed, or ``always`` (the first list: even no cluster
         is news to workers, which listen only once they have a configuration)."""
-        config = build_config(self._cluster_obj, list(self._nodes.values()), self.reloads, self._ca_secret)
+        self.served_certificates = self._serve_certificates() if self.https else ()
+        config = build_config(
+            self._cluster_obj, list(self._nodes.values()), self.reloads, self._ca_secret, self.served_certificates
+        )
         if always or config != self.config:
             _log_tls_change(self.config, config)
             self.config = config
             self.on_change(config)
+
+    def _serve_certificates(self) -> tuple[Certificate, ...]:
+        """The certificates of the Secrets the cluster names (logging each problem once, as it appears)."""
+        names = (
+            [reference.secret_name for reference in load_balancer(self._cluster_obj).tls.certificates]
+            if self._cluster_obj is not None
+            else []
+        )
+        served = self._certificates.update(names, self._secrets)
+        for name, problem in served.problems.items():
+            if self.certificate_problems.get(name) != problem:
+                log.error("TLS certificate from Secret %s/%s: %s", self.namespace, name, problem)
+        for name in self.certificate_problems.keys() - served.problems.keys():
+            if name in names:
+                log.info("TLS certificate from Secret %s/%s: loaded", self.namespace, name)
+        self.certificate_problems = served.problems
+        return served.certificates
+
+
+def _certificate_part(secret: Obj) -> Obj:
+    """What the proxy keeps of a Secret: all of a TLS one, only the name, version and type of others."""
+    if secret.get("type") == TLS_SECRET_TYPE:
+        return secret
+    return {"metadata": secret["metadata"], "type": secret.get("type")}
 
 
 def _log_tls_change(old: ProxyConfig | None, new: ProxyConfig | None) -> None:

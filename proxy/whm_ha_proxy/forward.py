@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from .balancer import Backend, Balancer
 from .config import ProxyConfig
+from .https import redirect
 from .server import ClientGone, Request
 from .stats import NodeStats
 from .upstream import (
@@ -255,6 +256,8 @@ class Forwarder:
         config = self.config
         if config is None or request.has_body or request.upgrade or request.method == "HEAD":
             return False
+        if config.redirect_http and not request.downstream.tls:
+            return False
         out = outgoing(request)
         sticky = _sticky_node(config, out)
         started = self._loop.time()
@@ -282,6 +285,8 @@ class Forwarder:
         config = self.config
         if config is None:
             return self._unavailable(request)
+        if config.redirect_http and not request.downstream.tls and redirect(request):
+            return None
         out = outgoing(request)
         sticky = _sticky_node(config, out)
         if out.expect_continue and request.has_body:

@@ -40,6 +40,9 @@ class ProxyOptions:
     resync_seconds: float = 300.0
     drain_seconds: float = 30.0
     limits: ClientLimits = field(default_factory=ClientLimits)
+    listen_tls: tuple[str, int] | None = None
+    """The HTTPS listener's address; None for none."""
+    tls_handshake_timeout: float = 10.0
 
     @property
     def worker_count(self) -> int:
@@ -64,6 +67,7 @@ class ProxyOptions:
                 **data,
                 "listen": tuple(data["listen"]),
                 "admin": tuple(data["admin"]),
+                "listen_tls": tuple(data["listen_tls"]) if data["listen_tls"] is not None else None,
                 "limits": ClientLimits(**data["limits"]),
             }
         )
@@ -71,9 +75,10 @@ class ProxyOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ProxyOptions:
         """The options parsed by a parser that ``add_arguments`` filled; ValueError on a bad address."""
-        simple = {f.name for f in fields(cls)} - {"listen", "admin", "limits"}
+        simple = {f.name for f in fields(cls)} - {"listen", "admin", "limits", "listen_tls"}
         return cls(
             listen=parse_address(args.listen),
+            listen_tls=parse_address(args.listen_tls) if args.listen_tls is not None else None,
             admin=parse_address(args.admin),
             limits=ClientLimits(**{f.name: getattr(args, f.name) for f in fields(ClientLimits)}),
             **{name: getattr(args, name) for name in simple},
@@ -112,6 +117,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--cluster", required=True, help="name of the WHMCluster")
     add("--namespace", "-n", default="default", help="namespace of the WHMCluster (default: default)")
     add("--listen", default="0.0.0.0:8080", metavar="HOST:PORT", help="traffic address (default: 0.0.0.0:8080)")
+    add(
+        "--listen-tls",
+        metavar="HOST:PORT",
+        help="HTTPS address (default: none), serving the certificates the WHMCluster's loadBalancer.tls names",
+    )
+    add(
+        "--tls-handshake-timeout",
+        type=seconds,
+        default=10.0,
+        help="seconds a client may take to complete its TLS handshake [ssl_handshake_timeout]",
+    )
     add(
         "--admin",
         default="127.0.0.1:8081",

@@ -247,6 +247,8 @@ class Request:
             framing += b"Connection: close\r\n"
         elif self.http10:
             framing += b"Connection: keep-alive\r\n"
+        if self.downstream.tls:
+            fields += self.downstream.server.hsts
         return b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, reason, fields, framing)
 
 
@@ -271,6 +273,8 @@ class Downstream(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.tls = False
+        """Whether the client connected to the TLS listener."""
         self.chunked = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -313,6 +317,7 @@ class Downstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.tls = transport.get_extra_info("ssl_object") is not None
         if not self.server.admit(self):
             self._closed = True
             self.transport.abort()
@@ -720,6 +725,8 @@ class Server:
         self.connections: set[Downstream] = set()
         self.draining = False
         self.refused_connections = 0
+        self.hsts = b""
+        """The Strict-Transport-Security header line added to answers over TLS (empty: none)."""
         self._at_limit = False
         self._drained = asyncio.Event()
 

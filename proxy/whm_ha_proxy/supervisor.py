@@ -60,7 +60,12 @@ class Supervisor:
         self.options = options
         self.client = client
         self.watcher = ConfigWatcher(
-            client, options.namespace, options.cluster, self._changed, resync=options.resync_seconds
+            client,
+            options.namespace,
+            options.cluster,
+            self._changed,
+            resync=options.resync_seconds,
+            https=options.listen_tls is not None,
         )
         self.workers: dict[int, Worker] = {}
         self.stopping = False
@@ -224,10 +229,11 @@ async def serve(options: ProxyOptions) -> int:
         watching = asyncio.create_task(supervisor.watcher.run())
         keepers = [asyncio.create_task(supervisor.keep_worker(i)) for i in range(options.worker_count)]
         log.info(
-            "proxy for %s/%s on %s:%d (%d workers), admin on %s:%d",
+            "proxy for %s/%s on %s:%d%s (%d workers), admin on %s:%d",
             options.namespace,
             options.cluster,
             *options.listen,
+            ", https on {}:{}".format(*options.listen_tls) if options.listen_tls is not None else "",
             options.worker_count,
             *options.admin,
         )
@@ -244,12 +250,16 @@ async def serve(options: ProxyOptions) -> int:
 def run(options: ProxyOptions) -> int:
     """Run the proxy until SIGTERM or SIGINT; 0 after a graceful drain."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s proxy %(levelname)s %(message)s")
-    try:
-        # Fails early on a bad or taken address, and keeps the port while the workers come and go.
-        reservation = listen_socket(*options.listen, listen=False)
-    except OSError as exc:
-        print(f"whm-ha proxy: cannot listen on {options.listen[0]}:{options.listen[1]}: {exc}", file=sys.stderr)
-        return 1
-    with reservation:
-        options = ProxyOptions(**{**options.__dict__, "listen": (options.listen[0], reservation.getsockname()[1])})
-        return uvloop.run(serve(options))
+    addresses = {"listen": options.listen, "listen_tls": options.listen_tls}
+    with contextlib.ExitStack() as reservations:
+        for name, address in addresses.items():
+            if address is None:
+                continue
+            try:
+                # Fails early on a bad or taken address, and keeps the port while the workers come and go.
+                reservation = reservations.enter_context(listen_socket(*address, listen=False))
+            except OSError as exc:
+                print(f"whm-ha proxy: cannot listen on {address[0]}:{address[1]}: {exc}", file=sys.stderr)
+                return 1
+            addresses[name] = (address[0], reservation.getsockname()[1])
+        return uvloop.run(serve(ProxyOptions(**{**options.__dict__, **addresses})))

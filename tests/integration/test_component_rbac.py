@@ -13,6 +13,7 @@ from typing import Any
 
 import helm_python as helm
 import pytest
+import trustme
 import yaml
 from kubernetes import client
 
@@ -27,6 +28,7 @@ from tests.fixtures.whm_nodes import StartNodes
 from tests.integration.test_operator_nodes import BOUND, Cluster, three_nodes
 from tests.integration.test_operator_replication import SERVER_ARGS, Replication, member_host
 from tests.kube_helpers import create_replication, wait_for
+from tests.tls_helpers import client_context, tls_secret
 from whm_ha.db.local_server import free_port
 
 pytestmark = pytest.mark.real_api
@@ -232,18 +234,25 @@ def test_proxy_with_only_the_chart_rbac(
     node_ca: NodeCA,
     proxy_process: StartProxy,
 ) -> None:
-    """With nodeTLS on: the proxy reads and watches the CA Secret too."""
+    """With nodeTLS on and an HTTPS listener: the proxy reads and watches the CA Secret, and the namespace's
+    Secrets for its certificates."""
     grant(real_control_plane, "proxy", namespace)
     client.CoreV1Api(admin).create_namespaced_secret(namespace, node_ca.secret("node-ca"))
     cluster = ProxyCluster(admin, namespace)
-    cluster.create()
+    cluster.create(tls={"certificates": [{"secretName": "web"}]})
     cluster.patch({"spec": {"nodeTLS": {"enabled": True, "caSecret": {"name": "node-ca"}}}})
     (node,) = node_servers("n1", tls=node_ca.issue("127.0.0.1"))
     cluster.add_node("n1", node.host, node.port)
-    proxy = proxy_process(real_control_plane.kubeconfigs["chart-proxy"], namespace)
+    ca = trustme.CA()
+    client.CoreV1Api(admin).create_namespaced_secret(namespace, tls_secret("web", ca.issue_cert("panel.example")))
+    proxy = proxy_process(real_control_plane.kubeconfigs["chart-proxy"], namespace, tls_port=free_port())
     wait_for(lambda: proxy.routable() == ["n1"], 30, "the proxy to route to n1")
     with urllib.request.urlopen(proxy.url + "/", timeout=10) as response:
         assert response.headers["X-WHM-Node"] == "n1"
+    with urllib.request.urlopen(
+        f"https://127.0.0.1:{proxy.tls_port}/", timeout=10, context=client_context(ca, check_hostname=False)
+    ) as response:
+        assert response.headers["X-WHM-Node"] == "n1", "the certificate came from the Secret the proxy watches"
     assert "Forbidden" not in proxy.log_text(), proxy.log_text()[-3000:]
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from whm_ha.tls import (
     CertificateError,
     CertificateStore,
+    SecretCertificates,
     choose,
     load_certificate,
     matches,
@@ -186,3 +187,32 @@ async def test_alpn_offers_http11(ca: trustme.CA, listener: tuple[CertificateSto
         assert writer.get_extra_info("ssl_object").version() == "TLSv1.3"
     finally:
         writer.close()
+
+
+def test_secret_certificates_keep_each_secrets_last_good_certificate(ca: trustme.CA) -> None:
+    def secret(name: str, version: str, leaf: trustme.LeafCert | None) -> dict[str, object]:
+        cert, key = pem(leaf) if leaf is not None else ("x", "y")
+        encoded = {
+            "tls.crt": base64.b64encode(cert.encode()).decode(),
+            "tls.key": base64.b64encode(key.encode()).decode(),
+        }
+        return {"metadata": {"name": name, "resourceVersion": version}, "type": "kubernetes.io/tls", "data": encoded}
+
+    certificates = SecretCertificates()
+    served = certificates.update(["web", "apps"], {"apps": secret("apps", "1", ca.issue_cert("*.apps.example"))})
+    assert [c.source for c in served.certificates] == ["apps"]
+    assert served.problems == {"web": "Secret web not found; nothing is served for it"}
+
+    good = secret("web", "2", ca.issue_cert("panel.example"))
+    served = certificates.update(["web", "apps"], {"web": good, "apps": secret("apps", "1", None)})
+    assert [c.source for c in served.certificates] == ["web", "apps"], "apps was loaded at version 1 already"
+    assert served.problems == {}
+
+    served = certificates.update(["web"], {"web": secret("web", "3", None)})
+    assert [c.names for c in served.certificates] == [("panel.example",)]
+    assert served.problems["web"].endswith("not PEM (tls.crt); its last good certificate is served")
+    assert (
+        certificates.update(["web"], {}).problems["web"] == "Secret web not found; its last good certificate is served"
+    )
+    assert certificates.update([], {}).certificates == ()
+    assert certificates.update(["web"], {}).certificates == (), "a Secret named again starts afresh"

@@ -125,6 +125,64 @@ class RetryAfterTimeout(CRDModel):
     """Path patterns never retried after a timeout (shell-style, `*` matches `/` too; the query is ignored)."""
 
 
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""RFC 1123 subdomain: the shape of a Secret's name."""
+
+
+class TLSCertificate(CRDModel):
+    """A certificate the proxy serves."""
+
+    secret_name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+    """A `kubernetes.io/tls` Secret in the cluster's namespace (tls.crt: the certificate, then its intermediates;
+    tls.key: its private key)."""
+
+
+class HSTS(CRDModel):
+    """The Strict-Transport-Security header on HTTPS answers."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.includeSubDomains || self.maxAgeSeconds > 0",
+                    "includeSubDomains needs a maxAgeSeconds above 0",
+                    ".includeSubDomains",
+                ),
+            ]
+        }
+    }
+
+    max_age_seconds: int = Field(default=0, ge=0, le=63072000)
+    """How long browsers keep to HTTPS for the host (0: no header; at most two years)."""
+    include_sub_domains: bool = False
+    """Apply it to every subdomain of the host too."""
+
+
+class LoadBalancerTLS(CRDModel):
+    """HTTPS on the proxy's TLS listener (`whm-ha proxy --listen-tls`)."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "self.certificates.all(c, self.certificates.filter(d, d.secretName == c.secretName).size() == 1)",
+                    "each Secret may be named once",
+                    ".certificates",
+                ),
+            ]
+        }
+    }
+
+    certificates: list[TLSCertificate] = Field(default_factory=list, max_length=32)
+    """The certificates served: the first to clients whose server name (SNI) no other one matches, the others to
+    the names (and wildcards) they carry."""
+    redirect_http: bool = False
+    """The plain listener answers every request with 308 to the same host and path over https (except ACME
+    HTTP-01 challenges, under /.well-known/acme-challenge/)."""
+    hsts: HSTS = Field(default_factory=HSTS)
+    """Strict-Transport-Security on HTTPS answers."""
+
+
 class LoadBalancer(CRDModel):
     """How the proxy spreads requests over the healthy nodes."""
 
@@ -138,6 +196,8 @@ class LoadBalancer(CRDModel):
     """How many other nodes a failed request may be retried on."""
     retry_after_timeout: RetryAfterTimeout = Field(default_factory=RetryAfterTimeout)
     """Which requests are retried once a node took them and did not answer in time."""
+    tls: LoadBalancerTLS = Field(default_factory=LoadBalancerTLS)
+    """HTTPS: certificates, redirect from HTTP, HSTS."""
 
 
 class Discovery(CRDModel):

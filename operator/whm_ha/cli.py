@@ -82,6 +82,9 @@ def _run_operator(args: argparse.Namespace) -> int:
 def _run_shim(args: argparse.Namespace) -> int:
     from .shim.main import run
 
+    if (args.listen_tls is None) != (args.tls_secret is None):
+        print("whm-ha shim: --listen-tls and --tls-secret go together", file=sys.stderr)
+        return 2
     return run(
         listen=args.listen,
         namespace=args.namespace,
@@ -92,7 +95,70 @@ def _run_shim(args: argparse.Namespace) -> int:
         proxy_admins=args.proxy_admin,
         proxy_pods=args.proxy_pods,
         header_timeout=args.client_header_timeout,
+        listen_tls_address=args.listen_tls,
+        tls_secret=args.tls_secret,
+        tls_handshake_timeout=args.tls_handshake_timeout,
     )
+
+
+def _add_shim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    shim = sub.add_parser(
+        "shim",
+        formatter_class=DefaultsShown,
+        help="serve the legacy /api/ha REST API over the custom resources",
+        description="Serve the 12 legacy /api/ha endpoints, backed by the custom resources.",
+    )
+    shim.add_argument(
+        "--listen", default="0.0.0.0:4000", metavar="HOST:PORT", help="API address (default: 0.0.0.0:4000)"
+    )
+    shim.add_argument("--cluster", default=None, help="WHMCluster to serve (default: the only one)")
+    shim.add_argument("--namespace", "-n", default="default", help="namespace of the WHMCluster (default: default)")
+    shim.add_argument(
+        "--anonymous-reads", action="store_true", help="allow GET requests without a token (off by default)"
+    )
+    shim.add_argument(
+        "--static-tokens-secret",
+        default=None,
+        metavar="NAME",
+        help="Secret of static tokens for tools without a Kubernetes identity (<user>: sha256:<hex>)",
+    )
+    shim.add_argument(
+        "--request-timeout", type=float, default=30.0, help="seconds to wait for the operator's answer (then 504)"
+    )
+    shim.add_argument(
+        "--proxy-admin", action="append", default=[], metavar="URL", help="a proxy's admin URL, for stats (repeat)"
+    )
+    shim.add_argument(
+        "--proxy-pods",
+        default=None,
+        metavar="SELECTOR:PORT",
+        help="find the proxy replicas as pods (e.g. app.kubernetes.io/component=proxy:8081), for stats",
+    )
+    shim.add_argument(
+        "--client-header-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a client that has not sent a whole request head by then gets 408 and is dropped (default 60)",
+    )
+    shim.add_argument(
+        "--listen-tls", default=None, metavar="HOST:PORT", help="HTTPS address (needs --tls-secret; default: none)"
+    )
+    shim.add_argument(
+        "--tls-secret",
+        default=None,
+        metavar="NAME",
+        help="kubernetes.io/tls Secret in the namespace served on --listen-tls (watched: a new certificate is used "
+        "for new connections)",
+    )
+    shim.add_argument(
+        "--tls-handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a client that has not completed its TLS handshake by then is dropped (default 10)",
+    )
+    shim.set_defaults(handler=_run_shim)
 
 
 def _run_proxy(args: argparse.Namespace) -> int:
@@ -198,46 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_proxy(sub)
 
-    shim = sub.add_parser(
-        "shim",
-        formatter_class=DefaultsShown,
-        help="serve the legacy /api/ha REST API over the custom resources",
-        description="Serve the 12 legacy /api/ha endpoints, backed by the custom resources.",
-    )
-    shim.add_argument(
-        "--listen", default="0.0.0.0:4000", metavar="HOST:PORT", help="API address (default: 0.0.0.0:4000)"
-    )
-    shim.add_argument("--cluster", default=None, help="WHMCluster to serve (default: the only one)")
-    shim.add_argument("--namespace", "-n", default="default", help="namespace of the WHMCluster (default: default)")
-    shim.add_argument(
-        "--anonymous-reads", action="store_true", help="allow GET requests without a token (off by default)"
-    )
-    shim.add_argument(
-        "--static-tokens-secret",
-        default=None,
-        metavar="NAME",
-        help="Secret of static tokens for tools without a Kubernetes identity (<user>: sha256:<hex>)",
-    )
-    shim.add_argument(
-        "--request-timeout", type=float, default=30.0, help="seconds to wait for the operator's answer (then 504)"
-    )
-    shim.add_argument(
-        "--proxy-admin", action="append", default=[], metavar="URL", help="a proxy's admin URL, for stats (repeat)"
-    )
-    shim.add_argument(
-        "--proxy-pods",
-        default=None,
-        metavar="SELECTOR:PORT",
-        help="find the proxy replicas as pods (e.g. app.kubernetes.io/component=proxy:8081), for stats",
-    )
-    shim.add_argument(
-        "--client-header-timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="a client that has not sent a whole request head by then gets 408 and is dropped (default 60)",
-    )
-    shim.set_defaults(handler=_run_shim)
+    _add_shim(sub)
 
     sandbox = sub.add_parser(
         "sandbox",

@@ -203,9 +203,21 @@ def test_shim_with_only_the_chart_rbac(
     )
     operator_process(real_control_plane.kubeconfigs["chart-operator"], namespace)
     cluster.wait(lambda s: s.get("phase") == "Healthy", 30, "a Healthy cluster")
+    ca = trustme.CA()
+    client.CoreV1Api(admin).create_namespaced_secret(namespace, tls_secret("shim-tls", ca.issue_cert("shim.example")))
+    tls_port = free_port()
     shim = shim_process(
-        real_control_plane.kubeconfigs["chart-shim"], namespace, "--request-timeout=3", "--proxy-pods=app=proxy:1"
+        real_control_plane.kubeconfigs["chart-shim"],
+        namespace,
+        "--request-timeout=3",
+        "--proxy-pods=app=proxy:1",
+        f"--listen-tls=127.0.0.1:{tls_port}",
+        "--tls-secret=shim-tls",
     )
+    wait_for(
+        lambda: "TLS certificate from Secret" in shim.log_text(), 10, "the shim to load its certificate from its Secret"
+    )
+    assert "serving shim.example" in shim.log_text(), shim.log_text()[-3000:]
     token = real_control_plane.tokens["admin"]
     calls = [
         ("GET", "/api/ha/status", None, 200),

@@ -14,6 +14,7 @@ from ..kube.config import KubeConfigError, endpoint
 from .app import ShimApp
 from .auth import Authorizer
 from .server import HardenedRunner
+from .tls import SecretCertificate, listen_tls
 
 
 async def serve(
@@ -27,6 +28,9 @@ async def serve(
     proxy_admins: list[str],
     proxy_pods: str | None,
     header_timeout: float,
+    listen_tls_address: str | None = None,
+    tls_secret: str | None = None,
+    tls_handshake_timeout: float = 10.0,
 ) -> int:
     try:
         kube = KubeClient(endpoint())
@@ -54,11 +58,30 @@ async def serve(
         await kube.close()
         return 1
     print(f"whm-ha shim serving on http://{listen}/api/ha (namespace {namespace})", flush=True)
+    https: asyncio.Server | None = None
+    watching: asyncio.Task[None] | None = None
+    if listen_tls_address is not None and tls_secret is not None:
+        certificate = SecretCertificate(kube, namespace, tls_secret)
+        watching = asyncio.create_task(certificate.run())
+        host, _, port = listen_tls_address.rpartition(":")
+        try:
+            https = await listen_tls(runner, host or "0.0.0.0", int(port), certificate.store, tls_handshake_timeout)
+        except OSError as exc:
+            print(f"whm-ha shim: cannot listen on {listen_tls_address}: {exc.strerror}", file=sys.stderr)
+            watching.cancel()
+            await runner.cleanup()
+            await kube.close()
+            return 1
+        print(f"whm-ha shim serving on https://{listen_tls_address}/api/ha (Secret {tls_secret})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if https is not None:
+        https.close()
+    if watching is not None:
+        watching.cancel()
     await runner.cleanup()
     await kube.close()
     return 0

@@ -64,3 +64,11 @@ def names_of(certificate: x509.Certificate) -> list[str]:
     return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName
     )
+
+
+def served_names(port: int, server_name: str | None) -> list[str]:
+    """The DNS names of the certificate a new handshake with SNI ``server_name`` is given; none when refused."""
+    try:
+        return names_of(served_certificate(port, server_name))
+    except (ssl.SSLError, ConnectionResetError):
+        return []

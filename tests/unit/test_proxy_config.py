@@ -10,9 +10,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 
 from whm_ha.kube.client import ApiError, Resource
 from whm_ha.node_tls import ClientTLS
+from whm_ha.tls import load_certificate
 from whm_ha_proxy.balancer import NodeSpec
 from whm_ha_proxy.config import ConfigWatcher, ProxyConfig, build_config
 
@@ -72,6 +74,20 @@ def test_retries_after_a_timeout_spare_the_excluded_paths(target: bytes, retried
     assert config is not None and config.retries_after_timeout(target) is retried
     off = build_config(cluster(retryAfterTimeout={"enabled": False}), [], 0)
     assert off is not None and not off.retries_after_timeout(target)
+
+
+def test_build_config_reads_the_tls_settings_and_carries_the_certificates() -> None:
+    leaf = trustme.CA().issue_cert("panel.example")
+    served = load_certificate("panel", leaf.cert_chain_pems[0].bytes().decode(), leaf.private_key_pem.bytes().decode())
+    tls = {"certificates": [{"secretName": "panel"}], "redirectHttp": True, "hsts": {"maxAgeSeconds": 600}}
+    config = build_config(cluster(tls=tls), [], 0, (served,))
+    assert config is not None
+    assert (config.redirect_http, config.hsts) == (True, "max-age=600")
+    assert config.certificates == (("panel", *served.pem),)
+    assert ProxyConfig.from_json(config.to_json()) == config, "what the workers get is what the watch has"
+    tls["hsts"] = {"maxAgeSeconds": 600, "includeSubDomains": True}
+    assert build_config(cluster(tls=tls), [], 0).hsts == "max-age=600; includeSubDomains"  # type: ignore[union-attr]
+    assert build_config(cluster(), [], 0) == ProxyConfig(), "no HSTS and no redirect unless asked"
 
 
 def test_build_config_defaults_and_missing_cluster() -> None:

@@ -80,7 +80,7 @@ def test_build_config_reads_the_tls_settings_and_carries_the_certificates() -> N
     leaf = trustme.CA().issue_cert("panel.example")
     served = load_certificate("panel", leaf.cert_chain_pems[0].bytes().decode(), leaf.private_key_pem.bytes().decode())
     tls = {"certificates": [{"secretName": "panel"}], "redirectHttp": True, "hsts": {"maxAgeSeconds": 600}}
-    config = build_config(cluster(tls=tls), [], 0, (served,))
+    config = build_config(cluster(tls=tls), [], 0, certificates=(served,))
     assert config is not None
     assert (config.redirect_http, config.hsts) == (True, "max-age=600")
     assert config.certificates == (("panel", *served.pem),)

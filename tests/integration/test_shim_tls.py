@@ -3,7 +3,9 @@ one, the last good certificate kept through a broken Secret, and a rotation unde
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
 import ssl
 import subprocess
 import sys
@@ -121,3 +123,28 @@ def test_the_tls_flags_go_together(flags: tuple[str, ...]) -> None:
         [sys.executable, "-m", "whm_ha", "shim", *flags], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 2 and "--listen-tls and --tls-secret go together" in result.stderr
+
+
+def test_a_stalled_handshake_on_the_shim_is_closed_at_its_timeout(
+    sandbox_api: SandboxProcess, sandbox_client: client.ApiClient, namespace: str, shim_process: StartShim
+) -> None:
+    ca = trustme.CA()
+    put_secret(sandbox_client, namespace, tls_secret("shim-tls", ca.issue_cert("shim.example")))
+    port = free_port()
+    shim_process(
+        sandbox_api.kubeconfig,
+        namespace,
+        f"--listen-tls=127.0.0.1:{port}",
+        "--tls-secret=shim-tls",
+        "--tls-handshake-timeout=1",
+    )
+    wait_for(lambda: shim_names(port) == ["shim.example"], 10, "the certificate served")
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(5)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):
+            while sock.recv(4096):
+                pass
+        waited = time.monotonic() - started
+    assert 0.9 <= waited < 3, f"closed after {waited:.2f}s"
+    assert healthz(port, client_context(ca, check_hostname=False)) == 200

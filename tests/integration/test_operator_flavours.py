@@ -95,13 +95,7 @@ class World:
         return {m["name"]: m["role"] for m in (status or self.status()).get("members", [])}
 
     def sql(self, member: str, statement: str) -> list[tuple[Any, ...]]:
-        conn = self.servers[int(member[1:])].connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
+        return self.servers[int(member[1:])].query(statement)
 
     def fenced(self, member: str) -> bool:
         """Fenced as the product fences: MySQL's super_read_only, not read_only alone."""

@@ -50,13 +50,7 @@ class System:
         return str(self.observer.replication()["status"]["currentPrimary"])
 
     def sql(self, member: str, statement: str) -> list[tuple[Any, ...]]:
-        conn = self.stack.databases[self.index(member)].connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(statement)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
+        return self.stack.databases[self.index(member)].query(statement)
 
     def promote(self, member: str) -> dict[str, Any]:
         """A promotion through the shim, as a legacy tool requests it."""

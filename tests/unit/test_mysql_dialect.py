@@ -121,11 +121,12 @@ def test_replica_control_statements(dialect: Dialect, expected: list[str]) -> No
 
 def test_server_state_reads_the_binlog_state_on_mariadb_and_gtid_executed_on_mysql() -> None:
     assert MARIADB.server_state().text == (
-        "SELECT @@GLOBAL.server_id, @@GLOBAL.read_only, @@GLOBAL.read_only, @@GLOBAL.gtid_binlog_state"
+        "SELECT @@GLOBAL.server_id, @@GLOBAL.read_only, @@GLOBAL.read_only, @@GLOBAL.gtid_binlog_state, "
+        "@@GLOBAL.require_secure_transport"
     )
     assert MYSQL.server_state().text == (
         "SELECT @@GLOBAL.server_id, (@@GLOBAL.read_only OR @@GLOBAL.super_read_only), @@GLOBAL.super_read_only, "
-        "@@GLOBAL.gtid_executed"
+        "@@GLOBAL.gtid_executed, @@GLOBAL.require_secure_transport"
     ), "writable only when both are off (issue 16, item 1); fenced only by super_read_only"
 
 
@@ -214,6 +215,7 @@ MARIADB_ROW: dict[str, Any] = {
     "Slave_SQL_Running": "Yes",
     "Master_SSL_Allowed": "Yes",
     "Master_SSL_CA_File": "/tls/ca.crt",
+    "Master_SSL_Verify_Server_Cert": "Yes",
     "Seconds_Behind_Master": None,
     "Last_IO_Errno": 2003,
     "Last_IO_Error": "error reconnecting to master 'repl@db-0.example:3307'",
@@ -230,6 +232,7 @@ MYSQL_ROW: dict[str, Any] = {
     "Replica_SQL_Running": "Yes",
     "Source_SSL_Allowed": "Yes",
     "Source_SSL_CA_File": "/tls/ca.crt",
+    "Source_SSL_Verify_Server_Cert": "Yes",
     "Seconds_Behind_Source": None,
     "Last_IO_Errno": 2003,
     "Last_IO_Error": "error reconnecting to master 'repl@db-0.example:3307'",
@@ -253,6 +256,7 @@ def test_replica_status_normalized_to_one_shape(dialect: Dialect, row: dict[str,
         auto_position=True,
         tls=True,
         tls_ca="/tls/ca.crt",
+        tls_verify=True,
         io_state="connecting",
         sql_running=True,
         seconds_behind=None,
@@ -266,6 +270,8 @@ def test_replica_status_normalized_to_one_shape(dialect: Dialect, row: dict[str,
     assert status.matches(TLS_SOURCE)
     assert not status.matches(SOURCE)
     assert not status.matches(Source("db-1.example", 3307, "repl", "x", tls=True, tls_ca="/tls/ca.crt"))
+    unverified = dialect.normalize_replica_status({**row, dialect.columns["tls_verify"]: "No"})
+    assert unverified is not None and not unverified.matches(TLS_SOURCE), "a replica not verifying is reconfigured"
 
 
 def test_replica_status_running_and_not_configured() -> None:

@@ -149,6 +149,21 @@ INVALID = [
         "must not be marked neverPromote",
     ),
     ("MySQLReplication", "spec.tls", {"enabled": True}, "spec.tls.caSecret", "caSecret is required"),
+    (
+        "MySQLReplication",
+        "spec.tls",
+        {"enabled": True, "caSecret": {"name": "db-ca"}},
+        "spec.tls.caFile",
+        "caFile is required",
+    ),
+    (
+        "MySQLReplication",
+        "spec.tls",
+        {"requireSecureTransport": True},
+        "spec.tls.requireSecureTransport",
+        "needs tls.enabled",
+    ),
+    ("MySQLReplication", "spec.tls", {"caFile": "/etc/my ca.pem"}, "spec.tls.caFile", "does not match"),
     ("MySQLReplication", "spec.credentialsSecret", DELETE, "spec.credentialsSecret", "Required value"),
     ("MySQLReplication", "spec.maxLagSeconds", "30s", "spec.maxLagSeconds", "must be of type integer"),
 ]
@@ -216,7 +231,7 @@ def test_replication_defaults() -> None:
     admitted, errors = admit(resource_schema(MYSQL_REPLICATION), obj)
     assert errors == []
     assert admitted["spec"]["members"][1]["port"] == 3306
-    assert admitted["spec"]["tls"] == {"enabled": False}
+    assert admitted["spec"]["tls"] == {"enabled": False, "requireSecureTransport": False, "verifyServerName": True}
 
 
 def test_our_crd_schemas_have_no_problem_kube_apiserver_would_refuse() -> None:

@@ -40,12 +40,25 @@ class Member(CRDModel):
 
 
 class ReplicationTLS(CRDModel):
-    """TLS on the replication channel."""
+    """TLS on the replication channels and on the operator's sessions to the members."""
 
     enabled: bool = False
-    """Replicas connect to the primary with TLS."""
+    """Replicas connect to the primary with TLS and verify its certificate; the operator connects to every member
+    with TLS and verifies its certificate."""
     ca_secret: SecretKeySelector | None = None
-    """Secret key holding the CA certificate that replicas verify the primary with."""
+    """Secret key holding the CA bundle (PEM) the operator verifies the members' certificates with; during a CA
+    change, the old and the new CA both. Read again within 30 s of a change."""
+    ca_file: str | None = Field(default=None, min_length=1, max_length=1024, pattern=r"^[^\s'\"\\]+$")
+    """Path of the same CA bundle on every member (the caSecret mounted there) that replicas verify their source
+    with (MASTER_SSL_CA / SOURCE_SSL_CA); relative paths are relative to the member's data directory. Replicas
+    read it each time they connect."""
+    verify_server_name: bool = True
+    """The operator's sessions also check that a member's certificate names the member's host. Replicas check the
+    name wherever their server does (MariaDB 10.11 and MySQL do; MariaDB 11.8 checks only the CA of a source
+    reached by IP address)."""
+    require_secure_transport: bool = False
+    """Members refuse clients without TLS: the operator sets require_secure_transport=ON on every member it
+    reaches (again after a restart; put it in the members' configuration too, to close that window)."""
 
 
 SchemaName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
@@ -92,6 +105,16 @@ class MySQLReplicationSpec(CRDModel):
                     "tls.caSecret is required when tls.enabled is true",
                     ".tls.caSecret",
                 ),
+                cel(
+                    "!self.tls.enabled || has(self.tls.caFile)",
+                    "tls.caFile is required when tls.enabled is true",
+                    ".tls.caFile",
+                ),
+                cel(
+                    "!self.tls.requireSecureTransport || self.tls.enabled",
+                    "tls.requireSecureTransport needs tls.enabled",
+                    ".tls.requireSecureTransport",
+                ),
             ]
         }
     }
@@ -113,7 +136,7 @@ class MySQLReplicationSpec(CRDModel):
     application_account: ApplicationAccount = Field(default_factory=ApplicationAccount)
     """The account the operator, the shim and applications write application data with."""
     tls: ReplicationTLS = Field(default_factory=ReplicationTLS)
-    """TLS on the replication channel."""
+    """TLS on the replication channels and on the operator's sessions."""
     semi_sync: bool = False
     """Semi-synchronous replication: a commit waits for one replica, so no acknowledged write is lost."""
     max_lag_seconds: int = Field(default=30, ge=0, le=86400)

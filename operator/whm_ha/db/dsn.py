@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+import ssl
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -26,6 +27,8 @@ class DSN:
     user: str
     database: str | None
     password: str = ""
+    tls: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    """Connect with TLS, the server verified as this context says; None: pymysql's default."""
 
     def __str__(self) -> str:
         db = self.database or ""
@@ -39,6 +42,7 @@ class DSN:
     ) -> pymysql.Connection[pymysql.cursors.Cursor]:
         """Open a connection (autocommit on, utf8mb4); database "" means none."""
         return pymysql.connect(
+            ssl=self.tls,
             host=self.host,
             port=self.port,
             user=self.user,

@@ -10,7 +10,8 @@
 Each server has its own data dir, binary log, GTIDs (MariaDB: strict mode; MySQL: ``gtid_mode=ON``) and server
 id. Data dirs are copied from a template initialised once per flavour, so starting several servers takes a few
 seconds. Servers may be stopped, killed (SIGKILL) and restarted on the same port and data. A server may also run
-inside a network namespace (``netns``), listening on its address there (``bind_host``).
+inside a network namespace (``netns``), listening on its address there (``bind_host``), and serve TLS with the
+certificate and CA bundle it is given (``tls``), optionally refusing clients without it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import pymysql
 import pymysql.cursors
@@ -40,6 +41,14 @@ ROOT_DATADIR = Path("/var/lib/whm-ha/data")
 """Where a chrooted server's data dir is bound in (a mount point in the root, per server in its own namespace)."""
 
 BUILD_COMMAND = "hack/build-databases"
+
+TLS_DIR = "tls"
+TLS_CA_FILE = f"{TLS_DIR}/ca.pem"
+"""A server's CA bundle, relative to its data dir: servers run in their data dir, so this one relative path names
+every server's own bundle on every flavour (a chrooted server sees its data dir at `ROOT_DATADIR`). Replicas verify
+their source with it (``MASTER_SSL_CA``/``SOURCE_SSL_CA``)."""
+TLS_CERT_FILE = f"{TLS_DIR}/server.pem"
+TLS_KEY_FILE = f"{TLS_DIR}/server-key.pem"
 
 
 class LocalServerError(RuntimeError):
@@ -195,6 +204,18 @@ def init_template(path: Path, timeout: float = 60, flavour: Flavour = HOST_MARIA
     return path
 
 
+@dataclass(frozen=True, repr=False)
+class ServerTLS:
+    """The PEM texts a server serves TLS with."""
+
+    ca: str
+    """The CAs it trusts: what its replicas verify their source with (`TLS_CA_FILE`); a bundle during a change."""
+    cert: str
+    """Its certificate chain."""
+    key: str
+    """Its private key."""
+
+
 @dataclass
 class LocalServer:
     """One server process of a flavour bound to 127.0.0.1, or, with ``netns``, inside that network namespace
@@ -211,6 +232,10 @@ class LocalServer:
     flavour: Flavour = HOST_MARIADB
     dies_with_parent: bool = False
     """The kernel kills the server when the thread that started it ends (``whm-ha demo``: its main thread)."""
+    tls: ServerTLS | None = None
+    """Serve TLS with these files (written into the data dir at start, and by `install_tls`)."""
+    require_secure_transport: bool = False
+    """Refuse clients that do not use TLS (needs ``tls``)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -276,6 +301,10 @@ class LocalServer:
                 args += ["--gtid-mode=ON", "--enforce-gtid-consistency=ON"]
             else:
                 args.append("--skip-log-bin")
+        if self.tls is not None:
+            args += [f"--ssl-ca={TLS_CA_FILE}", f"--ssl-cert={TLS_CERT_FILE}", f"--ssl-key={TLS_KEY_FILE}"]
+        if self.require_secure_transport:
+            args.append("--require-secure-transport=ON")
         if self.log_bin:
             args += [
                 "--sync-binlog=1",
@@ -292,6 +321,8 @@ class LocalServer:
         """Start the server and wait until it accepts connections."""
         if self.running:
             return
+        if self.tls is not None:
+            self.install_tls(self.tls)
         # ip netns exec (and the chroot around a root's server) exec the command in place: the process is the
         # server itself, so kill() reaches it.
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
@@ -337,6 +368,30 @@ class LocalServer:
             autocommit=True,
             connect_timeout=connect_timeout,
         )
+
+    def query(self, statement: str) -> list[tuple[Any, ...]]:
+        """The rows of one statement, on a connection of its own as the admin account."""
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def install_tls(self, tls: ServerTLS) -> None:
+        """Write the TLS files into the data dir, each replaced in one step (a server reloading them, or a replica
+        reading the CA bundle, never sees half a file); a running server serves them once it reloads them
+        (`Dialect.reload_tls`)."""
+        folder = self.datadir / TLS_DIR
+        folder.mkdir(exist_ok=True)
+        for name, text in ((TLS_CA_FILE, tls.ca), (TLS_CERT_FILE, tls.cert), (TLS_KEY_FILE, tls.key)):
+            target = self.datadir / name
+            partial = target.with_suffix(".new")
+            partial.write_text(text)
+            partial.chmod(0o600)
+            os.replace(partial, target)
+        self.tls = tls
 
     def connect_socket(self) -> pymysql.Connection[pymysql.cursors.Cursor]:
         """A connection over the Unix socket as root (before the admin account exists)."""

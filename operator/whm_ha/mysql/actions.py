@@ -35,9 +35,11 @@ class GtidResult:
 
 
 def _can_log_in(session: Session, user: str, password: str) -> bool:
-    """Whether ``user`` logs in to the member with ``password``: the only portable password check."""
+    """Whether ``user`` logs in to the member with ``password``: the only portable password check. Over TLS, the
+    member verified as the session was, when the session is TLS (a password is sent)."""
     try:
         pymysql.connect(
+            ssl=session.tls,
             host=session.conn.host,
             port=session.conn.port,
             user=user,
@@ -193,6 +195,20 @@ def resume_receiving(session: Session, host: str, port: int) -> bool:
         return False
     session.execute(session.dialect.start_replica("io"))
     return True
+
+
+def require_secure_transport(session: Session) -> bool:
+    """Make the member refuse clients without TLS from now on; whether it wrote."""
+    if session.server_state().secure_transport:
+        return False
+    session.execute(session.dialect.require_secure_transport())
+    return True
+
+
+def reload_tls(session: Session) -> None:
+    """Make the member serve the certificate, key and CA files it has now to new connections (after they were
+    replaced on its file system); those open keep their session."""
+    session.execute(session.dialect.reload_tls())
 
 
 def ensure_net_timeout(session: Session, seconds: int) -> bool:

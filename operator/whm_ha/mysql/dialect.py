@@ -21,6 +21,10 @@ Choices that differ per flavor:
   a demoted primary resumes after its own binlogged transactions, a replica whose ``gtid_slave_pos`` update was
   lost (a killed DDL) after what its binlog holds, and a replica seeded from a backup at its seeded position
   (``@@gtid_current_pos`` gets the second wrong). MySQL uses ``SOURCE_AUTO_POSITION=1``.
+* TLS. Both read the same server options (``ssl_ca``, ``ssl_cert``, ``ssl_key``, ``require_secure_transport``);
+  MariaDB 11.4+ also serves TLS with a certificate it makes itself when given none, so TLS being on proves
+  nothing there: replicas verify their source's certificate against the CA bundle they are given. A server takes
+  new files on ``FLUSH SSL`` (MariaDB) or ``ALTER INSTANCE RELOAD TLS`` (MySQL).
 * Semi-sync. MariaDB 10.3+ has it built in (``rpl_semi_sync_master_*``/``_slave_*``); MySQL 8.0.26+ needs the
   ``rpl_semi_sync_source``/``rpl_semi_sync_replica`` plugins. Both wait ``AFTER_SYNC`` (lossless). A fenced MySQL
   member (``super_read_only``) refuses ``INSTALL PLUGIN``, so its configuration must load them at startup.
@@ -128,6 +132,8 @@ class ReplicaStatus:
     """GTID positioning as this library configures it (MariaDB Slave_Pos, MySQL auto position)."""
     tls: bool
     tls_ca: str | None
+    tls_verify: bool
+    """The replica verifies its source's certificate and host name."""
     io_state: IOState
     sql_running: bool
     seconds_behind: int | None
@@ -151,6 +157,7 @@ class ReplicaStatus:
             and self.auto_position
             and self.tls == source.tls
             and self.tls_ca == source.ca_file
+            and self.tls_verify == (source.ca_file is not None)
         )
 
 
@@ -203,10 +210,10 @@ class Dialect(ABC):
 
     def server_state(self) -> SQL:
         """One row: server id, read-only (not writable), fenced (the read-only this library enforces), executed
-        GTIDs."""
+        GTIDs, whether clients without TLS are refused."""
         return SQL(
             f"SELECT @@GLOBAL.server_id, {self.not_writable_expression}, @@GLOBAL.{self.read_only_variable}, "
-            f"@@GLOBAL.{self.executed_variable}"
+            f"@@GLOBAL.{self.executed_variable}, @@GLOBAL.require_secure_transport"
         )
 
     def net_timeout(self) -> SQL:
@@ -229,6 +236,7 @@ class Dialect(ABC):
             auto_position=self._auto_position(col["auto_position"]),
             tls=_yes(col["tls"]),
             tls_ca=_text(col["tls_ca"]),
+            tls_verify=_yes(col["tls_verify"]),
             io_state="running" if io == "Yes" else "connecting" if io == "Connecting" else "stopped",
             sql_running=_yes(col["sql_running"]),
             seconds_behind=None if seconds is None else int(seconds),
@@ -280,6 +288,15 @@ class Dialect(ABC):
     @abstractmethod
     def wait_for_gtid(self, gtid: GtidSet, timeout: float) -> SQL:
         """One row whose value is 0 once ``gtid`` is applied, non-zero after ``timeout`` seconds."""
+
+    def require_secure_transport(self) -> SQL:
+        """Refuse new clients without TLS (both flavours; the sessions open are kept)."""
+        return SQL("SET GLOBAL require_secure_transport = ON")
+
+    @abstractmethod
+    def reload_tls(self) -> SQL:
+        """What makes the server serve the certificate, key and CA files it has now, to new connections (those open
+        keep their session)."""
 
     def set_read_only(self, on: bool) -> list[SQL]:
         value = "ON" if on else "OFF"
@@ -407,6 +424,7 @@ class MariaDBDialect(Dialect):
         "auto_position": "Using_Gtid",
         "tls": "Master_SSL_Allowed",
         "tls_ca": "Master_SSL_CA_File",
+        "tls_verify": "Master_SSL_Verify_Server_Cert",
         "io_running": "Slave_IO_Running",
         "sql_running": "Slave_SQL_Running",
         "seconds_behind": "Seconds_Behind_Master",
@@ -456,6 +474,9 @@ class MariaDBDialect(Dialect):
             raise TypeError("a MariaDB GTID set is needed")
         return SQL("SELECT MASTER_GTID_WAIT(%s, %s)", (gtid.position(), timeout))
 
+    def reload_tls(self) -> SQL:
+        return SQL("FLUSH SSL")
+
 
 class MySQLDialect(Dialect):
     """MySQL 8.0.26 and later (REPLICA/SOURCE statements, new semi-sync plugin names)."""
@@ -473,6 +494,7 @@ class MySQLDialect(Dialect):
         "auto_position": "Auto_Position",
         "tls": "Source_SSL_Allowed",
         "tls_ca": "Source_SSL_CA_File",
+        "tls_verify": "Source_SSL_Verify_Server_Cert",
         "io_running": "Replica_IO_Running",
         "sql_running": "Replica_SQL_Running",
         "seconds_behind": "Seconds_Behind_Source",
@@ -517,6 +539,9 @@ class MySQLDialect(Dialect):
 
     def wait_for_gtid(self, gtid: GtidSet, timeout: float) -> SQL:
         return SQL("SELECT WAIT_FOR_EXECUTED_GTID_SET(%s, %s)", (str(gtid), timeout))
+
+    def reload_tls(self) -> SQL:
+        return SQL("ALTER INSTANCE RELOAD TLS")
 
     def set_read_only(self, on: bool) -> list[SQL]:
         """``super_read_only=ON`` also sets ``read_only``; turning off needs both, and ``offline_mode`` off (a fence

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -37,6 +38,8 @@ class ServerState(NamedTuple):
     """No account can write (bypass privileges aside, see `dialect`): MySQL ``super_read_only``, MariaDB
     ``read_only``."""
     executed: GtidSet
+    secure_transport: bool
+    """Clients without TLS are refused (``require_secure_transport``)."""
 
 
 def _on(value: object) -> bool:
@@ -47,7 +50,14 @@ class Session:
     """An open administrative connection (autocommit) to one member, with its flavor's SQL."""
 
     def __init__(
-        self, name: str, conn: pymysql.Connection[Any], dialect: Dialect, timeout: float, reopen: Callable[[], Session]
+        self,
+        name: str,
+        conn: pymysql.Connection[Any],
+        dialect: Dialect,
+        timeout: float,
+        reopen: Callable[[], Session],
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.conn = conn
@@ -55,6 +65,8 @@ class Session:
         self.timeout = timeout
         self.another = reopen
         """A new session to the same member, as this one was opened."""
+        self.tls = tls
+        """The TLS context it was opened with (None: plaintext), for other connections to the member."""
 
     def __repr__(self) -> str:
         return f"Session({self.name!r}, {self.conn.host}:{self.conn.port}, {self.dialect.flavor})"
@@ -95,8 +107,8 @@ class Session:
     def server_state(self) -> ServerState:
         row = self.row(self.dialect.server_state())
         assert row is not None
-        server_id, read_only, fenced, executed = row
-        return ServerState(int(server_id), _on(read_only), _on(fenced), self.dialect.parse_gtid(executed))
+        server_id, read_only, fenced, executed, secure = row
+        return ServerState(int(server_id), _on(read_only), _on(fenced), self.dialect.parse_gtid(executed), _on(secure))
 
     def executed(self) -> GtidSet:
         row = self.row(self.dialect.executed())
@@ -121,6 +133,16 @@ class Session:
         return self.dialect.normalize_semi_sync_status(values)
 
 
+def tls_context(ca_bundle: str, *, check_hostname: bool) -> ssl.SSLContext:
+    """A client context for sessions to the members: TLS 1.2 or later, the member's certificate verified against
+    the CAs of ``ca_bundle`` (PEM, one or more), its host name too when ``check_hostname``. Raises ssl.SSLError
+    (a ValueError) when the bundle holds no certificate. One context serves every session (threads included)."""
+    context = ssl.create_default_context(cadata=ca_bundle)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = check_hostname
+    return context
+
+
 def connect(
     name: str,
     host: str,
@@ -130,16 +152,19 @@ def connect(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     read_timeout: float | None = None,
-    tls: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> Session:
     """Open a session, each step of it (the TCP connect, every reply of the handshake) within ``timeout`` seconds,
     then every reply within ``read_timeout`` (default: the same); raises pymysql errors (2013 when the member
     accepted the connection but did not answer in time). Lock waits (e.g. setting read-only) end before the read
-    timeout. Without ``tls`` no TLS is tried: pymysql's default (TLS when the server offers it) builds a TLS
-    context for every connection, some 20 ms of CPU, and the operator connects to every member every period."""
+    timeout. With ``tls`` the session is TLS, the member's certificate verified as that context says (a member
+    without TLS is refused); without it no TLS is tried: pymysql's default (TLS when the server offers it) builds
+    a TLS context for every connection, some 20 ms of CPU, and the operator connects to every member every
+    period."""
     replies = read_timeout if read_timeout is not None else timeout
     conn = pymysql.connect(
-        ssl_disabled=not tls,
+        ssl_disabled=tls is None,
+        ssl=tls,
         host=host,
         port=port,
         user=credentials.username,
@@ -159,7 +184,7 @@ def connect(
     again = partial(
         connect, name, host, port, credentials, dialect, timeout=timeout, read_timeout=read_timeout, tls=tls
     )
-    return Session(name, conn, dialect, replies, again)
+    return Session(name, conn, dialect, replies, again, tls=tls)
 
 
 def describe_error(exc: BaseException, secret: str = "") -> str:
@@ -205,6 +230,8 @@ class MemberState:
     """Received into the relay log; None unless a replica."""
     net_timeout: int | None = None
     """Seconds its IO thread waits for data from the source before it reconnects."""
+    secure_transport: bool | None = None
+    """Clients without TLS are refused."""
     semi_sync: SemiSyncStatus | None = None
 
     @classmethod
@@ -227,6 +254,7 @@ def read_state(session: Session) -> MemberState:
         gtid_executed=server.executed,
         semi_sync=session.semi_sync_status(),
         net_timeout=session.net_timeout(),
+        secure_transport=server.secure_transport,
     )
     if status is None:
         return state
@@ -254,7 +282,7 @@ def inspect(
     dialect: Dialect,
     *,
     timeout: float = DEFAULT_TIMEOUT,
-    tls: bool = False,
+    tls: ssl.SSLContext | None = None,
 ) -> MemberState:
     """Connect, inspect and disconnect; an unreachable or failing member is reported, never raised."""
     try:

@@ -11,9 +11,12 @@ fenced before any promotion and every other member is fenced before it joins, so
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -32,7 +35,7 @@ from ..kube.client import MYSQLREPLICATIONS, SECRETS, ApiError, KubeClient
 from ..mysql.actions import PromotionError
 from ..mysql.dialect import dialect_for
 from ..mysql.lag import PrimaryHistory, record, truthful_lag
-from ..mysql.member import Credentials, MemberState
+from ..mysql.member import Credentials, MemberState, tls_context
 from ..mysql.topology import errant_members
 from ..workers import WorkerBudget
 from . import metrics, procedures
@@ -124,6 +127,8 @@ class ReplicationController:
     credentials: tuple[str, ...] = ()
     secrets: dict[str, tuple[float, tuple[str, str]]] = field(default_factory=dict)
     """Credentials by Secret name, with when they were read."""
+    ca: tuple[float, tuple[str, str, bool], ssl.SSLContext] | None = None
+    """The TLS context of the operator's sessions, when it was made, and from what (Secret, key, name check)."""
     services: ServicePublisher = field(init=False)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     deciding: bool = False
@@ -285,8 +290,35 @@ class ReplicationController:
             timeout=member_timeout(spec),
             waiting_timeout=waiting_timeout(spec),
             net_timeout=replica_net_timeout(spec),
-            tls=spec.tls.enabled,
+            tls=(tls := await self._tls(spec)),
+            tls_ca_file=spec.tls.ca_file if tls is not None else None,
         )
+
+    async def _tls(self, spec: MySQLReplicationSpec) -> ssl.SSLContext | None:
+        """The context the operator's sessions verify the members with, from the CA Secret read again after
+        SECRET_TTL (a CA change is taken within it); None when TLS is off."""
+        settings = spec.tls
+        ref = settings.ca_secret
+        if not settings.enabled or ref is None:
+            return None
+        source = (ref.name, ref.key, settings.verify_server_name)
+        now = time.monotonic()
+        if self.ca is not None and self.ca[1] == source and now - self.ca[0] < SECRET_TTL:
+            return self.ca[2]
+        where = f"Secret {self.namespace}/{ref.name}"
+        try:
+            secret = await self.kube.get(SECRETS, self.namespace, ref.name)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            raise DatabaseUnavailable(f"{where} (tls.caSecret) not found") from exc
+        try:
+            bundle = base64.b64decode((secret.get("data") or {})[ref.key]).decode()
+            context = tls_context(bundle, check_hostname=settings.verify_server_name)
+        except (KeyError, binascii.Error, UnicodeDecodeError, ssl.SSLError) as exc:
+            raise DatabaseUnavailable(f"{where} has no CA certificate under key {ref.key!r}") from exc
+        self.ca = (now, source, context)
+        return context
 
     async def _application_credentials(self, obj: Obj, spec: MySQLReplicationSpec) -> tuple[str, str]:
         """The application account's Secret, created (owned by this MySQLReplication) when missing."""
@@ -631,7 +663,7 @@ class ReplicationController:
         self._log("promoted", record, durationMs=duration_ms)
         member = access.members[record.to]
         app = access.application  # the new primary is writable; read-only members would refuse this account
-        dsn = DSN(member.host, member.port, app.username, SCHEMA, app.password)
+        dsn = DSN(member.host, member.port, app.username, SCHEMA, app.password, tls=access.tls)
         row = PromotionRow(
             key=f"{written['metadata'].get('uid')}/{record.detected_at.isoformat()}/{record.to}",
             namespace=self.namespace,
@@ -680,6 +712,7 @@ class ReplicationController:
             full=self.full,
             quarantined=quarantined,
             net_timeout=access.net_timeout,
+            secure_transport=spec.tls.require_secure_transport,
             answered_since_back=self.answered_since_back,
         )
         if not plan:

@@ -71,6 +71,8 @@ class Plan:
     """Members whose source side of semi-sync must be off (replicas; the primary when semi-sync is not wanted)."""
     net_timeout: tuple[str, ...] = ()
     """Members whose net timeout differs from the wanted one (set it, and reconnect a running IO thread)."""
+    secure_transport: tuple[str, ...] = ()
+    """Members that accept clients without TLS although the spec asks them to refuse them."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -81,6 +83,7 @@ class Plan:
             or self.semi_sync
             or self.source_off
             or self.net_timeout
+            or self.secure_transport
         )
 
 
@@ -105,11 +108,12 @@ def converge_plan(
     full: bool = False,
     quarantined: Collection[str] = (),
     net_timeout: int | None = None,
+    secure_transport: bool = False,
     answered_since_back: Mapping[str, MemberState] | None = None,
 ) -> Plan:
     """What to fix, from the last inspection. ``full`` checks everything (after a start, a spec or Secret change,
     a promotion): each action reads first, so that costs reads, never needless writes. ``answered_since_back``:
-    see `reopen_held`."""
+    see `reopen_held`. ``secure_transport``: every member reached must refuse clients without TLS."""
     head = states.get(primary)
     others = [s for name, s in states.items() if name != primary and s.reachable]
     fence = tuple(s.name for s in others if s.fenced is False)
@@ -118,8 +122,9 @@ def converge_plan(
         for s in states.values()
         if net_timeout is not None and s.reachable and s.net_timeout is not None and s.net_timeout != net_timeout
     )
+    plaintext = tuple(s.name for s in states.values() if secure_transport and s.secure_transport is False)
     if head is None or not head.reachable or head.is_replica:
-        return Plan(fence=fence, net_timeout=timeouts)
+        return Plan(fence=fence, net_timeout=timeouts, secure_transport=plaintext)
     join = tuple(s.name for s in others if full or s.name in quarantined or not in_order(s, head))
     replicas = tuple(s.name for s in others)
     replica_off = [s for s in others if full or (s.semi_sync is not None and s.semi_sync.source_active)]
@@ -142,6 +147,7 @@ def converge_plan(
         replicas=replicas,
         source_off=tuple(s.name for s in replica_off) + ((primary,) if head_off else ()),
         net_timeout=timeouts,
+        secure_transport=plaintext,
     )
 
 

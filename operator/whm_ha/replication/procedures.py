@@ -5,6 +5,7 @@ after an interruption is safe."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -55,8 +56,11 @@ class Access:
     """Seconds for a reply to a statement that may wait on a replication thread."""
     net_timeout: int
     """The replicas' net timeout."""
-    tls: bool = False
-    """TLS on the replication channels and on the operator's own sessions (``spec.tls.enabled``)."""
+    tls: ssl.SSLContext | None = None
+    """TLS on the operator's own sessions, the members verified as it says (``spec.tls``); None: plaintext."""
+    tls_ca_file: str | None = None
+    """With ``tls``: the CA bundle on the members that replicas verify their source with (``spec.tls.caFile``);
+    the replication channels use TLS exactly when the operator's sessions do."""
 
     def connect(self, name: str, *, timeout: float | None = None) -> Session:
         """An administrative session: connected within ``timeout`` (default: the access's), replies within the
@@ -87,7 +91,14 @@ class Access:
 
     def source(self, primary: str) -> Source:
         member = self.members[primary]
-        return Source(member.host, member.port, self.replication.username, self.replication.password, tls=self.tls)
+        return Source(
+            member.host,
+            member.port,
+            self.replication.username,
+            self.replication.password,
+            tls=self.tls is not None,
+            tls_ca=self.tls_ca_file,
+        )
 
     def mask(self, text: str) -> str:
         for secret in (self.admin.password, self.replication.password, self.application.password):
@@ -262,6 +273,8 @@ def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Out
         variable = f"{access.dialect.net_timeout_variable} = {access.net_timeout}"
         for name in plan.net_timeout:  # restarts a running IO thread
             each(name, "net timeout", partial(actions.ensure_net_timeout, seconds=access.net_timeout), variable)
+        for name in plan.secure_transport:
+            each(name, "secure transport", actions.require_secure_transport, "require_secure_transport = ON")
         if plan.ensure_user or plan.join or plan.open_primary or plan.semi_sync:
             head = sessions.attempt(primary, "connect", outcome)
             if head is not None:

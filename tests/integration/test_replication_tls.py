@@ -14,6 +14,7 @@ from tests.fixtures.database_tls import TestCA, dump_ciphers
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.kube_helpers import wait_for
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, TLS_CA_FILE, LocalServer, ServerTLS
+from whm_ha.demo.checkers import TABLE, Direct, Writers, create_table, missing
 from whm_ha.mysql import actions
 from whm_ha.mysql.dialect import SQL, ReplicaStatus, Source, dialect_for
 from whm_ha.mysql.member import Credentials, Session, connect
@@ -136,3 +137,57 @@ def test_a_member_requiring_secure_transport_refuses_plaintext_clients(
         host=server.host, port=server.port, user=ADMIN_USER, password=ADMIN_PASSWORD, ssl_disabled=True
     )
     plaintext.close()  # the same client once plaintext is allowed: it was refused for its transport
+
+
+def test_ca_and_certificates_rotate_under_writes_without_breaking_replication(
+    pair: tuple[list[LocalServer], Session, Session], ca: TestCA
+) -> None:
+    """The rotation users follow (docs/architecture.md): every member's CA bundle holds the old and the new CA,
+    then each member gets a certificate of the new CA, then the bundle holds the new CA only; each step is a file
+    change and a TLS reload. Writes are acknowledged all along, none fails, the replica reconnects after each step
+    over a verified TLS session and ends with every acknowledged row."""
+    servers, primary, replica = pair
+    actions.ensure_replica(replica, source(servers[0]))
+    wait_for(lambda: (s := replica.replica_status()) and s.io_running, 30, "replicating")
+    writes = Direct(servers[0].host, servers[0].port, ADMIN_USER, ADMIN_PASSWORD)
+    create_table(writes)
+    writers = Writers(writes).start()
+    new = TestCA()
+    bundle = ca.pem + new.pem
+    certificates = [server.tls for server in servers]
+    steps = {
+        "both CAs trusted": [ServerTLS(ca=bundle, cert=c.cert, key=c.key) for c in certificates if c is not None],
+        "certificates of the new CA": [new.server_tls(trusted=bundle) for _ in servers],
+        "the new CA only": [new.server_tls() for _ in servers],
+    }
+    try:
+        for step, files in steps.items():
+            for server, tls, one in zip(servers, files, (primary, replica), strict=True):
+                server.install_tls(tls)
+                actions.reload_tls(one)
+            reconnect(replica)
+            wait_for(writers.acks.progressed(), 30, f"writes acknowledged after {step}")
+            ((_, _, cipher),) = dump_ciphers(servers[0])
+            assert cipher, f"after {step}: the replica's new session is plaintext"
+    finally:
+        writers.stop()
+    assert writers.errors == []
+    with pytest.raises(pymysql.OperationalError, match="CERTIFICATE_VERIFY_FAILED"):
+        session(servers[0], ca)  # the old CA no longer signs what the members serve
+    with session(servers[0], new) as verified:
+        executed = verified.executed()
+    assert actions.wait_applied(replica, executed, 30), replica.replica_status()
+    assert executed.contains(replica.executed()), "reloading TLS wrote nothing of the replica's own"
+    rows = {int(row_id) for (row_id,) in servers[1].query(f"SELECT id FROM {TABLE}")}
+    assert missing(writers.acks.all(), rows) == []
+    print(f"{servers[0].flavour.name}: {len(writers.acks)} writes acknowledged through the rotation, none failed")
+
+
+def reconnect(replica: Session) -> None:
+    """Restart the replica's IO thread, which reads its CA bundle again as it connects, and wait until it is
+    connected (it fails, and retries each second, when it cannot verify its source)."""
+    replica.execute(replica.dialect.stop_replica("io"))
+    replica.execute(replica.dialect.start_replica("io"))
+    status = io_settled(replica)
+    assert status.io_running, f"{replica.name} could not reconnect: {status.last_io_error}"
+    assert status.sql_running, f"{replica.name} stopped applying: {status.last_sql_error}"

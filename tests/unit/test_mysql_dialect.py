@@ -130,6 +130,13 @@ def test_server_state_reads_the_binlog_state_on_mariadb_and_gtid_executed_on_mys
     ), "writable only when both are off (issue 16, item 1); fenced only by super_read_only"
 
 
+def test_tls_statements() -> None:
+    assert MARIADB.reload_tls().text == "FLUSH NO_WRITE_TO_BINLOG SSL", "a replica's binlogged FLUSH is errant"
+    assert MYSQL.reload_tls().text == "ALTER INSTANCE RELOAD TLS"
+    assert MARIADB.require_secure_transport() == MYSQL.require_secure_transport()
+    assert MYSQL.require_secure_transport().text == "SET GLOBAL require_secure_transport = ON"
+
+
 def test_read_only_statements() -> None:
     assert [s.text for s in MARIADB.set_read_only(True)] == ["SET GLOBAL read_only = ON"]
     assert [s.text for s in MARIADB.set_read_only(False)] == ["SET GLOBAL read_only = OFF"]

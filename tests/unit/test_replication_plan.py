@@ -508,6 +508,20 @@ def test_members_with_another_net_timeout_get_the_wanted_one_even_without_a_prim
     assert not converge_plan("m0", healthy_states, semi_sync=True, net_timeout=2)
 
 
+def test_members_accepting_plaintext_are_made_to_refuse_it_when_asked_even_without_a_primary() -> None:
+    states = topology(
+        primary(secure_transport=False), replica("m1", secure_transport=True), replica("m2", secure_transport=False)
+    )
+    assert converge_plan("m0", states, semi_sync=True, secure_transport=True).secure_transport == ("m0", "m2")
+    assert not converge_plan("m0", states, semi_sync=True), "not asked: left as the members have it"
+    states["m0"] = DEAD
+    assert converge_plan("m0", states, semi_sync=True, secure_transport=True).secure_transport == ("m2",)
+    states["m2"] = replace(states["m2"], secure_transport=True)
+    assert not converge_plan(
+        "m0", states | {"m0": primary(secure_transport=True)}, semi_sync=True, secure_transport=True
+    )
+
+
 # -- quorum ----------------------------------------------------------------------------------------------------
 
 

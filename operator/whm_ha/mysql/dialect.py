@@ -24,7 +24,8 @@ Choices that differ per flavor:
 * TLS. Both read the same server options (``ssl_ca``, ``ssl_cert``, ``ssl_key``, ``require_secure_transport``);
   MariaDB 11.4+ also serves TLS with a certificate it makes itself when given none, so TLS being on proves
   nothing there: replicas verify their source's certificate against the CA bundle they are given. A server takes
-  new files on ``FLUSH SSL`` (MariaDB) or ``ALTER INSTANCE RELOAD TLS`` (MySQL).
+  new files on ``FLUSH NO_WRITE_TO_BINLOG SSL`` (MariaDB, which binlogs a plain FLUSH) or ``ALTER INSTANCE RELOAD
+  TLS`` (MySQL, which does not).
 * Semi-sync. MariaDB 10.3+ has it built in (``rpl_semi_sync_master_*``/``_slave_*``); MySQL 8.0.26+ needs the
   ``rpl_semi_sync_source``/``rpl_semi_sync_replica`` plugins. Both wait ``AFTER_SYNC`` (lossless). A fenced MySQL
   member (``super_read_only``) refuses ``INSTALL PLUGIN``, so its configuration must load them at startup.
@@ -475,7 +476,9 @@ class MariaDBDialect(Dialect):
         return SQL("SELECT MASTER_GTID_WAIT(%s, %s)", (gtid.position(), timeout))
 
     def reload_tls(self) -> SQL:
-        return SQL("FLUSH SSL")
+        """Not written to the binary log: a replica's plain ``FLUSH SSL`` is a transaction of its own there, errant
+        (its replication then stops on the next transaction from its source, out of order in strict mode)."""
+        return SQL("FLUSH NO_WRITE_TO_BINLOG SSL")
 
 
 class MySQLDialect(Dialect):

@@ -62,6 +62,8 @@ Obj = dict[str, Any]
 
 ACCESS_DENIED = 1045
 
+CERTIFICATE_REFUSED = "CERTIFICATE_VERIFY_FAILED"
+"""What a session's error says when the member's certificate did not verify (OpenSSL's reason)."""
 SECRET_TTL = 30.0
 """Seconds the credentials read from a Secret are used before it is read again (at once after a refused login)."""
 STALL_ATTEMPTS = 3
@@ -355,6 +357,8 @@ class ReplicationController:
         self.states = {s.name: replace(s, seconds_behind=truthful_lag(s, self.primary_history)) for s in states}
         if any(s.error and s.error.endswith(f"({ACCESS_DENIED})") for s in states):
             self.secrets.clear()  # the password may have changed: read the Secrets again
+        if any(s.error and CERTIFICATE_REFUSED in s.error for s in states):
+            self.ca = None  # the members may serve certificates of a new CA: read the CA Secret again
         for gone in set(self.failures) - set(self.states):
             del self.failures[gone]
         labels = (self.namespace, self.name)

@@ -21,11 +21,12 @@ import pymysql
 import pytest
 from kubernetes import client
 
+from tests.fixtures.database_tls import PERFORMANCE_SCHEMA, TestCA, dump_ciphers
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.fixtures.operator_process import OperatorProcess, StartOperator
 from tests.kube_helpers import GROUP, VERSION, wait_for
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, TLS_CA_FILE, LocalServer
 from whm_ha.demo.checkers import Direct, Writers, fenced, missing
 from whm_ha.mysql.dialect import Dialect, dialect_for
 
@@ -116,10 +117,11 @@ class World:
         return base64.b64decode(data["username"]).decode(), base64.b64decode(data["password"]).decode()
 
 
-def app_writers(server: LocalServer, user: str, password: str) -> Writers:
-    """8 writers inserting into app.t on one member as the application account, each until an insert fails."""
+def app_writers(server: LocalServer, user: str, password: str, first: int = 1) -> Writers:
+    """8 writers inserting into app.t on one member as the application account from id ``first`` on, each until
+    an insert fails."""
     source = Direct(server.host, server.port, user, password, read_timeout=30)
-    return Writers(source, table="app.t", until_error=True).start(warm_up=50)
+    return Writers(source, first=first, table="app.t", until_error=True).start(warm_up=50)
 
 
 class SemiSyncSampler(threading.Thread):
@@ -170,16 +172,25 @@ def world(
     database_servers: StartFlavourServers,
     operator_process: StartOperator,
 ) -> Callable[..., World]:
-    """``world(watch=None, **spec)``: three servers of the flavour, the replication created, the operator started,
-    Healthy."""
+    """``world(watch=None, ca=None, **spec)``: three servers of the flavour, the replication created, the operator
+    started, Healthy. With ``ca``, the servers serve certificates of it and the replication has TLS on, members
+    refusing plaintext clients."""
     if kube_api.tier != "sandbox":
         pytest.skip("the flavour matrix runs on the sandbox API")
     flavour = database_servers.flavour
     fenced = ("--read-only=ON", "--init-rpl-role=SLAVE") if flavour.product == "mariadb" else ("--super-read-only=ON",)
 
-    def start(watch: Callable[[World], object] | None = None, **spec: Any) -> World:
+    def start(watch: Callable[[World], object] | None = None, ca: TestCA | None = None, **spec: Any) -> World:
         """``watch``, if given, is called with the servers up and the replication created, before the operator."""
-        created = World(kube_client, kube_namespace, database_servers(3, fenced), dialect_for(flavour.product))
+        if ca is None:
+            servers = database_servers(3, fenced)
+        else:
+            servers = database_servers(3, fenced + PERFORMANCE_SCHEMA, tls=ca.server_tls())
+            secret = {"metadata": {"name": "db-ca"}, "stringData": {"ca.crt": ca.pem}}
+            client.CoreV1Api(kube_client).create_namespaced_secret(kube_namespace, secret)
+            spec["tls"] = {"enabled": True, "caSecret": {"name": "db-ca"}, "caFile": TLS_CA_FILE}
+            spec["tls"]["requireSecureTransport"] = True
+        created = World(kube_client, kube_namespace, servers, dialect_for(flavour.product))
         created.create(**spec)
         if watch is not None:
             watch(created)
@@ -311,3 +322,76 @@ def db_open(dialect: Dialect) -> list[str]:
 
 def db_fence(dialect: Dialect) -> list[str]:
     return [sql.text for sql in dialect.set_read_only(True)]
+
+
+def test_with_tls_a_failover_a_rejoin_and_a_switchover_keep_every_channel_encrypted(
+    world: Callable[..., World],
+) -> None:
+    """The core of this suite with ``spec.tls`` on: the operator's sessions verify the members' certificates and
+    host names, every replication channel is TLS and verified (the replica's status, and the cipher of the session
+    the primary serves each replica), every member refuses plaintext clients (again once the killed primary is
+    back), and no acknowledged row is lost through a kill -9 failover and a switchover."""
+    db = world(ca=TestCA(), semiSync=True)
+    assert_encrypted(db, "m0")
+    writers = app_writers(db.servers[0], *db.application())
+    wait_for(lambda: len(writers.acks) >= 200, 30, "200 acknowledged inserts")
+    db.servers[0].kill()
+    assert writers.join(30), "writers still writing to a killed primary"
+    new = db.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 30, "a new primary")["currentPrimary"]
+    assert missing(writers.acks.all(), db.ids(new)) == [], "every acknowledged insert survived the failover"
+    db.servers[0].start()  # require_secure_transport is off again: the operator sets it
+    other = ({"m1", "m2"} - {new}).pop()
+    settled = ("Healthy", "Degraded")  # Degraded: a MySQL m0 back with unacknowledged commits, quarantined
+    db.wait(lambda s: s.get("phase") in settled and db.roles(s).get("m0") in ("Replica", "Quarantined"), 40, "m0 back")
+    assert_encrypted(db, new)
+    writers = app_writers(db.servers[int(new[1:])], *db.application(), first=1_000_000)
+    wait_for(lambda: len(writers.acks) >= 100, 30, "100 acknowledged inserts")
+    db.request_promotion(other, "tls-1")
+    db.wait(lambda s: s.get("currentPrimary") == other and s.get("phase") in settled, 40, f"{other} primary")
+    assert writers.join(30), "writers still writing to the fenced primary"
+    assert missing(writers.acks.all(), db.ids(other)) == [], "every acknowledged insert survived the switchover"
+    assert db.status()["lastRequest"]["result"] == "Succeeded"
+    assert_encrypted(db, other)
+
+
+def assert_encrypted(db: World, primary: str) -> None:
+    """Every member refuses plaintext clients; once status shows ``primary`` primary, every replica replicates from
+    it over TLS verifying it, and ``primary`` serves each one a TLS session."""
+    for index, server in enumerate(db.servers):
+        wait_for(lambda server=server: refuses_plaintext(server), 20, f"m{index} refusing plaintext clients")
+    source = db.servers[int(primary[1:])]
+
+    def channels() -> list[tuple[str, str, str | None]] | None:
+        roles = db.roles()
+        replicas = [name for name, role in roles.items() if role == "Replica"]
+        if roles.get(primary) != "Primary" or not all(verified_channel(db, name, source) for name in replicas):
+            return None
+        sessions = dump_ciphers(source)
+        return sessions if len(sessions) == len(replicas) else None
+
+    sessions = wait_for(channels, 30, f"every replica replicating from {primary} over a verified TLS channel")
+    assert all(cipher for _, _, cipher in sessions), f"plaintext replication sessions on {primary}: {sessions}"
+    print(f"{db.dialect.flavor}: {primary} serves {len(sessions)} replicas over {sorted({c for *_, c in sessions})}")
+
+
+def verified_channel(db: World, replica: str, source: LocalServer) -> bool:
+    """``replica`` replicates from ``source`` over TLS, verifying it against the members' CA bundle."""
+    conn = db.servers[int(replica[1:])].connect()
+    with conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute(db.dialect.replica_status().text)
+        found = db.dialect.normalize_replica_status(cur.fetchone())
+    return (
+        found is not None
+        and (found.source_port, found.io_running, found.tls, found.tls_verify) == (source.port, True, True, True)
+        and found.tls_ca == TLS_CA_FILE
+    )
+
+
+def refuses_plaintext(server: LocalServer) -> bool:
+    try:
+        pymysql.connect(
+            host=server.host, port=server.port, user=ADMIN_USER, password=ADMIN_PASSWORD, ssl_disabled=True
+        ).close()
+    except pymysql.OperationalError:
+        return True
+    return False

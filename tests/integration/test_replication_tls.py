@@ -10,19 +10,18 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 
-from tests.fixtures.database_tls import TestCA, dump_ciphers
+from tests.fixtures.database_tls import PERFORMANCE_SCHEMA, TestCA, dump_ciphers
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.kube_helpers import wait_for
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, TLS_CA_FILE, LocalServer, ServerTLS
 from whm_ha.demo.checkers import TABLE, Direct, Writers, create_table, missing
 from whm_ha.mysql import actions
 from whm_ha.mysql.dialect import SQL, ReplicaStatus, Source, dialect_for
-from whm_ha.mysql.member import Credentials, Session, connect
+from whm_ha.mysql.member import Credentials, Session, connect, inspect, tls_context
+from whm_ha.replication.controller import CERTIFICATE_REFUSED
 
 pytestmark = pytest.mark.mariadb
 
-PERFORMANCE_SCHEMA = ("--performance-schema=ON",)
-"""What `dump_ciphers` reads the source's sessions from."""
 ADMIN = Credentials(ADMIN_USER, ADMIN_PASSWORD)
 REPLICATION = Credentials("repl", "repl-pw")
 
@@ -191,3 +190,20 @@ def reconnect(replica: Session) -> None:
     status = io_settled(replica)
     assert status.io_running, f"{replica.name} could not reconnect: {status.last_io_error}"
     assert status.sql_running, f"{replica.name} stopped applying: {status.last_sql_error}"
+
+
+def test_the_operator_finds_a_member_it_cannot_verify_unreachable_and_says_why(
+    database_servers: StartFlavourServers, ca: TestCA
+) -> None:
+    """A member whose certificate another CA signed, or that names another host, is not inspected: its state says
+    the certificate failed to verify (the controller reads the CA Secret again on that error). Without the host
+    name check (``verifyServerName: false``) the second one is inspected."""
+    (server,) = database_servers(1, tls=ca.server_tls("db.elsewhere.example"))
+    dialect = dialect_for(server.flavour.product)
+    for bundle, check_hostname in ((TestCA().pem, False), (ca.pem, True)):
+        state = inspect(
+            "m", server.host, server.port, ADMIN, dialect, tls=tls_context(bundle, check_hostname=check_hostname)
+        )
+        assert not state.reachable and state.error and CERTIFICATE_REFUSED in state.error, state
+    state = inspect("m", server.host, server.port, ADMIN, dialect, tls=tls_context(ca.pem, check_hostname=False))
+    assert state.reachable, state

@@ -26,7 +26,7 @@ from tests.fixtures.kube import KubeAPI
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.fixtures.operator_process import OperatorProcess, StartOperator
 from tests.kube_helpers import GROUP, VERSION, wait_for
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, TLS_CA_FILE, LocalServer
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, TLS_CA_FILE, LocalServer, ServerTLS
 from whm_ha.demo.checkers import Direct, Writers, fenced, missing
 from whm_ha.mysql.dialect import Dialect, dialect_for
 
@@ -330,11 +330,17 @@ def test_with_tls_a_failover_a_rejoin_and_a_switchover_keep_every_channel_encryp
     """The core of this suite with ``spec.tls`` on: the operator's sessions verify the members' certificates and
     host names, every replication channel is TLS and verified (the replica's status, and the cipher of the session
     the primary serves each replica), every member refuses plaintext clients (again once the killed primary is
-    back), and no acknowledged row is lost through a kill -9 failover and a switchover."""
-    db = world(ca=TestCA(), semiSync=True)
+    back), and no acknowledged row is lost through a CA rotation, a kill -9 failover and a switchover. The CA is
+    rotated under writes before the failover (the README's three steps): nothing fails or changes role meanwhile,
+    and the failover and switchover then run on the new CA alone."""
+    old = TestCA()
+    db = world(ca=old, semiSync=True)
     assert_encrypted(db, "m0")
     writers = app_writers(db.servers[0], *db.application())
     wait_for(lambda: len(writers.acks) >= 200, 30, "200 acknowledged inserts")
+    rotate_ca(db, old, TestCA(), writers)
+    assert writers.errors == [] and db.status()["currentPrimary"] == "m0"
+    assert not db.status().get("promotionHistory"), "the rotation caused a promotion"
     db.servers[0].kill()
     assert writers.join(30), "writers still writing to a killed primary"
     new = db.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 30, "a new primary")["currentPrimary"]
@@ -352,6 +358,27 @@ def test_with_tls_a_failover_a_rejoin_and_a_switchover_keep_every_channel_encryp
     assert missing(writers.acks.all(), db.ids(other)) == [], "every acknowledged insert survived the switchover"
     assert db.status()["lastRequest"]["result"] == "Succeeded"
     assert_encrypted(db, other)
+
+
+def rotate_ca(db: World, old: TestCA, new: TestCA, writers: Writers) -> None:
+    """The CA Secret and every member's files changed, then every member reloads them, in three steps: both CAs
+    trusted, certificates of the new CA, the new CA alone; each step waits for a write acknowledged after it and
+    for the operator to find every member."""
+    bundle = old.pem + new.pem
+    steps: list[tuple[str, Callable[[ServerTLS], ServerTLS]]] = [
+        (bundle, lambda served: ServerTLS(ca=bundle, cert=served.cert, key=served.key)),
+        (bundle, lambda _: new.server_tls(trusted=bundle)),
+        (new.pem, lambda _: new.server_tls()),
+    ]
+    for trusted, files in steps:
+        encoded = base64.b64encode(trusted.encode()).decode()
+        db.core.patch_namespaced_secret("db-ca", db.namespace, {"data": {"ca.crt": encoded}})
+        for server in db.servers:
+            assert server.tls is not None
+            server.install_tls(files(server.tls))
+            server.query(db.dialect.reload_tls().text)
+        wait_for(writers.acks.progressed(), 30, "a write acknowledged after the step")
+        db.wait(lambda s: s.get("phase") == "Healthy" and all(m.get("reachable") for m in s["members"]), 30, "Healthy")
 
 
 def assert_encrypted(db: World, primary: str) -> None:

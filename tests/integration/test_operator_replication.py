@@ -1077,3 +1077,17 @@ def test_a_member_replicating_from_elsewhere_stops_before_the_set_that_decides_i
     stop = log.index("STOP SLAVE")
     reads = [i for i, s in enumerate(log) if s == "SELECT @@GLOBAL.gtid_binlog_state"]
     assert any(stop < i < repoint for i in reads), f"no read of the set between STOP SLAVE and CHANGE MASTER: {log}"
+
+
+def test_tls_without_a_usable_ca_secret_is_pending_and_says_why(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator
+) -> None:
+    """With ``spec.tls`` on, the operator connects to no member until the CA Secret holds a certificate: status
+    names the Secret and what is wrong with it."""
+    replication.create(tls={"enabled": True, "caSecret": {"name": "db-ca"}, "caFile": "tls/ca.pem"})
+    start(replication, kube_api, operator_process)
+    replication.wait(lambda s: "db-ca (tls.caSecret) not found" in (s.get("reason") or ""), 20, "the Secret missing")
+    secret = {"metadata": {"name": "db-ca"}, "stringData": {"ca.crt": "not a certificate"}}
+    replication.core.create_namespaced_secret(replication.namespace, secret)
+    status = replication.wait(lambda s: "no CA certificate under key 'ca.crt'" in (s.get("reason") or ""), 40, "why")
+    assert status["phase"] == "Pending" and not status.get("currentPrimary"), status

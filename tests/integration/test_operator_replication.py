@@ -1089,5 +1089,5 @@ def test_tls_without_a_usable_ca_secret_is_pending_and_says_why(
     replication.wait(lambda s: "db-ca (tls.caSecret) not found" in (s.get("reason") or ""), 20, "the Secret missing")
     secret = {"metadata": {"name": "db-ca"}, "stringData": {"ca.crt": "not a certificate"}}
     replication.core.create_namespaced_secret(replication.namespace, secret)
-    status = replication.wait(lambda s: "no CA certificate under key 'ca.crt'" in (s.get("reason") or ""), 40, "why")
+    status = replication.wait(lambda s: "key ca.crt holds no PEM certificate" in (s.get("reason") or ""), 40, "why")
     assert status["phase"] == "Pending" and not status.get("currentPrimary"), status

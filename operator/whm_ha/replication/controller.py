@@ -11,7 +11,6 @@ fenced before any promotion and every other member is fenced before it joins, so
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import json
@@ -37,6 +36,7 @@ from ..mysql.dialect import dialect_for
 from ..mysql.lag import PrimaryHistory, record, truthful_lag
 from ..mysql.member import Credentials, MemberState, tls_context
 from ..mysql.topology import errant_members
+from ..node_tls import ca_from_secret
 from ..workers import WorkerBudget
 from . import metrics, procedures
 from .authority import Basis, Confirm, Superseded, confirmer
@@ -315,10 +315,9 @@ class ReplicationController:
                 raise
             raise DatabaseUnavailable(f"{where} (tls.caSecret) not found") from exc
         try:
-            bundle = base64.b64decode((secret.get("data") or {})[ref.key]).decode()
-            context = tls_context(bundle, check_hostname=settings.verify_server_name)
-        except (KeyError, binascii.Error, UnicodeDecodeError, ssl.SSLError) as exc:
-            raise DatabaseUnavailable(f"{where} has no CA certificate under key {ref.key!r}") from exc
+            context = tls_context(ca_from_secret(secret, ref.key), check_hostname=settings.verify_server_name)
+        except (ValueError, binascii.Error, ssl.SSLError) as exc:  # SSLError: PEM markers around no certificate
+            raise DatabaseUnavailable(f"{where} (tls.caSecret) {exc}") from exc
         self.ca = (now, source, context)
         return context
 

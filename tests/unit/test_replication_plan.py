@@ -508,6 +508,28 @@ def test_members_with_another_net_timeout_get_the_wanted_one_even_without_a_prim
     assert not converge_plan("m0", healthy_states, semi_sync=True, net_timeout=2)
 
 
+@given(
+    head=st.sampled_from([primary(), primary(read_only=True), DEAD, primary(is_replica=True)]),
+    others=st.lists(member_state, max_size=3, unique_by=lambda s: s.name),
+    secure=st.lists(st.sampled_from([None, False, True]), min_size=4, max_size=4),
+    asked=st.booleans(),
+    full=st.booleans(),
+)
+def test_exactly_the_members_found_accepting_plaintext_are_made_to_refuse_it_when_asked(
+    head: MemberState, others: list[MemberState], secure: list[bool | None], asked: bool, full: bool
+) -> None:
+    """Whatever the topology: every member read as accepting plaintext, and no other (an unreachable member's
+    setting is unknown, None), and only when the spec asks."""
+    states = {
+        s.name: replace(s, secure_transport=found if s.reachable else None)
+        for s, found in zip((head, *others), secure, strict=False)
+    }
+    plan = converge_plan("m0", states, semi_sync=False, full=full, secure_transport=asked)
+    expected = {s.name for s in states.values() if asked and s.secure_transport is False}
+    assert set(plan.secure_transport) == expected
+    assert bool(plan) or not expected
+
+
 def test_members_accepting_plaintext_are_made_to_refuse_it_when_asked_even_without_a_primary() -> None:
     states = topology(
         primary(secure_transport=False), replica("m1", secure_transport=True), replica("m2", secure_transport=False)

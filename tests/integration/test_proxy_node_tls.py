@@ -3,6 +3,7 @@ certificates from a test CA held in a Secret, a real proxy process, the Kubernet
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -125,6 +126,27 @@ def test_server_name_and_a_rotated_ca(world: World) -> None:
     wait_for(lambda: node_tls(proxy)["problem"] == "CA Secret node-ca not found", 10, "the CA gone")
     status, body = get(proxy)
     assert (status, body["error"]) == (502, "upstream TLS handshake failed"), "no CA: nothing goes unverified"
+
+
+def test_a_ca_secret_that_does_not_load_fails_connects_saying_so(world: World) -> None:
+    """A ca.crt in PEM armour that OpenSSL cannot load: every connect fails as with a missing CA, with the reason in
+    /stats, rather than every request crashing in the worker (500 and a traceback each)."""
+    cluster = world.cluster
+    unparsable = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    client.CoreV1Api(cluster.custom.api_client).create_namespaced_secret(
+        cluster.namespace,
+        {"metadata": {"name": "node-ca"}, "data": {"ca.crt": base64.b64encode(unparsable.encode()).decode()}},
+    )
+    world.create(enabled=True, caSecret={"name": "node-ca"})
+    (node,) = world.node_servers("n1", tls=world.node_ca.issue("127.0.0.1"))
+    cluster.add_node("n1", node.host, node.port)
+    proxy = world.proxy("n1")
+    assert (node_tls(proxy)["problem"] or "").startswith("CA Secret node-ca key ca.crt holds no usable"), node_tls(
+        proxy
+    )
+    status, body = get(proxy)
+    assert (status, body.get("error")) == (502, "upstream TLS handshake failed"), (status, body)
+    assert "Traceback" not in proxy.log_text()
 
 
 def test_insecure_skip_verify_accepts_any_certificate_and_says_so_once(world: World) -> None:

@@ -8,6 +8,7 @@ import ssl
 from datetime import UTC, datetime
 
 import pytest
+import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -96,7 +97,9 @@ def test_client_contexts() -> None:
     assert ClientTLS().name_for("[::1]") == "::1"
 
 
-PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+PEM = trustme.CA().cert_pem.bytes().decode()
+UNPARSABLE = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+"""PEM armour around what is no certificate: OpenSSL cannot load it as a CA."""
 
 
 def encoded(text: str) -> str:
@@ -107,7 +110,19 @@ def test_ca_from_secret() -> None:
     assert ca_from_secret({"data": {"ca.crt": encoded(PEM)}}, "ca.crt") == PEM
 
 
-@pytest.mark.parametrize("data", [{}, {"tls.crt": encoded(PEM)}, {"ca.crt": encoded("junk")}])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        {"tls.crt": encoded(PEM)},
+        {"ca.crt": encoded("junk")},
+        {"ca.crt": encoded(UNPARSABLE)},
+        {"ca.crt": encoded(PEM + UNPARSABLE)},
+    ],
+    ids=["empty", "other-key", "no-pem", "unparsable", "good-then-unparsable"],
+)
 def test_ca_from_a_secret_without_it_is_refused(data: dict[str, str]) -> None:
+    """Refused here, not later: a CA the client context cannot load would fail every connect with an error that
+    no caller expects (the proxy answered 500 and logged a traceback per request)."""
     with pytest.raises(ValueError):
         ca_from_secret({"data": data}, "ca.crt")

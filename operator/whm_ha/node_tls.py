@@ -45,7 +45,8 @@ class ClientTLS:
 
 
 def ca_from_secret(secret: dict[str, object], key: str) -> str:
-    """The PEM text under ``key`` of a Secret object; ValueError when it is missing or holds no certificate."""
+    """The PEM text under ``key`` of a Secret object, loadable as a client context's CAs; ValueError when it is
+    missing or holds no certificate, or one that OpenSSL cannot load."""
     data = secret.get("data") or {}
     assert isinstance(data, dict)
     if key not in data:
@@ -53,6 +54,11 @@ def ca_from_secret(secret: dict[str, object], key: str) -> str:
     text = base64.b64decode(data[key]).decode("ascii", "replace")
     if "-----BEGIN CERTIFICATE-----" not in text:
         raise ValueError(f"key {key} holds no PEM certificate")
+    try:
+        client_context(text, False)  # cached: the context the proxy and the probes will use
+    except ssl.SSLError as exc:
+        # Found here, the CA is a problem the callers report; found at connect, an error none of them expects.
+        raise ValueError(f"key {key} holds no usable PEM certificate ({exc.reason or exc})") from None
     return text
 
 

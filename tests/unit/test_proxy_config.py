@@ -237,8 +237,8 @@ def ca_secret(name: str, pem: str) -> dict[str, Any]:
     return {"metadata": {"name": name}, "data": {"ca.crt": base64.b64encode(pem.encode()).decode()}}
 
 
-PEM_A = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
-PEM_B = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"
+PEM_A = trustme.CA().cert_pem.bytes().decode()
+PEM_B = trustme.CA().cert_pem.bytes().decode()
 
 
 def tls_cluster(**node_tls: Any) -> dict[str, Any]:

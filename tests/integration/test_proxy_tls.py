@@ -3,6 +3,7 @@ the plain listener, HSTS, the redirect from HTTP, a missing or broken Secret, an
 
 from __future__ import annotations
 
+import base64
 import http.client
 import subprocess
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import trustme
 import urllib3
+from cryptography.hazmat.primitives import serialization
 from kubernetes import client
 
 from tests.fixtures.proxy_process import Backend, Cluster, ProxyProcess, StartBackends, StartProxy
@@ -148,6 +150,26 @@ def test_a_missing_or_broken_secret_keeps_the_last_good_certificate(rig: Rig) ->
     wait_for(lambda: "Secret panel not found" in rig.proxy.stats()["tls"]["problems"]["panel"], 10, "the deletion")
     assert rig.curl("panel.example").returncode == 0
     assert rig.proxy.process is not None and rig.proxy.process.poll() is None
+
+
+def test_an_encrypted_key_is_a_broken_secret_and_the_watch_goes_on(rig: Rig) -> None:
+    """A Secret whose tls.key is encrypted (openssl genrsa -aes256) is refused as any broken Secret is, without
+    asking for a pass phrase: the last good certificate stays served and the proxy goes on following the cluster."""
+    leaf = rig.put("panel", "panel.example")
+    wait_for(lambda: rig.curl("panel.example").returncode == 0, 10, "the certificate served")
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+    )
+    secret = tls_secret("panel", leaf)
+    secret["data"]["tls.key"] = base64.b64encode(encrypted).decode()
+    put_secret(rig.api, rig.namespace, secret)
+    wait_for(lambda: "panel" in rig.proxy.stats()["tls"]["problems"], 10, "the encrypted key noticed")
+    assert "tls.key is encrypted" in rig.proxy.stats()["tls"]["problems"]["panel"]
+    assert rig.curl("panel.example").returncode == 0, "the last good certificate is still served"
+    rig.cluster.set_health("a", "Unhealthy")
+    wait_for(lambda: rig.proxy.routable() == [], 10, "the node's health followed after the broken Secret")
+    assert "Traceback" not in rig.proxy.log_text()
 
 
 @dataclass

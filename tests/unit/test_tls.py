@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -90,6 +91,21 @@ def test_server_context_refuses_a_key_of_another_certificate(ca: trustme.CA) -> 
         server_context(cert, other_key)
     with pytest.raises(CertificateError, match="not PEM"):
         load_certificate("s", "garbage", other_key)
+
+
+def test_an_encrypted_key_is_refused_without_asking_for_a_pass_phrase(ca: trustme.CA) -> None:
+    """OpenSSL's default would prompt on the terminal (blocking the process), or without one raise OSError, which
+    no caller expects (the proxy's configuration watch relisted in a loop, following no change of the cluster)."""
+    cert, key = pem(ca.issue_cert("a.example"))
+    encrypted = (
+        serialization.load_pem_private_key(key.encode(), None)
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+        )
+        .decode()
+    )
+    with pytest.raises(CertificateError, match=r"tls\.key is encrypted"):
+        load_certificate("web", cert, encrypted)
 
 
 def test_pem_from_secret_reads_a_tls_secret_and_names_what_is_wrong(ca: trustme.CA) -> None:

@@ -62,10 +62,16 @@ def server_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:
     # filesystem is read-only anyway).
     with _memory_file("cert", cert_pem) as cert_path, _memory_file("key", key_pem) as key_path:
         try:
-            context.load_cert_chain(cert_path, key_path)
+            context.load_cert_chain(cert_path, key_path, password=_no_pass_phrase)
         except ssl.SSLError as exc:
             raise CertificateError(f"certificate and key cannot be loaded together: {exc.reason or exc}") from None
     return context
+
+
+def _no_pass_phrase() -> bytes:
+    """Asked for an encrypted key's pass phrase: there is none to give. Without this, OpenSSL prompts on the
+    terminal (the process blocks) or, with none, fails with an OSError."""
+    raise CertificateError("tls.key is encrypted: the private key must be stored unencrypted")
 
 
 class _memory_file:

@@ -6,10 +6,14 @@ import asyncio
 import base64
 import ssl
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import trustme
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID, NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -106,6 +110,32 @@ def test_an_encrypted_key_is_refused_without_asking_for_a_pass_phrase(ca: trustm
     )
     with pytest.raises(CertificateError, match=r"tls\.key is encrypted"):
         load_certificate("web", cert, encrypted)
+
+
+def test_a_certificate_whose_names_do_not_parse_is_refused() -> None:
+    """OpenSSL loads a certificate whose subjectAltName holds a DNS name that is not ASCII; reading its names must be
+    a CertificateError too (a ValueError escaped, with the encrypted key's consequences)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a.example")])
+    now = datetime.now(UTC)
+    broken_names = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x03\x82\x01\xff")
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(broken_names, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    with pytest.raises(CertificateError, match="names cannot be read"):
+        load_certificate("web", cert, private)
 
 
 def test_pem_from_secret_reads_a_tls_secret_and_names_what_is_wrong(ca: trustme.CA) -> None:

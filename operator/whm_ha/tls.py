@@ -109,7 +109,11 @@ def load_certificate(source: str, cert_pem: str, key_pem: str) -> Certificate:
     except ValueError:
         raise CertificateError(f"{source}: the certificate is not PEM (tls.crt)") from None
     context = server_context(cert_pem, key_pem)
-    return Certificate(source, dns_names(leaf), leaf.not_valid_after_utc, (cert_pem, key_pem), context)
+    try:
+        names = dns_names(leaf)  # cryptography parses extensions only now; OpenSSL loaded what it cannot read
+    except ValueError as exc:
+        raise CertificateError(f"{source}: the certificate's names cannot be read (tls.crt): {exc}") from None
+    return Certificate(source, names, leaf.not_valid_after_utc, (cert_pem, key_pem), context)
 
 
 def dns_names(certificate: x509.Certificate) -> tuple[str, ...]:

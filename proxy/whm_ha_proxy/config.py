@@ -46,6 +46,9 @@ class ProxyConfig:
     """Path patterns (fnmatch, ``*`` matching ``/`` too) never retried after a timeout."""
     sticky_cookie: str | None = None
     """Name of the affinity cookie, None when sticky sessions are off."""
+    trusted_networks: tuple[str, ...] = ()
+    """CIDRs whose peers' forwarded headers (and PROXY headers) are believed."""
+    proxy_protocol: bool = False
     nodes: tuple[NodeSpec, ...] = ()
     generation: int = 0
     """Number of reloads (annotation or admin) so far: a new value makes workers forget passive ejections."""
@@ -81,6 +84,7 @@ class ProxyConfig:
             **{
                 **data,
                 "no_retry_after_timeout": tuple(data["no_retry_after_timeout"]),
+                "trusted_networks": tuple(data["trusted_networks"]),
                 "nodes": tuple(NodeSpec(**node) for node in data["nodes"]),
                 "tls": ClientTLS(**data["tls"]) if data.get("tls") is not None else None,
                 "certificates": tuple(tuple(served) for served in data["certificates"]),
@@ -151,6 +155,8 @@ def build_config(
         retry_after_timeout=balancing.retry_after_timeout.enabled,
         no_retry_after_timeout=tuple(balancing.retry_after_timeout.exclude_paths),
         sticky_cookie=sticky.cookie_name if sticky.enabled else None,
+        trusted_networks=tuple(balancing.client_address.trusted_networks),
+        proxy_protocol=balancing.client_address.proxy_protocol,
         nodes=tuple(sorted((node_spec(obj) for obj in nodes), key=lambda node: node.name)),
         generation=generation,
         tls=tls,

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .balancer import Backend, Balancer
+from .client_address import FORWARDING
 from .config import ProxyConfig
 from .https import redirect
 from .server import ClientGone, Request
@@ -42,7 +43,9 @@ from .upstream import (
 )
 
 HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
-SET_BY_PROXY = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"expect"})
+SET_BY_PROXY = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded", b"expect"}
+)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 SMALL_BODY = 65536
 """Response bodies of a known length up to this size are relayed in one write."""
@@ -92,7 +95,8 @@ def outgoing(request: Request) -> Outgoing:
 
     Hop-by-hop headers (and those named in Connection, and any ``Proxy-*``) are dropped, except
     that an upgrade keeps ``Upgrade`` and ``Connection: Upgrade``; X-Forwarded-For is appended to,
-    X-Forwarded-Proto and -Host set. The framing (Host, Content-Length or Transfer-Encoding) is the
+    X-Forwarded-Proto, X-Real-IP and Forwarded are the connection's (``Origin.lines``: a trusted peer's are
+    kept), X-Forwarded-Host is set. The framing (Host, Content-Length or Transfer-Encoding) is the
     proxy's own, from what the parser found and what is forwarded: no client header can remove or
     change it.
     """
@@ -101,15 +105,15 @@ def outgoing(request: Request) -> Outgoing:
     upgrade = request.upgrade
     expect = False
     cookies = b""
-    forwarded: list[bytes] = []
+    forwarding: list[tuple[bytes, bytes]] = []
     named: set[bytes] = set()
     for name, value in request.headers:
         lower = name.lower()
         if lower in NOTICED:
             if lower == b"cookie":
                 cookies = value
-            elif lower == b"x-forwarded-for":
-                forwarded.append(value)
+            elif lower in FORWARDING:
+                forwarding.append((lower, value))
                 continue
             elif lower == b"expect":
                 expect = value.lower() == b"100-continue"
@@ -126,9 +130,7 @@ def outgoing(request: Request) -> Outgoing:
     if named:  # rare: drop the headers the client named in Connection (the proxy's own come after)
         lines = [lines[0], *(line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named)]
         append = lines.append
-    peer = request.peer.encode()
-    append(b"X-Forwarded-For: " + (b", ".join([*forwarded, peer]) if forwarded else peer))
-    append(b"X-Forwarded-Proto: http")
+    append(request.downstream.origin.lines(forwarding))
     host = request.host
     if host:
         append(b"X-Forwarded-Host: " + host)

@@ -27,6 +27,9 @@ from typing import Protocol, cast
 
 import httptools
 
+from .client_address import EDGE, Addressing, Origin
+from .proxy_protocol import ProxyProtocolError, read_preface
+
 log = logging.getLogger("whm_ha_proxy.server")
 HIGH_WATER = 262144
 """Buffered request-body bytes above which reading from the client pauses."""
@@ -187,10 +190,6 @@ class Request:
         self.responded = False
 
     @property
-    def peer(self) -> str:
-        return self.downstream.peer
-
-    @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.length)
 
@@ -275,6 +274,11 @@ class Downstream(asyncio.Protocol):
         self.peer = ""
         self.tls = False
         """Whether the client connected to the TLS listener."""
+        self.origin: Origin = EDGE.origin("", https=False)
+        self._preface: bytes | None = None
+        """What arrived before a PROXY header (or its absence) was established; None once it was, or when PROXY
+        protocol is off."""
+        self._preface_timer: asyncio.TimerHandle | None = None
         self.chunked = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -324,6 +328,11 @@ class Downstream(asyncio.Protocol):
             return
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
+        addressing = self.server.addressing
+        self.origin = addressing.origin(self.peer, https=self.tls)
+        if addressing.proxy_protocol:
+            self._preface = b""
+            self._preface_timer = self.loop.call_later(self.limits.client_header_timeout, self._preface_timeout)
         self._idle_since = self.loop.time()
         self._timer = self.loop.call_later(self.limits.shortest_timeout, self._check_time)
 
@@ -332,6 +341,8 @@ class Downstream(asyncio.Protocol):
         self.server.forget(self)
         if self._timer is not None:
             self._timer.cancel()
+        if self._preface_timer is not None:
+            self._preface_timer.cancel()
         for request in (self._parsing, *self._queue):
             if request is not None and not request.body.done:
                 request.body.finish(ClientGone("client closed the connection"))
@@ -341,7 +352,9 @@ class Downstream(asyncio.Protocol):
             self._tunnel.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._tunnel is not None:
+        if self._preface is not None:
+            self._read_preface(data)
+        elif self._tunnel is not None:
             self._tunnel.write(data)
         elif self._upgrading:
             self._upgraded += data
@@ -371,6 +384,36 @@ class Downstream(asyncio.Protocol):
             self._tunnel.resume_reading()
         elif self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
+
+    # -- PROXY protocol ---------------------------------------------------------------------------------
+
+    def _read_preface(self, data: bytes) -> None:
+        """Read the PROXY header a trusted peer must send (and no other may) before HTTP starts."""
+        assert self._preface is not None
+        received = self._preface + data
+        try:
+            header = read_preface(received, trusted=self.origin.trusted)
+        except ProxyProtocolError as exc:
+            log.info("closing the connection from %s: %s", self.peer, exc)
+            self._preface = None
+            self.close()
+            return
+        if header is None:
+            self._preface = received
+            return
+        self._preface = None
+        if self._preface_timer is not None:
+            self._preface_timer.cancel()
+        if header.source is not None:
+            self.origin = self.server.addressing.origin(header.source, https=self.origin.https)
+        if len(received) > header.length:
+            self.data_received(received[header.length :])
+
+    def _preface_timeout(self) -> None:
+        if self._preface is not None:
+            log.info("closing the connection from %s: no PROXY protocol header in time", self.peer)
+            self._preface = None
+            self.close()
 
     # -- feeding the parser -------------------------------------------------------------------------
 
@@ -723,6 +766,8 @@ class Server:
         self.handler = handler
         self.limits = limits
         self.connections: set[Downstream] = set()
+        self.addressing: Addressing = EDGE
+        """How new connections' client addresses are established (the cluster's clientAddress settings)."""
         self.draining = False
         self.refused_connections = 0
         self.hsts = b""

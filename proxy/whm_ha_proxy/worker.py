@@ -25,6 +25,7 @@ from whm_ha.tls import CertificateStore, load_certificate
 
 from .balancer import Balancer
 from .channel import Channel
+from .client_address import EDGE, Addressing
 from .config import ProxyConfig
 from .forward import Forwarder
 from .options import ProxyOptions
@@ -57,6 +58,9 @@ async def serve(options: ProxyOptions, channel_fd: int) -> None:
 
     def configure(config: ProxyConfig | None) -> None:
         forwarder.configure(config)
+        server.addressing = (
+            Addressing.from_settings(config.trusted_networks, config.proxy_protocol) if config is not None else EDGE
+        )
         hsts = config.hsts if config is not None else ""
         server.hsts = f"Strict-Transport-Security: {hsts}\r\n".encode() if hsts else b""
         served = config.certificates if config is not None else ()

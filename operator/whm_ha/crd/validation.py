@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from ipaddress import ip_network
 from typing import Any
 
 import cel
@@ -112,6 +113,19 @@ def _schema_errors(schema: JsonSchema, value: Any) -> list[FieldError]:
 _OLD_SELF = re.compile(r"\boldSelf\b")
 
 
+def _is_cidr(text: str) -> bool:
+    """Kubernetes' CEL ``isCIDR``: an address and a prefix length (host bits allowed)."""
+    try:
+        ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return "/" in text
+
+
+KUBERNETES_FUNCTIONS = {"isCIDR": _is_cidr}
+"""The Kubernetes CEL library functions the CRDs use, beyond the CEL standard."""
+
+
 def _cel_errors(schema: JsonSchema, value: Any, old: Any, path: list[str | int]) -> list[FieldError]:
     errors: list[FieldError] = []
     for rule in schema.get("x-kubernetes-validations", []):
@@ -119,7 +133,7 @@ def _cel_errors(schema: JsonSchema, value: Any, old: Any, path: list[str | int])
         transition = bool(_OLD_SELF.search(expression))
         if transition and old is None:
             continue
-        context = {"self": value, **({"oldSelf": old} if transition else {})}
+        context = cel.Context({"self": value, **({"oldSelf": old} if transition else {})}, KUBERNETES_FUNCTIONS)
         field = _path(path) + rule.get("fieldPath", "")
         try:
             holds = cel.evaluate(expression, context)

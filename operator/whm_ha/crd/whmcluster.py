@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from ipaddress import ip_network
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from .common import (
     HISTORY_LIMIT,
@@ -183,6 +184,38 @@ class LoadBalancerTLS(CRDModel):
     """Strict-Transport-Security on HTTPS answers."""
 
 
+def _cidr(text: str) -> str:
+    """A CIDR in its canonical form (host bits cleared), as the API server's ``isCIDR`` accepts it."""
+    if "/" not in text:
+        raise ValueError(f"{text!r} is not a CIDR (ADDRESS/PREFIX, e.g. 10.0.0.0/8)")
+    return str(ip_network(text, strict=False))
+
+
+CIDR = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=49,
+        json_schema_extra={"x-kubernetes-validations": [cel("isCIDR(self)", "must be a CIDR, e.g. 10.0.0.0/8")]},
+    ),
+    AfterValidator(_cidr),
+]
+
+
+class ClientAddress(CRDModel):
+    """Whose word the proxy takes for the client's address. By default none: the proxy is the edge, and the
+    X-Real-IP, Forwarded and X-Forwarded-Proto a node gets are the connection's, whatever the client sent."""
+
+    trusted_networks: list[CIDR] = Field(
+        default_factory=list, max_length=64, json_schema_extra={"x-kubernetes-list-type": "set"}
+    )
+    """Networks of load balancers in front of the proxy: from a peer in one, forwarded headers are kept and the
+    client is the last untrusted hop of X-Forwarded-For."""
+    proxy_protocol: bool = False
+    """Require a PROXY protocol (v1 or v2) header from peers in trustedNetworks and take the client's address from
+    it; a connection from elsewhere that sends one is closed."""
+
+
 class LoadBalancer(CRDModel):
     """How the proxy spreads requests over the healthy nodes."""
 
@@ -198,6 +231,8 @@ class LoadBalancer(CRDModel):
     """Which requests are retried once a node took them and did not answer in time."""
     tls: LoadBalancerTLS = Field(default_factory=LoadBalancerTLS)
     """HTTPS: certificates, redirect from HTTP, HSTS."""
+    client_address: ClientAddress = Field(default_factory=ClientAddress)
+    """Trusted load balancers in front of the proxy, and PROXY protocol."""
 
 
 class Discovery(CRDModel):

@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.node_certs",
     "tests.fixtures.operator_process",
     "tests.fixtures.proxy_process",
+    "tests.fixtures.tls_nodes",
     "tests.fixtures.shim_process",
     "tests.fixtures.netns",
     "tests.fixtures.slow_links",

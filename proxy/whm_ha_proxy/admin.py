@@ -101,6 +101,9 @@ def build_app(supervisor: Supervisor) -> web.Application:
                     "retryAfterTimeout": config.retry_after_timeout,
                     "noRetryAfterTimeout": list(config.no_retry_after_timeout),
                     "stickyCookie": config.sticky_cookie,
+                    "trustedNetworks": list(config.trusted_networks),
+                    "proxyProtocol": config.proxy_protocol,
+                    "passthrough": {"enabled": config.passthrough, "nodePort": config.passthrough_port},
                     "generation": config.generation,
                     "nodes": [{**asdict(node), "routable": node.routable} for node in config.nodes],
                     "nodeTLS": None
@@ -127,6 +130,7 @@ def build_app(supervisor: Supervisor) -> web.Application:
                 "api": {"lists": supervisor.watcher.lists, "reloads": supervisor.watcher.reloads},
                 "workers": merged["workers"],
                 "totals": {**_totals(merged["nodes"]), "unrouted": merged["unrouted"]},
+                "passthrough": merged["passthrough"],
                 "nodes": merged["nodes"],
             }
         )

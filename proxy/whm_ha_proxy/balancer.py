@@ -6,6 +6,8 @@ can be tested without waiting. One ``Balancer`` lives in each worker process.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -167,6 +169,20 @@ class Balancer:
             return candidates[turn % len(candidates)]
         return _least_active(candidates, turn)
 
+    def pick_affine(self, now: float, key: bytes, *, exclude: Collection[Backend] = ()) -> Backend | None:
+        """The backend for a client known by ``key`` (its address) when no cookie can pin it: the same one while it
+        stays routable, whatever the algorithm. Weighted rendezvous hashing: a node leaving the rotation moves only
+        its own clients, to the others in proportion to their weights, and one coming back takes its share back."""
+        best: Backend | None = None
+        best_score = -1.0
+        for backend in self.routable(now):
+            if backend in exclude:
+                continue
+            score = _rendezvous_score(key, backend)
+            if score > best_score:
+                best, best_score = backend, score
+        return best
+
     @staticmethod
     def _smooth_weighted(candidates: list[Backend]) -> Backend:
         """nginx's smooth weighted round-robin: add each weight, take the largest, subtract the total."""
@@ -225,6 +241,14 @@ class Balancer:
             backend.ejections = 0
             backend.failures = 0
         self._dirty = True
+
+
+def _rendezvous_score(key: bytes, backend: Backend) -> float:
+    """``weight / -ln(u)`` for a uniform ``u`` in (0, 1) drawn from the key and the node's name: the largest score
+    wins with a probability proportional to the weight."""
+    digest = hashlib.blake2b(key + b"\0" + backend.spec.name.encode(), digest_size=8).digest()
+    uniform = ((int.from_bytes(digest, "big") >> 12) + 1) / (2**52 + 2)  # 52 bits: exact in a float, never 0 or 1
+    return backend.spec.weight / -math.log(uniform)
 
 
 def _least_active(candidates: list[Backend], turn: int) -> Backend:

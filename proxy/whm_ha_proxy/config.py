@@ -49,6 +49,10 @@ class ProxyConfig:
     trusted_networks: tuple[str, ...] = ()
     """CIDRs whose peers' forwarded headers (and PROXY headers) are believed."""
     proxy_protocol: bool = False
+    passthrough: bool = False
+    """Whether connections on the passthrough listener are spliced to nodes."""
+    passthrough_port: int | None = None
+    """The nodes' TLS port for passthrough; None: each node's port."""
     nodes: tuple[NodeSpec, ...] = ()
     generation: int = 0
     """Number of reloads (annotation or admin) so far: a new value makes workers forget passive ejections."""
@@ -157,6 +161,8 @@ def build_config(
         sticky_cookie=sticky.cookie_name if sticky.enabled else None,
         trusted_networks=tuple(balancing.client_address.trusted_networks),
         proxy_protocol=balancing.client_address.proxy_protocol,
+        passthrough=balancing.passthrough.enabled,
+        passthrough_port=balancing.passthrough.node_port,
         nodes=tuple(sorted((node_spec(obj) for obj in nodes), key=lambda node: node.name)),
         generation=generation,
         tls=tls,

@@ -43,6 +43,8 @@ class ProxyOptions:
     listen_tls: tuple[str, int] | None = None
     """The HTTPS listener's address; None for none."""
     tls_handshake_timeout: float = 10.0
+    listen_passthrough: tuple[str, int] | None = None
+    """L4 TLS passthrough address (``spec.loadBalancer.passthrough``); None: no such listener."""
 
     @property
     def worker_count(self) -> int:
@@ -68,6 +70,7 @@ class ProxyOptions:
                 "listen": tuple(data["listen"]),
                 "admin": tuple(data["admin"]),
                 "listen_tls": tuple(data["listen_tls"]) if data["listen_tls"] is not None else None,
+                "listen_passthrough": tuple(data["listen_passthrough"]) if data["listen_passthrough"] else None,
                 "limits": ClientLimits(**data["limits"]),
             }
         )
@@ -75,11 +78,12 @@ class ProxyOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ProxyOptions:
         """The options parsed by a parser that ``add_arguments`` filled; ValueError on a bad address."""
-        simple = {f.name for f in fields(cls)} - {"listen", "admin", "limits", "listen_tls"}
+        simple = {f.name for f in fields(cls)} - {"listen", "admin", "limits", "listen_tls", "listen_passthrough"}
         return cls(
             listen=parse_address(args.listen),
             listen_tls=parse_address(args.listen_tls) if args.listen_tls is not None else None,
             admin=parse_address(args.admin),
+            listen_passthrough=parse_address(args.listen_passthrough) if args.listen_passthrough else None,
             limits=ClientLimits(**{f.name: getattr(args, f.name) for f in fields(ClientLimits)}),
             **{name: getattr(args, name) for name in simple},
         )
@@ -127,6 +131,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=seconds,
         default=10.0,
         help="seconds a client may take to complete its TLS handshake [ssl_handshake_timeout]",
+    )
+    add(
+        "--listen-passthrough",
+        metavar="HOST:PORT",
+        help="L4 TLS passthrough address: TLS connections spliced unread to the nodes' TLS port, sticky by client "
+        "address, when the WHMCluster's spec.loadBalancer.passthrough.enabled (default: none) [stream ssl_preread]",
     )
     add(
         "--admin",

@@ -23,7 +23,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 import httptools
 
@@ -758,27 +758,33 @@ class Downstream(asyncio.Protocol):
             self.transport.close()
 
 
-class Server:
-    """The protocol factory for the listening socket; knows its connections, to bound and drain them."""
+class Connection(Protocol):
+    """What a listener's connections offer it."""
 
-    def __init__(self, handler: Handler, limits: ClientLimits) -> None:
+    @property
+    def busy(self) -> bool:
+        """Something is in progress that a drain lets finish."""
+        ...
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Connection)
+
+
+class Listener(Generic[C]):
+    """A listener's connections: bounded per worker, forgotten as they close, drained on SIGTERM."""
+
+    def __init__(self, limits: ClientLimits) -> None:
         self.loop = asyncio.get_running_loop()
-        self.handler = handler
         self.limits = limits
-        self.connections: set[Downstream] = set()
-        self.addressing: Addressing = EDGE
-        """How new connections' client addresses are established (the cluster's clientAddress settings)."""
+        self.connections: set[C] = set()
         self.draining = False
         self.refused_connections = 0
-        self.hsts = b""
-        """The Strict-Transport-Security header line added to answers over TLS (empty: none)."""
         self._at_limit = False
         self._drained = asyncio.Event()
 
-    def __call__(self) -> Downstream:
-        return Downstream(self)
-
-    def admit(self, connection: Downstream) -> bool:
+    def admit(self, connection: C) -> bool:
         """Count a new connection in, or refuse it when the worker is at its bound (logged once per episode)."""
         if len(self.connections) >= self.limits.max_connections:
             self.refused_connections += 1
@@ -792,7 +798,7 @@ class Server:
         self.connections.add(connection)
         return True
 
-    def forget(self, connection: Downstream) -> None:
+    def forget(self, connection: C) -> None:
         self.connections.discard(connection)
         if self._at_limit and len(self.connections) < self.limits.max_connections * 0.9:
             self._at_limit = False
@@ -800,7 +806,7 @@ class Server:
             self._drained.set()
 
     async def drain(self, timeout: float) -> None:
-        """Close idle connections now and the others once their current request is answered."""
+        """Close idle connections now and the others once their work is done (or after ``timeout`` seconds)."""
         self.draining = True
         for connection in list(self.connections):
             if not connection.busy:
@@ -810,3 +816,18 @@ class Server:
                 await asyncio.wait_for(self._drained.wait(), timeout)
         for connection in list(self.connections):
             connection.close()
+
+
+class Server(Listener[Downstream]):
+    """The protocol factory for the listening socket; knows its connections, to bound and drain them."""
+
+    def __init__(self, handler: Handler, limits: ClientLimits) -> None:
+        super().__init__(limits)
+        self.handler = handler
+        self.addressing: Addressing = EDGE
+        """How new connections' client addresses are established (the cluster's clientAddress settings)."""
+        self.hsts = b""
+        """The Strict-Transport-Security header line added to answers over TLS (empty: none)."""
+
+    def __call__(self) -> Downstream:
+        return Downstream(self)

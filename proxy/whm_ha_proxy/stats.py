@@ -51,11 +51,15 @@ class NodeStats:
 
 
 def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Sum worker snapshots (``{"nodes": {name: node snapshot}, "unrouted": n}``) into one."""
+    """Sum worker snapshots (``{"nodes": {name: node snapshot}, "unrouted": n, "passthrough": {counter: n}}``)
+    into one."""
     nodes: dict[str, dict[str, Any]] = {}
     unrouted = 0
+    passthrough: dict[str, int] = {}
     for snapshot in snapshots:
         unrouted += snapshot["unrouted"]
+        for key, count in snapshot.get("passthrough", {}).items():
+            passthrough[key] = passthrough.get(key, 0) + count
         for name, node in snapshot["nodes"].items():
             total = nodes.get(name)
             if total is None:
@@ -73,7 +77,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             latency["count"] += node["latency"]["count"]
             latency["sum"] += node["latency"]["sum"]
             latency["buckets"] = [a + b for a, b in zip(latency["buckets"], node["latency"]["buckets"], strict=True)]
-    return {"nodes": dict(sorted(nodes.items())), "unrouted": unrouted}
+    return {"nodes": dict(sorted(nodes.items())), "unrouted": unrouted, "passthrough": passthrough}
 
 
 class StatsCollector(Collector):

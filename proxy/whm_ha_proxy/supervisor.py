@@ -250,7 +250,11 @@ async def serve(options: ProxyOptions) -> int:
 def run(options: ProxyOptions) -> int:
     """Run the proxy until SIGTERM or SIGINT; 0 after a graceful drain."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s proxy %(levelname)s %(message)s")
-    addresses = {"listen": options.listen, "listen_tls": options.listen_tls}
+    addresses = {
+        "listen": options.listen,
+        "listen_tls": options.listen_tls,
+        "listen_passthrough": options.listen_passthrough,
+    }
     with contextlib.ExitStack() as reservations:
         for name, address in addresses.items():
             if address is None:

@@ -216,6 +216,17 @@ class ClientAddress(CRDModel):
     it; a connection from elsewhere that sends one is closed."""
 
 
+class Passthrough(CRDModel):
+    """L4 TLS passthrough, for nodes that terminate TLS themselves: on the proxy's ``--listen-passthrough`` port,
+    connections are spliced to a node's TLS port unread (the server name is read from the ClientHello), sticky
+    by client address."""
+
+    enabled: bool = False
+    """Splice connections on the passthrough port (when off, connections to it are closed)."""
+    node_port: Port | None = None
+    """The nodes' TLS port, e.g. 2087 for WHM; defaults to each node's port."""
+
+
 class LoadBalancer(CRDModel):
     """How the proxy spreads requests over the healthy nodes."""
 
@@ -233,6 +244,8 @@ class LoadBalancer(CRDModel):
     """HTTPS: certificates, redirect from HTTP, HSTS."""
     client_address: ClientAddress = Field(default_factory=ClientAddress)
     """Trusted load balancers in front of the proxy, and PROXY protocol."""
+    passthrough: Passthrough = Field(default_factory=Passthrough)
+    """L4 TLS passthrough to nodes that terminate TLS themselves."""
 
 
 class Discovery(CRDModel):

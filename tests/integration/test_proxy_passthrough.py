@@ -1,0 +1,141 @@
+"""L4 TLS passthrough through the real proxy to nodes that terminate TLS themselves (Python ssl servers with a
+trustme CA): the client verifies the node's certificate end to end, the proxy reads only the ClientHello."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.fixtures.proxy_process import Cluster, ProxyProcess, StartProxy
+from tests.fixtures.sandbox import SandboxProcess
+from tests.fixtures.tls_nodes import SERVER_NAME, TLSNode, TLSNodes, client_hello
+from tests.kube_helpers import wait_for
+from whm_ha.db.local_server import free_port
+
+Rig = tuple[ProxyProcess, int, Cluster]
+StartRig = Callable[..., Rig]
+
+
+@pytest.fixture
+def passthrough(
+    sandbox_api: SandboxProcess, sandbox_client: client.ApiClient, namespace: str, proxy_process: StartProxy
+) -> StartRig:
+    """``passthrough(nodes, *options, **passthrough_settings)``: a proxy with a passthrough listener for a cluster of
+    those nodes (each a WHMNode on its TLS port unless ``nodePort`` says otherwise); the proxy, the port, the cluster."""
+
+    def start(nodes: list[TLSNode], *options: str, node_ports: dict[str, int] | None = None, **settings: Any) -> Rig:
+        cluster = Cluster(sandbox_client, namespace)
+        cluster.create(passthrough={"enabled": True, **settings})
+        for node in nodes:
+            cluster.add_node(node.name, "127.0.0.1", (node_ports or {}).get(node.name, node.port))
+        port = free_port()
+        proxy = proxy_process(
+            sandbox_api.kubeconfig, namespace, options=(f"--listen-passthrough=127.0.0.1:{port}", *options)
+        )
+        wait_for(lambda: proxy.routable() == sorted(n.name for n in nodes), 10, "all nodes routable")
+        return proxy, port, cluster
+
+    return start
+
+
+def test_bytes_pass_unchanged_and_the_client_verifies_the_node(passthrough: StartRig, tls_nodes: TLSNodes) -> None:
+    (node,) = tls_nodes.start("tls-a")
+    proxy, port, _ = passthrough([node], node_ports={"tls-a": 1}, nodePort=node.port)  # WHMNode port: HTTP, unused
+    payload = os.urandom(3 * 1024 * 1024)
+    tls, name = tls_nodes.connect(port)
+    with tls:
+        assert name == "tls-a"
+        assert tls.getpeercert()["subjectAltName"] == (("DNS", SERVER_NAME),)  # type: ignore[index]
+        tls.sendall(payload)
+        echoed = b""
+        while len(echoed) < len(payload):
+            chunk = tls.recv(1 << 20)
+            assert chunk, "closed early"
+            echoed += chunk
+        assert hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+        raw = tls.unwrap()  # close_notify both ways, then the node's FIN passed on
+        assert raw.recv(10) == b""
+    assert node.server_names == [SERVER_NAME], "the node got the client's own ClientHello, SNI and all"
+    passed = proxy.stats()["passthrough"]
+    assert passed["spliced"] == 1 and passed["refused"] == 0
+    assert proxy.stats()["nodes"]["tls-a"]["requests"] == 1
+
+
+def test_sticky_by_client_address_and_new_connections_leave_a_node_out_of_rotation(
+    passthrough: StartRig, tls_nodes: TLSNodes
+) -> None:
+    nodes = tls_nodes.start("tls-a", "tls-b", "tls-c")
+    proxy, port, cluster = passthrough(nodes)
+
+    def node_for(source: str) -> str:
+        tls, name = tls_nodes.connect(port, source)
+        tls.close()
+        return name
+
+    pinned = node_for("127.0.0.1")
+    assert {node_for("127.0.0.1") for _ in range(6)} == {pinned}
+    assert len({node_for(f"127.0.0.{i}") for i in range(2, 40)}) == 3, "clients spread over the nodes"
+
+    held, name = tls_nodes.connect(port)
+    with held:
+        assert name == pinned
+        cluster.set_health(pinned, "Unhealthy")
+        wait_for(lambda: pinned not in proxy.routable(), 10, f"{pinned} out of rotation")
+        moved = {node_for("127.0.0.1") for _ in range(4)}
+        assert len(moved) == 1 and pinned not in moved, "new connections go to one other node"
+        held.sendall(b"still here")
+        assert held.recv(100) == b"still here", "a spliced connection stays"
+    cluster.set_health(pinned, "Healthy")
+    wait_for(lambda: pinned in proxy.routable(), 10, f"{pinned} back")
+    assert node_for("127.0.0.1") == pinned, "the client's node takes it back"
+
+
+def closed_without_answer(port: int, data: bytes, *, trickle: float = 0.0) -> float:
+    """Send ``data`` (a byte at a time every ``trickle`` seconds), then wait; how long the proxy took to close."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            for i in range(0, len(data), 1 if trickle else len(data) or 1):
+                sock.sendall(data[i : i + 1] if trickle else data)
+                if trickle:
+                    time.sleep(trickle)
+            assert sock.recv(100) == b""
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    return time.monotonic() - started
+
+
+def test_hostile_first_bytes_are_closed_and_reach_no_node(passthrough: StartRig, tls_nodes: TLSNodes) -> None:
+    nodes = tls_nodes.start("tls-a", "tls-b")
+    proxy, port, _ = passthrough(nodes, "--client-header-timeout=1")
+    hello = client_hello(SERVER_NAME)
+    assert closed_without_answer(port, b"GET / HTTP/1.1\r\nHost: panel\r\n\r\n") < 1, "plaintext: closed at once"
+    assert closed_without_answer(port, b"\x16\x03\x01\x40\x01") < 1, "a record above 16 KiB: closed at once"
+    assert closed_without_answer(port, b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00") < 1, "not a ClientHello"
+    assert 0.9 < closed_without_answer(port, hello[: len(hello) // 2]) < 3, "a truncated hello: at the timeout"
+    assert closed_without_answer(port, hello[:40], trickle=0.1) < 5, "a slow hello: cut at the timeout"
+    assert sum(node.accepted for node in nodes) == 0, "no node saw any of it"
+    assert proxy.stats()["passthrough"]["refused"] == 5
+    tls, _ = tls_nodes.connect(port)
+    tls.close()
+
+
+def test_connections_are_closed_while_the_cluster_has_passthrough_off(
+    passthrough: StartRig, tls_nodes: TLSNodes
+) -> None:
+    (node,) = tls_nodes.start("tls-a")
+    proxy, port, cluster = passthrough([node], enabled=False)
+    assert closed_without_answer(port, client_hello(SERVER_NAME)) < 2
+    assert node.accepted == 0
+    cluster.patch({"spec": {"loadBalancer": {"passthrough": {"enabled": True}}}})
+    wait_for(lambda: proxy.config()["passthrough"]["enabled"], 10, "passthrough on")  # type: ignore[index]
+    tls, name = tls_nodes.connect(port)
+    tls.close()
+    assert name == "tls-a"

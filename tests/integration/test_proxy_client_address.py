@@ -6,8 +6,10 @@ a trusted load balancer's are kept, and PROXY protocol headers are taken from tr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +20,10 @@ from kubernetes import client
 
 from tests.fixtures.proxy_process import HTTP, Backend, Cluster, ProxyProcess, StartBackends, StartProxy
 from tests.fixtures.sandbox import SandboxProcess
+from tests.fixtures.tls_nodes import SERVER_NAME, TLSNodes
 from tests.kube_helpers import wait_for
+from whm_ha_proxy.forward import outgoing
+from whm_ha_proxy.server import ClientLimits, Request, Server
 
 StartFor = Callable[..., ProxyProcess]
 
@@ -160,3 +165,37 @@ def test_proxy_protocol_from_trusted_peers_only(proxy_for: StartFor, backends: S
     assert time.monotonic() - started < 5, "a stalled PROXY header is cut at the client header timeout"
     seen = seen_headers(HTTP.request("GET", proxy.url + "/headers"))  # still serving
     assert values(seen, "x-real-ip") == ["127.0.0.1"]
+
+
+class HeadEcho:
+    """A request handler that answers with the head a node would be sent (``forward.outgoing``)."""
+
+    def forward_now(self, request: Request) -> bool:
+        return False
+
+    async def __call__(self, request: Request) -> None:
+        request.respond(200, b"OK", b"Content-Type: text/plain\r\n", outgoing(request).head)
+
+
+async def test_a_tls_connection_is_told_as_https(tls_nodes: TLSNodes) -> None:
+    """The proxy's own server on a TLS socket (as a TLS listener runs it): proto=https, whatever the client says."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_nodes.ca.issue_cert(SERVER_NAME).configure_cert(context)
+    listener = await asyncio.get_running_loop().create_server(
+        Server(HeadEcho(), ClientLimits()), "127.0.0.1", 0, ssl=context
+    )
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls_nodes.client, server_hostname=SERVER_NAME
+        )
+        writer.write(request("X-Forwarded-Proto: http", "Forwarded: proto=http"))
+        head = (await reader.read()).partition(b"\r\n\r\n")[2].decode()
+        writer.close()
+    finally:
+        listener.close()
+    lines = [line.split(": ", 1) for line in head.split("\r\n")[1:] if line]
+    sent = [(name.lower(), value) for name, value in lines]
+    assert values(sent, "x-forwarded-proto") == ["https"]
+    assert values(sent, "forwarded") == ["for=127.0.0.1;proto=https"]
+    assert values(sent, "x-real-ip") == ["127.0.0.1"]

@@ -5,19 +5,31 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import pytest
 from kubernetes import client
 
-from tests.fixtures.proxy_process import Cluster, ProxyProcess, StartProxy
+from tests.fixtures.proxy_process import Cluster, PeakMemory, ProxyProcess, StartProxy, serve_connections
 from tests.fixtures.sandbox import SandboxProcess
-from tests.fixtures.tls_nodes import SERVER_NAME, TLSNode, TLSNodes, client_hello
+from tests.fixtures.tls_nodes import SERVER_NAME, TLSNodes, client_hello
 from tests.kube_helpers import wait_for
 from whm_ha.db.local_server import free_port
+
+
+class Named(Protocol):
+    name: str
+    port: int
+
+
+class Endpoint(NamedTuple):
+    name: str
+    port: int
+
 
 Rig = tuple[ProxyProcess, int, Cluster]
 StartRig = Callable[..., Rig]
@@ -30,7 +42,7 @@ def passthrough(
     """``passthrough(nodes, *options, **passthrough_settings)``: a proxy with a passthrough listener for a cluster of
     those nodes (each a WHMNode on its TLS port unless ``nodePort`` says otherwise); the proxy, the port, the cluster."""
 
-    def start(nodes: list[TLSNode], *options: str, node_ports: dict[str, int] | None = None, **settings: Any) -> Rig:
+    def start(nodes: Sequence[Named], *options: str, node_ports: dict[str, int] | None = None, **settings: Any) -> Rig:
         cluster = Cluster(sandbox_client, namespace)
         cluster.create(passthrough={"enabled": True, **settings})
         for node in nodes:
@@ -139,3 +151,67 @@ def test_connections_are_closed_while_the_cluster_has_passthrough_off(
     tls, name = tls_nodes.connect(port)
     tls.close()
     assert name == "tls-a"
+
+
+MB = 1024 * 1024
+
+
+def flood(sock: socket.socket, seconds: float, limit: int = 500 * MB) -> int:
+    """Send as much as ``sock`` takes within ``seconds`` (never reading); the bytes it took."""
+    sock.setblocking(False)
+    block, sent = b"x" * 65536, 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and sent < limit:
+        try:
+            sent += sock.send(block)
+        except BlockingIOError:
+            time.sleep(0.005)
+    return sent
+
+
+def test_flow_control_both_ways_bounds_what_the_proxy_holds(passthrough: StartRig) -> None:
+    """Neither side reads: what each manages to send is bounded by the sockets' buffers, not the proxy's memory."""
+    from_node: list[int] = []
+
+    def serve(sock: socket.socket) -> None:
+        with sock:
+            sock.recv(65536)  # the ClientHello
+            from_node.append(flood(sock, 3))
+
+    node_listener = socket.create_server(("127.0.0.1", 0))
+    serve_connections(node_listener, serve)
+    node = Endpoint("flood", node_listener.getsockname()[1])
+    try:
+        proxy, port, _ = passthrough([node])
+        assert proxy.process is not None
+        memory = PeakMemory(proxy.process.pid)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(client_hello(SERVER_NAME))
+            from_client = flood(sock, 3)
+            wait_for(lambda: from_node, 10, "the node to stop sending")
+        growth = memory.stop()
+    finally:
+        node_listener.close()
+    assert from_client < 64 * MB and from_node[0] < 64 * MB, (from_client, from_node)
+    assert growth < 32 * MB, f"the proxy grew by {growth / MB:.0f} MB"
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_spliced_connection_finishes_during_a_drain(passthrough: StartRig, tls_nodes: TLSNodes) -> None:
+    nodes = tls_nodes.start("tls-a")
+    proxy, port, _ = passthrough(nodes)
+    assert proxy.process is not None
+    tls, _ = tls_nodes.connect(port)
+    with tls:
+        proxy.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: refused(port), 10, "the listener closed for the drain")
+        tls.sendall(b"after SIGTERM")
+        assert tls.recv(100) == b"after SIGTERM"
+    assert proxy.process.wait(20) == 0

@@ -13,14 +13,21 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 import urllib3
 from kubernetes import client
 
-from tests.fixtures.proxy_process import HTTP, Backend, Cluster, ProxyProcess, StartBackends, StartProxy
+from tests.fixtures.proxy_process import (
+    HTTP,
+    Backend,
+    Cluster,
+    PeakMemory,
+    ProxyProcess,
+    StartBackends,
+    StartProxy,
+)
 from tests.fixtures.sandbox import SandboxProcess
 from tests.kube_helpers import wait_for
 
@@ -46,44 +53,6 @@ def start(
     proxy = proxy_process(sandbox_api.kubeconfig, cluster.namespace, options=options)
     wait_for(lambda: proxy.routable() == sorted(n.name for n in nodes), 10, "all nodes routable")
     return proxy
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of a process and its children, from /proc."""
-    total = 0
-    pids = [pid]
-    while pids:
-        current = pids.pop()
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pids.extend(int(child) for child in (task / "children").read_text().split())
-        except FileNotFoundError:
-            continue
-    return total
-
-
-class PeakMemory:
-    """Samples a process tree's RSS in a thread until stopped."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.baseline = rss_bytes(pid)
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, rss_bytes(self.pid))
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak - self.baseline
 
 
 async def test_100_mb_upload_and_download_stream_with_bounded_memory(

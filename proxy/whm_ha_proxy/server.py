@@ -27,7 +27,7 @@ from typing import Generic, Protocol, TypeVar, cast
 
 import httptools
 
-from .client_address import EDGE, Addressing, Origin
+from .client_address import EDGE, Addressing
 from .proxy_protocol import ProxyProtocolError, read_preface
 
 log = logging.getLogger("whm_ha_proxy.server")
@@ -47,6 +47,8 @@ REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 VERSION_ERRORS = frozenset({"Invalid HTTP version", "Invalid major version", "Invalid minor version", "Expected dot"})
 """llhttp's reasons for a version it cannot parse (HTTP/1.2, HTTP/3): answered 505, not 400."""
 POLICED_LENGTHS = frozenset({len(b"host"), len(b"content-length"), len(b"transfer-encoding")})
+UNKNOWN_ORIGIN = EDGE.origin("", https=False)
+"""A connection's origin until it is accepted."""
 REASONS = {
     400: "Bad Request",
     405: "Method Not Allowed",
@@ -274,7 +276,7 @@ class Downstream(asyncio.Protocol):
         self.peer = ""
         self.tls = False
         """Whether the client connected to the TLS listener."""
-        self.origin: Origin = EDGE.origin("", https=False)
+        self.origin = UNKNOWN_ORIGIN
         self._preface: bytes | None = None
         """What arrived before a PROXY header (or its absence) was established; None once it was, or when PROXY
         protocol is off."""

@@ -137,7 +137,8 @@ class ClientSide(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _refuse(self, reason: str) -> None:
-        log.info("passthrough: closing the connection from %s: %s", self.peer, reason)
+        # Counted, and logged only at debug level: what a client sends must not be able to fill the log.
+        log.debug("passthrough: closing the connection from %s: %s", self.peer, reason)
         self.server.counters["refused"] += 1
         self._buffer = b""
         self.close()
@@ -158,7 +159,7 @@ class ClientSide(asyncio.Protocol):
             backend = forwarder.balancer.pick_affine(server.loop.time(), self.peer.encode(), exclude=tried)
             if backend is None:
                 server.counters["unrouted"] += 1
-                log.warning("passthrough: no node for %s (SNI %s)", self.peer, self.server_name)
+                log.debug("passthrough: no node for %s (SNI %s)", self.peer, self.server_name)
                 return self.close()
             tried.append(backend)
             stats = forwarder.stats.get(backend.name)
@@ -173,7 +174,7 @@ class ClientSide(asyncio.Protocol):
                     stats.errors += 1
                 if forwarder.balancer.failed(backend, server.loop.time(), refused=True) and stats is not None:
                     stats.ejections += 1
-                log.warning("passthrough: %s:%d did not connect (%s)", backend.spec.address, port, exc or "timeout")
+                log.info("passthrough: %s:%d did not connect (%s)", backend.spec.address, port, exc or "timeout")
                 if len(tried) > config.retries:
                     server.counters["unrouted"] += 1
                     return self.close()

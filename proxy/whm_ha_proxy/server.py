@@ -396,7 +396,8 @@ class Downstream(asyncio.Protocol):
         try:
             header = read_preface(received, trusted=self.origin.trusted)
         except ProxyProtocolError as exc:
-            log.info("closing the connection from %s: %s", self.peer, exc)
+            # Logged when a trusted load balancer is at fault; anyone else's attempts are only refused.
+            log.log(logging.WARNING if self.origin.trusted else logging.DEBUG, "closing %s: %s", self.peer, exc)
             self._preface = None
             self.close()
             return
@@ -413,7 +414,8 @@ class Downstream(asyncio.Protocol):
 
     def _preface_timeout(self) -> None:
         if self._preface is not None:
-            log.info("closing the connection from %s: no PROXY protocol header in time", self.peer)
+            level = logging.WARNING if self.origin.trusted else logging.DEBUG
+            log.log(level, "closing %s: no PROXY protocol header in time", self.peer)
             self._preface = None
             self.close()
 

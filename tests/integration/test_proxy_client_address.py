@@ -6,10 +6,8 @@ a trusted load balancer's are kept, and PROXY protocol headers are taken from tr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,8 +20,8 @@ from tests.fixtures.proxy_process import HTTP, Backend, Cluster, ProxyProcess, S
 from tests.fixtures.sandbox import SandboxProcess
 from tests.fixtures.tls_nodes import SERVER_NAME, TLSNodes
 from tests.kube_helpers import wait_for
-from whm_ha_proxy.forward import outgoing
-from whm_ha_proxy.server import ClientLimits, Request, Server
+from tests.tls_helpers import put_secret, tls_secret
+from whm_ha.db.local_server import free_port
 
 StartFor = Callable[..., ProxyProcess]
 
@@ -167,35 +165,32 @@ def test_proxy_protocol_from_trusted_peers_only(proxy_for: StartFor, backends: S
     assert values(seen, "x-real-ip") == ["127.0.0.1"]
 
 
-class HeadEcho:
-    """A request handler that answers with the head a node would be sent (``forward.outgoing``)."""
-
-    def forward_now(self, request: Request) -> bool:
-        return False
-
-    async def __call__(self, request: Request) -> None:
-        request.respond(200, b"OK", b"Content-Type: text/plain\r\n", outgoing(request).head)
-
-
-async def test_a_tls_connection_is_told_as_https(tls_nodes: TLSNodes) -> None:
-    """The proxy's own server on a TLS socket (as a TLS listener runs it): proto=https, whatever the client says."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls_nodes.ca.issue_cert(SERVER_NAME).configure_cert(context)
-    listener = await asyncio.get_running_loop().create_server(
-        Server(HeadEcho(), ClientLimits()), "127.0.0.1", 0, ssl=context
-    )
-    port = listener.sockets[0].getsockname()[1]
-    try:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=tls_nodes.client, server_hostname=SERVER_NAME
-        )
-        writer.write(request("X-Forwarded-Proto: http", "Forwarded: proto=http"))
-        head = (await reader.read()).partition(b"\r\n\r\n")[2].decode()
-        writer.close()
-    finally:
-        listener.close()
-    lines = [line.split(": ", 1) for line in head.split("\r\n")[1:] if line]
-    sent = [(name.lower(), value) for name, value in lines]
-    assert values(sent, "x-forwarded-proto") == ["https"]
-    assert values(sent, "forwarded") == ["for=127.0.0.1;proto=https"]
-    assert values(sent, "x-real-ip") == ["127.0.0.1"]
+def test_a_tls_listener_is_told_as_https(
+    sandbox_api: SandboxProcess,
+    sandbox_client: client.ApiClient,
+    namespace: str,
+    proxy_process: StartProxy,
+    backends: StartBackends,
+    tls_nodes: TLSNodes,
+) -> None:
+    """Through the proxy's HTTPS listener (--listen-tls): proto=https, whatever the client says."""
+    (node,) = backends("over-tls")
+    cluster = Cluster(sandbox_client, namespace)
+    cluster.create(tls={"certificates": [{"secretName": "panel"}]})
+    cluster.add_node(node.name, *node.address)
+    put_secret(sandbox_client, namespace, tls_secret("panel", tls_nodes.ca.issue_cert(SERVER_NAME)))
+    proxy = proxy_process(sandbox_api.kubeconfig, namespace, tls_port=free_port())
+    wait_for(lambda: proxy.routable() == [node.name] and proxy.stats()["tls"]["served"], 10, "the certificate served")
+    assert proxy.tls_port is not None
+    with (
+        socket.create_connection(("127.0.0.1", proxy.tls_port), timeout=10) as raw,
+        tls_nodes.client.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
+    ):
+        tls.sendall(request("X-Forwarded-Proto: http", "Forwarded: for=6.6.6.6;proto=http", "X-Real-IP: 6.6.6.6"))
+        received = b""
+        while chunk := tls.recv(65536):
+            received += chunk
+    seen = answered(received)
+    assert values(seen, "x-forwarded-proto") == ["https"]
+    assert values(seen, "forwarded") == ["for=127.0.0.1;proto=https"]
+    assert values(seen, "x-real-ip") == ["127.0.0.1"]

@@ -1,5 +1,6 @@
-"""The Helm chart and the plain manifests: they render, lint, validate against Kubernetes 1.33 schemas and our
-CRDs, keep a restrictive security context, and never drift from crds/ or from each other."""
+"""The Helm chart and the plain manifests: they render, lint, validate against Kubernetes 1.33 schemas, our
+CRDs and cert-manager's Certificate CRD, keep a restrictive security context, and never drift from crds/ or from
+each other."""
 
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ import yaml
 
 from whm_ha.crd.generate import resource_schema
 from whm_ha.crd.resources import ALL
-from whm_ha.crd.validation import admit
+from whm_ha.crd.validation import admit, unknown_fields
+from whm_ha.crd.validation import validate as validate_against
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "whm-ha"
 KUBERNETES_VERSION = "1.33"
 OURS = {r.kind: r for r in ALL}
+# cert-manager's own CRD (vendored with its licence header): the chart's Certificates must pass its schema.
+CERTIFICATE_CRD = yaml.safe_load(
+    (ROOT / "tests" / "fixtures" / "cert-manager" / "cert-manager.io_certificates.yaml").read_text()
+)
 sys.path.insert(0, str(ROOT / "hack"))
 import render_manifests  # noqa: E402
 
@@ -36,11 +42,23 @@ def render(values: dict[str, Any]) -> list[dict[str, Any]]:
     return docs
 
 
+def certificate_problems(obj: dict[str, Any]) -> list[str]:
+    """What kube-apiserver would refuse in a cert-manager Certificate (strictly: unknown fields too)."""
+    (version,) = (v for v in CERTIFICATE_CRD["spec"]["versions"] if f"cert-manager.io/{v['name']}" == obj["apiVersion"])
+    schema = version["schema"]["openAPIV3Schema"]
+    return [str(e) for e in validate_against(schema, obj)] + [
+        f"{f}: unknown field" for f in unknown_fields(schema, obj)
+    ]
+
+
 def validate(obj: dict[str, Any]) -> None:
-    """Built-in kinds against the Kubernetes schemas (strict: no unknown fields); ours against our CRDs."""
+    """Built-in kinds against the Kubernetes schemas (strict: no unknown fields); ours against our CRDs;
+    cert-manager's Certificates against its CRD."""
     if obj["kind"] in OURS:
         _, errors = admit(resource_schema(OURS[obj["kind"]]), obj)
         assert errors == [], f"{obj['kind']}/{obj['metadata']['name']}: {errors}"
+    elif obj["kind"] == "Certificate":
+        assert certificate_problems(obj) == [], obj["metadata"]["name"]
     elif obj["kind"] == "ServiceMonitor":
         assert obj["spec"]["endpoints"], "a ServiceMonitor with no endpoints"
     elif obj["kind"] == "PrometheusRule":
@@ -60,6 +78,29 @@ VALUE_SETS = {
     },
     "no-policy": {"networkPolicy": {"enabled": False}},
     "operator-only": {"proxy": {"enabled": False}, "shim": {"enabled": False}, "operator": {"replicas": 1}},
+    "tls-cert-manager": {
+        "proxy": {
+            "tls": {
+                "enabled": True,
+                "certManager": {
+                    "enabled": True,
+                    "issuerRef": {"name": "letsencrypt", "kind": "ClusterIssuer"},
+                    "dnsNames": ["whm.example.com", "*.whm.example.com"],
+                    "privateKey": {"algorithm": "RSA", "size": 3072},
+                },
+            }
+        },
+        "shim": {
+            "tls": {
+                "enabled": True,
+                "certManager": {"enabled": True, "issuerRef": {"name": "internal-ca"}, "ipAddresses": ["10.0.0.7"]},
+            }
+        },
+    },
+    "tls-secrets": {
+        "proxy": {"tls": {"enabled": True, "port": 9443, "service": {"port": 8443}}},
+        "shim": {"tls": {"enabled": True, "secretName": "legacy-api-tls", "keepHttp": True}},
+    },
 }
 
 
@@ -160,6 +201,104 @@ def test_single_namespace_mode_uses_roles() -> None:
     }
     operator = next(c for c in _containers(docs) if c["name"] == "operator")
     assert "--namespace=apps" in operator["args"]
+
+
+def _ports(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, int]:
+    obj = next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+    if kind == "Service":
+        return {p["name"]: p["port"] for p in obj["spec"]["ports"]}
+    (container,) = obj["spec"]["template"]["spec"]["containers"]
+    return {p["name"]: p["containerPort"] for p in container["ports"]}
+
+
+def test_tls_values_open_https_listeners() -> None:
+    """proxy.tls adds --listen-tls beside the plain listener, an https port on the pod, the Service and the
+    NetworkPolicy; shim.tls adds --listen-tls with its Secret and, unless keepHttp, keeps plain HTTP on the
+    pod's loopback (off the Service and the policy) and probes over HTTPS. Off (the default), nothing changes."""
+    plain = render({})
+    assert not any("--listen-tls" in a for c in _containers(plain) for a in c["args"])
+    assert not any(d["kind"] == "Certificate" for d in plain)
+
+    docs = render(VALUE_SETS["tls-cert-manager"])
+    proxy, shim = (next(c for c in _containers(docs) if c["name"] == n) for n in ("proxy", "shim"))
+    assert {"--listen=0.0.0.0:8080", "--listen-tls=0.0.0.0:8443"} <= set(proxy["args"])
+    assert _ports(docs, "Deployment", "whm-ha-proxy") == {"http": 8080, "https": 8443, "admin": 8081}
+    assert _ports(docs, "Service", "whm-ha-proxy") == {"http": 80, "https": 443}
+    assert {"--listen=127.0.0.1:4000", "--listen-tls=0.0.0.0:4443", "--tls-secret=whm-ha-shim-tls"} <= set(shim["args"])
+    assert _ports(docs, "Deployment", "whm-ha-shim") == {"https": 4443}
+    assert _ports(docs, "Service", "whm-ha-shim") == {"https": 4443}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert shim[probe]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
+    (policy,) = (d for d in docs if d["kind"] == "NetworkPolicy")
+    assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} == {8080, 8443, 4443}
+
+    docs = render(VALUE_SETS["tls-secrets"])
+    proxy, shim = (next(c for c in _containers(docs) if c["name"] == n) for n in ("proxy", "shim"))
+    assert "--listen-tls=0.0.0.0:9443" in proxy["args"]
+    assert _ports(docs, "Service", "whm-ha-proxy") == {"http": 80, "https": 8443}
+    assert {"--listen=0.0.0.0:4000", "--tls-secret=legacy-api-tls"} <= set(shim["args"])
+    assert _ports(docs, "Service", "whm-ha-shim") == {"http": 4000, "https": 4443}
+    assert shim["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert not any(d["kind"] == "Certificate" for d in docs), "a named Secret needs no Certificate"
+    (policy,) = (d for d in docs if d["kind"] == "NetworkPolicy")
+    assert {p["port"] for p in policy["spec"]["ingress"][0]["ports"]} == {8080, 9443, 4000, 4443}
+
+
+def test_cert_manager_certificates_pass_its_crd() -> None:
+    """The Certificates the chart renders pass cert-manager's own CRD schema and write the Secrets the
+    listeners use; the check is not vacuous: a wrong value or an unknown field in them is refused."""
+    docs = render(VALUE_SETS["tls-cert-manager"])
+    certificates = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Certificate"}
+    assert set(certificates) == {"whm-ha-proxy-tls", "whm-ha-shim-tls"}
+    for certificate in certificates.values():
+        assert certificate_problems(certificate) == []
+    proxy, shim = certificates["whm-ha-proxy-tls"]["spec"], certificates["whm-ha-shim-tls"]["spec"]
+    assert proxy["secretName"] == "whm-ha-proxy-tls" and shim["secretName"] == "whm-ha-shim-tls"
+    assert proxy["issuerRef"] == {"name": "letsencrypt", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert proxy["dnsNames"] == ["whm.example.com", "*.whm.example.com"]
+    assert proxy["privateKey"] == {"algorithm": "RSA", "size": 3072, "rotationPolicy": "Always"}
+    assert "whm-ha-shim.whm-ha.svc" in shim["dnsNames"] and shim["ipAddresses"] == ["10.0.0.7"]
+    assert shim["duration"] == "2160h" and shim["renewBefore"] == "360h"
+
+    wrong = yaml.safe_load(yaml.safe_dump(certificates["whm-ha-proxy-tls"]))
+    wrong["spec"]["privateKey"]["algorithm"] = "DSA"
+    wrong["spec"]["usage"] = ["server auth"]
+    del wrong["spec"]["issuerRef"]["name"]
+    problems = certificate_problems(wrong)
+    assert any("spec.privateKey.algorithm" in p for p in problems), problems
+    assert "spec.usage: unknown field" in problems
+    ed25519 = render(
+        {
+            "shim": {
+                "tls": {
+                    "enabled": True,
+                    "certManager": {
+                        "enabled": True,
+                        "issuerRef": {"name": "ca"},
+                        "privateKey": {"algorithm": "Ed25519"},
+                    },
+                }
+            }
+        }
+    )
+    (certificate,) = (d for d in ed25519 if d["kind"] == "Certificate")
+    assert certificate["spec"]["privateKey"] == {"algorithm": "Ed25519", "rotationPolicy": "Always"}
+    assert certificate_problems(certificate) == []
+
+
+def test_tls_values_refuse_a_listener_without_a_certificate() -> None:
+    """A Certificate needs an issuer (schema), and the shim a Secret or a Certificate (render fails, naming
+    the value to set)."""
+    with helm.Chart.load(str(CHART)) as chart:
+        with pytest.raises(helm.HelmError) as refused:
+            chart.validate_schema({"proxy": {"tls": {"enabled": True, "certManager": {"enabled": True}}}})
+        assert "/proxy/tls/certManager/issuerRef/name" in str(refused.value), str(refused.value)
+        with pytest.raises(helm.HelmError) as refused:
+            chart.validate_schema({"shim": {"tls": {"certManager": {"duration": "90 days"}}}})
+        assert "duration" in str(refused.value), str(refused.value)
+    with pytest.raises(helm.HelmError) as refused:
+        render({"shim": {"tls": {"enabled": True}}})
+    assert "shim.tls.secretName" in str(refused.value)
 
 
 def test_chart_crds_are_the_generated_ones() -> None:

@@ -41,3 +41,19 @@ affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The kubernetes.io/tls Secret of a component's HTTPS listener (.component: proxy or shim): the one the values
+name, else the one the chart's cert-manager Certificate writes; the shim needs one of the two. */}}
+{{- define "whm-ha.tlsSecret" -}}
+{{- $tls := (index .root.Values .component).tls -}}
+{{- if $tls.secretName -}}
+{{ $tls.secretName }}
+{{- else if or $tls.certManager.enabled (eq .component "proxy") -}}
+{{ include "whm-ha.name" .root }}-{{ .component }}-tls
+{{- else -}}
+{{ fail (printf "%s.tls.secretName: name a kubernetes.io/tls Secret of the release namespace, or set %s.tls.certManager.enabled" .component .component) }}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the shim serves plain HTTP beyond its pod's loopback. */}}
+{{- define "whm-ha.shimHttp" -}}{{ if or (not .Values.shim.tls.enabled) .Values.shim.tls.keepHttp }}true{{ end }}{{- end -}}

@@ -29,9 +29,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client
 from tests.fixtures.proxy_process import Cluster, ProxyProcess
@@ -140,23 +141,32 @@ def parse(out: str) -> Load:
     )
 
 
-def lua(workdir: Path, delay_ms: int = 0) -> Path:
-    """A wrk script; with delay_ms, each connection waits that long between its requests."""
-    script = workdir / f"delay-{delay_ms}.lua"
-    script.write_text(f"function delay()\n  return {delay_ms}\nend\n" if delay_ms else "")
+def lua(workdir: Path, delay_ms: int = 0, *, close: bool = False) -> Path:
+    """A wrk script; with delay_ms, each connection waits that long between its requests; with close, every
+    request asks for ``Connection: close``, so that each one is on a new connection."""
+    script = workdir / f"delay-{delay_ms}{'-close' if close else ''}.lua"
+    text = f"function delay()\n  return {delay_ms}\nend\n" if delay_ms else ""
+    script.write_text(text + ('wrk.headers["Connection"] = "close"\n' if close else ""))
     return script
 
 
-def wrk(url: str, seconds: float, connections: int, workdir: Path, delay_ms: int = 0) -> Load:
-    command = wrk_command(url, seconds, connections, lua(workdir, delay_ms))
+def wrk(url: str, seconds: float, connections: int, workdir: Path, delay_ms: int = 0, *, close: bool = False) -> Load:
+    command = wrk_command(url, seconds, connections, lua(workdir, delay_ms, close=close))
     return parse(subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout)
 
 
 class Rig:
-    """Backends, the sandbox API, the proxy and the nginx reference proxy."""
+    """Backends, the sandbox API, the proxy and the nginx reference proxy; ``load_balancer`` is the WHMCluster's
+    spec.loadBalancer and ``proxy_options`` the proxy's extra arguments."""
 
-    def __init__(self, workdir: Path) -> None:
+    nginx_scheme = "http"
+
+    def __init__(
+        self, workdir: Path, *, load_balancer: dict[str, Any] | None = None, proxy_options: tuple[str, ...] = ()
+    ) -> None:
         self.workdir = workdir
+        self.load_balancer = load_balancer or {}
+        self.proxy_options = proxy_options
         self.backend_ports = [free_port() for _ in range(3)]
         self.backends = [
             Nginx(
@@ -168,15 +178,20 @@ class Rig:
         self.sandbox = SandboxProcess(workdir / "sandbox")
         self.proxy: ProxyProcess | None = None
         self.nginx_port = free_port()
+        self.nginx = Nginx(workdir / "nginx-proxy", self.nginx_proxy(f"127.0.0.1:{self.nginx_port}"), workers=WORKERS)
+
+    def nginx_proxy(self, listen: str, settings: str = "") -> str:
+        """nginx's http block for the reference proxy listening on ``listen``, with server ``settings``."""
         servers = "".join(f" server 127.0.0.1:{port};" for port in self.backend_ports)
-        self.nginx = Nginx(
-            workdir / "nginx-proxy",
+        return (
             f" upstream nodes {{{servers} keepalive 256; }}\n"
-            f" server {{ listen 127.0.0.1:{self.nginx_port}; location / {{ proxy_pass http://nodes;"
+            f" server {{ listen {listen};{settings} location / {{ proxy_pass http://nodes;"
             ' proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host;'
-            " proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; } }",
-            workers=WORKERS,
+            " proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; } }"
         )
+
+    def prepare(self, api: client.ApiClient) -> None:
+        """Objects the proxy needs in namespace bench before it starts: none here."""
 
     def start(self) -> None:
         for backend, port in zip(self.backends, self.backend_ports, strict=True):
@@ -185,11 +200,19 @@ class Rig:
         self.sandbox.start()
         api = self.sandbox.api_client()
         client.CoreV1Api(api).create_namespace({"metadata": {"name": "bench"}})
+        self.prepare(api)
         cluster = Cluster(api, "bench")
-        cluster.create(retries=2)
+        cluster.create(retries=2, **self.load_balancer)
         for i, port in enumerate(self.backend_ports):
             cluster.add_node(f"node-{i}", "127.0.0.1", port)
-        self.proxy = ProxyProcess(self.sandbox.kubeconfig, "bench", "whm", self.workdir / "proxy.log", workers=WORKERS)
+        self.proxy = ProxyProcess(
+            self.sandbox.kubeconfig,
+            "bench",
+            "whm",
+            self.workdir / "proxy.log",
+            workers=WORKERS,
+            options=self.proxy_options,
+        )
         self.proxy.start()
         wait_for(self.proxy.ready, 15, "proxy ready")
         self.nginx.start(self.nginx_port)
@@ -201,7 +224,7 @@ class Rig:
 
     @property
     def nginx_url(self) -> str:
-        return f"http://127.0.0.1:{self.nginx_port}/"
+        return f"{self.nginx_scheme}://127.0.0.1:{self.nginx_port}/"
 
     @property
     def direct_url(self) -> str:
@@ -222,10 +245,10 @@ class Rig:
 
 
 @contextlib.contextmanager
-def running_rig() -> Iterator[Rig]:
-    """A started rig in a temporary directory, its pools warmed up; closed on the way out."""
+def running_rig(make: Callable[[Path], Rig] = Rig) -> Iterator[Rig]:
+    """A started rig (``make(workdir)``) in a temporary directory, its pools warmed up; closed on the way out."""
     with tempfile.TemporaryDirectory(prefix="whm-bench-") as tmp:
-        rig = Rig(Path(tmp))
+        rig = make(Path(tmp))
         try:
             rig.start()
             wrk(rig.proxy_url, 2, 64, rig.workdir)  # warm up pools and caches
@@ -235,12 +258,13 @@ def running_rig() -> Iterator[Rig]:
             rig.close()
 
 
-def alternating(urls: tuple[str, str], seconds: float, workdir: Path) -> tuple[Load, Load]:
-    """The median run (by req/s) of each URL over ROUNDS rounds, the two URLs taking turns."""
+def alternating(urls: tuple[str, str], seconds: float, workdir: Path, *, close: bool = False) -> tuple[Load, Load]:
+    """The median run (by req/s) of each URL over ROUNDS rounds, the two URLs taking turns (with close, a new
+    connection per request)."""
     runs: tuple[list[Load], list[Load]] = ([], [])
     for _ in range(ROUNDS):
         for url, loads in zip(urls, runs, strict=True):
-            loads.append(wrk(url, seconds, 64, workdir))
+            loads.append(wrk(url, seconds, 64, workdir, close=close))
     first, second = (sorted(loads, key=lambda load: load.rps)[ROUNDS // 2] for loads in runs)
     return first, second
 
@@ -273,13 +297,19 @@ class Figures:
     nginx_kill: Load
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+def command_line(doc: str | None) -> tuple[float, bool]:
+    """The seconds per run (``--quick``: 5, else 10) and whether to append to RESULTS.md (not with
+    ``--no-write``), from the command line of a benchmark whose docstring is ``doc``; the tools installed."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--no-write", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = parser.parse_args()
-    seconds = 5.0 if args.quick else 10.0
     ensure_tools()
+    return 5.0 if args.quick else 10.0, not args.no_write
+
+
+def main() -> None:
+    seconds, write = command_line(__doc__)
     with running_rig() as rig:
         workdir = rig.workdir
         proxy_url, nginx_url, direct_url = rig.proxy_url, rig.nginx_url, rig.direct_url
@@ -295,7 +325,7 @@ def main() -> None:
             proxy_kill=during_kill(rig, proxy_url, seconds, 1),
             nginx_kill=during_kill(rig, nginx_url, seconds, 2),
         )
-    report(figures, write=not args.no_write)
+    report(figures, write=write)
 
 
 def report(f: Figures, *, write: bool) -> None:

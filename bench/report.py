@@ -19,6 +19,7 @@ from pathlib import Path
 RESULTS = Path(__file__).with_name("RESULTS.md")
 BENCHMARKS = {
     "proxy vs nginx": "bench.proxy_vs_nginx",
+    "proxy vs nginx over HTTPS": "bench.proxy_tls_vs_nginx",
     "node operator": "bench.operator_failover",
     "MySQL promotion": "bench.promotion",
     "planned switchover": "bench.switchover",

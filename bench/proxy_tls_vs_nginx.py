@@ -1,0 +1,197 @@
+"""HTTPS through the proxy against nginx terminating TLS, in the same run.
+
+    PYTHONPATH=. .venv/bin/python -m bench.proxy_tls_vs_nginx [--quick] [--no-write]
+
+The rig of ``bench.proxy_vs_nginx`` (three nginx backends with a 1 KB answer, the sandbox API, ``whm-ha proxy``
+and nginx as a round-robin proxy, two workers each), with TLS in front: the proxy's ``--listen-tls`` serves the
+certificate of a kubernetes.io/tls Secret named in the WHMCluster (``spec.loadBalancer.tls.certificates``), and
+nginx ``listen ... ssl`` the same certificate and key (ECDSA P-256, from a trustme CA) with the same protocols
+(TLS 1.2 and 1.3) and TLS 1.2 ciphers. Both speak plain HTTP to the same backends. wrk drives the load:
+
+* keep-alive throughput: ``wrk -t2 -c64`` over HTTPS, one handshake per connection; the median req/s of
+  ``ROUNDS`` alternating runs of each, and their ratio;
+* new handshakes: the same, with ``Connection: close`` on every request, so that each request is a new TCP
+  connection and a full handshake (wrk resumes no session); req/s is then handshakes/s;
+* added p99: wrk paced to half of the proxy's own keep-alive saturation rate, straight to a backend (plain
+  HTTP), through the proxy and through nginx over HTTPS; each p99 minus the direct p99.
+
+Each figure is printed beside nginx's and the goal, and appended to bench/RESULTS.md unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+from kubernetes import client
+
+from bench.proxy_vs_nginx import (
+    ROUNDS,
+    WORKERS,
+    Load,
+    Nginx,
+    Rig,
+    alternating,
+    command_line,
+    nginx_version,
+    paced,
+    running_rig,
+)
+from bench.report import publish
+from whm_ha.db.local_server import free_port
+
+SECRET = "bench-tls"
+# Mozilla's "intermediate" TLS 1.2 ciphers (TLS 1.3 suites are OpenSSL's defaults on both sides).
+INTERMEDIATE_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+)
+
+
+class TlsRig(Rig):
+    """The rig with HTTPS listeners on the proxy and on nginx, serving one certificate."""
+
+    nginx_scheme = "https"
+
+    def __init__(self, workdir: Path) -> None:
+        self.tls_port = free_port()
+        super().__init__(
+            workdir,
+            load_balancer={"tls": {"certificates": [{"secretName": SECRET}]}},
+            proxy_options=(f"--listen-tls=127.0.0.1:{self.tls_port}",),
+        )
+        self.ca = trustme.CA()
+        self.certificate = self.ca.issue_cert("127.0.0.1", "localhost")
+        workdir.mkdir(parents=True, exist_ok=True)
+        cert, key = workdir / "tls.crt", workdir / "tls.key"
+        self.certificate.cert_chain_pems[0].write_to_path(str(cert))
+        self.certificate.private_key_pem.write_to_path(str(key))
+        self.nginx = Nginx(
+            workdir / "nginx-proxy",
+            self.nginx_proxy(
+                f"127.0.0.1:{self.nginx_port} ssl",
+                f" ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;"
+                f" ssl_ciphers {INTERMEDIATE_CIPHERS}; ssl_prefer_server_ciphers off;",
+            ),
+            workers=WORKERS,
+        )
+
+    def prepare(self, api: client.ApiClient) -> None:
+        """The kubernetes.io/tls Secret the WHMCluster names."""
+        pems = {
+            "tls.crt": self.certificate.cert_chain_pems[0].bytes(),
+            "tls.key": self.certificate.private_key_pem.bytes(),
+        }
+        client.CoreV1Api(api).create_namespaced_secret(
+            "bench",
+            {
+                "metadata": {"name": SECRET},
+                "type": "kubernetes.io/tls",
+                "data": {name: base64.b64encode(pem).decode() for name, pem in pems.items()},
+            },
+        )
+
+    @property
+    def proxy_url(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}/"
+
+    def served_certificate(self, port: int) -> tuple[bytes, str]:
+        """The certificate (DER) a listener presents, verified against the CA, and the negotiated protocol."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+            context.wrap_socket(sock, server_hostname="localhost") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return der, str(tls.version())
+
+
+@dataclass
+class Figures:
+    seconds: float
+    protocol: str
+    proxy_keepalive: Load
+    nginx_keepalive: Load
+    proxy_handshakes: Load
+    nginx_handshakes: Load
+    rate: float
+    direct: Load
+    proxied: Load
+    nginx_paced: Load
+
+
+def measure(rig: TlsRig, seconds: float) -> Figures:
+    """Every figure, on one rig: both listeners first shown to present the same certificate."""
+    (proxy_der, protocol), (nginx_der, _) = (rig.served_certificate(p) for p in (rig.tls_port, rig.nginx_port))
+    assert proxy_der == nginx_der, "the proxy and nginx must serve the same certificate"
+    urls = (rig.proxy_url, rig.nginx_url)
+    proxy_keepalive, nginx_keepalive = alternating(urls, seconds, rig.workdir)
+    proxy_handshakes, nginx_handshakes = alternating(urls, seconds, rig.workdir, close=True)
+    rate = proxy_keepalive.rps / 2
+    return Figures(
+        seconds,
+        protocol,
+        proxy_keepalive,
+        nginx_keepalive,
+        proxy_handshakes,
+        nginx_handshakes,
+        rate,
+        direct=paced(rig.direct_url, rate, seconds, rig.workdir),
+        proxied=paced(rig.proxy_url, rate, seconds, rig.workdir),
+        nginx_paced=paced(rig.nginx_url, rate, seconds, rig.workdir),
+    )
+
+
+def table(f: Figures) -> list[str]:
+    """The rows: figure | measured | reference (nginx, same run) | goal."""
+    keepalive = f.proxy_keepalive.rps / f.nginx_keepalive.rps
+    handshakes = f.proxy_handshakes.rps / f.nginx_handshakes.rps
+    added, nginx_added = f.proxied.p99_ms - f.direct.p99_ms, f.nginx_paced.p99_ms - f.direct.p99_ms
+    failed = sum(load.failed for load in (f.proxy_keepalive, f.proxy_handshakes, f.proxied))
+    rows = [
+        (
+            "HTTPS keep-alive throughput (wrk -t2 -c64, 1 KB GET, 3 backends)",
+            f"{f.proxy_keepalive.rps:,.0f} req/s",
+            f"nginx {f.nginx_keepalive.rps:,.0f} req/s (ratio {keepalive:.2f})",
+            "ratio ≥ 0.65",
+        ),
+        (
+            "HTTPS new handshakes (a new connection per request, full handshakes)",
+            f"{f.proxy_handshakes.rps:,.0f} /s",
+            f"nginx {f.nginx_handshakes.rps:,.0f} /s (ratio {handshakes:.2f})",
+            "ratio ≥ 0.80",
+        ),
+        (
+            f"HTTPS added p99 at half the proxy's saturation ({f.rate:,.0f} req/s)",
+            f"{added:.2f} ms",
+            f"nginx {nginx_added:.2f} ms; direct p99 {f.direct.p99_ms:.2f} ms (plain HTTP); proxied "
+            f"{f.proxied.p99_ms:.2f} ms at {f.proxied.rps:,.0f} req/s, nginx {f.nginx_paced.p99_ms:.2f} ms",
+            "≤ 2 ms (as plain HTTP)",
+        ),
+        ("failed requests through the proxy over HTTPS (all runs above)", str(failed), "—", "0"),
+    ]
+    return [f"| {' | '.join(row)} |" for row in rows]
+
+
+def main() -> None:
+    seconds, write = command_line(__doc__)
+    with running_rig(TlsRig) as rig:
+        assert isinstance(rig, TlsRig)
+        figures = measure(rig, seconds)
+    note = (
+        f"{WORKERS} workers each, nginx {nginx_version()}, {figures.protocol} negotiated, one ECDSA P-256 "
+        f"certificate for both; runs of {figures.seconds:.0f} s, throughputs the median of {ROUNDS} alternating "
+        "runs of each. Half load is paced by a wrk Lua `delay()` per connection (20 keep-alive connections)."
+    )
+    publish("Proxy vs nginx over HTTPS", table(figures), write=write, after=["", note])
+
+
+if __name__ == "__main__":
+    main()

@@ -191,6 +191,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     stop_on_signals()
     if args.api == "cluster":
+        if args.tls:
+            print("whm-ha demo: --tls runs on loopback (--api sandbox or real, or --kubeconfig)", file=sys.stderr)
+            return 2
         from .demo import deployed
 
         return deployed.run(args.scenario, say)
@@ -203,6 +206,9 @@ def _run_demo(args: argparse.Namespace) -> int:
         proxy_port=args.proxy_port,
         shim_port=args.shim_port,
         database=args.database,
+        tls=args.tls,
+        proxy_tls_port=args.proxy_tls_port,
+        shim_tls_port=args.shim_tls_port,
     )
 
 
@@ -217,6 +223,42 @@ class DefaultsShown(argparse.HelpFormatter):
 
 def _kube_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", "-n", default=None, help="namespace to watch (default: all namespaces)")
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = sub.add_parser(
+        "demo",
+        formatter_class=DefaultsShown,
+        help="start the whole system locally (API, MariaDB or MySQL, nodes, operator, proxy, shim)",
+        description="Start everything on loopback and show what happens.",
+    )
+    demo.add_argument(
+        "--api",
+        choices=["sandbox", "real", "cluster"],
+        default="sandbox",
+        help="which Kubernetes (default: sandbox): the sandbox API, a real kube-apiserver + etcd, or the local "
+        "cluster with pods (hack/local-cluster: helm install, MariaDB and WHM nodes as pods; root)",
+    )
+    demo.add_argument("--kubeconfig", type=Path, default=None, help="use an existing cluster instead")
+    demo.add_argument(
+        "--database",
+        choices=["mariadb", "mysql"],
+        default="mariadb",
+        help="the database servers: the host's MariaDB 10.11 (default) or MySQL 9.7 from the root that "
+        "hack/build-databases builds",
+    )
+    demo.add_argument("--scenario", choices=["failover"], default=None, help="run a scripted tour")
+    demo.add_argument("--proxy-port", type=int, default=8080, help="the proxy's port on 127.0.0.1")
+    demo.add_argument("--shim-port", type=int, default=4000, help="the shim's port on 127.0.0.1")
+    demo.add_argument(
+        "--tls",
+        action="store_true",
+        help="also serve the proxy and the shim over HTTPS, with certificates from a CA the demo makes (not with "
+        "--api cluster)",
+    )
+    demo.add_argument("--proxy-tls-port", type=int, default=8443, help="with --tls: the proxy's HTTPS port")
+    demo.add_argument("--shim-tls-port", type=int, default=4443, help="with --tls: the shim's HTTPS port")
+    demo.set_defaults(handler=_run_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,31 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--bookmark-interval", type=float, default=30.0, help="seconds between watch BOOKMARK events")
     sandbox.set_defaults(handler=_run_sandbox)
 
-    demo = sub.add_parser(
-        "demo",
-        formatter_class=DefaultsShown,
-        help="start the whole system locally (API, MariaDB or MySQL, nodes, operator, proxy, shim)",
-        description="Start everything on loopback and show what happens.",
-    )
-    demo.add_argument(
-        "--api",
-        choices=["sandbox", "real", "cluster"],
-        default="sandbox",
-        help="which Kubernetes (default: sandbox): the sandbox API, a real kube-apiserver + etcd, or the local "
-        "cluster with pods (hack/local-cluster: helm install, MariaDB and WHM nodes as pods; root)",
-    )
-    demo.add_argument("--kubeconfig", type=Path, default=None, help="use an existing cluster instead")
-    demo.add_argument(
-        "--database",
-        choices=["mariadb", "mysql"],
-        default="mariadb",
-        help="the database servers: the host's MariaDB 10.11 (default) or MySQL 9.7 from the root that "
-        "hack/build-databases builds",
-    )
-    demo.add_argument("--scenario", choices=["failover"], default=None, help="run a scripted tour")
-    demo.add_argument("--proxy-port", type=int, default=8080, help="the proxy's port on 127.0.0.1")
-    demo.add_argument("--shim-port", type=int, default=4000, help="the shim's port on 127.0.0.1")
-    demo.set_defaults(handler=_run_demo)
+    _add_demo(sub)
 
     crds = sub.add_parser(
         "crds",

@@ -89,6 +89,9 @@ def start_system(
     )
     if kubeconfig is not None:
         _install_crds(api_client)
+    if stack.tls:
+        say("Making a CA and the proxy's and the shim's certificates ...")
+        stack.make_certificates()
     _apply(api_client, stack.resources())
     say("Starting the operator, the proxy and the shim ...")
     stack.start_services()
@@ -137,6 +140,9 @@ def run(
     proxy_port: int,
     shim_port: int,
     database: str = "mariadb",
+    tls: bool = False,
+    proxy_tls_port: int = 8443,
+    shim_tls_port: int = 4443,
 ) -> int:
     flavour = DATABASES[database]
     missing = flavour.missing()
@@ -144,7 +150,15 @@ def run(
         print(f"whm-ha demo: {missing}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="whm-ha-demo-"))
-    stack = Stack(workdir, proxy_port=proxy_port, shim_port=shim_port, flavour=flavour)
+    stack = Stack(
+        workdir,
+        proxy_port=proxy_port,
+        shim_port=shim_port,
+        flavour=flavour,
+        tls=tls,
+        proxy_tls_port=proxy_tls_port,
+        shim_tls_port=shim_tls_port,
+    )
     keep_logs = False
     try:
         api_client, observer = start_system(stack, api=api, kubeconfig=kubeconfig)
@@ -153,6 +167,14 @@ def run(
         say(f"  proxy       http://127.0.0.1:{stack.proxy_port}/")
         token = "a token of that cluster" if kubeconfig else ADMIN_TOKEN
         say(f"  shim        http://127.0.0.1:{stack.shim_port}/api/ha/status   (Authorization: Bearer {token})")
+        if stack.certificates is not None:
+            ca = stack.certificates.ca
+            say(f"  CA          {ca}   (it signed the proxy's and the shim's certificates)")
+            say(f"  HTTPS       curl --cacert {ca} https://127.0.0.1:{stack.proxy_tls_port}/")
+            say(
+                f"              curl --cacert {ca} -H 'Authorization: Bearer {token}' "
+                f"https://127.0.0.1:{stack.shim_tls_port}/api/ha/status"
+            )
         say(
             f"  metrics     http://127.0.0.1:{stack.metrics_port}/metrics  (operator), "
             f"http://127.0.0.1:{stack.admin_port}/metrics  (proxy)"

@@ -8,6 +8,7 @@ import contextlib
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ from ..db.local_server import (
 )
 from ..kube import config as kube_config
 from ..lifecycle import die_with_parent, pause
+from .certificates import DemoCertificates, make_certificates
 
 NAMESPACE = "default"
 CLUSTER = "whm"
@@ -45,6 +47,8 @@ DEMO_SCHEMA = "demo"
 FAST_HEALTH = {"periodSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
 DATABASES = {"mariadb": FLAVOURS["mariadb-10.11"], "mysql": FLAVOURS["mysql-9.7"]}
 """``whm-ha demo --database``: the product -> the flavour the demo runs (the host's MariaDB; MySQL from its root)."""
+PROXY_TLS_SECRET = "whm-proxy-tls"
+SHIM_TLS_SECRET = "whm-shim-tls"
 
 
 class DemoError(RuntimeError):
@@ -95,6 +99,11 @@ class Stack:
     db_period_seconds: int = 1
     db_failure_threshold: int = 2
     resources_to_stop: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    tls: bool = False
+    """``--tls``: HTTPS listeners on the proxy and the shim beside the plain ones, from a CA of the demo's own."""
+    proxy_tls_port: int = 8443
+    shim_tls_port: int = 4443
+    certificates: DemoCertificates | None = None
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with (self.workdir / f"{name}.log").open("ab") as log:  # the child keeps its own copy
@@ -114,13 +123,19 @@ class Stack:
         return self._spawn(name, [sys.executable, "-m", "whm_ha", *args], env)
 
     @staticmethod
-    def _wait_http(url: str, what: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+    def _wait_http(
+        url: str,
+        what: str,
+        process: subprocess.Popen[bytes] | None = None,
+        timeout: float = 30,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
                 raise DemoError(f"{what} exited at start; see its log")
             try:
-                with urllib.request.urlopen(url, timeout=1):
+                with urllib.request.urlopen(url, timeout=1, context=context):
                     return
             except urllib.error.HTTPError:
                 return  # it answers
@@ -131,9 +146,17 @@ class Stack:
     # -- parts ------------------------------------------------------------------------------------
 
     def check_ports(self) -> None:
-        for port, what in ((self.proxy_port, "proxy"), (self.shim_port, "shim")):
+        ports = [(self.proxy_port, "proxy"), (self.shim_port, "shim")]
+        if self.tls:
+            ports += [(self.proxy_tls_port, "proxy-tls"), (self.shim_tls_port, "shim-tls")]
+        for port, what in ports:
             if not _port_free(port):
                 raise DemoError(f"port {port} for the {what} is busy: pass --{what}-port with a free one")
+
+    def make_certificates(self) -> DemoCertificates:
+        """The demo's CA and the proxy's and the shim's certificates, in the workdir's tls/ folder."""
+        self.certificates = make_certificates(self.workdir / "tls", (PROXY_TLS_SECRET, SHIM_TLS_SECRET))
+        return self.certificates
 
     def start_api(self, api: str, kubeconfig: Path | None) -> None:
         if kubeconfig is not None:
@@ -226,8 +249,11 @@ class Stack:
         process.wait()
 
     def resources(self) -> list[dict[str, Any]]:
-        """The custom resources and Secrets the demo applies."""
+        """The custom resources and Secrets the demo applies (with --tls, after make_certificates)."""
         replication_password = secrets.token_urlsafe(12)
+        load_balancer: dict[str, Any] = {"algorithm": "roundRobin", "port": self.proxy_port}
+        if self.tls:
+            load_balancer["tls"] = {"certificates": [{"secretName": PROXY_TLS_SECRET}]}
         docs: list[dict[str, Any]] = [
             {
                 "apiVersion": "v1",
@@ -271,11 +297,14 @@ class Stack:
                 "spec": {
                     "healthCheck": FAST_HEALTH,
                     "failover": {"minIntervalSeconds": 0},
-                    "loadBalancer": {"algorithm": "roundRobin", "port": self.proxy_port},
+                    "loadBalancer": load_balancer,
                     "database": {"replicationRef": {"name": REPLICATION}},
                 },
             },
         ]
+        if self.tls:
+            assert self.certificates is not None, "make_certificates first"
+            docs = self.certificates.secrets() + docs
         for name, priority in (("whm-node-1", 100), ("whm-node-2", 50), ("whm-node-3", 10)):
             docs.append(
                 {
@@ -295,6 +324,11 @@ class Stack:
 
     def start_services(self) -> None:
         self.metrics_port, self.admin_port = free_port(), free_port()
+        proxy_tls: tuple[str, ...] = ()
+        shim_tls: tuple[str, ...] = ()
+        if self.tls:
+            proxy_tls = (f"--listen-tls=127.0.0.1:{self.proxy_tls_port}",)
+            shim_tls = (f"--listen-tls=127.0.0.1:{self.shim_tls_port}", f"--tls-secret={SHIM_TLS_SECRET}")
         operator = self._whm_ha(
             "operator", "operator", f"--namespace={NAMESPACE}", f"--metrics=127.0.0.1:{self.metrics_port}"
         )
@@ -304,6 +338,7 @@ class Stack:
             f"--cluster={CLUSTER}",
             f"--namespace={NAMESPACE}",
             f"--listen=127.0.0.1:{self.proxy_port}",
+            *proxy_tls,
             f"--admin=127.0.0.1:{self.admin_port}",
             "--workers=1",
         )
@@ -311,6 +346,7 @@ class Stack:
             "shim",
             "shim",
             f"--listen=127.0.0.1:{self.shim_port}",
+            *shim_tls,
             f"--namespace={NAMESPACE}",
             f"--cluster={CLUSTER}",
             f"--proxy-admin=http://127.0.0.1:{self.admin_port}",
@@ -318,6 +354,10 @@ class Stack:
         self._wait_http(f"http://127.0.0.1:{self.metrics_port}/metrics", "the operator", operator)
         self._wait_http(f"http://127.0.0.1:{self.admin_port}/healthz", "the proxy", proxy)
         self._wait_http(f"http://127.0.0.1:{self.shim_port}/healthz", "the shim", shim)
+        if self.certificates is not None:  # each answers over HTTPS once it serves the certificate of its Secret
+            trusted = ssl.create_default_context(cafile=str(self.certificates.ca))
+            self._wait_http(f"https://127.0.0.1:{self.proxy_tls_port}/", "the proxy (HTTPS)", proxy, 30, trusted)
+            self._wait_http(f"https://127.0.0.1:{self.shim_tls_port}/healthz", "the shim (HTTPS)", shim, 30, trusted)
 
     def stop(self) -> None:
         """Stop everything, newest first; nothing is left running."""

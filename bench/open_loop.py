@@ -51,12 +51,15 @@ class Latency:
         return f"{self.p50:.2f} / {self.p99:.2f} / {self.p999:.2f}"
 
 
-def attack(url: str, rate: float, seconds: float, *, ca: Path | None = None) -> Latency:
-    """vegeta at ``rate`` req/s for ``seconds``; milliseconds. An https ``url`` is verified against ``ca`` and
-    spoken to in HTTP/1.1, as wrk and nginx's upstreams speak."""
+def attack(
+    url: str, rate: float, seconds: float, *, ca: Path | None = None, workers: int = 32, max_workers: int = 512
+) -> Latency:
+    """vegeta at ``rate`` req/s for ``seconds``, with ``workers`` to ``max_workers`` requests in flight (each
+    worker a keep-alive connection); milliseconds. An https ``url`` is verified against ``ca`` and spoken to in
+    HTTP/1.1, as wrk and nginx's upstreams speak."""
     target = f"GET {url}\n"
     command = [vegeta(), "attack", f"-rate={round(rate)}/s", f"-duration={seconds}s", "-keepalive=true"]
-    command += ["-max-workers=512", "-workers=32", "-timeout=5s"]
+    command += [f"-max-workers={max_workers}", f"-workers={workers}", "-timeout=5s"]
     if ca is not None:
         command += [f"-root-certs={ca}", "-http2=false"]
     attacked = subprocess.run(command, input=target.encode(), capture_output=True, check=True, timeout=seconds + 60)

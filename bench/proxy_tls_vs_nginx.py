@@ -6,7 +6,8 @@ The rig of ``bench.proxy_vs_nginx`` (three nginx backends with a 1 KB answer, th
 and nginx as a round-robin proxy, two workers each), with TLS in front: the proxy's ``--listen-tls`` serves the
 certificate of a kubernetes.io/tls Secret named in the WHMCluster (``spec.loadBalancer.tls.certificates``), and
 nginx ``listen ... ssl`` the same certificate and key (ECDSA P-256, from a trustme CA) with the same protocols
-(TLS 1.2 and 1.3) and TLS 1.2 ciphers. Both speak plain HTTP to the same backends. wrk drives the load:
+(TLS 1.2 and 1.3) and TLS 1.2 ciphers (``whm_ha.tls``'s; TLS 1.3 suites are OpenSSL's on both). Both speak
+plain HTTP to the same backends. wrk drives the load:
 
 * keep-alive throughput: ``wrk -t2 -c64`` over HTTPS, one handshake per connection; the median req/s of
   ``ROUNDS`` alternating runs of each, and their ratio;
@@ -48,15 +49,10 @@ from bench.proxy_vs_nginx import (
 )
 from bench.report import publish
 from whm_ha.db.local_server import free_port
+from whm_ha.tls import TLS12_CIPHERS, TLS_SECRET_TYPE
 
 SECRET = "bench-tls"
 MAX_IN_FLIGHT = 32
-# Mozilla's "intermediate" TLS 1.2 ciphers (TLS 1.3 suites are OpenSSL's defaults on both sides).
-INTERMEDIATE_CIPHERS = (
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
-    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
-)
 
 
 class TlsRig(Rig):
@@ -83,7 +79,7 @@ class TlsRig(Rig):
             self.nginx_proxy(
                 f"127.0.0.1:{self.nginx_port} ssl",
                 f" ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;"
-                f" ssl_ciphers {INTERMEDIATE_CIPHERS}; ssl_prefer_server_ciphers off;",
+                f" ssl_ciphers {TLS12_CIPHERS}; ssl_prefer_server_ciphers off;",
             ),
             workers=WORKERS,
         )
@@ -98,7 +94,7 @@ class TlsRig(Rig):
             "bench",
             {
                 "metadata": {"name": SECRET},
-                "type": "kubernetes.io/tls",
+                "type": TLS_SECRET_TYPE,
                 "data": {name: base64.b64encode(pem).decode() for name, pem in pems.items()},
             },
         )

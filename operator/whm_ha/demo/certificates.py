@@ -10,6 +10,8 @@ from typing import Any
 
 import trustme
 
+from ..tls import TLS_SECRET_TYPE
+
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 """What every demo certificate is valid for: the demo listens on loopback only."""
 
@@ -29,7 +31,7 @@ class Issued:
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": self.secret_name},
-            "type": "kubernetes.io/tls",
+            "type": TLS_SECRET_TYPE,
             "data": {name: base64.b64encode(path.read_bytes()).decode() for name, path in files.items()},
         }
 

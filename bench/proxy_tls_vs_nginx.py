@@ -10,7 +10,8 @@ nginx ``listen ... ssl`` the same certificate and key (ECDSA P-256, from a trust
 plain HTTP to the same backends. wrk drives the load:
 
 * keep-alive throughput: ``wrk -t2 -c64`` over HTTPS, one handshake per connection; the median req/s of
-  ``ROUNDS`` alternating runs of each, and their ratio;
+  ``ROUNDS`` alternating runs of each, and their ratio; the same over both's plain HTTP listeners first, so that
+  what TLS costs each shows beside the plain ratio of the same run;
 * new handshakes: the same, with ``Connection: close`` on every request, so that each request is a new TCP
   connection and a full handshake (wrk resumes no session); req/s is then handshakes/s;
 * added p99: vegeta (``bench.open_loop``: constant rate, open loop, keep-alive, HTTP/1.1, the CA verified) at
@@ -61,7 +62,7 @@ class TlsRig(Rig):
     nginx_scheme = "https"
 
     def __init__(self, workdir: Path) -> None:
-        self.tls_port = free_port()
+        self.tls_port, self.nginx_plain_port = free_port(), free_port()
         super().__init__(
             workdir,
             load_balancer={"tls": {"certificates": [{"secretName": SECRET}]}},
@@ -77,7 +78,7 @@ class TlsRig(Rig):
         self.nginx = Nginx(
             workdir / "nginx-proxy",
             self.nginx_proxy(
-                f"127.0.0.1:{self.nginx_port} ssl",
+                f"127.0.0.1:{self.nginx_port} ssl; listen 127.0.0.1:{self.nginx_plain_port}",
                 f" ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;"
                 f" ssl_ciphers {TLS12_CIPHERS}; ssl_prefer_server_ciphers off;",
             ),
@@ -103,6 +104,11 @@ class TlsRig(Rig):
     def proxy_url(self) -> str:
         return f"https://127.0.0.1:{self.tls_port}/"
 
+    @property
+    def plain_urls(self) -> tuple[str, str]:
+        """The proxy's and nginx's plain HTTP listeners (the same processes)."""
+        return super().proxy_url, f"http://127.0.0.1:{self.nginx_plain_port}/"
+
     def served_certificate(self, port: int) -> tuple[bytes, str]:
         """The certificate (DER) a listener presents, verified against the CA, and the negotiated protocol."""
         context = ssl.create_default_context()
@@ -120,6 +126,8 @@ class TlsRig(Rig):
 class Figures:
     seconds: float
     protocol: str
+    proxy_plain: Load
+    nginx_plain: Load
     proxy_keepalive: Load
     nginx_keepalive: Load
     proxy_handshakes: Load
@@ -135,6 +143,7 @@ def measure(rig: TlsRig, seconds: float) -> Figures:
     (proxy_der, protocol), (nginx_der, _) = (rig.served_certificate(p) for p in (rig.tls_port, rig.nginx_port))
     assert proxy_der == nginx_der, "the proxy and nginx must serve the same certificate"
     urls = (rig.proxy_url, rig.nginx_url)
+    proxy_plain, nginx_plain = alternating(rig.plain_urls, seconds, rig.workdir)
     proxy_keepalive, nginx_keepalive = alternating(urls, seconds, rig.workdir)
     proxy_handshakes, nginx_handshakes = alternating(urls, seconds, rig.workdir, close=True)
     rate = proxy_keepalive.rps / 2
@@ -144,7 +153,8 @@ def measure(rig: TlsRig, seconds: float) -> Figures:
             latencies.append(attack(url, rate, seconds, ca=rig.ca_file, workers=4, max_workers=MAX_IN_FLIGHT))
     direct, proxied, nginx = (sorted(latencies, key=lambda r: r.p99)[ROUNDS // 2] for latencies in runs.values())
     return Figures(
-        seconds, protocol, proxy_keepalive, nginx_keepalive, proxy_handshakes, nginx_handshakes, rate,
+        seconds, protocol, proxy_plain, nginx_plain, proxy_keepalive, nginx_keepalive, proxy_handshakes,
+        nginx_handshakes, rate,
         direct, proxied, nginx,
     )  # fmt: skip
 
@@ -155,11 +165,19 @@ def table(f: Figures) -> list[str]:
     handshakes = f.proxy_handshakes.rps / f.nginx_handshakes.rps
     added, nginx_added = f.proxied.p99 - f.direct.p99, f.nginx_paced.p99 - f.direct.p99
     failed = f.proxy_keepalive.failed + f.proxy_handshakes.failed + f.proxied.errors
+    plain = f.proxy_plain.rps / f.nginx_plain.rps
     rows = [
+        (
+            "plain HTTP keep-alive throughput, the same processes (for comparison)",
+            f"{f.proxy_plain.rps:,.0f} req/s",
+            f"nginx {f.nginx_plain.rps:,.0f} req/s (ratio {plain:.2f})",
+            "ratio ≥ 0.50",
+        ),
         (
             "HTTPS keep-alive throughput (wrk -t2 -c64, 1 KB GET, 3 backends)",
             f"{f.proxy_keepalive.rps:,.0f} req/s",
-            f"nginx {f.nginx_keepalive.rps:,.0f} req/s (ratio {keepalive:.2f})",
+            f"nginx {f.nginx_keepalive.rps:,.0f} req/s (ratio {keepalive:.2f}); of their plain rates: proxy "
+            f"{f.proxy_keepalive.rps / f.proxy_plain.rps:.2f}, nginx {f.nginx_keepalive.rps / f.nginx_plain.rps:.2f}",
             "ratio ≥ 0.65",
         ),
         (

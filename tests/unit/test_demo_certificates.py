@@ -7,6 +7,8 @@ import base64
 import contextlib
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -72,3 +74,18 @@ def test_another_ca_does_not_verify_them(tmp_path: Path) -> None:
     made, other = make_certificates(tmp_path / "a", ("x",)), make_certificates(tmp_path / "b", ())
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(made.issued["x"].cert, made.issued["x"].key, other.ca, "127.0.0.1")
+
+
+def test_what_the_image_runs_imports_without_the_sandbox_extra() -> None:
+    """The image installs whm-ha without its sandbox extra (trustme, kmock): the CLI and the writer pod's
+    checkers (``python -m whm_ha.demo.checkers``, which imports the demo's stack) must import without them."""
+    blocked = "import sys; sys.modules.update(trustme=None, kmock=None); "
+    for module in ("whm_ha.cli", "whm_ha.demo.checkers", "whm_ha.demo.deployed"):
+        result = subprocess.run(
+            [sys.executable, "-c", blocked + f"import {module}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, f"{module}: {result.stderr[-2000:]}"

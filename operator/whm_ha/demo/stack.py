@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -36,7 +36,9 @@ from ..db.local_server import (
 )
 from ..kube import config as kube_config
 from ..lifecycle import die_with_parent, pause
-from .certificates import DemoCertificates, make_certificates
+
+if TYPE_CHECKING:
+    from .certificates import DemoCertificates
 
 NAMESPACE = "default"
 CLUSTER = "whm"
@@ -155,6 +157,10 @@ class Stack:
 
     def make_certificates(self) -> DemoCertificates:
         """The demo's CA and the proxy's and the shim's certificates, in the workdir's tls/ folder."""
+        # trustme comes with the sandbox extra, which the demo on loopback needs anyway; the image has neither,
+        # and its writer pod imports this module (demo.checkers).
+        from .certificates import make_certificates
+
         self.certificates = make_certificates(self.workdir / "tls", (PROXY_TLS_SECRET, SHIM_TLS_SECRET))
         return self.certificates
 

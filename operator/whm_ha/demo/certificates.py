@@ -1,5 +1,6 @@
 """``whm-ha demo --tls``: a certificate authority of the demo's own and the certificates it signs, as files in the
-demo's workdir and as the kubernetes.io/tls Secrets the proxy and the shim serve from."""
+demo's workdir, as the kubernetes.io/tls Secrets the proxy and the shim serve from, and as what the database
+servers serve."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import trustme
 
+from ..db.local_server import ServerTLS
 from ..tls import TLS_SECRET_TYPE
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
@@ -23,6 +25,10 @@ class Issued:
     secret_name: str
     cert: Path
     key: Path
+
+    def server_tls(self, ca: Path) -> ServerTLS:
+        """What a local database server serves with this certificate, trusting ``ca``."""
+        return ServerTLS(ca=ca.read_text(), cert=self.cert.read_text(), key=self.key.read_text())
 
     def secret(self, ca: Path) -> dict[str, Any]:
         """The kubernetes.io/tls Secret (with the CA as ``ca.crt``, as cert-manager writes it)."""
@@ -43,8 +49,14 @@ class DemoCertificates:
     ca: Path
     issued: dict[str, Issued]
 
-    def secrets(self) -> list[dict[str, Any]]:
-        return [issued.secret(self.ca) for issued in self.issued.values()]
+    def ca_secret(self, name: str) -> dict[str, Any]:
+        """A Secret holding the CA alone, under ``ca.crt``."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name},
+            "data": {"ca.crt": base64.b64encode(self.ca.read_bytes()).decode()},
+        }
 
 
 def make_certificates(folder: Path, secret_names: tuple[str, ...]) -> DemoCertificates:

@@ -78,6 +78,9 @@ def start_system(
     stack.check_ports()
     say(f"Starting the Kubernetes API ({'an existing cluster' if kubeconfig else api}) with the CRDs ...")
     stack.start_api(api, kubeconfig)
+    if stack.tls:
+        say("Making a CA and the certificates of the proxy, the shim and the database servers ...")
+        stack.make_certificates()
     say(f"Starting three database servers ({stack.flavour.name}) ...")
     stack.start_databases()
     say("Starting three WHM nodes ...")
@@ -89,9 +92,6 @@ def start_system(
     )
     if kubeconfig is not None:
         _install_crds(api_client)
-    if stack.tls:
-        say("Making a CA and the proxy's and the shim's certificates ...")
-        stack.make_certificates()
     _apply(api_client, stack.resources())
     say("Starting the operator, the proxy and the shim ...")
     stack.start_services()
@@ -169,12 +169,13 @@ def run(
         say(f"  shim        http://127.0.0.1:{stack.shim_port}/api/ha/status   (Authorization: Bearer {token})")
         if stack.certificates is not None:
             ca = stack.certificates.ca
-            say(f"  CA          {ca}   (it signed the proxy's and the shim's certificates)")
+            say(f"  CA          {ca}   (it signed the proxy's, the shim's and the database servers' certificates)")
             say(f"  HTTPS       curl --cacert {ca} https://127.0.0.1:{stack.proxy_tls_port}/")
             say(
                 f"              curl --cacert {ca} -H 'Authorization: Bearer {token}' "
                 f"https://127.0.0.1:{stack.shim_tls_port}/api/ha/status"
             )
+            say("  database    replication over TLS, each replica verifying its source with that CA (spec.tls)")
         say(
             f"  metrics     http://127.0.0.1:{stack.metrics_port}/metrics  (operator), "
             f"http://127.0.0.1:{stack.admin_port}/metrics  (proxy)"

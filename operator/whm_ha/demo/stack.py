@@ -28,6 +28,7 @@ from ..db.local_server import (
     ADMIN_USER,
     FLAVOURS,
     HOST_MARIADB,
+    TLS_CA_FILE,
     Flavour,
     LocalServer,
     LocalServerError,
@@ -51,6 +52,9 @@ DATABASES = {"mariadb": FLAVOURS["mariadb-10.11"], "mysql": FLAVOURS["mysql-9.7"
 """``whm-ha demo --database``: the product -> the flavour the demo runs (the host's MariaDB; MySQL from its root)."""
 PROXY_TLS_SECRET = "whm-proxy-tls"
 SHIM_TLS_SECRET = "whm-shim-tls"
+DB_CA_SECRET = "whm-db-ca"
+DB_CERTIFICATE = "whm-db-server"
+"""The database servers' certificate (files only: the servers read them from their data dirs)."""
 
 
 class DemoError(RuntimeError):
@@ -102,7 +106,8 @@ class Stack:
     db_failure_threshold: int = 2
     resources_to_stop: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     tls: bool = False
-    """``--tls``: HTTPS listeners on the proxy and the shim beside the plain ones, from a CA of the demo's own."""
+    """``--tls``: HTTPS listeners on the proxy and the shim beside the plain ones, and replication and the
+    operator's sessions over TLS, with certificates of a CA of the demo's own."""
     proxy_tls_port: int = 8443
     shim_tls_port: int = 4443
     certificates: DemoCertificates | None = None
@@ -156,12 +161,14 @@ class Stack:
                 raise DemoError(f"port {port} for the {what} is busy: pass --{what}-port with a free one")
 
     def make_certificates(self) -> DemoCertificates:
-        """The demo's CA and the proxy's and the shim's certificates, in the workdir's tls/ folder."""
+        """The demo's CA and the proxy's, the shim's and the database servers' certificates, in the workdir's tls/
+        folder."""
         # trustme comes with the sandbox extra, which the demo on loopback needs anyway; the image has neither,
         # and its writer pod imports this module (demo.checkers).
         from .certificates import make_certificates
 
-        self.certificates = make_certificates(self.workdir / "tls", (PROXY_TLS_SECRET, SHIM_TLS_SECRET))
+        names = (PROXY_TLS_SECRET, SHIM_TLS_SECRET, DB_CERTIFICATE)
+        self.certificates = make_certificates(self.workdir / "tls", names)
         return self.certificates
 
     def start_api(self, api: str, kubeconfig: Path | None) -> None:
@@ -223,9 +230,15 @@ class Stack:
         return ("--read-only=ON", "--super-read-only=ON")
 
     def start_databases(self) -> None:
+        """Three servers from one template; with --tls (after make_certificates) each serves the demo's database
+        certificate and trusts its CA."""
         why = self.flavour.missing()
         if why:
             raise DemoError(why)
+        tls = None
+        if self.tls:
+            assert self.certificates is not None, "make_certificates first"
+            tls = self.certificates.issued[DB_CERTIFICATE].server_tls(self.certificates.ca)
         try:
             template = init_template(self.workdir / f"{self.flavour.name}-template", flavour=self.flavour)
             for index in range(3):
@@ -236,6 +249,7 @@ class Stack:
                     extra_args=self.server_args(),
                     flavour=self.flavour,
                     dies_with_parent=True,
+                    tls=tls,
                 )
                 server.start()
                 self.databases.append(server)
@@ -310,7 +324,17 @@ class Stack:
         ]
         if self.tls:
             assert self.certificates is not None, "make_certificates first"
-            docs = self.certificates.secrets() + docs
+            certificates = self.certificates
+            served = [certificates.issued[name].secret(certificates.ca) for name in (PROXY_TLS_SECRET, SHIM_TLS_SECRET)]
+            docs = [*served, certificates.ca_secret(DB_CA_SECRET), *docs]
+            replication = next(doc for doc in docs if doc["kind"] == "MySQLReplication")
+            # Replicas verify their source with the CA file each server has in its data dir; the operator its
+            # sessions with the same CA, from the Secret.
+            replication["spec"]["tls"] = {
+                "enabled": True,
+                "caSecret": {"name": DB_CA_SECRET, "key": "ca.crt"},
+                "caFile": TLS_CA_FILE,
+            }
         for name, priority in (("whm-node-1", 100), ("whm-node-2", 50), ("whm-node-3", 10)):
             docs.append(
                 {

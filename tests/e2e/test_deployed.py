@@ -1,4 +1,5 @@
-"""End to end as users deploy it: ``helm install`` the chart, deploy MariaDB, WHM nodes and a writer as pods,
+"""End to end as users deploy it: ``helm install`` the chart (the proxy's HTTPS listener on, with a certificate
+of a test CA in a kubernetes.io/tls Secret its WHMCluster names), deploy MariaDB, WHM nodes and a writer as pods,
 apply the custom resources, then kill pods and containers and measure the failovers.
 
     make e2e        # on the local cluster (root)
@@ -9,16 +10,20 @@ The tests run in file order on one release; each leaves it Healthy for the next.
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
+import trustme
 
 from tests.fixtures.e2e import ROOT, Provider
 from tests.fixtures.local_cluster import wait_until
@@ -32,8 +37,36 @@ DB_FAILOVER_BOUND = 1 * 2 + 10  # periodSeconds x failureThreshold + the promoti
 PEERING_LIFETIME = 10
 
 
+PROXY_TLS_SECRET = "whm-ha-proxy-tls"
+
+
 def install_command(provider: Provider) -> list[str]:
-    return install_args(ROOT / "charts" / "whm-ha", provider.image_repository, provider.image_tag)
+    chart = ROOT / "charts" / "whm-ha"
+    return [*install_args(chart, provider.image_repository, provider.image_tag), "--set", "proxy.tls.enabled=true"]
+
+
+def serve_https(provider: Provider) -> tuple[str, ssl.SSLContext]:
+    """A certificate for the proxy's HTTPS Service (its address as the host reaches it), signed by a new CA, in
+    the Secret the WHMCluster then names; the Service's HTTPS URL and a client context trusting that CA only."""
+    url = provider.service_url(NAMESPACE, "whm-ha-proxy", 443).replace("http://", "https://", 1)
+    host = urllib.parse.urlsplit(url).hostname
+    assert host is not None
+    ca = trustme.CA()
+    leaf = ca.issue_cert(host, f"whm-ha-proxy.{NAMESPACE}.svc")
+    pems = {"tls.crt": leaf.cert_chain_pems[0].bytes(), "tls.key": leaf.private_key_pem.bytes()}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": PROXY_TLS_SECRET},
+        "type": "kubernetes.io/tls",
+        "data": {name: base64.b64encode(pem).decode() for name, pem in pems.items()},
+    }
+    provider.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(secret))
+    tls = {"spec": {"loadBalancer": {"tls": {"certificates": [{"secretName": PROXY_TLS_SECRET}]}}}}
+    provider.kubectl("patch", "-n", NAMESPACE, "whmcluster", "whm", "--type=merge", "-p", json.dumps(tls))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return url, context
 
 
 def _manifest(name: str, provider: Provider) -> str:
@@ -45,6 +78,8 @@ class Release:
     provider: Provider
     proxy_url: str
     install_seconds: float
+    https_url: str
+    tls_context: ssl.SSLContext
     uninstalled: bool = False
 
     def get(self, kind: str, name: str) -> dict[str, object]:
@@ -92,9 +127,11 @@ class Release:
 
 @dataclass
 class Traffic:
-    """GETs through the proxy's Service from the host, back to back, until stopped."""
+    """GETs through the proxy's Service from the host, back to back, until stopped (HTTPS with ``context``:
+    each GET on a new connection, so each is a new handshake)."""
 
     url: str
+    context: ssl.SSLContext | None = None
     ok: int = 0
     failures: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -108,7 +145,7 @@ class Traffic:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:
+                with urllib.request.urlopen(self.url, timeout=5, context=self.context) as response:
                     response.read()
                 self.ok += 1
             except OSError as exc:
@@ -129,7 +166,8 @@ def release(provider: Provider) -> Iterator[Release]:
     provider.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=_manifest("workloads.yaml", provider))
     provider.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=_manifest("resources.yaml", provider))
     proxy_url = provider.service_url(NAMESPACE, "whm-ha-proxy", 80)
-    deployed = Release(provider=provider, proxy_url=proxy_url, install_seconds=install_seconds)
+    https_url, tls_context = serve_https(provider)
+    deployed = Release(provider, proxy_url, install_seconds, https_url, tls_context)
     wait_until(
         "the cluster and the replication Healthy",
         deployed.healthy,
@@ -139,6 +177,7 @@ def release(provider: Provider) -> Iterator[Release]:
     )
     for component in ("operator", "proxy", "shim"):
         provider.kubectl("rollout", "status", "-n", NAMESPACE, f"deploy/whm-ha-{component}", "--timeout=120s")
+    wait_until("the proxy serving the Secret's certificate", lambda: _answers(https_url, tls_context), timeout=60)
     deployed.install_seconds = time.monotonic() - began
     provider.kubectl("rollout", "status", "-n", NAMESPACE, "deploy/writer", "--timeout=120s")
     yield deployed
@@ -170,17 +209,19 @@ def test_install_brings_up_every_component_under_its_probes(release: Release) ->
         assert len(ready) == replicas, f"{component}: {len(ready)} of {replicas} Ready"
     peers = _operator_peers(release)
     assert len(peers) == 2, peers
-    with Traffic(release.proxy_url) as traffic:
+    with Traffic(release.proxy_url) as traffic, Traffic(release.https_url, release.tls_context) as https:
         wait_until("GETs through the proxy's Service", lambda: traffic.ok >= 20, timeout=30)
+        wait_until("HTTPS GETs through it, verified against the test CA", lambda: https.ok >= 20, timeout=30)
     assert not traffic.failures
+    assert not https.failures, https.failures[:5]
 
 
 def test_the_primary_node_pod_deleted_fails_over_without_a_failed_get(release: Release) -> None:
     cluster = release.status("whmcluster", "whm")
     primary = str(cluster["primaryNode"])
     pod = str(release.get("whmnode", primary)["spec"]["podRef"]["name"])  # type: ignore[index]
-    with Traffic(release.proxy_url) as traffic:
-        wait_until("traffic", lambda: traffic.ok >= 10, timeout=30)
+    with Traffic(release.proxy_url) as traffic, Traffic(release.https_url, release.tls_context) as https:
+        wait_until("traffic", lambda: traffic.ok >= 10 and https.ok >= 10, timeout=30)
         began = time.monotonic()
         release.provider.kubectl("delete", "pod", "-n", NAMESPACE, pod, "--wait=false")
         took = wait_until(
@@ -191,8 +232,10 @@ def test_the_primary_node_pod_deleted_fails_over_without_a_failed_get(release: R
         print(f"primary node {primary} (pod deleted) replaced after {took:.1f}s")
         wait_until("the replacement pod discovered and Healthy", lambda: _nodes_healthy(release, 3), timeout=120)
     print(f"GETs during the failover: {traffic.ok} ok, {len(traffic.failures)} failed")
+    print(f"HTTPS GETs (a handshake each) during the failover: {https.ok} ok, {len(https.failures)} failed")
     assert took <= NODE_FAILOVER_BOUND + 2, "a deleted pod is gone at once: the bound plus the API's delay"
     assert not traffic.failures, traffic.failures[:5]
+    assert not https.failures, https.failures[:5]
     assert time.monotonic() - began < 180
 
 
@@ -428,9 +471,10 @@ def _call(url: str, token: str | None, body: dict[str, object] | None = None) ->
         return exc.code, json.loads(exc.read())
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
+    """Whether anything answers HTTP there (HTTPS: with a certificate ``context`` verifies)."""
     try:
-        with urllib.request.urlopen(url, timeout=2):
+        with urllib.request.urlopen(url, timeout=2, context=context):
             return True
     except urllib.error.HTTPError:
         return True
@@ -499,11 +543,12 @@ def test_the_pods_have_the_charts_service_accounts_and_nothing_else(release: Rel
 
 
 def test_helm_upgrade_and_rollback_roll_the_proxy_without_a_failed_get(release: Release) -> None:
+    """Over HTTP and HTTPS: a new proxy pod is Ready only once it serves the certificate."""
     provider = release.provider
     provider.retag_image("e2e-upgrade")
     chart = str(ROOT / "charts" / "whm-ha")
-    with Traffic(release.proxy_url) as traffic:
-        wait_until("traffic", lambda: traffic.ok >= 10, timeout=30)
+    with Traffic(release.proxy_url) as traffic, Traffic(release.https_url, release.tls_context) as https:
+        wait_until("traffic", lambda: traffic.ok >= 10 and https.ok >= 10, timeout=30)
         began = time.monotonic()
         provider.helm(
             *("upgrade", "whm-ha", chart, "-n", NAMESPACE, "--reuse-values"),
@@ -516,11 +561,13 @@ def test_helm_upgrade_and_rollback_roll_the_proxy_without_a_failed_get(release: 
         began = time.monotonic()
         provider.helm("rollback", "whm-ha", "1", "-n", NAMESPACE, "--wait", "--timeout=300s")
         rolled_back = time.monotonic() - began
-        wait_until("GETs after the rollback", lambda: traffic.ok >= 50, timeout=30)
+        wait_until("GETs after the rollback", lambda: traffic.ok >= 50 and https.ok >= 50, timeout=30)
     print(
-        f"upgrade {upgraded:.1f}s, rollback {rolled_back:.1f}s; GETs: {traffic.ok} ok, {len(traffic.failures)} failed"
+        f"upgrade {upgraded:.1f}s, rollback {rolled_back:.1f}s; GETs: {traffic.ok} ok, {len(traffic.failures)} failed;"
+        f" HTTPS: {https.ok} ok, {len(https.failures)} failed"
     )
     assert not traffic.failures, traffic.failures[:5]
+    assert not https.failures, https.failures[:5]
     proxies = [p for p in release.pods("app.kubernetes.io/component=proxy") if not _terminating(p)]
     images = {p["spec"]["containers"][0]["image"] for p in proxies}  # type: ignore[index]
     assert images == {provider.image}

@@ -57,17 +57,17 @@ def test_certificates_verify_against_the_demo_ca(tmp_path: Path, server_name: st
         assert {value for _, value in names} == {"127.0.0.1", "localhost"}
 
 
-def test_secrets_are_kubernetes_tls_secrets_of_the_same_files(tmp_path: Path) -> None:
+def test_secrets_and_server_files_carry_the_same_certificates(tmp_path: Path) -> None:
     made = make_certificates(tmp_path, ("whm-shim-tls",))
-    (secret,) = made.secrets()
+    issued = made.issued["whm-shim-tls"]
+    secret = issued.secret(made.ca)
     assert secret["type"] == "kubernetes.io/tls" and secret["metadata"]["name"] == "whm-shim-tls"
     decoded = {name: base64.b64decode(value) for name, value in secret["data"].items()}
-    issued = made.issued["whm-shim-tls"]
-    assert decoded == {
-        "tls.crt": issued.cert.read_bytes(),
-        "tls.key": issued.key.read_bytes(),
-        "ca.crt": made.ca.read_bytes(),
-    }
+    cert, key, ca = issued.cert.read_bytes(), issued.key.read_bytes(), made.ca.read_bytes()
+    assert decoded == {"tls.crt": cert, "tls.key": key, "ca.crt": ca}
+    assert {k: base64.b64decode(v) for k, v in made.ca_secret("db-ca")["data"].items()} == {"ca.crt": ca}
+    served = issued.server_tls(made.ca)
+    assert (served.ca, served.cert, served.key) == (ca.decode(), cert.decode(), key.decode())
 
 
 def test_another_ca_does_not_verify_them(tmp_path: Path) -> None:

@@ -45,6 +45,8 @@ class ProxyOptions:
     tls_handshake_timeout: float = 10.0
     listen_passthrough: tuple[str, int] | None = None
     """L4 TLS passthrough address (``spec.loadBalancer.passthrough``); None: no such listener."""
+    passthrough_idle_timeout: float = 600.0
+    """Seconds a spliced passthrough connection may pass no byte either way before both sides are closed."""
 
     @property
     def worker_count(self) -> int:
@@ -137,6 +139,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="L4 TLS passthrough address: TLS connections spliced unread to the nodes' TLS port, sticky by client "
         "address, when the WHMCluster's spec.loadBalancer.passthrough.enabled (default: none) [stream ssl_preread]",
+    )
+    add(
+        "--passthrough-idle-timeout",
+        type=seconds,
+        default=600.0,
+        help="seconds a spliced passthrough connection may pass no byte either way, then both sides are closed "
+        "(default 600) [stream proxy_timeout]",
     )
     add(
         "--admin",

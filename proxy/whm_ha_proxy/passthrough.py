@@ -4,7 +4,8 @@ The proxy reads the client's ClientHello (bounded, within the client header time
 connection), learns the server name it asks for, picks a node with the worker's balancer (the routable nodes,
 passive ejection), sticky by client address (``Balancer.pick_affine``), connects to it on the cluster's
 ``passthrough.nodePort`` and from then on copies bytes both ways, with flow control on each side and half-closes
-passed on. A node that leaves the rotation gets no new connections; connections already spliced stay.
+passed on, until neither side has sent a byte for the idle timeout (nginx's ``proxy_timeout``). A node that leaves
+the rotation gets no new connections; connections already spliced stay.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ log = logging.getLogger("whm_ha_proxy.passthrough")
 class PassthroughServer(Listener["ClientSide"]):
     """The protocol factory of the passthrough listener; spliced connections are busy for a drain."""
 
-    def __init__(self, forwarder: Forwarder, limits: ClientLimits, connect_timeout: float) -> None:
+    def __init__(self, forwarder: Forwarder, limits: ClientLimits, connect_timeout: float, idle_timeout: float) -> None:
         super().__init__(limits)
         self.forwarder = forwarder
         self.connect_timeout = connect_timeout
-        self.counters = {"accepted": 0, "spliced": 0, "refused": 0, "unrouted": 0}
+        self.idle_timeout = idle_timeout
+        self.counters = {"accepted": 0, "spliced": 0, "refused": 0, "unrouted": 0, "idle": 0}
         """accepted: connections taken (not counting those over the connection limit); spliced: joined to a node;
-        refused: closed for what the client sent; unrouted: no node could take them."""
+        refused: closed for what the client sent; unrouted: no node could take them; idle: spliced ones closed
+        after the idle timeout with no byte either way."""
 
     def __call__(self) -> ClientSide:
         return ClientSide(self)
@@ -52,6 +55,8 @@ class ClientSide(asyncio.Protocol):
         self._connecting: asyncio.Task[None] | None = None
         self._closed = False
         self._eofs = 0
+        self.last_traffic = 0.0
+        """The loop time of the splice's last byte, either way."""
 
     @property
     def busy(self) -> bool:
@@ -71,6 +76,7 @@ class ClientSide(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.node is not None:
+            self.last_traffic = self.server.loop.time()
             self.node.write(data)
             return
         self._buffer += data  # bounded: read_client_hello refuses more than a ClientHello's records
@@ -147,6 +153,26 @@ class ClientSide(asyncio.Protocol):
         if self.node is None and self._connecting is None:
             self._refuse("no ClientHello in time")
 
+    def _idle_check(self) -> None:
+        """Close both sides once no byte has passed either way for the idle timeout, else look again then.
+
+        Traffic only stamps ``last_traffic``: one timer per idle period, not one rescheduled per read."""
+        server = self.server
+        due = self.last_traffic + server.idle_timeout
+        now = server.loop.time()
+        if now < due:
+            self._timer = server.loop.call_at(due, self._idle_check)
+            return
+        server.counters["idle"] += 1
+        log.debug("passthrough: %s idle for %.0f s, closing", self.peer, server.idle_timeout)
+        # Aborted, not closed: a side that stopped reading leaves bytes in its transport's buffer that close()
+        # would wait for forever, holding the slot the timeout is there to free.
+        self._closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        if self.node is not None:
+            self.node.abort()
+
     async def _connect(self) -> None:
         """Splice the connection to a node, trying others (as many as the cluster's retries) when one refuses."""
         server = self.server
@@ -189,6 +215,8 @@ class ClientSide(asyncio.Protocol):
         self.backend = backend
         self.node = transport
         server.counters["spliced"] += 1
+        self.last_traffic = server.loop.time()
+        self._timer = server.loop.call_at(self.last_traffic + server.idle_timeout, self._idle_check)
         log.debug("passthrough: %s to %s (SNI %s)", self.peer, backend.name, self.server_name)
         buffered, self._buffer = self._buffer, b""
         self.node.write(buffered)
@@ -204,6 +232,7 @@ class NodeSide(asyncio.Protocol):
         self.client = client
 
     def data_received(self, data: bytes) -> None:
+        self.client.last_traffic = self.client.server.loop.time()
         if self.client.transport is not None:
             self.client.transport.write(data)
 

@@ -58,7 +58,9 @@ async def serve(options: ProxyOptions, channel_fd: int) -> None:
     certificates = CertificateStore()
     passthrough = None
     if options.listen_passthrough is not None:
-        passthrough = PassthroughServer(forwarder, options.limits, options.connect_timeout)
+        passthrough = PassthroughServer(
+            forwarder, options.limits, options.connect_timeout, options.passthrough_idle_timeout
+        )
     listeners: list[asyncio.Server] = []
 
     def configure(config: ProxyConfig | None) -> None:

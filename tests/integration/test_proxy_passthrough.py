@@ -215,3 +215,78 @@ def test_a_spliced_connection_finishes_during_a_drain(passthrough: StartRig, tls
         tls.sendall(b"after SIGTERM")
         assert tls.recv(100) == b"after SIGTERM"
     assert proxy.process.wait(20) == 0
+
+
+def test_a_silent_splice_is_closed_on_both_sides_at_the_idle_timeout(passthrough: StartRig) -> None:
+    node_closed: list[float] = []
+
+    def serve(sock: socket.socket) -> None:
+        with sock:
+            sock.settimeout(30)
+            while sock.recv(65536):  # the ClientHello, then nothing
+                pass
+            node_closed.append(time.monotonic())
+
+    node_listener = socket.create_server(("127.0.0.1", 0))
+    serve_connections(node_listener, serve)
+    try:
+        proxy, port, _ = passthrough(
+            [Endpoint("silent", node_listener.getsockname()[1])], "--passthrough-idle-timeout=1"
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(client_hello(SERVER_NAME))
+            started = time.monotonic()
+            assert sock.recv(100) == b"", "the proxy closed the client's side"
+            client_closed = time.monotonic() - started
+        wait_for(lambda: node_closed, 10, "the node's side closed")
+    finally:
+        node_listener.close()
+    assert 0.9 < client_closed < 3, client_closed
+    assert node_closed[0] - started < 3
+    passed = proxy.stats()["passthrough"]
+    assert passed["spliced"] == 1 and passed["idle"] == 1
+
+
+def keep_talking(sock: socket.socket, talks: bool, until: Callable[[], bool]) -> bool:
+    """Read (and send a byte every 0.25 s if ``talks``) until ``until()``; False if the peer closed before."""
+    sock.settimeout(0.25)
+    while not until():
+        try:
+            if not sock.recv(65536):
+                return until()
+        except TimeoutError:
+            pass
+        if talks:
+            sock.sendall(b"x")
+    return True
+
+
+def for_seconds(seconds: float) -> Callable[[], bool]:
+    deadline = time.monotonic() + seconds
+    return lambda: time.monotonic() >= deadline
+
+
+@pytest.mark.parametrize("talking", ["both", "client", "node"])
+def test_a_splice_with_traffic_outlasts_the_idle_timeout(passthrough: StartRig, talking: str) -> None:
+    """Bytes every 0.25 s, one way or both, keep a splice with a 1 s idle timeout open for 3.5 s."""
+    node_lasted: list[bool] = []
+
+    def serve(sock: socket.socket) -> None:
+        with sock:
+            node_lasted.append(keep_talking(sock, talking in ("both", "node"), for_seconds(3.5)))
+
+    node_listener = socket.create_server(("127.0.0.1", 0))
+    serve_connections(node_listener, serve)
+    try:
+        proxy, port, _ = passthrough(
+            [Endpoint("chatty", node_listener.getsockname()[1])], "--passthrough-idle-timeout=1"
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(client_hello(SERVER_NAME))
+            # Until the node is done (or 10 s), so that the client's side is never the one that fell silent first.
+            give_up = for_seconds(10)
+            client_lasted = keep_talking(sock, talking in ("both", "client"), lambda: bool(node_lasted) or give_up())
+    finally:
+        node_listener.close()
+    assert node_lasted == [True] and client_lasted, "the splice was cut"
+    assert proxy.stats()["passthrough"]["idle"] == 0

@@ -4,6 +4,7 @@ each other."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from whm_ha.crd.generate import resource_schema
 from whm_ha.crd.resources import ALL
 from whm_ha.crd.validation import admit, unknown_fields
 from whm_ha.crd.validation import validate as validate_against
+from whm_ha_proxy.options import ProxyOptions, add_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "whm-ha"
@@ -101,6 +103,7 @@ VALUE_SETS = {
         "proxy": {"tls": {"enabled": True, "port": 9443, "service": {"port": 8443}}},
         "shim": {"tls": {"enabled": True, "secretName": "legacy-api-tls", "keepHttp": True}},
     },
+    "passthrough": {"proxy": {"passthrough": {"enabled": True}, "tls": {"enabled": True}}},
 }
 
 
@@ -299,6 +302,63 @@ def test_tls_values_refuse_a_listener_without_a_certificate() -> None:
     with pytest.raises(helm.HelmError) as refused:
         render({"shim": {"tls": {"enabled": True}}})
     assert "shim.tls.secretName" in str(refused.value)
+
+
+def proxy_options(docs: list[dict[str, Any]]) -> ProxyOptions:
+    """The proxy container's arguments as the proxy itself parses them."""
+    (proxy,) = (c for c in _containers(docs) if c["name"] == "proxy")
+    assert proxy["args"][0] == "proxy"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return ProxyOptions.from_args(parser.parse_args(proxy["args"][1:]))
+
+
+def _open_ports(docs: list[dict[str, Any]]) -> set[int]:
+    (policy,) = (d for d in docs if d["kind"] == "NetworkPolicy")
+    return {p["port"] for p in policy["spec"]["ingress"][0]["ports"]}
+
+
+def test_passthrough_value_opens_the_passthrough_listener() -> None:
+    """proxy.passthrough adds --listen-passthrough and its idle timeout (as the proxy parses them) beside the
+    other listeners, a port on the pod, the Service and the NetworkPolicy; off (the default), none of them."""
+    plain = render({})
+    assert proxy_options(plain).listen_passthrough is None
+    assert "passthrough" not in _ports(plain, "Deployment", "whm-ha-proxy")
+    assert "passthrough" not in _ports(plain, "Service", "whm-ha-proxy")
+    assert 2087 not in _open_ports(plain)
+
+    docs = render(VALUE_SETS["passthrough"])
+    options = proxy_options(docs)
+    assert options.listen_passthrough == ("0.0.0.0", 2087) and options.passthrough_idle_timeout == 600
+    assert (options.listen, options.listen_tls) == (("0.0.0.0", 8080), ("0.0.0.0", 8443)), "beside the others"
+    assert _ports(docs, "Deployment", "whm-ha-proxy") == {
+        "http": 8080,
+        "https": 8443,
+        "admin": 8081,
+        "passthrough": 2087,
+    }
+    assert _ports(docs, "Service", "whm-ha-proxy") == {"http": 80, "https": 443, "passthrough": 2087}
+    assert _open_ports(docs) == {8080, 8443, 4000, 2087}
+
+    custom = {"enabled": True, "port": 9444, "service": {"port": 443}, "idleTimeoutSeconds": 2.5}
+    docs = render({"proxy": {"passthrough": custom}})
+    options = proxy_options(docs)
+    assert options.listen_passthrough == ("0.0.0.0", 9444) and options.passthrough_idle_timeout == 2.5
+    assert _ports(docs, "Deployment", "whm-ha-proxy")["passthrough"] == 9444
+    assert _ports(docs, "Service", "whm-ha-proxy") == {"http": 80, "passthrough": 443}
+    assert 9444 in _open_ports(docs)
+    unguarded = render({**VALUE_SETS["passthrough"], "networkPolicy": {"enabled": False}})
+    assert not any(d["kind"] == "NetworkPolicy" for d in unguarded)
+
+    with helm.Chart.load(str(CHART)) as chart:
+        for bad, words in (
+            ({"idleTimeoutSeconds": 0}, "idleTimeoutSeconds"),
+            ({"port": 0}, "port"),
+            ({"nodePort": 2087}, "nodePort"),
+        ):
+            with pytest.raises(helm.HelmError) as refused:
+                chart.validate_schema({"proxy": {"passthrough": bad}})
+            assert words in str(refused.value), str(refused.value)
 
 
 def test_chart_crds_are_the_generated_ones() -> None:

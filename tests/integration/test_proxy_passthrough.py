@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -245,6 +246,33 @@ def test_a_silent_splice_is_closed_on_both_sides_at_the_idle_timeout(passthrough
     assert node_closed[0] - started < 3
     passed = proxy.stats()["passthrough"]
     assert passed["spliced"] == 1 and passed["idle"] == 1
+
+
+def test_an_idle_splice_whose_sides_stopped_reading_is_freed(passthrough: StartRig) -> None:
+    """Neither side reads, so the proxy holds bytes it cannot deliver: the idle timeout still frees the splice
+    (the node's active connection count goes back to 0) while both peers stay open and silent."""
+    node_done = threading.Event()
+
+    def serve(sock: socket.socket) -> None:
+        with sock:
+            sock.recv(65536)  # the ClientHello
+            flood(sock, 1)
+            node_done.wait(30)
+
+    node_listener = socket.create_server(("127.0.0.1", 0))
+    serve_connections(node_listener, serve)
+    try:
+        proxy, port, _ = passthrough(
+            [Endpoint("stuck", node_listener.getsockname()[1])], "--passthrough-idle-timeout=1"
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(client_hello(SERVER_NAME))
+            flood(sock, 1)
+            wait_for(lambda: proxy.stats()["passthrough"].get("idle") == 1, 10, "the idle timeout")
+            wait_for(lambda: proxy.stats()["nodes"]["stuck"]["active"] == 0, 5, "the splice freed")
+    finally:
+        node_done.set()
+        node_listener.close()
 
 
 def keep_talking(sock: socket.socket, talks: bool, until: Callable[[], bool]) -> bool:

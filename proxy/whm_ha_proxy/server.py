@@ -783,6 +783,8 @@ class Listener(Generic[C]):
         self.loop = asyncio.get_running_loop()
         self.limits = limits
         self.connections: set[C] = set()
+        self.handshakes: set[C] = set()
+        """Connections to a TLS listener whose handshake is in progress: they count against the bound too."""
         self.draining = False
         self.refused_connections = 0
         self._at_limit = False
@@ -790,7 +792,30 @@ class Listener(Generic[C]):
 
     def admit(self, connection: C) -> bool:
         """Count a new connection in, or refuse it when the worker is at its bound (logged once per episode)."""
-        if len(self.connections) >= self.limits.max_connections:
+        if connection in self.handshakes:  # counted in since its accept: its handshake is done
+            self.handshakes.discard(connection)
+        elif not self._room():
+            return False
+        self.connections.add(connection)
+        return True
+
+    def admit_handshake(self, connection: C) -> bool:
+        """Count in a connection whose TLS handshake is starting (until it is admitted or ``end_handshake``), or
+        refuse it as ``admit`` does."""
+        if not self._room():
+            return False
+        self.handshakes.add(connection)
+        return True
+
+    def end_handshake(self, connection: C) -> None:
+        """The handshake of ``connection`` is over: its slot is given back unless it was admitted."""
+        if connection in self.handshakes:
+            self.handshakes.discard(connection)
+            self.forget(connection)
+
+    def _room(self) -> bool:
+        """Whether one more connection fits in the worker's bound; counts and logs a refusal when not."""
+        if len(self.connections) + len(self.handshakes) >= self.limits.max_connections:
             self.refused_connections += 1
             if not self._at_limit:
                 self._at_limit = True
@@ -799,12 +824,11 @@ class Listener(Generic[C]):
                     self.limits.max_connections,
                 )
             return False
-        self.connections.add(connection)
         return True
 
     def forget(self, connection: C) -> None:
         self.connections.discard(connection)
-        if self._at_limit and len(self.connections) < self.limits.max_connections * 0.9:
+        if self._at_limit and len(self.connections) + len(self.handshakes) < self.limits.max_connections * 0.9:
             self._at_limit = False
         if self.draining and not self.connections:
             self._drained.set()

@@ -29,6 +29,7 @@ from .channel import Channel
 from .client_address import EDGE, Addressing
 from .config import ProxyConfig
 from .forward import Forwarder
+from .handshake import TLSListener
 from .options import ProxyOptions
 from .passthrough import PassthroughServer
 from .server import Server
@@ -61,7 +62,7 @@ async def serve(options: ProxyOptions, channel_fd: int) -> None:
         passthrough = PassthroughServer(
             forwarder, options.limits, options.connect_timeout, options.passthrough_idle_timeout
         )
-    listeners: list[asyncio.Server] = []
+    listeners: list[asyncio.Server | TLSListener] = []
 
     def configure(config: ProxyConfig | None) -> None:
         forwarder.configure(config)
@@ -78,14 +79,11 @@ async def serve(options: ProxyOptions, channel_fd: int) -> None:
         if not listeners:
             listeners.append(await loop.create_server(server, sock=listen_socket(*options.listen), backlog=4096))
             if options.listen_tls is not None:
-                tls = await loop.create_server(
-                    server,
-                    sock=listen_socket(*options.listen_tls),
-                    backlog=4096,
-                    ssl=certificates.context,
-                    ssl_handshake_timeout=options.tls_handshake_timeout,
+                listeners.append(
+                    TLSListener(
+                        server, listen_socket(*options.listen_tls), certificates.context, options.tls_handshake_timeout
+                    )
                 )
-                listeners.append(tls)
             if passthrough is not None and options.listen_passthrough is not None:
                 sock = listen_socket(*options.listen_passthrough)
                 listeners.append(await loop.create_server(passthrough, sock=sock, backlog=4096))

@@ -768,3 +768,68 @@ def test_an_oversized_client_hello_is_refused(tls: TLSRig) -> None:
         waited = closed_within(sock, HANDSHAKE_TIMEOUT + 3)
     assert waited < HANDSHAKE_TIMEOUT / 2, f"closed after {waited:.2f}s: the proxy waited for more"
     good_https_request(tls)
+
+
+def test_handshakes_in_progress_count_against_the_connection_bound(sandbox_api: SandboxProcess, tmp_path: Path) -> None:
+    """With --max-connections=50 and a long handshake timeout, 400 connections stuck half-way through a ClientHello:
+    the first 50 hold the worker's slots (nginx counts them in worker_connections), the other 350 are closed at once
+    instead of each holding a handshake's ~57 KB until its timeout; the worker grows by well under 100 KB per slot.
+    Once the stuck ones leave, a good client is served."""
+    ca = trustme.CA()
+    rig, _ = start_rig(sandbox_api, tmp_path, "--max-connections=50", "--tls-handshake-timeout=60", ca=ca)
+    tls = TLSRig(rig, ca)
+    hello = client_hello()
+    socks: list[socket.socket] = []
+    try:
+        good_https_request(tls)  # warm: the worker's steady memory includes one served handshake
+        baseline = worker_rss(rig.proxy)
+        reset_at_connect = 0
+        for _ in range(400):
+            try:
+                sock = socket.create_connection(("127.0.0.1", tls.port), timeout=5)
+            except ConnectionResetError:  # refused so fast that the reset came before connect() returned
+                reset_at_connect += 1
+                continue
+            socks.append(sock)
+            with contextlib.suppress(OSError):  # one already closed by the proxy may refuse the bytes
+                sock.sendall(hello[: len(hello) // 2])
+
+        def closed(sock: socket.socket) -> bool:
+            sock.settimeout(0.001)
+            try:
+                return sock.recv(65536) == b""
+            except TimeoutError:
+                return False
+            except ConnectionResetError:
+                return True
+
+        # Each is closed by the proxy right after its accept; 5 s bounds a loaded machine's scheduling.
+        wait_for(
+            lambda: reset_at_connect + sum(closed(sock) for sock in socks) >= 350,
+            5,
+            "350 connections beyond the bound closed",
+        )
+        grown = worker_rss(rig.proxy) - baseline
+        print(f"400 stuck handshakes, 50 slots: the worker grew by {grown / (1 << 20):.1f} MB")
+        assert grown < 50 * 100_000 + 2 * (1 << 20), f"the worker grew by {grown / (1 << 20):.1f} MB"
+        held = [sock for sock in socks if not closed(sock)]
+        assert len(held) == 50
+        for sock in held:
+            sock.close()
+        wait_for(lambda: good_request_served(tls), 10, "a good client served once the slots are free")
+        assert rig.proxy.log_text().count("client connection limit reached") == 1
+    finally:
+        for sock in socks:
+            sock.close()
+        rig.proxy.stop()
+        rig.node.stop()
+    assert "Traceback" not in rig.proxy.log_text(), rig.proxy.log_text()[-5000:]
+
+
+def good_request_served(tls: TLSRig) -> bool:
+    """Whether a good HTTPS client is served now (False when its connection is refused)."""
+    try:
+        good_https_request(tls)
+    except (OSError, ssl.SSLError):
+        return False
+    return True

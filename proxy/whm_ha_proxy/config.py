@@ -3,11 +3,11 @@
 ``ConfigWatcher`` lists both kinds, then watches each from the list's resourceVersion (the operator's
 ``relisting`` loop and ``follow`` watch); with ``spec.nodeTLS`` enabled, likewise the one Secret its caSecret
 names (a field selector on its name), so that a rotated CA reaches the workers as a cluster change does; with an
-HTTPS listener, the namespace's Secrets too (the certificates ``loadBalancer.tls`` names, each kept at its last
-good value while its Secret is missing or broken).
+HTTPS listener, likewise each Secret ``loadBalancer.tls`` names (its certificate kept at its last good value while
+the Secret is missing or broken), and no other: the proxy never reads the private keys of Secrets it does not serve.
 It lists again on 410 Gone, after API errors (with a growing backoff, so an API server restart is survived),
 every ``resync`` seconds, when the cluster's ``ha.whm.io/reload`` annotation takes a new value or its CA Secret
-another name, and when ``reload()`` is called.
+or certificate Secrets other names, and when ``reload()`` is called.
 """
 
 from __future__ import annotations
@@ -138,6 +138,13 @@ def load_balancer(cluster: Obj) -> LoadBalancer:
     return LoadBalancer.model_validate(cluster.get("spec", {}).get("loadBalancer", {}))
 
 
+def certificate_secret_names(cluster: Obj | None) -> tuple[str, ...]:
+    """The Secrets whose certificates the HTTPS listener serves, in the cluster's order (the first the default)."""
+    if cluster is None:
+        return ()
+    return tuple(reference.secret_name for reference in load_balancer(cluster).tls.certificates)
+
+
 def build_config(
     cluster: Obj | None,
     nodes: list[Obj],
@@ -202,8 +209,10 @@ class ConfigWatcher:
     _ca_name: str | None = None
     """The nodeTLS CA Secret watched (None: none)."""
     _ca_secret: Obj | None = None
+    _certificate_names: tuple[str, ...] = ()
+    """With ``https``, the certificate Secrets the cluster names, each listed and watched by name."""
     _secrets: dict[str, Obj] = field(default_factory=dict)
-    """With ``https``, the namespace's Secrets (of other types than kubernetes.io/tls, only what says so)."""
+    """Those of them that exist (of other types than kubernetes.io/tls, only what says so)."""
     _certificates: SecretCertificates = field(default_factory=SecretCertificates)
     certificate_problems: dict[str, str] = field(default_factory=dict)
     """What is wrong with each certificate Secret the cluster names, by Secret."""
@@ -225,14 +234,22 @@ class ConfigWatcher:
         await asyncio.wait_for(self._listed.wait(), timeout)
         return self.config
 
-    async def _list(self) -> tuple[str, str, str | None, str | None]:
+    async def _list(self) -> tuple[str, str, str | None, tuple[tuple[str, str], ...]]:
         self._wake.clear()
-        kinds = (WHMCLUSTERS, WHMNODES, SECRETS) if self.https else (WHMCLUSTERS, WHMNODES)
-        clusters, nodes, *all_secrets = await asyncio.gather(
-            *(self.client.list(kind, self.namespace) for kind in kinds)
+        clusters, nodes = await asyncio.gather(
+            *(self.client.list(kind, self.namespace) for kind in (WHMCLUSTERS, WHMNODES))
         )
-        self._secrets = {s["metadata"]["name"]: _certificate_part(s) for listed in all_secrets for s in listed["items"]}
         self._cluster_obj = next((c for c in clusters["items"] if c["metadata"]["name"] == self.cluster), None)
+        self._certificate_names = certificate_secret_names(self._cluster_obj) if self.https else ()
+        listed_certificates = await asyncio.gather(
+            *(
+                self.client.list(SECRETS, self.namespace, field_selector=f"metadata.name={name}")
+                for name in self._certificate_names
+            )
+        )
+        self._secrets = {
+            s["metadata"]["name"]: _certificate_part(s) for listed in listed_certificates for s in listed["items"]
+        }
         self._reload_value = _reload_value(self._cluster_obj)
         self._nodes = {n["metadata"]["name"]: n for n in nodes["items"] if self._mine(n)}
         self._ca_name = ca_secret_name(self._cluster_obj)
@@ -247,26 +264,29 @@ class ConfigWatcher:
         self.loaded = True
         self._publish(always=first)
         self._listed.set()
-        certificates_version = all_secrets[0]["metadata"]["resourceVersion"] if all_secrets else None
+        certificate_versions = tuple(
+            (name, str(listed["metadata"]["resourceVersion"]))
+            for name, listed in zip(self._certificate_names, listed_certificates, strict=True)
+        )
         return (
             clusters["metadata"]["resourceVersion"],
             nodes["metadata"]["resourceVersion"],
             secrets_version,
-            certificates_version,
+            certificate_versions,
         )
 
-    async def _watch(self, versions: tuple[str, str, str | None, str | None]) -> None:
-        """Watch both kinds (and the CA Secret, and with ``https`` every Secret) until a re-list is due; raises what
-        ended a watch abnormally."""
-        clusters_version, nodes_version, secrets_version, certificates_version = versions
+    async def _watch(self, versions: tuple[str, str, str | None, tuple[tuple[str, str], ...]]) -> None:
+        """Watch both kinds (and the CA Secret, and with ``https`` each certificate Secret) until a re-list is due;
+        raises what ended a watch abnormally."""
+        clusters_version, nodes_version, secrets_version, certificate_versions = versions
         watches = [
             (WHMCLUSTERS, clusters_version, self._on_cluster, ""),
             (WHMNODES, nodes_version, self._on_node, ""),
         ]
         if secrets_version is not None:
             watches.append((SECRETS, secrets_version, self._on_ca_secret, f"metadata.name={self._ca_name}"))
-        if certificates_version is not None:
-            watches.append((SECRETS, certificates_version, self._on_secret, ""))
+        for name, version in certificate_versions:
+            watches.append((SECRETS, version, self._on_secret, f"metadata.name={name}"))
         tasks: list[asyncio.Task[Any]] = [
             asyncio.create_task(
                 follow(self.client, kind, self.namespace, version, apply, seconds=WATCH_SECONDS, field_selector=fields)
@@ -293,8 +313,10 @@ class ConfigWatcher:
             log.info("reload requested by annotation %s", RELOAD)
             self.reloads += 1
             raise _Relist
-        if ca_secret_name(self._cluster_obj) != self._ca_name:
-            raise _Relist  # another CA Secret to read and watch
+        if ca_secret_name(self._cluster_obj) != self._ca_name or (
+            self.https and certificate_secret_names(self._cluster_obj) != self._certificate_names
+        ):
+            raise _Relist  # another CA Secret, or other certificate Secrets, to read and watch
         self._publish()
 
     def _on_ca_secret(self, kind: str, obj: Obj) -> None:
@@ -303,6 +325,8 @@ class ConfigWatcher:
 
     def _on_secret(self, kind: str, obj: Obj) -> None:
         name = obj["metadata"]["name"]
+        if name not in self._certificate_names:  # the watches ask for these only; anything else is not kept
+            return
         if kind == "DELETED":
             self._secrets.pop(name, None)
         else:
@@ -335,11 +359,7 @@ class ConfigWatcher:
 
     def _serve_certificates(self) -> tuple[Certificate, ...]:
         """The certificates of the Secrets the cluster names (logging each problem once, as it appears)."""
-        names = (
-            [reference.secret_name for reference in load_balancer(self._cluster_obj).tls.certificates]
-            if self._cluster_obj is not None
-            else []
-        )
+        names = self._certificate_names
         served = self._certificates.update(names, self._secrets)
         for name, problem in served.problems.items():
             if self.certificate_problems.get(name) != problem:

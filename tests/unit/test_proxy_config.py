@@ -115,6 +115,8 @@ class FakeClient:
         self.lists = 0
         self.list_errors: list[Exception] = []
         self.field_selectors: list[str] = []
+        self.requests: list[tuple[str, str, str]] = []
+        """Every list and watch asked for: (verb, plural, field selector)."""
         self.after_list: Any = None
         """Called with the plural after each list has taken its items (to change what the next list finds)."""
 
@@ -124,6 +126,7 @@ class FakeClient:
         if self.list_errors:
             raise self.list_errors.pop(0)
         self.lists += 1
+        self.requests.append(("list", resource.plural, field_selector))
         items = self.objects[resource.plural]
         if field_selector:
             self.field_selectors.append(field_selector)
@@ -142,6 +145,7 @@ class FakeClient:
         field_selector: str = "",
         timeout: int = 60,
     ) -> AsyncIterator[dict[str, Any]]:
+        self.requests.append(("watch", resource.plural, field_selector))
         script = self.watches[resource.plural]
         if not script:
             await asyncio.sleep(3600)
@@ -304,3 +308,59 @@ async def test_another_ca_secret_name_lists_again() -> None:
     await run_until(watcher, lambda: len(seen) == 2)
     assert fake.field_selectors == ["metadata.name=old-ca", "metadata.name=new-ca"]
     assert [c.tls.ca_pem if c and c.tls else None for c in seen] == [PEM_A, PEM_B]
+
+
+def tls_secret_object(name: str, version: str = "1") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "resourceVersion": version},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
+    }
+
+
+def https_cluster(*names: str) -> dict[str, Any]:
+    obj = cluster()
+    obj["spec"]["loadBalancer"] = {"tls": {"certificates": [{"secretName": name} for name in names]}}
+    return obj
+
+
+def secret_requests(fake: FakeClient) -> list[tuple[str, str]]:
+    return [(verb, fields) for verb, plural, fields in fake.requests if plural == "secrets"]
+
+
+async def test_only_the_certificate_secrets_the_cluster_names_are_read_and_kept() -> None:
+    """The HTTPS listener's certificates: the Secret the cluster names is listed and watched by name; another TLS
+    Secret in the namespace (a private key the proxy does not serve) is never asked for, and not kept even when an
+    event brings it."""
+    fake = FakeClient()
+    fake.objects["whmclusters"] = [https_cluster("panel")]
+    fake.objects["secrets"] = [tls_secret_object("panel"), tls_secret_object("unnamed")]
+    fake.watches["secrets"] = [[{"type": "MODIFIED", "object": tls_secret_object("unnamed", "2")}]]
+    watcher = ConfigWatcher(fake, "ns", "whm", lambda _: None, https=True)  # type: ignore[arg-type]
+    kept: list[set[str]] = []
+
+    def event_applied() -> bool:
+        kept.append(set(watcher._secrets))
+        return watcher.loaded and not fake.watches["secrets"]
+
+    await run_until(watcher, event_applied)
+    assert set(secret_requests(fake)) == {("list", "metadata.name=panel"), ("watch", "metadata.name=panel")}
+    assert all("unnamed" not in names for names in kept), kept
+    assert set(watcher._secrets) == {"panel"}
+
+
+async def test_naming_another_certificate_secret_lists_again_by_name() -> None:
+    fake = FakeClient()
+    renamed = https_cluster("panel", "shop")
+    fake.objects["whmclusters"] = [https_cluster("panel")]
+    fake.objects["secrets"] = [tls_secret_object("panel"), tls_secret_object("shop")]
+    fake.watches["whmclusters"] = [[{"type": "MODIFIED", "object": renamed}]]
+    fake.after_list = lambda plural: plural == "secrets" and fake.objects.update(whmclusters=[renamed])
+    watcher = ConfigWatcher(fake, "ns", "whm", lambda _: None, https=True)  # type: ignore[arg-type]
+    await run_until(watcher, lambda: watcher.lists >= 2 and len(watcher.served_certificates) == 0)
+    assert [fields for verb, fields in secret_requests(fake) if verb == "list"] == [
+        "metadata.name=panel",
+        "metadata.name=panel",
+        "metadata.name=shop",
+    ]
+    assert set(watcher._secrets) == {"panel", "shop"}

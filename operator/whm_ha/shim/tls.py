@@ -29,17 +29,21 @@ class SecretCertificate:
         self._certificates = SecretCertificates()
 
     async def run(self) -> None:
-        """List and watch the namespace's Secrets until cancelled."""
+        """List and watch the Secret, by name (no other Secret is read), until cancelled."""
         await relisting(f"TLS Secret {self.namespace}/{self.name}", self._list, self._watch)
 
+    @property
+    def _by_name(self) -> str:
+        return f"metadata.name={self.name}"
+
     async def _list(self) -> str:
-        listed = await self.client.list(SECRETS, self.namespace)
+        listed = await self.client.list(SECRETS, self.namespace, field_selector=self._by_name)
         self._secret = next((s for s in listed["items"] if s["metadata"]["name"] == self.name), None)
         self._apply()
         return str(listed["metadata"]["resourceVersion"])
 
     async def _watch(self, version: str) -> None:
-        await follow(self.client, SECRETS, self.namespace, version, self._on_event)
+        await follow(self.client, SECRETS, self.namespace, version, self._on_event, field_selector=self._by_name)
 
     def _on_event(self, kind: str, obj: Obj) -> None:
         if obj["metadata"]["name"] == self.name:

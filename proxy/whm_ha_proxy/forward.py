@@ -402,14 +402,18 @@ class Forwarder:
                 raise
         raise AssertionError("unreachable")
 
-    def account(self, backend: Backend, stats: NodeStats, response: Response, set_cookie: str | None) -> None:
-        """Count a node's answer for its health, and add the sticky cookie to it when it is due."""
+    def account(
+        self, backend: Backend, stats: NodeStats, response: Response, set_cookie: str | None, *, secure: bool
+    ) -> None:
+        """Count a node's answer for its health, and add the sticky cookie to it when it is due (``Secure`` when
+        the client is on TLS, so that the browser never sends it over plain HTTP)."""
         if response.status >= 500:
             self._failed(backend, stats)
         else:
             self.balancer.succeeded(backend)
         if set_cookie is not None:
-            response.fields += f"Set-Cookie: {set_cookie}={backend.name}; Path=/; HttpOnly; SameSite=Lax\r\n".encode()
+            attributes = "Path=/; HttpOnly; SameSite=Lax; Secure" if secure else "Path=/; HttpOnly; SameSite=Lax"
+            response.fields += f"Set-Cookie: {set_cookie}={backend.name}; {attributes}\r\n".encode()
 
     async def _relay(
         self,
@@ -424,7 +428,7 @@ class Forwarder:
     ) -> None:
         """Send the node's response to the client as it arrives."""
         status = response.status
-        self.account(backend, stats, response, set_cookie)
+        self.account(backend, stats, response, set_cookie, secure=request.downstream.tls)
         fields = response.fields
         length = response.length
         idle = self.timeouts.idle
@@ -526,7 +530,13 @@ class _Flight:
         backend = attempt.backend
         backend.active -= 1
         try:
-            forwarder.account(backend, attempt.stats, response, _cookie_due(self.config, self.sticky, backend))
+            forwarder.account(
+                backend,
+                attempt.stats,
+                response,
+                _cookie_due(self.config, self.sticky, backend),
+                secure=request.downstream.tls,
+            )
             if response.status in (204, 304):
                 request.respond_bodiless(response.status, response.reason, response.fields, None)
             else:

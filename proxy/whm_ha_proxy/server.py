@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ ALLOWED_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 VERSION_ERRORS = frozenset({"Invalid HTTP version", "Invalid major version", "Invalid minor version", "Expected dot"})
 """llhttp's reasons for a version it cannot parse (HTTP/1.2, HTTP/3): answered 505, not 400."""
+NODE_HSTS = re.compile(rb"^strict-transport-security:[^\r\n]*\r\n", re.IGNORECASE | re.MULTILINE)
+"""A Strict-Transport-Security line among a node's header lines."""
 POLICED_LENGTHS = frozenset({len(b"host"), len(b"content-length"), len(b"transfer-encoding")})
 UNKNOWN_ORIGIN = EDGE.origin("", https=False)
 """A connection's origin until it is accepted."""
@@ -248,8 +251,9 @@ class Request:
             framing += b"Connection: close\r\n"
         elif self.http10:
             framing += b"Connection: keep-alive\r\n"
-        if self.downstream.tls:
-            fields += self.downstream.server.hsts
+        if self.downstream.tls and (hsts := self.downstream.server.hsts):
+            # The cluster's policy replaces a node's own (browsers honour the first header, the node's).
+            fields = NODE_HSTS.sub(b"", fields) + hsts
         return b"HTTP/1.1 %d %s\r\n%s%s\r\n" % (status, reason, fields, framing)
 
 

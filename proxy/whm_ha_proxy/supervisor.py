@@ -78,7 +78,8 @@ class Supervisor:
 
     def readiness(self) -> tuple[bool, str]:
         """Ready once the configuration is loaded, a node is routable, a worker listens and every listening
-        worker has a routable node (workers apply a configuration a moment after the watch has it)."""
+        worker has a routable node (workers apply a configuration a moment after the watch has it) and, with an
+        HTTPS listener, a certificate to serve (without one every handshake is refused)."""
         if not self.watcher.loaded:
             return False, "configuration not loaded yet"
         if self.config is None:
@@ -90,6 +91,10 @@ class Supervisor:
             return False, "no worker listening yet"
         if not all(worker.applied is not None and worker.applied.routable for worker in listening):
             return False, "a worker has no routable node yet"
+        if self.options.listen_tls is not None and not all(
+            worker.applied is not None and worker.applied.certificates for worker in listening
+        ):
+            return False, "no TLS certificate served yet (see tls.problems in /stats)"
         return True, "ready"
 
     def send(self, worker: Worker, message: dict[str, Any]) -> tuple[int, asyncio.Future[dict[str, Any]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import re
 import subprocess
 import threading
 import time
@@ -116,6 +117,33 @@ def test_https_serves_by_sni_with_the_same_routing_and_hsts(rig: Rig) -> None:
     assert plain.status == 200 and "Strict-Transport-Security" not in plain.headers
 
 
+def test_the_clusters_hsts_replaces_a_nodes_own(rig: Rig) -> None:
+    """Browsers honour the first Strict-Transport-Security header: the cluster's replaces the one the node sends
+    (without a cluster policy, the node's passes as it is)."""
+    rig.put("panel", "panel.example")
+    wait_for(lambda: rig.curl("panel.example").returncode == 0, 10, "the certificate served")
+    answer = rig.curl("panel.example", "/hsts")
+    assert answer.stdout.startswith("HTTP/1.1 200"), answer.stderr
+    assert re.findall(r"(?im)^strict-transport-security:.*$", answer.stdout) == [
+        "Strict-Transport-Security: max-age=600; includeSubDomains"
+    ]
+    rig.cluster.patch(
+        {"spec": {"loadBalancer": {"tls": tls_spec("panel", hsts={"maxAgeSeconds": 0, "includeSubDomains": False})}}}
+    )
+    wait_for(lambda: "max-age=600" not in rig.curl("panel.example", "/hsts").stdout, 10, "the cluster's HSTS off")
+    assert "\nStrict-Transport-Security: max-age=5\n" in rig.curl("panel.example", "/hsts").stdout
+
+
+def test_the_sticky_cookie_is_secure_on_https_only(rig: Rig) -> None:
+    rig.put("panel", "panel.example")
+    rig.cluster.patch({"spec": {"loadBalancer": {"stickySessions": {"enabled": True, "cookieName": "PIN"}}}})
+    wait_for(lambda: "PIN=a" in rig.curl("panel.example").stdout, 10, "the sticky cookie set over HTTPS")
+    (cookie,) = re.findall(r"(?im)^set-cookie: PIN=.*$", rig.curl("panel.example").stdout)
+    assert cookie.endswith("; SameSite=Lax; Secure"), cookie
+    plain = urllib3.PoolManager(retries=False).request("GET", rig.proxy.url + "/")
+    assert plain.headers["Set-Cookie"] == "PIN=a; Path=/; HttpOnly; SameSite=Lax", "no Secure over plain HTTP"
+
+
 def test_the_plain_listener_redirects_to_https_when_asked(rig: Rig) -> None:
     rig.put("panel", "panel.example")
     rig.cluster.patch({"spec": {"loadBalancer": {"tls": tls_spec("panel", redirectHttp=True)}}})
@@ -132,6 +160,17 @@ def test_the_plain_listener_redirects_to_https_when_asked(rig: Rig) -> None:
     post = http.request("POST", rig.proxy.url + "/form", body=b"a=1", headers={"Host": "[::1]:8080"})
     assert post.status == 308 and post.headers["Location"] == "https://[::1]/form"
     assert rig.curl("panel.example", "/x").stdout.startswith("HTTP/1.1 200"), "HTTPS is not redirected"
+
+
+def test_not_ready_until_a_certificate_is_served(rig: Rig) -> None:
+    """With an HTTPS listener and no certificate loaded every handshake is refused: /readyz says so until the
+    workers serve one."""
+    wait_for(lambda: rig.proxy.stats()["workers"]["listening"] == 2, 10, "the workers listening")
+    status, body = rig.proxy.admin("GET", "/readyz")
+    assert status == 503 and body["reason"].startswith("no TLS certificate served yet"), body
+    rig.put("panel", "panel.example")
+    wait_for(rig.proxy.ready, 10, "ready once the certificate is served")
+    assert rig.curl("panel.example").returncode == 0
 
 
 def test_a_missing_or_broken_secret_keeps_the_last_good_certificate(rig: Rig) -> None:

@@ -147,7 +147,9 @@ def test_sslyze_finds_nothing_weak_on_the_proxy(
     cluster.add_node("a", *backend.address)
     proxy = proxy_process(sandbox_api.kubeconfig, namespace, tls_port=free_port())
     assert proxy.tls_port is not None
-    wait_for(lambda: proxy.stats()["tls"]["served"], 10, "the certificate loaded")
+    # Ready: every listening worker has applied a configuration with the certificate (the supervisor's
+    # tls.served says only that the watch loaded it).
+    wait_for(proxy.ready, 10, "the workers serving the certificate")
     summary = judge(scan(proxy.tls_port, "panel.example", issued.ca_file), issued)
     print(f"sslyze on the proxy: {summary}")
 

@@ -178,10 +178,11 @@ class LoadBalancerTLS(CRDModel):
     """The certificates served: the first to clients whose server name (SNI) no other one matches, the others to
     the names (and wildcards) they carry."""
     redirect_http: bool = False
-    """The plain listener answers every request with 308 to the same host and path over https (except ACME
-    HTTP-01 challenges, under /.well-known/acme-challenge/)."""
+    """The plain listener answers requests with 308 to the same host and path over https. Forwarded as without it:
+    ACME HTTP-01 challenges (under /.well-known/acme-challenge/), and requests with no Host or one that is not
+    host[:port] (a redirect could not name their host)."""
     hsts: HSTS = Field(default_factory=HSTS)
-    """Strict-Transport-Security on HTTPS answers."""
+    """Strict-Transport-Security on HTTPS answers (replacing a node's own)."""
 
 
 def _cidr(text: str) -> str:

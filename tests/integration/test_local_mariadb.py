@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pymysql
@@ -49,3 +50,13 @@ def test_kill_and_restart_keeps_committed_data(mariadb_servers: StartServers) ->
         server.connect(connect_timeout=1)
     server.start()
     assert query(server.connect(), "SELECT COUNT(*) FROM d.t") == (2,)
+
+
+def test_a_port_taken_before_the_first_start_is_traded_for_a_free_one(mariadb_servers: StartServers) -> None:
+    """free_port's port can be taken (another process's ephemeral port) before the server binds it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: the server's bind fails, a client is refused
+        port = taken.getsockname()[1]
+        (server,) = mariadb_servers(1, port=port)
+        assert server.port != port
+        server.connect().close()

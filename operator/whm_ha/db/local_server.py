@@ -237,6 +237,8 @@ class LocalServer:
     require_secure_transport: bool = False
     """Refuse clients that do not use TLS (needs ``tls``)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _served: bool = field(default=False, repr=False)
+    """The server has accepted a connection on ``port`` (which from then on stays its port)."""
 
     @property
     def host(self) -> str:
@@ -326,6 +328,7 @@ class LocalServer:
         # ip netns exec (and the chroot around a root's server) exec the command in place: the process is the
         # server itself, so kill() reaches it.
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        logged = self.error_log.stat().st_size if self.error_log.exists() else 0
         self.process = subprocess.Popen(
             [*prefix, *_in_root(self.flavour, self.datadir, self.command())],
             stdout=subprocess.DEVNULL,
@@ -337,10 +340,18 @@ class LocalServer:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise LocalServerError(f"{self.flavour.name} on port {self.port} exited: {self._last_log_line()}")
+                errors = self._errors_since(logged)
+                if "Address already in use" in errors and not self._served:
+                    # free_port's port was taken before the server bound it (another process's ephemeral port);
+                    # before anyone has been told this server's port, another one does as well.
+                    self.port = free_port()
+                    self.start(timeout, connect_as_socket)
+                    return
+                raise LocalServerError(f"{self.flavour.name} on port {self.port} exited: {errors}")
             try:
                 conn = self.connect_socket() if connect_as_socket else self.connect(connect_timeout=1)
                 conn.close()
+                self._served = True
                 return
             except pymysql.MySQLError as exc:
                 last_error = exc
@@ -348,12 +359,16 @@ class LocalServer:
         self.kill()
         raise LocalServerError(f"{self.flavour.name} on port {self.port} not ready after {timeout}s: {last_error}")
 
-    def _last_log_line(self) -> str:
+    def _errors_since(self, offset: int) -> str:
+        """The last error lines the server logged after ``offset`` (the last alone is often just "Aborting")."""
         try:
-            lines = [ln for ln in self.error_log.read_text(errors="replace").splitlines() if "ERROR" in ln]
+            with self.error_log.open("rb") as log:
+                log.seek(offset)
+                text = log.read().decode(errors="replace")
         except OSError:
             return "no error log"
-        return lines[-1] if lines else "see " + str(self.error_log)
+        lines = [ln for ln in text.splitlines() if "ERROR" in ln]
+        return " / ".join(lines[-3:]) if lines else "see " + str(self.error_log)
 
     def connect(
         self, database: str | None = None, connect_timeout: float = 5

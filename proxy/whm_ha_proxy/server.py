@@ -29,7 +29,7 @@ from typing import Generic, Protocol, TypeVar, cast
 import httptools
 
 from .client_address import EDGE, Addressing
-from .proxy_protocol import ProxyProtocolError, read_preface
+from .proxy_protocol import ProxyHeader, ProxyProtocolError, read_preface
 
 log = logging.getLogger("whm_ha_proxy.server")
 HIGH_WATER = 262144
@@ -281,6 +281,9 @@ class Downstream(asyncio.Protocol):
         self.tls = False
         """Whether the client connected to the TLS listener."""
         self.origin = UNKNOWN_ORIGIN
+        self.proxied: ProxyHeader | None = None
+        """The PROXY header the TLS listener read off the connection before its handshake (TLS connections
+        never look for one in decrypted data)."""
         self._preface: bytes | None = None
         """What arrived before a PROXY header (or its absence) was established; None once it was, or when PROXY
         protocol is off."""
@@ -335,8 +338,9 @@ class Downstream(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
         addressing = self.server.addressing
-        self.origin = addressing.origin(self.peer, https=self.tls)
-        if addressing.proxy_protocol:
+        source = self.proxied.source if self.proxied is not None else None
+        self.origin = addressing.origin(source or self.peer, https=self.tls)
+        if addressing.proxy_protocol and not self.tls:
             self._preface = b""
             self._preface_timer = self.loop.call_later(self.limits.client_header_timeout, self._preface_timeout)
         self._idle_since = self.loop.time()

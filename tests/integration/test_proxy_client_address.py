@@ -6,8 +6,11 @@ a trusted load balancer's are kept, and PROXY protocol headers are taken from tr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +25,8 @@ from tests.fixtures.tls_nodes import SERVER_NAME, TLSNodes
 from tests.kube_helpers import wait_for
 from tests.tls_helpers import put_secret, tls_secret
 from whm_ha.db.local_server import free_port
+from whm_ha_proxy.handshake import read_proxy_header
+from whm_ha_proxy.proxy_protocol import NO_HEADER, ProxyHeader
 
 StartFor = Callable[..., ProxyProcess]
 
@@ -30,14 +35,20 @@ StartFor = Callable[..., ProxyProcess]
 def proxy_for(
     sandbox_api: SandboxProcess, sandbox_client: client.ApiClient, namespace: str, proxy_process: StartProxy
 ) -> StartFor:
-    """``proxy_for(node, *options, **load_balancer)``: a proxy for a new cluster of that one node."""
+    """``proxy_for(node, *options, **load_balancer)``: a proxy for a new cluster of that one node, with its HTTPS
+    listener open once it serves its certificates when ``load_balancer`` has ``tls``."""
 
     def start(node: Backend, *options: str, **load_balancer: Any) -> ProxyProcess:
         cluster = Cluster(sandbox_client, namespace)
         cluster.create(**load_balancer)
         cluster.add_node(node.name, *node.address)
-        proxy = proxy_process(sandbox_api.kubeconfig, namespace, options=options)
-        wait_for(lambda: proxy.routable() == [node.name], 10, "the node routable")
+        tls = "tls" in load_balancer
+        proxy = proxy_process(sandbox_api.kubeconfig, namespace, options=options, tls_port=free_port() if tls else None)
+        wait_for(
+            lambda: proxy.routable() == [node.name] and (not tls or proxy.stats()["tls"]["served"]),
+            10,
+            "the node routable (and the certificate served)",
+        )
         return proxy
 
     return start
@@ -165,22 +176,20 @@ def test_proxy_protocol_from_trusted_peers_only(proxy_for: StartFor, backends: S
     assert values(seen, "x-real-ip") == ["127.0.0.1"]
 
 
-def test_a_tls_listener_is_told_as_https(
-    sandbox_api: SandboxProcess,
-    sandbox_client: client.ApiClient,
-    namespace: str,
-    proxy_process: StartProxy,
-    backends: StartBackends,
-    tls_nodes: TLSNodes,
-) -> None:
+PANEL = {"certificates": [{"secretName": "panel"}]}
+"""``loadBalancer.tls`` serving the Secret ``panel_secret`` puts."""
+
+
+@pytest.fixture
+def panel_secret(sandbox_client: client.ApiClient, namespace: str, tls_nodes: TLSNodes) -> None:
+    put_secret(sandbox_client, namespace, tls_secret("panel", tls_nodes.ca.issue_cert(SERVER_NAME)))
+
+
+@pytest.mark.usefixtures("panel_secret")
+def test_a_tls_listener_is_told_as_https(proxy_for: StartFor, backends: StartBackends, tls_nodes: TLSNodes) -> None:
     """Through the proxy's HTTPS listener (--listen-tls): proto=https, whatever the client says."""
     (node,) = backends("over-tls")
-    cluster = Cluster(sandbox_client, namespace)
-    cluster.create(tls={"certificates": [{"secretName": "panel"}]})
-    cluster.add_node(node.name, *node.address)
-    put_secret(sandbox_client, namespace, tls_secret("panel", tls_nodes.ca.issue_cert(SERVER_NAME)))
-    proxy = proxy_process(sandbox_api.kubeconfig, namespace, tls_port=free_port())
-    wait_for(lambda: proxy.routable() == [node.name] and proxy.stats()["tls"]["served"], 10, "the certificate served")
+    proxy = proxy_for(node, tls=PANEL)
     assert proxy.tls_port is not None
     with (
         socket.create_connection(("127.0.0.1", proxy.tls_port), timeout=10) as raw,
@@ -194,3 +203,105 @@ def test_a_tls_listener_is_told_as_https(
     assert values(seen, "x-forwarded-proto") == ["https"]
     assert values(seen, "forwarded") == ["for=127.0.0.1;proto=https"]
     assert values(seen, "x-real-ip") == ["127.0.0.1"]
+
+
+def tls_exchange(port: int, tls_nodes: TLSNodes, preface: bytes, source: str) -> bytes:
+    """What the proxy's HTTPS listener answers to a request over TLS from ``source``, after ``preface`` sent in
+    the clear (a PROXY header, in the same segment as the ClientHello where the kernel joins them); b"" when it
+    closes the connection instead, during the handshake or after it."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as raw:
+            raw.sendall(preface)
+            with tls_nodes.client.wrap_socket(raw, server_hostname=SERVER_NAME) as tls:
+                tls.sendall(request("X-Real-IP: 6.6.6.6", "Forwarded: for=6.6.6.6;proto=http"))
+                received = b""
+                while chunk := tls.recv(65536):
+                    received += chunk
+                return received
+    except (ssl.SSLError, ConnectionError):  # a reset may come as early as the connect
+        return b""
+
+
+async def test_reading_a_proxy_header_off_a_socket_leaves_what_follows() -> None:
+    """However the header and the ClientHello after it are split into reads, the header is taken whole and not
+    one byte of what follows (the TLS layer reads from there)."""
+    hello = b"\x16\x03\x01\x00\x05hello"
+    v1 = b"PROXY TCP4 198.51.100.7 10.1.1.1 40000 443\r\n"
+    v2 = proxy_v2(socket.inet_pton(socket.AF_INET, "198.51.100.7"), bytes(4), family=1, tlvs=b"\x04\x00\x01x")
+    for header in (v1, v2):
+        sent = header + hello
+        for split in range(1, len(sent)):
+            ours, theirs = socket.socketpair()
+            with ours, theirs:
+                ours.setblocking(False)
+                theirs.sendall(sent[:split])
+                reading = asyncio.ensure_future(read_proxy_header(ours, trusted=True))
+                await asyncio.sleep(0)  # the reader waits for the rest, or has read all it needs
+                theirs.sendall(sent[split:])
+                async with asyncio.timeout(5):
+                    assert await reading == ProxyHeader("198.51.100.7", len(header))
+                assert ours.recv(100) == hello, f"split at {split}"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.setblocking(False)
+        theirs.sendall(hello)
+        assert await read_proxy_header(ours, trusted=False) == NO_HEADER
+        assert ours.recv(100) == hello, "an untrusted peer's bytes are only looked at"
+
+
+SLOTS = range(3)
+"""The proxy's connection slots in ``test_proxy_protocol_on_the_tls_listener``: more than one, as a connection
+just answered may hold its slot a moment after the client saw it closed."""
+
+
+@pytest.mark.usefixtures("panel_secret")
+def test_proxy_protocol_on_the_tls_listener(proxy_for: StartFor, backends: StartBackends, tls_nodes: TLSNodes) -> None:
+    """A network load balancer in front of the HTTPS listener: its PROXY header comes before the ClientHello."""
+    (node,) = backends("pp-tls")
+    balancer = "127.0.0.2"
+    settings = {"trustedNetworks": [f"{balancer}/32"], "proxyProtocol": True}
+    # Few connection slots: stalled connections holding them show, as do the slots given back.
+    options = ("--tls-handshake-timeout=1", f"--max-connections={len(SLOTS)}")
+    proxy = proxy_for(node, *options, tls=PANEL, clientAddress=settings)
+    assert proxy.tls_port is not None
+    port = proxy.tls_port
+
+    v1 = answered(tls_exchange(port, tls_nodes, b"PROXY TCP4 198.51.100.7 10.1.1.1 40000 443\r\n", balancer))
+    assert values(v1, "x-real-ip") == ["198.51.100.7"]
+    assert values(v1, "forwarded") == ["for=198.51.100.7;proto=https"]
+    assert values(v1, "x-forwarded-proto") == ["https"]
+
+    header = proxy_v2(socket.inet_pton(socket.AF_INET6, "2001:db8::7"), bytes(16), family=2, tlvs=b"\x04\x00\x01x")
+    v2 = answered(tls_exchange(port, tls_nodes, header, balancer))
+    assert values(v2, "x-real-ip") == ["2001:db8::7"]
+    assert values(v2, "forwarded") == ['for="[2001:db8::7]";proto=https']
+
+    local = proxy_v2(b"", b"", family=0, command=0)  # the balancer's own health check: its address stands
+    assert values(answered(tls_exchange(port, tls_nodes, local, balancer)), "x-real-ip") == [balancer]
+    direct = answered(tls_exchange(port, tls_nodes, b"", "127.0.0.1"))  # an untrusted peer, no header: the edge
+    assert values(direct, "forwarded") == ["for=127.0.0.1;proto=https"]
+
+    refused = {
+        "a PROXY header from an untrusted peer": (b"PROXY TCP4 198.51.100.7 10.1.1.1 1 2\r\n", "127.0.0.1"),
+        "a v2 header from an untrusted peer": (header, "127.0.0.1"),
+        "no header from the trusted peer": (b"", balancer),
+        "a v2 header longer than allowed": (header[:14] + (5000).to_bytes(2, "big") + b"x" * 5000, balancer),
+    }
+    for case, (preface, source) in refused.items():
+        assert tls_exchange(port, tls_nodes, preface, source) == b"", f"{case}: closed without an answer"
+
+    stalled = [socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(balancer, 0)) for _ in SLOTS]
+    try:
+        for sock in stalled:
+            sock.sendall(b"PROXY TCP4 198.51.100.7 10.1.1.")  # and nothing more
+        started = time.monotonic()
+        wait_for(lambda: tls_exchange(port, tls_nodes, b"", "127.0.0.1") == b"", 5, "every slot held by a stall")
+        for sock in stalled:
+            with contextlib.suppress(ConnectionResetError):  # reset, to free it at once
+                assert sock.recv(1) == b"", "closed by the proxy"
+        assert time.monotonic() - started < 5, "a stalled PROXY header is cut at the handshake timeout"
+    finally:
+        for sock in stalled:
+            sock.close()
+    after = answered(tls_exchange(port, tls_nodes, b"PROXY TCP4 198.51.100.8 10.1.1.1 1 443\r\n", balancer))
+    assert values(after, "x-real-ip") == ["198.51.100.8"], "the stalled connections' slots were given back"

@@ -6,6 +6,10 @@ passive ejection), sticky by client address (``Balancer.pick_affine``), connects
 ``passthrough.nodePort`` and from then on copies bytes both ways, with flow control on each side and half-closes
 passed on, until neither side has sent a byte for the idle timeout (nginx's ``proxy_timeout``). A node that leaves
 the rotation gets no new connections; connections already spliced stay.
+
+With PROXY protocol on, a trusted peer's header comes first (read and refused as on the HTTP listener, within the
+same client header timeout) and its address is the client's: for stickiness, so that clients behind a load
+balancer do not all share its node. The header is not passed on; the nodes see the proxy's address, as without.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import logging
 from typing import cast
 
 from .balancer import Backend
+from .client_address import EDGE, Addressing
 from .client_hello import HelloError, read_client_hello
 from .forward import Forwarder
+from .proxy_protocol import ProxyProtocolError, read_preface
 from .server import ClientLimits, Listener
 
 log = logging.getLogger("whm_ha_proxy.passthrough")
@@ -30,6 +36,7 @@ class PassthroughServer(Listener["ClientSide"]):
         self.forwarder = forwarder
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self.addressing: Addressing = EDGE
         self.counters = {"accepted": 0, "spliced": 0, "refused": 0, "unrouted": 0, "idle": 0}
         """accepted: connections taken (not counting those over the connection limit); spliced: joined to a node;
         refused: closed for what the client sent; unrouted: no node could take them; idle: spliced ones closed
@@ -46,6 +53,9 @@ class ClientSide(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        """The client's address: the peer's, or the one in its PROXY header."""
+        self._trusted: bool | None = None
+        """Whether the peer is in a trusted network, while its PROXY header (or its absence) is being read."""
         self.server_name: str | None = None
         """The host name the client's ClientHello asked for (for logs and, later, an allow-list)."""
         self.node: asyncio.Transport | None = None
@@ -72,6 +82,8 @@ class ClientSide(asyncio.Protocol):
         server.counters["accepted"] += 1
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
+        if server.addressing.proxy_protocol:
+            self._trusted = server.addressing.origin(self.peer, https=True).trusted
         self._timer = server.loop.call_later(server.limits.client_header_timeout, self._hello_late)
 
     def data_received(self, data: bytes) -> None:
@@ -83,8 +95,15 @@ class ClientSide(asyncio.Protocol):
         if self._connecting is not None:  # what came in the same read as the end of the ClientHello
             return
         try:
+            if self._trusted is not None:
+                header = read_preface(self._buffer, trusted=self._trusted)
+                if header is None:
+                    return
+                self._trusted = None
+                self.peer = header.source or self.peer
+                self._buffer = self._buffer[header.length :]
             hello = read_client_hello(self._buffer)
-        except HelloError as exc:
+        except (HelloError, ProxyProtocolError) as exc:
             self._refuse(str(exc))
             return
         if hello is None:

@@ -69,6 +69,8 @@ async def serve(options: ProxyOptions, channel_fd: int) -> None:
         server.addressing = (
             Addressing.from_settings(config.trusted_networks, config.proxy_protocol) if config is not None else EDGE
         )
+        if passthrough is not None:
+            passthrough.addressing = server.addressing
         hsts = config.hsts if config is not None else ""
         server.hsts = f"Strict-Transport-Security: {hsts}\r\n".encode() if hsts else b""
         served = config.certificates if config is not None else ()

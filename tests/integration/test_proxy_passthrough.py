@@ -3,6 +3,7 @@ trustme CA): the client verifies the node's certificate end to end, the proxy re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -43,9 +44,17 @@ def passthrough(
     """``passthrough(nodes, *options, **passthrough_settings)``: a proxy with a passthrough listener for a cluster of
     those nodes (each a WHMNode on its TLS port unless ``nodePort`` says otherwise); the proxy, the port, the cluster."""
 
-    def start(nodes: Sequence[Named], *options: str, node_ports: dict[str, int] | None = None, **settings: Any) -> Rig:
+    def start(
+        nodes: Sequence[Named],
+        *options: str,
+        node_ports: dict[str, int] | None = None,
+        client_address: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> Rig:
         cluster = Cluster(sandbox_client, namespace)
-        cluster.create(passthrough={"enabled": True, **settings})
+        cluster.create(
+            passthrough={"enabled": True, **settings}, **({"clientAddress": client_address} if client_address else {})
+        )
         for node in nodes:
             cluster.add_node(node.name, "127.0.0.1", (node_ports or {}).get(node.name, node.port))
         port = free_port()
@@ -108,6 +117,34 @@ def test_sticky_by_client_address_and_new_connections_leave_a_node_out_of_rotati
     cluster.set_health(pinned, "Healthy")
     wait_for(lambda: pinned in proxy.routable(), 10, f"{pinned} back")
     assert node_for("127.0.0.1") == pinned, "the client's node takes it back"
+
+
+def test_proxy_protocol_gives_stickiness_the_clients_address(passthrough: StartRig, tls_nodes: TLSNodes) -> None:
+    """Behind a trusted load balancer speaking PROXY protocol, clients are sticky by their own address, not all
+    pinned to the balancer's node; its header is required, and refused from anyone else."""
+    nodes = tls_nodes.start("tls-a", "tls-b", "tls-c")
+    balancer = "127.0.0.2"
+    settings = {"trustedNetworks": [f"{balancer}/32"], "proxyProtocol": True}
+    _, port, _ = passthrough(nodes, "--client-header-timeout=1", client_address=settings)
+
+    def node_for(client: str) -> str:
+        tls, name = tls_nodes.connect(port, balancer, f"PROXY TCP4 {client} 10.1.1.1 40000 443\r\n".encode())
+        tls.close()
+        return name
+
+    assert len({node_for("198.51.100.1") for _ in range(6)}) == 1, "one client, one node"
+    assert len({node_for(f"198.51.100.{i}") for i in range(2, 40)}) == 3, "clients spread over the nodes"
+    hello = client_hello(SERVER_NAME)
+    for data, source in (
+        (hello, balancer),  # no header from the trusted peer
+        (b"PROXY TCP4 198.51.100.1 10.1.1.1 40000 443\r\n" + hello, "127.0.0.1"),  # one from an untrusted peer
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
+            sock.sendall(data)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(100) == b"", f"closed without an answer ({source})"
+    untrusted, _ = tls_nodes.connect(port)  # no header from an untrusted peer: spliced as always
+    untrusted.close()
 
 
 def closed_without_answer(port: int, data: bytes, *, trickle: float = 0.0) -> float:

@@ -163,6 +163,8 @@ def test_headers_without_a_client_address_leave_the_peer(header: bytes) -> None:
         b"PROXY TCP4 192.0.2.1  10.0.0.1 1 2\r\n",
         b"PROXY UDP4 192.0.2.1 10.0.0.1 1 2\r\n",
         b"PROXY TCP4 \xff 10.0.0.1 1 2\r\n",
+        b'PROXY TCP6 fe80::1%a\rX-Evil:;for="x" ::1 1 2\r\n',  # a scope ID: any text, CR included, into headers
+        b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n",
         V2_SIGNATURE + b"\x12\x11\x00\x0c" + bytes(12),  # version 1 in a v2 signature
         V2_SIGNATURE + b"\x23\x11\x00\x0c" + bytes(12),  # command 3
         V2_SIGNATURE + b"\x21\x41\x00\x0c" + bytes(12),  # family 4

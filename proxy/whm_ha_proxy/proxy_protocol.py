@@ -99,6 +99,9 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
     kind = IPv4Address if family == "TCP4" else IPv6Address
     for address in (source, destination):
         try:
+            # No scope ID (fe80::1%eth0): Python takes any text after the %, and the source is told to nodes.
+            if "%" in address:
+                raise ValueError("scope ID")
             kind(address)
         except ValueError as exc:
             raise ProxyProtocolError(f"PROXY v1 {family} address {address!r}") from exc

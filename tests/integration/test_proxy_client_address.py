@@ -85,6 +85,21 @@ def test_a_client_cannot_forge_its_address_at_the_edge(proxy_for: StartFor, back
         assert values(seen, "x-forwarded-for") == ["6.6.6.6, 127.0.0.1"], "appended to, as nginx does"
 
 
+def test_underscore_variants_of_the_forwarding_headers_never_reach_a_node(
+    proxy_for: StartFor, backends: StartBackends
+) -> None:
+    """CGI, PHP and WSGI servers map X_Real_IP and X-Real-IP alike to HTTP_X_REAL_IP: a client's underscore variant
+    would stand beside (or, read last, for) the proxy's own (nginx drops every header with an underscore)."""
+    (node,) = backends("underscores")
+    proxy = proxy_for(node)
+    forged = [("X_Real_IP", "6.6.6.6"), ("x_forwarded_for", "6.6.6.6"), ("X_Forwarded-Proto", "https")]
+    forged += [("X_Forwarded_Host", "evil.example"), ("X_Other", "kept")]
+    seen = seen_headers(HTTP.request("GET", proxy.url + "/headers", headers=urllib3.HTTPHeaderDict(forged)))
+    assert values(seen, "x_other") == ["kept"]
+    assert not [name for name, _ in seen if "_" in name and name != "x_other"], seen
+    assert values(seen, "x-real-ip") == ["127.0.0.1"]
+
+
 def test_a_trusted_load_balancers_forwarded_headers_are_kept(proxy_for: StartFor, backends: StartBackends) -> None:
     (node,) = backends("behind-lb")
     trusted = {"trustedNetworks": ["127.0.0.0/8", "10.0.0.0/8"]}

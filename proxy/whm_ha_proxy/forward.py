@@ -93,7 +93,8 @@ KEPT_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 def outgoing(request: Request) -> Outgoing:
     """The request as the node gets it.
 
-    Hop-by-hop headers (and those named in Connection, and any ``Proxy-*``) are dropped, except
+    Hop-by-hop headers (and those named in Connection, any ``Proxy-*``, and underscore spellings of the headers
+    the proxy sets) are dropped, except
     that an upgrade keeps ``Upgrade`` and ``Connection: Upgrade``; X-Forwarded-For is appended to,
     X-Forwarded-Proto, X-Real-IP and Forwarded are the connection's (``Origin.lines``: a trusted peer's are
     kept), X-Forwarded-Host is set. The framing (Host, Content-Length or Transfer-Encoding) is the
@@ -123,8 +124,8 @@ def outgoing(request: Request) -> Outgoing:
                 continue
             elif lower != b"upgrade" or not upgrade:
                 continue
-        elif lower[:6] == b"proxy-":
-            continue
+        elif lower[:6] == b"proxy-" or (b"_" in lower and lower.replace(b"_", b"-") in SET_BY_PROXY):
+            continue  # X_Real_IP and the like: CGI, PHP and WSGI read them as the proxy's own (HTTP_X_REAL_IP)
         append(name + b": " + value)
     named -= KEPT_CONNECTION_TOKENS
     if named:  # rare: drop the headers the client named in Connection (the proxy's own come after)

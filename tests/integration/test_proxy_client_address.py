@@ -100,6 +100,20 @@ def test_underscore_variants_of_the_forwarding_headers_never_reach_a_node(
     assert values(seen, "x-real-ip") == ["127.0.0.1"]
 
 
+def test_a_clients_proxy_header_never_reaches_a_node(proxy_for: StartFor, backends: StartBackends) -> None:
+    """httpoxy (CVE-2016-5385): CGI and Perl nodes (WHM) read a request's ``Proxy:`` header as HTTP_PROXY, the
+    variable their HTTP clients take as the outgoing proxy, so a client could route the node's own requests."""
+    (node,) = backends("httpoxy")
+    proxy = proxy_for(node)
+    for spelling in ("Proxy", "proxy", "PROXY"):
+        sent = urllib3.HTTPHeaderDict([(spelling, "http://evil.example:8080"), ("Proxyish", "kept")])
+        seen = seen_headers(HTTP.request("GET", proxy.url + "/headers", headers=sent))
+        assert values(seen, "proxy") == [], (spelling, seen)
+        assert values(seen, "proxyish") == ["kept"], seen
+    raw = exchange(proxy.port, request("Proxy: http://evil.example:8080", "X-Other: kept"))
+    assert ("proxy", "http://evil.example:8080") not in answered(raw), raw
+
+
 def test_a_trusted_load_balancers_forwarded_headers_are_kept(proxy_for: StartFor, backends: StartBackends) -> None:
     (node,) = backends("behind-lb")
     trusted = {"trustedNetworks": ["127.0.0.0/8", "10.0.0.0/8"]}

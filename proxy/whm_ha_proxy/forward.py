@@ -85,7 +85,10 @@ class Outgoing:
         return self.head if self.host else self.head + b"Host: " + backend.authority + b"\r\n\r\n"
 
 
-NOTICED = HOP_BY_HOP_BYTES | SET_BY_PROXY | {b"cookie"}
+HTTPOXY = b"proxy"
+"""A client's ``Proxy:`` header is dropped (httpoxy, CVE-2016-5385): CGI and Perl nodes read it as HTTP_PROXY, the
+variable their HTTP clients take as the outgoing proxy."""
+NOTICED = HOP_BY_HOP_BYTES | SET_BY_PROXY | {b"cookie", HTTPOXY}
 """Header names that need more than copying (looked up once per header)."""
 KEPT_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 
@@ -93,8 +96,8 @@ KEPT_CONNECTION_TOKENS = frozenset({b"keep-alive", b"close", b"upgrade"})
 def outgoing(request: Request) -> Outgoing:
     """The request as the node gets it.
 
-    Hop-by-hop headers (and those named in Connection, any ``Proxy-*``, and underscore spellings of the headers
-    the proxy sets) are dropped, except
+    Hop-by-hop headers (and those named in Connection, ``Proxy`` and any ``Proxy-*``, and underscore spellings of
+    the headers the proxy sets) are dropped, except
     that an upgrade keeps ``Upgrade`` and ``Connection: Upgrade``; X-Forwarded-For is appended to,
     X-Forwarded-Proto, X-Real-IP and Forwarded are the connection's (``Origin.lines``: a trusted peer's are
     kept), X-Forwarded-Host is set. The framing (Host, Content-Length or Transfer-Encoding) is the

@@ -75,6 +75,11 @@ class World:
             GROUP, VERSION, self.namespace, "mysqlreplications", "db", {"metadata": {"annotations": annotations}}
         )
 
+    def patch_spec(self, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "mysqlreplications", "db", {"spec": spec}
+        )
+
     def status(self) -> dict[str, Any]:
         obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "mysqlreplications", "db")
         return obj.get("status") or {}  # type: ignore[no-any-return]
@@ -379,6 +384,23 @@ def rotate_ca(db: World, old: TestCA, new: TestCA, writers: Writers) -> None:
             server.query(db.dialect.reload_tls().text)
         wait_for(writers.acks.progressed(), 30, "a write acknowledged after the step")
         db.wait(lambda s: s.get("phase") == "Healthy" and all(m.get("reachable") for m in s["members"]), 30, "Healthy")
+
+
+def test_secure_transport_turned_off_before_tls_leaves_the_operator_every_member(
+    world: Callable[..., World],
+) -> None:
+    """The README's two steps to turn TLS off: requireSecureTransport false, and the operator sets
+    require_secure_transport OFF on every member (TLS still on, it reaches them); then TLS off, and its plaintext
+    sessions still reach every member: a failover works. Left ON, every member would refuse the operator (3159)."""
+    db = world(ca=TestCA())
+    for index, server in enumerate(db.servers):
+        wait_for(lambda server=server: refuses_plaintext(server), 20, f"m{index} refusing plaintext clients")
+    db.patch_spec({"tls": {"requireSecureTransport": False}})
+    for index, server in enumerate(db.servers):
+        wait_for(lambda server=server: not refuses_plaintext(server), 20, f"m{index} accepting plaintext again")
+    db.patch_spec({"tls": {"enabled": False}})
+    db.servers[0].kill()
+    db.wait(lambda s: s.get("currentPrimary") not in (None, "m0"), 30, "a failover over plaintext sessions")
 
 
 def assert_encrypted(db: World, primary: str) -> None:

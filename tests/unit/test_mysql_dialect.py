@@ -135,6 +135,7 @@ def test_tls_statements() -> None:
     assert MYSQL.reload_tls().text == "ALTER INSTANCE RELOAD TLS"
     assert MARIADB.require_secure_transport() == MYSQL.require_secure_transport()
     assert MYSQL.require_secure_transport().text == "SET GLOBAL require_secure_transport = ON"
+    assert MARIADB.require_secure_transport(False).text == "SET GLOBAL require_secure_transport = OFF"
 
 
 def test_read_only_statements() -> None:

@@ -528,6 +528,10 @@ def test_exactly_the_members_found_accepting_plaintext_are_made_to_refuse_it_whe
     expected = {s.name for s in states.values() if asked and s.secure_transport is False}
     assert set(plan.secure_transport) == expected
     assert bool(plan) or not expected
+    refusing = {s.name for s in states.values() if not asked and s.secure_transport is True}
+    assert set(plan.plaintext_allowed) == refusing, "not asked (any more): set back, else TLS off locks it out"
+    assert bool(plan) or not refusing
+    assert not set(plan.secure_transport) & set(plan.plaintext_allowed)
 
 
 def test_members_accepting_plaintext_are_made_to_refuse_it_when_asked_even_without_a_primary() -> None:
@@ -535,13 +539,27 @@ def test_members_accepting_plaintext_are_made_to_refuse_it_when_asked_even_witho
         primary(secure_transport=False), replica("m1", secure_transport=True), replica("m2", secure_transport=False)
     )
     assert converge_plan("m0", states, semi_sync=True, secure_transport=True).secure_transport == ("m0", "m2")
-    assert not converge_plan("m0", states, semi_sync=True), "not asked: left as the members have it"
+    assert not converge_plan("m0", states, semi_sync=True).secure_transport, "not asked: none made to refuse it"
     states["m0"] = DEAD
     assert converge_plan("m0", states, semi_sync=True, secure_transport=True).secure_transport == ("m2",)
     states["m2"] = replace(states["m2"], secure_transport=True)
     assert not converge_plan(
         "m0", states | {"m0": primary(secure_transport=True)}, semi_sync=True, secure_transport=True
     )
+
+
+def test_members_refusing_plaintext_accept_it_again_once_the_spec_no_longer_asks() -> None:
+    """requireSecureTransport true -> false: left on, the members would refuse the operator's plaintext sessions
+    once TLS is disabled (3159), and no failover would be possible."""
+    states = topology(
+        primary(secure_transport=True), replica("m1", secure_transport=True), replica("m2", secure_transport=False)
+    )
+    assert converge_plan("m0", states, semi_sync=True).plaintext_allowed == ("m0", "m1")
+    assert not converge_plan("m0", states, semi_sync=True, secure_transport=True).plaintext_allowed
+    states["m0"] = DEAD
+    assert converge_plan("m0", states, semi_sync=True).plaintext_allowed == ("m1",), "even without a primary"
+    states["m1"] = replace(states["m1"], secure_transport=False)
+    assert not converge_plan("m0", states | {"m0": primary(secure_transport=False)}, semi_sync=True)
 
 
 # -- quorum ----------------------------------------------------------------------------------------------------

@@ -197,11 +197,12 @@ def resume_receiving(session: Session, host: str, port: int) -> bool:
     return True
 
 
-def require_secure_transport(session: Session) -> bool:
-    """Make the member refuse clients without TLS from now on; whether it wrote."""
-    if session.server_state().secure_transport:
+def require_secure_transport(session: Session, required: bool = True) -> bool:
+    """Make the member refuse clients without TLS from now on (``required`` False: accept them again); whether it
+    wrote."""
+    if session.server_state().secure_transport == required:
         return False
-    session.execute(session.dialect.require_secure_transport())
+    session.execute(session.dialect.require_secure_transport(required))
     return True
 
 

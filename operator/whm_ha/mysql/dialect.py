@@ -290,9 +290,10 @@ class Dialect(ABC):
     def wait_for_gtid(self, gtid: GtidSet, timeout: float) -> SQL:
         """One row whose value is 0 once ``gtid`` is applied, non-zero after ``timeout`` seconds."""
 
-    def require_secure_transport(self) -> SQL:
-        """Refuse new clients without TLS (both flavours; the sessions open are kept)."""
-        return SQL("SET GLOBAL require_secure_transport = ON")
+    def require_secure_transport(self, required: bool = True) -> SQL:
+        """Refuse new clients without TLS, or (``required`` False) accept them again (both flavours; the sessions
+        open are kept)."""
+        return SQL(f"SET GLOBAL require_secure_transport = {'ON' if required else 'OFF'}")
 
     @abstractmethod
     def reload_tls(self) -> SQL:

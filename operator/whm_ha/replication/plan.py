@@ -73,6 +73,9 @@ class Plan:
     """Members whose net timeout differs from the wanted one (set it, and reconnect a running IO thread)."""
     secure_transport: tuple[str, ...] = ()
     """Members that accept clients without TLS although the spec asks them to refuse them."""
+    plaintext_allowed: tuple[str, ...] = ()
+    """Members that refuse clients without TLS although the spec no longer asks them to: turned off while TLS is
+    still on (the operator reaches them), so that TLS can be disabled afterwards without locking it out."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -84,6 +87,7 @@ class Plan:
             or self.source_off
             or self.net_timeout
             or self.secure_transport
+            or self.plaintext_allowed
         )
 
 
@@ -113,7 +117,8 @@ def converge_plan(
 ) -> Plan:
     """What to fix, from the last inspection. ``full`` checks everything (after a start, a spec or Secret change,
     a promotion): each action reads first, so that costs reads, never needless writes. ``answered_since_back``:
-    see `reopen_held`. ``secure_transport``: every member reached must refuse clients without TLS."""
+    see `reopen_held`. ``secure_transport``: every member reached must refuse clients without TLS (False: must
+    accept them, and members read as refusing them are set back)."""
     head = states.get(primary)
     others = [s for name, s in states.items() if name != primary and s.reachable]
     fence = tuple(s.name for s in others if s.fenced is False)
@@ -123,8 +128,9 @@ def converge_plan(
         if net_timeout is not None and s.reachable and s.net_timeout is not None and s.net_timeout != net_timeout
     )
     plaintext = tuple(s.name for s in states.values() if secure_transport and s.secure_transport is False)
+    refusing = tuple(s.name for s in states.values() if not secure_transport and s.secure_transport is True)
     if head is None or not head.reachable or head.is_replica:
-        return Plan(fence=fence, net_timeout=timeouts, secure_transport=plaintext)
+        return Plan(fence=fence, net_timeout=timeouts, secure_transport=plaintext, plaintext_allowed=refusing)
     join = tuple(s.name for s in others if full or s.name in quarantined or not in_order(s, head))
     replicas = tuple(s.name for s in others)
     replica_off = [s for s in others if full or (s.semi_sync is not None and s.semi_sync.source_active)]
@@ -148,6 +154,7 @@ def converge_plan(
         source_off=tuple(s.name for s in replica_off) + ((primary,) if head_off else ()),
         net_timeout=timeouts,
         secure_transport=plaintext,
+        plaintext_allowed=refusing,
     )
 
 

@@ -275,6 +275,9 @@ def reconcile(access: Access, primary: str, plan: Plan, confirm: Confirm) -> Out
             each(name, "net timeout", partial(actions.ensure_net_timeout, seconds=access.net_timeout), variable)
         for name in plan.secure_transport:
             each(name, "secure transport", actions.require_secure_transport, "require_secure_transport = ON")
+        allow = partial(actions.require_secure_transport, required=False)
+        for name in plan.plaintext_allowed:  # before TLS is disabled (a CEL rule keeps the two apart)
+            each(name, "secure transport", allow, "require_secure_transport = OFF")
         if plan.ensure_user or plan.join or plan.open_primary or plan.semi_sync:
             head = sessions.attempt(primary, "connect", outcome)
             if head is not None:

@@ -406,18 +406,24 @@ def test_invalid_object_is_422_with_field_paths(custom: client.CustomObjectsApi,
     assert 'WHMNode.ha.whm.io "n1" is invalid' in status["message"]
 
 
-def test_cel_rules_are_enforced(custom: client.CustomObjectsApi, kube_namespace: str) -> None:
-    repl = {
+def replication(primary: str, **spec: Any) -> dict[str, Any]:
+    """MySQLReplication ``db`` with member db-0 and ``spec`` besides."""
+    return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "MySQLReplication",
         "metadata": {"name": "db"},
         "spec": {
-            "primary": "db-9",
+            "primary": primary,
             "members": [{"name": "db-0", "host": "h"}],
             "credentialsSecret": {"name": "a"},
             "replicationSecret": {"name": "b"},
+            **spec,
         },
     }
+
+
+def test_cel_rules_are_enforced(custom: client.CustomObjectsApi, kube_namespace: str) -> None:
+    repl = replication("db-9")
     with pytest.raises(ApiException) as invalid:
         custom.create_namespaced_custom_object(GROUP, VERSION, kube_namespace, "mysqlreplications", repl)
     assert "primary must name one of the members" in error_of(invalid.value)["message"]
@@ -427,6 +433,26 @@ def test_cel_rules_are_enforced(custom: client.CustomObjectsApi, kube_namespace:
             GROUP, VERSION, kube_namespace, "whmnodes", "n1", {"spec": {"cluster": "other"}}
         )
     assert "cluster is immutable" in error_of(immutable.value)["message"]
+
+
+def test_tls_is_disabled_only_after_secure_transport_is_no_longer_required(
+    custom: client.CustomObjectsApi, kube_namespace: str
+) -> None:
+    """A transition rule (``oldSelf``): evaluated on updates only, as kube-apiserver does."""
+    tls = {"enabled": True, "caSecret": {"name": "db-ca"}, "caFile": "ca.pem", "requireSecureTransport": True}
+    repl = replication("db-0", tls=tls)
+    custom.create_namespaced_custom_object(GROUP, VERSION, kube_namespace, "mysqlreplications", repl)
+
+    def patch(change: dict[str, Any]) -> None:
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, kube_namespace, "mysqlreplications", "db", {"spec": {"tls": change}}
+        )
+
+    with pytest.raises(ApiException) as refused:
+        patch({"enabled": False, "requireSecureTransport": False})
+    assert "let the operator apply it before disabling TLS" in error_of(refused.value)["message"]
+    patch({"requireSecureTransport": False})
+    patch({"enabled": False})
 
 
 def test_strict_field_validation_refuses_unknown_fields(kube_client: client.ApiClient, kube_namespace: str) -> None:

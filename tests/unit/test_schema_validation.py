@@ -276,3 +276,24 @@ def test_schema_problems_finds_what_kube_apiserver_refuses() -> None:
         "spec.validation.openAPIV3Schema.properties[metadata]",
         "spec.validation.openAPIV3Schema.properties[spec].properties[probe].default",
     ]
+
+
+LOCKOUT = "turn requireSecureTransport off and let the operator apply it before disabling TLS"
+
+
+@pytest.mark.parametrize("still_required", [True, False])
+def test_tls_is_not_disabled_in_the_change_that_requires_or_stops_requiring_secure_transport(
+    still_required: bool,
+) -> None:
+    """Members still refusing plaintext would refuse the operator's plaintext sessions: requireSecureTransport goes
+    off (and the operator applies it) in one change, TLS in a later one."""
+    schema = resource_schema(MYSQL_REPLICATION)
+    tls = {"enabled": True, "caSecret": {"name": "db-ca"}, "caFile": "ca.pem"}
+    old, _ = admit(schema, _set(_example("MySQLReplication"), "spec.tls", tls | {"requireSecureTransport": True}))
+    off = _set(copy.deepcopy(old), "spec.tls", tls | {"enabled": False, "requireSecureTransport": still_required})
+    _, errors = admit(schema, off, old=old)
+    assert LOCKOUT in " ".join(str(e) for e in errors), errors
+    assert [e.field for e in errors if LOCKOUT in str(e)] == ["spec.tls.enabled"]
+    step, errors = admit(schema, _set(copy.deepcopy(old), "spec.tls", tls | {"requireSecureTransport": False}), old=old)
+    assert errors == []
+    assert admit(schema, _set(copy.deepcopy(step), "spec.tls", tls | {"enabled": False}), old=step)[1] == []

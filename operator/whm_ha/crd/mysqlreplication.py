@@ -42,6 +42,20 @@ class Member(CRDModel):
 class ReplicationTLS(CRDModel):
     """TLS on the replication channels and on the operator's sessions to the members."""
 
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                # Members still refusing plaintext would refuse the operator's plaintext sessions (3159): the
+                # operator must have set require_secure_transport OFF, with TLS still on, first.
+                cel(
+                    "!has(oldSelf.requireSecureTransport) || !oldSelf.requireSecureTransport || self.enabled",
+                    "turn requireSecureTransport off and let the operator apply it before disabling TLS",
+                    ".enabled",
+                ),
+            ]
+        }
+    }
+
     enabled: bool = False
     """Replicas connect to the primary with TLS and verify its certificate; the operator connects to every member
     with TLS and verifies its certificate."""
@@ -58,7 +72,8 @@ class ReplicationTLS(CRDModel):
     reached by IP address)."""
     require_secure_transport: bool = False
     """Members refuse clients without TLS: the operator sets require_secure_transport=ON on every member it
-    reaches (again after a restart; put it in the members' configuration too, to close that window)."""
+    reaches (again after a restart; put it in the members' configuration too, to close that window). False: it
+    sets it OFF on every member found refusing them; TLS can be disabled only in a later change."""
 
 
 SchemaName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]

@@ -110,7 +110,7 @@ def test_examples_are_accepted(api: client.ApiClient, namespace: str) -> None:
         GROUP, VERSION, namespace, "mysqlreplications", "whm-db"
     )
     assert isinstance(replication, dict)
-    assert replication["spec"]["tls"] == {"enabled": False}
+    assert replication["spec"]["tls"] == {"enabled": False, "verifyServerName": True, "requireSecureTransport": False}
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fixtures.tls_nodes import client_hello
@@ -25,6 +25,11 @@ def fragmented(hello: bytes, size: int) -> bytes:
     )
 
 
+REAL_HELLOS = settings(deadline=None)
+"""For the examples that make a real ClientHello with OpenSSL: a few hundred ms each on a loaded machine."""
+
+
+@REAL_HELLOS
 @given(host_names, st.binary(max_size=100))
 def test_the_server_name_is_read_from_a_real_hello(name: str, after: bytes) -> None:
     hello = client_hello(name, ["http/1.1"])
@@ -36,12 +41,14 @@ def test_no_server_name() -> None:
     assert read_client_hello(hello) == ClientHello(None, len(hello))
 
 
+@REAL_HELLOS
 @given(host_names, st.data())
 def test_a_hello_cut_short_asks_for_more(name: str, data: st.DataObject) -> None:
     hello = client_hello(name)
     assert read_client_hello(hello[: data.draw(st.integers(0, len(hello) - 1))]) is None
 
 
+@REAL_HELLOS
 @given(st.integers(200, 600))
 def test_a_hello_over_several_records(size: int) -> None:
     hello = client_hello("panel.example.com")

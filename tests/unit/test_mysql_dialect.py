@@ -9,6 +9,7 @@ import pytest
 from whm_ha.mysql.dialect import (
     SQL,
     Dialect,
+    DumpPosition,
     MariaDBDialect,
     MySQLDialect,
     ReplicaStatus,
@@ -347,3 +348,39 @@ def test_which_accounts_fencing_does_not_bind(version: str, grants: list[str], b
     connected (the second MySQL case: the privilege of an active role, as SHOW GRANTS lists it)."""
     found = fencing_bypass(version, grants)
     assert (found and found.split(" (")[0]) == bypass, found
+
+
+MARIADB_DUMP_HEAD = """-- CHANGE MASTER TO MASTER_USE_GTID=slave_pos;
+-- A corresponding to the above master-data CHANGE-MASTER settings to the slave gtid state is printed later in the file.
+-- CHANGE MASTER TO MASTER_LOG_FILE='mysql-bin.000001', MASTER_LOG_POS=2217;
+CREATE DATABASE `demo`;
+"""
+MARIADB_DUMP_TAIL = """-- The deferred gtid setting for slave corresponding to the master-data CHANGE-MASTER follows
+-- Preferably use GTID to start replication from GTID position:
+-- SET GLOBAL gtid_slave_pos='0-1-3,1-2-7';
+"""
+MYSQL_DUMP_HEAD = """SET @@SESSION.SQL_LOG_BIN= 0;
+-- GTID state at the beginning of the backup
+SET @@GLOBAL.GTID_PURGED=/*!80000 '+'*/ '71e07724-f252-11f1-9ad0-02fc00000001:1-3,
+8ae07724-f252-11f1-9ad0-02fc00000002:1-9';
+-- CHANGE REPLICATION SOURCE TO SOURCE_LOG_FILE='mysql-bin.000004', SOURCE_LOG_POS=1720;
+"""
+
+
+def test_dump_position_as_each_dump_tool_writes_it() -> None:
+    """The dump tools' own lines (mariadb-dump 10.11 and 11.8 write the GTID after the data, mysqldump 9.7 a GTID
+    set over several lines)."""
+    mariadb = dialect_for("mariadb").dump_position(MARIADB_DUMP_HEAD + "\n" + MARIADB_DUMP_TAIL)
+    assert mariadb == DumpPosition("0-1-3,1-2-7", "mysql-bin.000001", 2217)
+    mysql = dialect_for("mysql").dump_position(MYSQL_DUMP_HEAD)
+    assert mysql == DumpPosition(
+        "71e07724-f252-11f1-9ad0-02fc00000001:1-3,8ae07724-f252-11f1-9ad0-02fc00000002:1-9", "mysql-bin.000004", 1720
+    )
+
+
+def test_a_dump_without_its_position_gives_none() -> None:
+    assert dialect_for("mariadb").dump_position(MARIADB_DUMP_HEAD) is None, "the GTID line is missing"
+    assert dialect_for("mysql").dump_position(MARIADB_DUMP_HEAD + MARIADB_DUMP_TAIL) is None
+    assert (
+        dialect_for("mariadb").dump_position("CREATE TABLE t (id INT);\n-- SET GLOBAL gtid_slave_pos='0-1-3';") is None
+    )

@@ -89,6 +89,17 @@ class Flavour:
                 return f"{folder}/{name}"
         raise LocalServerError(f"{self.name}: {name} not found in {self.root}: run {BUILD_COMMAND} {self.name}")
 
+    def client_command(self, name: str) -> list[str]:
+        """The command line that runs one of the flavour's client programs (a dump tool, the client) here, outside
+        any namespace: a root's program is run by the root's own dynamic loader with the root's libraries, so it
+        sees the host's file system (its option files, its network)."""
+        if self.root is None:
+            return [find_binary(name)]
+        program = self.root / self.binary(name).lstrip("/")
+        libraries = [self.root / "usr/lib/x86_64-linux-gnu", self.root / "lib/x86_64-linux-gnu"]
+        loader = self.root / "lib64/ld-linux-x86-64.so.2"
+        return [str(loader), "--library-path", ":".join(map(str, libraries)), str(program)]
+
     def missing(self) -> str | None:
         """Why this flavour cannot run here (one line naming the fix), None when it can."""
         try:

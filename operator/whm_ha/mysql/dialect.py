@@ -29,6 +29,10 @@ Choices that differ per flavor:
 * Semi-sync. MariaDB 10.3+ has it built in (``rpl_semi_sync_master_*``/``_slave_*``); MySQL 8.0.26+ needs the
   ``rpl_semi_sync_source``/``rpl_semi_sync_replica`` plugins. Both wait ``AFTER_SYNC`` (lossless). A fenced MySQL
   member (``super_read_only``) refuses ``INSTALL PLUGIN``, so its configuration must load them at startup.
+* Logical backups. MariaDB: ``mariadb-dump --single-transaction --gtid --master-data=2``, which reads the binlog
+  position of its consistent snapshot (``binlog_snapshot_file``/``_pos``, no global read lock) and writes it, and
+  its GTID position, as comments; a restored member is seeded by setting ``gtid_slave_pos``. MySQL: ``mysqldump
+  --single-transaction --source-data=2 --set-gtid-purged=ON``, whose dump sets ``GTID_PURGED`` itself when loaded.
 """
 
 from __future__ import annotations
@@ -163,6 +167,16 @@ class ReplicaStatus:
 
 
 @dataclass(frozen=True)
+class DumpPosition:
+    """Where a logical backup's snapshot stands in its server's history, as its dump tool wrote it."""
+
+    gtid: str
+    """Executed GTIDs (MariaDB: the GTID position, one GTID per domain)."""
+    binlog_file: str
+    binlog_position: int
+
+
+@dataclass(frozen=True)
 class SemiSyncStatus:
     """Whether semi-sync is active now (status variables, not settings)."""
 
@@ -199,6 +213,15 @@ class Dialect(ABC):
     source_acks and replica_kill_timeout) -> variable."""
     semi_sync_status_variables: ClassVar[Mapping[str, str]]
     """Neutral name (source_active, replica_active, source_clients) -> status variable."""
+    dump_program: ClassVar[str]
+    """The flavour's logical backup tool."""
+    client_program: ClassVar[str]
+    """The flavour's command-line client (which loads a dump)."""
+    dump_position_options: ClassVar[tuple[str, ...]]
+    """What makes the dump tool write the snapshot's GTIDs and binlog coordinates (commented out where loading them
+    would point the loading server at a source)."""
+    _dump_gtid: ClassVar[re.Pattern[str]]
+    _dump_binlog: ClassVar[re.Pattern[str]]
 
     def parse_gtid(self, text: str | None) -> GtidSet:
         return parse_gtid_set(self.flavor, text)
@@ -386,6 +409,40 @@ class Dialect(ABC):
         """What a read-only member needs in its configuration for the role's variables to exist, if anything."""
         return None
 
+    # --- logical backups ------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def client_options(self) -> list[str]:
+        """Options of the client and the dump tool for a connection without TLS (the members' TLS is not used
+        for backups yet)."""
+
+    def dump_options(self) -> list[str]:
+        """The dump tool's options for a consistent dump (one snapshot, no lock held for its duration) of routines,
+        events, triggers and data, with the snapshot's GTID and binlog position written into it."""
+        return [
+            "--single-transaction",
+            *self.dump_position_options,
+            "--routines",
+            "--events",
+            "--triggers",
+            "--hex-blob",
+            "--default-character-set=utf8mb4",
+        ]
+
+    def dump_position(self, text: str) -> DumpPosition | None:
+        """The position a dump (its head and its tail: where the dump tool writes it) records; None when it does
+        not hold both the GTIDs and the binlog coordinates."""
+        gtid = self._dump_gtid.search(text)
+        binlog = self._dump_binlog.search(text)
+        if gtid is None or binlog is None:
+            return None
+        return DumpPosition(re.sub(r"\s+", "", gtid.group(1)), binlog.group(1), int(binlog.group(2)))
+
+    @abstractmethod
+    def seed_position(self, gtid: str) -> list[SQL]:
+        """What makes a member, loaded from a dump without binary logging, hold ``gtid`` as its executed GTIDs, so
+        that it replicates from the transaction after it."""
+
     # --- accounts -------------------------------------------------------------------------------------------
 
     def user_exists(self, user: str, host: str) -> SQL:
@@ -448,9 +505,20 @@ class MariaDBDialect(Dialect):
         "replica_active": "Rpl_semi_sync_slave_status",
         "source_clients": "Rpl_semi_sync_master_clients",
     }
+    dump_program = "mariadb-dump"
+    dump_position_options = ("--gtid", "--master-data=2")
+    client_program = "mariadb"
+    _dump_gtid = re.compile(r"^-- SET GLOBAL gtid_slave_pos='([^']*)';$", re.MULTILINE)
+    _dump_binlog = re.compile(r"^-- CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+);$", re.MULTILINE)
 
     def _auto_position(self, value: object) -> bool:
         return str(value) == "Slave_Pos"
+
+    def client_options(self) -> list[str]:
+        return ["--skip-ssl"]
+
+    def seed_position(self, gtid: str) -> list[SQL]:
+        return [SQL("SET GLOBAL gtid_slave_pos = %s", (gtid,))]
 
     def resume_position(self) -> SQL:
         return SQL("SELECT @@GLOBAL.gtid_binlog_pos, @@GLOBAL.gtid_slave_pos")
@@ -524,9 +592,25 @@ class MySQLDialect(Dialect):
         "source": ("rpl_semi_sync_source", "semisync_source.so"),
         "replica": ("rpl_semi_sync_replica", "semisync_replica.so"),
     }
+    dump_program = "mysqldump"
+    dump_position_options = ("--source-data=2", "--set-gtid-purged=ON")
+    client_program = "mysql"
+    _dump_gtid = re.compile(r"^SET @@GLOBAL\.GTID_PURGED=(?:/\*!80000 '\+'\*/ )?'([^']*)';$", re.MULTILINE)
+    _dump_binlog = re.compile(
+        r"^-- CHANGE REPLICATION SOURCE TO SOURCE_LOG_FILE='([^']+)', SOURCE_LOG_POS=(\d+);$", re.MULTILINE
+    )
 
     def _auto_position(self, value: object) -> bool:
         return str(value) == "1"
+
+    def client_options(self) -> list[str]:
+        """Without TLS, caching_sha2_password needs the server's RSA key to send the password."""
+        return ["--ssl-mode=DISABLED", "--get-server-public-key"]
+
+    def seed_position(self, gtid: str) -> list[SQL]:
+        """Nothing: the dump's ``SET @@GLOBAL.GTID_PURGED`` did it (on a member whose ``gtid_executed`` was
+        empty)."""
+        return []
 
     def configure_source(self, source: Source, resume: tuple[str, str] | None = None) -> list[SQL]:
         ca = source.ca_file

@@ -1,0 +1,198 @@
+"""A consistent logical backup of one member, streamed to a store.
+
+The flavour's dump tool (`Dialect.dump_options`: one snapshot, its GTID and binlog position written into the dump)
+writes to a pipe; its output is compressed (zstd) and uploaded as it comes, never kept whole in memory or on disk;
+the manifest (`manifest.publish`) is written only once the dump tool succeeded, the position was found and the data
+object is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+import zstandard
+
+from ..mysql.dialect import SQL, Dialect, DumpPosition
+from ..mysql.member import Credentials, connect
+from .manifest import BackupManifest, data_key, publish
+from .storage import Progress, Store
+
+READ_CHUNK = 1024 * 1024
+POSITION_WINDOW = 1024 * 1024
+"""Bytes of the dump's head and of its tail searched for its position (the dump tools write it before the data,
+MySQL's GTID_PURGED possibly after it)."""
+COMPRESSION_LEVEL = 3
+SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+
+Programs = Callable[[str], list[str]]
+"""The command line that runs a client program by name (default: the program on PATH)."""
+
+
+class BackupError(RuntimeError):
+    """The backup did not complete (nothing usable was published); the message is one readable line."""
+
+
+def on_path(name: str) -> list[str]:
+    return [name]
+
+
+@dataclass(frozen=True)
+class Member:
+    """A server to back up or restore into, reached over the network."""
+
+    name: str
+    host: str
+    port: int
+    credentials: Credentials
+    """An account with the dump's privileges (SELECT, SHOW VIEW, TRIGGER, EVENT, RELOAD, REPLICATION CLIENT;
+    restoring: every privilege on the schemas, and setting GTID positions)."""
+    dialect: Dialect
+    programs: Programs = field(default=on_path, compare=False)
+
+
+@contextmanager
+def client_command(member: Member, program: str) -> Iterator[list[str]]:
+    """The command line of ``program`` connecting to the member; the password is in an option file readable only
+    by this user (never on a command line), removed afterwards."""
+    fd, path = tempfile.mkstemp(prefix="whm-ha-client-", suffix=".cnf")
+    try:
+        with os.fdopen(fd, "w") as options:
+            # Option file values may be quoted; a quote or backslash in the password is escaped.
+            password = member.credentials.password.replace("\\", "\\\\").replace('"', '\\"')
+            options.write(f'[client]\nuser="{member.credentials.username}"\npassword="{password}"\n')
+        yield [
+            *member.programs(program),
+            f"--defaults-extra-file={path}",
+            f"--host={member.host}",
+            f"--port={member.port}",
+            "--protocol=TCP",
+            *member.dialect.client_options(),
+        ]
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+def _schemas(member: Member) -> tuple[str, list[str]]:
+    """The server's version and its schemas that are not the server's own."""
+    with connect(member.name, member.host, member.port, member.credentials, member.dialect, timeout=10) as session:
+        row = session.row(SQL("SELECT VERSION()"))
+        names = [str(name) for (name,) in session.rows(SQL("SHOW DATABASES"))]
+    return str(row[0] if row else ""), sorted(name for name in names if name not in SYSTEM_SCHEMAS)
+
+
+@dataclass
+class _CompressedDump:
+    """The dump tool's output compressed, counted and hashed as it is read; `position` once it is exhausted."""
+
+    stdout: IO[bytes]
+    dialect: Dialect
+    size: int = 0
+    uncompressed_size: int = 0
+    head: bytearray = field(default_factory=bytearray)
+    tail: bytearray = field(default_factory=bytearray)
+    sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    def chunks(self, finished: Callable[[], None]) -> Iterator[bytes]:
+        """Compressed chunks; ``finished`` runs after the output ended and before the last chunk is given, so
+        that raising there keeps the upload from completing."""
+        compressor = zstandard.ZstdCompressor(level=COMPRESSION_LEVEL, write_checksum=True).compressobj()
+        while chunk := self.stdout.read(READ_CHUNK):
+            self.uncompressed_size += len(chunk)
+            if len(self.head) < POSITION_WINDOW:
+                self.head += chunk[: POSITION_WINDOW - len(self.head)]
+            self.tail += chunk
+            del self.tail[: max(0, len(self.tail) - POSITION_WINDOW)]
+            if out := compressor.compress(chunk):
+                yield self._count(out)
+        last = compressor.flush()
+        finished()
+        yield self._count(last)
+
+    def _count(self, data: bytes) -> bytes:
+        self.size += len(data)
+        self.sha256.update(data)
+        return data
+
+    def position(self) -> DumpPosition | None:
+        text = (bytes(self.head) + b"\n" + bytes(self.tail)).decode("utf-8", errors="replace")
+        return self.dialect.dump_position(text)
+
+
+def take_backup(
+    store: Store,
+    name: str,
+    member: Member,
+    *,
+    databases: list[str] | None = None,
+    progress: Progress | None = None,
+) -> BackupManifest:
+    """Dump ``databases`` (default: every schema but the server's own) of ``member`` into ``store`` as the backup
+    ``name`` and publish its manifest; BackupError (or the store's StorageError) when anything failed, and then
+    no manifest was written."""
+    started = datetime.now(UTC)
+    version, schemas = _schemas(member)
+    if databases is not None:
+        schemas = databases
+    if not schemas:
+        raise BackupError(f"{member.name}: nothing to back up (no schema of its own)")
+    dialect = member.dialect
+    with (
+        client_command(member, dialect.dump_program) as command,
+        tempfile.TemporaryFile() as errors,
+    ):
+        process = subprocess.Popen(
+            [*command, *dialect.dump_options(), "--databases", *schemas],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+        )
+        assert process.stdout is not None
+        dump = _CompressedDump(process.stdout, dialect)
+        position: list[DumpPosition] = []
+
+        def finished() -> None:
+            code = process.wait()
+            if code != 0:
+                errors.seek(0)
+                message = errors.read().decode(errors="replace").strip().splitlines()
+                raise BackupError(f"{member.name}: {dialect.dump_program} failed ({code}): {' '.join(message[-3:])}")
+            found = dump.position()
+            if found is None:
+                raise BackupError(f"{member.name}: the dump holds no GTID and binlog position")
+            position.append(found)
+
+        try:
+            store.upload(data_key(name), dump.chunks(finished), progress)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            process.stdout.close()
+    manifest = BackupManifest(
+        name=name,
+        flavor=dialect.flavor,
+        server_version=version,
+        member=member.name,
+        gtid=position[0].gtid,
+        binlog_file=position[0].binlog_file,
+        binlog_position=position[0].binlog_position,
+        databases=schemas,
+        tool=f"{dialect.dump_program} {' '.join(dialect.dump_options()[:3])}",
+        data=data_key(name),
+        size=dump.size,
+        sha256=dump.sha256.hexdigest(),
+        uncompressed_size=dump.uncompressed_size,
+        started=started,
+        finished=datetime.now(UTC),
+    )
+    publish(store, manifest)
+    return manifest

@@ -1,5 +1,5 @@
 # Entry points. `make test` and `make demo` work on a fresh Debian machine: they install what is missing first.
-.PHONY: setup test test-real test-faults toxiproxy databases test-databases control-plane images test-cluster e2e lint unit crds demo e2e-kind clean
+.PHONY: setup test test-real test-faults toxiproxy seaweedfs test-backups databases test-databases control-plane images test-cluster e2e lint unit crds demo e2e-kind clean
 
 VENV := .venv/bin
 # A Python that dies of SIGABRT/SIGSEGV prints every thread's stack, also during interpreter shutdown (a CI run
@@ -17,6 +17,14 @@ lint: setup
 # The fast tiers: unit, MariaDB and the sandbox API (under 15 minutes on 2 cores).
 test: lint
 	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest
+
+# The backup tests' object store: SeaweedFS's `weed` (S3 on loopback), built once from its Go module (cached). The
+# tests that need it skip without it (WHM_HA_REQUIRE_SEAWEEDFS=1 fails instead); `make test` runs them when built.
+seaweedfs:
+	bash hack/build-seaweedfs
+
+test-backups: setup seaweedfs
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} WHM_HA_REQUIRE_SEAWEEDFS=1 $(VENV)/pytest tests/integration/test_backups.py tests/unit/test_backup_storage.py
 
 # The fault tier: hosts in network namespaces (root; WHM_HA_REQUIRE_FAULTS=1 fails instead of skipping), slow
 # links through toxiproxy, built once from its Go module (cached).

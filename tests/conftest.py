@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.shim_process",
     "tests.fixtures.netns",
     "tests.fixtures.slow_links",
+    "tests.fixtures.object_store",
     "tests.fixtures.local_cluster",
     "tests.fixtures.e2e",
 ]

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +33,8 @@ POSITION_WINDOW = 1024 * 1024
 """Bytes of the dump's head and of its tail searched for its position (the dump tools write it before the data,
 MySQL's GTID_PURGED possibly after it)."""
 COMPRESSION_LEVEL = 3
+AHEAD = 16
+"""Compressed chunks read ahead of the upload: the dump tool and the compression go on while a part is sent."""
 SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
 
 Programs = Callable[[str], list[str]]
@@ -127,6 +131,51 @@ class _CompressedDump:
         return self.dialect.dump_position(text)
 
 
+class _ReadAhead:
+    """The items of an iterator, produced by a thread of its own up to ``depth`` items ahead of the consumer (the
+    producer's exception is raised to the consumer in its place)."""
+
+    def __init__(self, items: Iterator[bytes], depth: int) -> None:
+        self._items = items
+        self._queue: queue.Queue[tuple[bytes | None, BaseException | None]] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="backup-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: tuple[bytes | None, BaseException | None]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put((item, None)):
+                    return
+        except BaseException as exc:
+            self._put((None, exc))
+            return
+        self._put((None, None))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item, error = self._queue.get()
+            if error is not None:
+                raise error
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop the producer and wait for it (whatever feeds it must end: its process killed first)."""
+        self._stop.set()
+        self._thread.join()
+
+
 def take_backup(
     store: Store,
     name: str,
@@ -170,11 +219,13 @@ def take_backup(
                 raise BackupError(f"{member.name}: the dump holds no GTID and binlog position")
             position.append(found)
 
+        ahead = _ReadAhead(dump.chunks(finished), AHEAD)
         try:
-            store.upload(data_key(name), dump.chunks(finished), progress)
+            store.upload(data_key(name), ahead, progress)
         finally:
             if process.poll() is None:
                 process.kill()
+            ahead.close()
             process.wait()
             process.stdout.close()
     manifest = BackupManifest(

@@ -32,7 +32,8 @@ Choices that differ per flavor:
 * Logical backups. MariaDB: ``mariadb-dump --single-transaction --gtid --master-data=2``, which reads the binlog
   position of its consistent snapshot (``binlog_snapshot_file``/``_pos``, no global read lock) and writes it, and
   its GTID position, as comments; a restored member is seeded by setting ``gtid_slave_pos``. MySQL: ``mysqldump
-  --single-transaction --source-data=2 --set-gtid-purged=ON``, whose dump sets ``GTID_PURGED`` itself when loaded.
+  --single-transaction --source-data=2 --set-gtid-purged=ON``, which holds ``FLUSH TABLES WITH READ LOCK`` while
+  it opens the snapshot and reads ``gtid_executed``, and whose dump sets ``GTID_PURGED`` itself when loaded.
 """
 
 from __future__ import annotations

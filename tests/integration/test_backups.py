@@ -1,0 +1,174 @@
+"""Logical backups on real servers, stored in a real SeaweedFS (S3 on loopback) or a directory.
+
+* A backup taken while writers write restores into an empty server to exactly its recorded GTID position: the
+  restored member, replicating from the source from there, applies every later transaction without a duplicate
+  key (nothing after the position was in the dump) and ends with every row of the source (nothing before it was
+  missing). The writers are not held up while the dump runs.
+* A backup whose store dies mid-upload is never listed as usable, and nothing of it is visible in the bucket.
+* The directory store: the same round trip, and a dump that fails leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.mariadb import StartFlavourServers, StartServers
+from tests.fixtures.object_store import ObjectStore
+from tests.kube_helpers import wait_for
+from whm_ha.backup.dump import BackupError, Member, take_backup
+from whm_ha.backup.manifest import BackupManifest, usable_backups
+from whm_ha.backup.restore import restore_backup
+from whm_ha.backup.storage import FilesystemStore, StorageError
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
+from whm_ha.demo.checkers import Direct, Writers, create_table
+from whm_ha.mysql import actions
+from whm_ha.mysql.dialect import SQL, Source, dialect_for
+from whm_ha.mysql.member import Credentials, Session, connect
+
+pytestmark = pytest.mark.mariadb
+
+TABLE = "app.writes"
+REPL_USER = "repl"
+REPL_PASSWORD = "repl-secret"
+
+
+def member(name: str, server: LocalServer) -> Member:
+    flavour = server.flavour
+    return Member(
+        name,
+        server.host,
+        server.port,
+        Credentials(ADMIN_USER, ADMIN_PASSWORD),
+        dialect_for(flavour.product),
+        programs=flavour.client_command,
+    )
+
+
+def session(m: Member) -> Session:
+    return connect(m.name, m.host, m.port, m.credentials, m.dialect, timeout=10)
+
+
+def ids(m: Member, table: str = TABLE) -> set[int]:
+    with session(m) as s:
+        return {int(row[0]) for row in s.rows(SQL(f"SELECT id FROM {table}"))}
+
+
+def fill(m: Member, rows: int, row_bytes: int, table: str = "app.bulk") -> None:
+    """``rows`` rows of random (incompressible) bytes, so that a dump takes a while and compresses little."""
+    with session(m) as s:
+        s.execute(SQL("CREATE DATABASE IF NOT EXISTS app"))
+        s.execute(SQL(f"CREATE TABLE IF NOT EXISTS {table} (id INT PRIMARY KEY, payload LONGBLOB)"))
+        batch = max(1, (4 << 20) // row_bytes)
+        for first in range(0, rows, batch):
+            values = [(i, os.urandom(row_bytes)) for i in range(first, min(rows, first + batch))]
+            with s.conn.cursor() as cur:
+                cur.executemany(f"INSERT INTO {table} VALUES (%s, %s)", values)
+
+
+def replicate_from(replica: Member, source: Member, source_server: LocalServer) -> None:
+    with session(source) as s:
+        actions.ensure_replication_user(s, REPL_USER, REPL_PASSWORD)
+    with session(replica) as r:
+        actions.ensure_replica(r, Source(source_server.host, source_server.port, REPL_USER, REPL_PASSWORD))
+
+
+def test_a_backup_taken_during_writes_restores_to_exactly_its_gtid_position(
+    database_servers: StartFlavourServers, object_store: ObjectStore
+) -> None:
+    source_server, empty_server = database_servers(2)
+    source, restored = member("m0", source_server), member("m1", empty_server)
+    fill(source, rows=3000, row_bytes=2048)
+    writes = Direct(source_server.host, source_server.port, ADMIN_USER, ADMIN_PASSWORD)
+    create_table(writes, TABLE)
+    writers = Writers(writes, table=TABLE, count=4).start(warm_up=50)
+    store = object_store.store(prefix="prod/")
+    try:
+        with session(source) as s:
+            before = s.executed()
+        manifest = take_backup(store, "during-writes", source)
+        during = writers.acks.between(manifest.started.timestamp(), manifest.finished.timestamp())
+        wait_for(writers.acks.progressed(), 10, "writes after the backup")
+    finally:
+        writers.stop()
+    assert not writers.errors
+    with session(source) as s:
+        after = s.executed()
+    position = source.dialect.parse_gtid(manifest.gtid)
+    assert position.contains(before) and not before.contains(position), "the snapshot is taken after the start"
+    assert after.contains(position) and not position.contains(after), "writes went on after the snapshot"
+    assert during, "writers were acknowledged while the dump ran"
+    assert usable_backups(store) == [manifest]
+    assert manifest.flavor == source.dialect.flavor and manifest.member == "m0"
+    assert manifest.databases == ["app"]
+    assert manifest.size == sum(len(chunk) for chunk in store.read(manifest.data))
+
+    restore_backup(store, manifest, restored)
+    restored_ids = ids(restored)
+    assert restored_ids < ids(source), "the backup is older than the source's end"
+    replicate_from(restored, source, source_server)
+
+    def caught_up() -> bool:
+        with session(restored) as r:
+            status = r.replica_status()
+            assert status is not None
+            assert status.last_sql_errno == 0, f"replication from the backup's position broke: {status.last_sql_error}"
+            return r.executed().contains(after)
+
+    wait_for(caught_up, 60, "the restored member to replicate up to the source's end")
+    assert ids(restored) == ids(source) == writers.acks.ids() | restored_ids
+    assert writers.acks.ids() <= ids(restored), "every acknowledged write, none missing"
+
+
+def test_a_backup_whose_store_dies_mid_upload_is_never_listed(
+    mariadb_servers: StartServers, object_store: ObjectStore
+) -> None:
+    (server,) = mariadb_servers(1)
+    source = member("m0", server)
+    fill(source, rows=8000, row_bytes=2048)
+    part = 5 * 1024 * 1024
+    store = object_store.store(part_size=part)
+    parts: list[int] = []
+
+    def kill_after_the_first_part(stored: int) -> None:
+        parts.append(stored)
+        if len(parts) == 1:
+            object_store.kill()
+
+    with pytest.raises(StorageError):
+        take_backup(store, "interrupted", source, progress=kill_after_the_first_part)
+    assert parts == [part], "one part was stored before the store died"
+    object_store.start()
+    assert usable_backups(store) == []
+    assert store.list() == [], "no data object either: the multipart upload never completed"
+
+    manifest = take_backup(store, "after", source, progress=lambda _: None)
+    assert [b.name for b in usable_backups(store)] == ["after"]
+    assert manifest.size > part
+
+
+def test_filesystem_store_round_trip_and_a_failed_dump_leaves_nothing(
+    mariadb_servers: StartServers, tmp_path: Path
+) -> None:
+    source_server, empty_server = mariadb_servers(2)
+    source, restored = member("m0", source_server), member("m1", empty_server)
+    fill(source, rows=200, row_bytes=512)
+    store = FilesystemStore(tmp_path / "backups")
+
+    with pytest.raises(BackupError, match="mariadb-dump failed"):
+        take_backup(store, "broken", source, databases=["no_such_schema"])
+    assert usable_backups(store) == []
+    assert not [p for p in (tmp_path / "backups").rglob("*") if p.is_file()], "no partial file left"
+
+    manifest = take_backup(store, "fs", source)
+    assert sorted(store.list()) == ["fs/dump.sql.zst", "fs/manifest.json"]
+    assert usable_backups(FilesystemStore(tmp_path / "backups")) == [manifest]
+    assert isinstance(manifest, BackupManifest)
+    restore_backup(store, manifest, restored)
+    assert ids(restored, "app.bulk") == set(range(200))
+    with session(restored) as r:
+        assert r.row(SQL("SELECT @@GLOBAL.gtid_slave_pos")) == (manifest.gtid,), "seeded at the backup's position"
+    assert time.time() >= manifest.finished.timestamp() >= manifest.started.timestamp()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,8 @@ pytestmark = pytest.mark.mariadb
 TABLE = "app.writes"
 REPL_USER = "repl"
 REPL_PASSWORD = "repl-secret"
+BACKUP_PASSWORD = " b'ck\"up #\\s x"
+"""What an option file must quote and escape: a leading space, a comment sign, an escape sequence, quotes."""
 
 
 def member(name: str, server: LocalServer) -> Member:
@@ -156,6 +159,13 @@ def test_filesystem_store_round_trip_and_a_failed_dump_leaves_nothing(
     source_server, empty_server = mariadb_servers(2)
     source, restored = member("m0", source_server), member("m1", empty_server)
     fill(source, rows=200, row_bytes=512)
+    # An account of its own whose password has what an option file must escape: the tools get it from one.
+    with session(source) as s:
+        s.execute(s.dialect.create_user("backup", "%", BACKUP_PASSWORD))
+        s.execute(
+            SQL("GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, RELOAD, REPLICATION CLIENT ON *.* TO %s@%s", ("backup", "%"))
+        )
+    source = replace(source, credentials=Credentials("backup", BACKUP_PASSWORD))
     store = FilesystemStore(tmp_path / "backups")
 
     with pytest.raises(BackupError, match="mariadb-dump failed"):

@@ -70,9 +70,8 @@ def client_command(member: Member, program: str) -> Iterator[list[str]]:
     fd, path = tempfile.mkstemp(prefix="whm-ha-client-", suffix=".cnf")
     try:
         with os.fdopen(fd, "w") as options:
-            # Option file values may be quoted; a quote or backslash in the password is escaped.
-            password = member.credentials.password.replace("\\", "\\\\").replace('"', '\\"')
-            options.write(f'[client]\nuser="{member.credentials.username}"\npassword="{password}"\n')
+            user, password = _option_value(member.credentials.username), _option_value(member.credentials.password)
+            options.write(f"[client]\nuser={user}\npassword={password}\n")
         yield [
             *member.programs(program),
             f"--defaults-extra-file={path}",
@@ -83,6 +82,11 @@ def client_command(member: Member, program: str) -> Iterator[list[str]]:
         ]
     finally:
         Path(path).unlink(missing_ok=True)
+
+
+def _option_value(value: str) -> str:
+    """``value`` as an option file reads it back unchanged: quoted, its backslashes and quotes escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _schemas(member: Member) -> tuple[str, list[str]]:

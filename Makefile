@@ -24,7 +24,7 @@ seaweedfs:
 	bash hack/build-seaweedfs
 
 test-backups: setup seaweedfs
-	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} WHM_HA_REQUIRE_SEAWEEDFS=1 $(VENV)/pytest tests/integration/test_backups.py tests/unit/test_backup_storage.py
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} WHM_HA_REQUIRE_SEAWEEDFS=1 $(VENV)/pytest tests/integration/test_backups.py tests/unit/test_backup_storage.py tests/unit/test_backup_dump.py
 
 # The fault tier: hosts in network namespaces (root; WHM_HA_REQUIRE_FAULTS=1 fails instead of skipping), slow
 # links through toxiproxy, built once from its Go module (cached).

@@ -30,8 +30,8 @@ from .storage import Progress, Store
 
 READ_CHUNK = 1024 * 1024
 POSITION_WINDOW = 1024 * 1024
-"""Bytes of the dump's head and of its tail searched for its position (the dump tools write it before the data,
-MySQL's GTID_PURGED possibly after it)."""
+"""Bytes of the dump's head and of its tail searched for its position (mysqldump writes it before the data,
+mariadb-dump its GTID position after it)."""
 COMPRESSION_LEVEL = 1
 """zstd level 1: some 3.5 times the speed of level 3 (the default) for a nearly equal ratio (4.0 against 3.8 on the
 benchmark's rows); at level 3 the compression, not the dump tool or the store, bounded a backup."""

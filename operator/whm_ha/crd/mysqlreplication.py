@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from .backup import ReplicationBackupSpec
 from .common import (
     HISTORY_LIMIT,
     Condition,
@@ -164,6 +165,8 @@ class MySQLReplicationSpec(CRDModel):
     """How often every member is inspected."""
     failure_threshold: int = Field(default=3, ge=1, le=100)
     """Failed inspections of the primary in a row before it is considered down."""
+    backup: ReplicationBackupSpec | None = None
+    """Scheduled backups, their storage and retention, and the binary log archive; none: no backup is scheduled."""
 
 
 class PromotionRecord(FailoverRecord):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .common import API_VERSION, GROUP, VERSION, CRDModel
+from .mysqlbackup import MySQLBackupSpec, MySQLBackupStatus
 from .mysqlreplication import MySQLReplicationSpec, MySQLReplicationStatus
 from .whmcluster import WHMClusterSpec, WHMClusterStatus
 from .whmnode import WHMNodeSpec, WHMNodeStatus
@@ -96,4 +97,21 @@ MYSQL_REPLICATION = CustomResource(
     ),
 )
 
-ALL: tuple[CustomResource, ...] = (WHM_CLUSTER, WHM_NODE, MYSQL_REPLICATION)
+MYSQL_BACKUP = CustomResource(
+    kind="MySQLBackup",
+    plural="mysqlbackups",
+    short_names=("mybk",),
+    description="One consistent logical backup of a MySQLReplication's member, streamed to object storage.",
+    spec=MySQLBackupSpec,
+    status=MySQLBackupStatus,
+    columns=(
+        PrinterColumn("Replication", "string", ".spec.replication", "The MySQLReplication backed up."),
+        PrinterColumn("Phase", "string", ".status.phase", "Pending, Running, Completed or Failed."),
+        PrinterColumn("Member", "string", ".status.member", "The member backed up."),
+        PrinterColumn("Size", "integer", ".status.sizeBytes", "Bytes stored (compressed)."),
+        PrinterColumn("Completed", "date", ".status.completedAt", "When the backup became usable."),
+        AGE,
+    ),
+)
+
+ALL: tuple[CustomResource, ...] = (WHM_CLUSTER, WHM_NODE, MYSQL_REPLICATION, MYSQL_BACKUP)

@@ -73,9 +73,11 @@ def test_real_client_is_the_last_untrusted_hop(chain: list[bytes], client: bytes
 def test_real_client_is_a_hop_and_every_hop_right_of_it_is_trusted(hops: list[str]) -> None:
     chain = [", ".join(hops).encode()]
     client = real_client(chain, LB.networks).decode()
-    index = max(i for i, hop in enumerate(hops) if hop == client)
+    untrusted = [i for i, hop in enumerate(hops) if not any(ip_address(hop) in net for net in LB.networks)]
+    # The rightmost untrusted hop; the leftmost when all are trusted (by position: a chain may repeat an address).
+    index = untrusted[-1] if untrusted else 0
+    assert client == hops[index]
     assert all(any(ip_address(hop) in net for net in LB.networks) for hop in hops[index + 1 :])
-    assert index == 0 or not any(ip_address(client) in net for net in LB.networks)
 
 
 def test_a_trusted_peer_keeps_its_headers_and_is_appended_to() -> None:

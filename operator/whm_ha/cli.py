@@ -49,6 +49,12 @@ def _run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_backup_task(_: argparse.Namespace) -> int:
+    from .backup.task import main
+
+    return main()
+
+
 def _run_sandbox(args: argparse.Namespace) -> int:
     try:
         from .sandbox.main import run
@@ -364,6 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--sql-dir", type=Path, default=None, help=argparse.SUPPRESS)
     migrate.set_defaults(handler=_run_migrate)
+
+    backup_task = sub.add_parser(
+        "backup-task",
+        help="one try of a MySQLBackup (the operator runs it; the task comes as JSON on standard input)",
+        description=(
+            "Take one backup: read the task the operator resolved (store, credentials, member) as JSON from standard "
+            "input, stream the dump to the store, print the manifest as JSON; exit 1 with one line on standard error "
+            "when it failed (nothing of it is then listed as usable)."
+        ),
+    )
+    backup_task.set_defaults(handler=_run_backup_task)
     return parser
 
 

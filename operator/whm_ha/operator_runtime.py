@@ -66,7 +66,8 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 async def _main(
     *, namespace: str | None, metrics: str | None, health: str | None, peering: str, priority: int, standalone: bool
 ) -> int:
-    from .nodes import handlers  # registers the handlers with kopf; its NodeStore runs beside them
+    from .backup import handlers as _backups  # noqa: F401 - registers the handlers with kopf
+    from .nodes import handlers  # likewise; its NodeStore runs beside them
     from .replication import handlers as _replication  # noqa: F401 - likewise
 
     try:
@@ -132,6 +133,8 @@ def run(
     )
     logging.getLogger("kopf").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for chatty in ("botocore", "boto3", "urllib3", "s3transfer"):  # retention's requests to the backup store
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     # The standard event loop, not uvloop: under uvloop kopf's watch-stream cancellation (on a peering
     # pause) fails an assertion in a loop callback.
     return asyncio.run(

@@ -57,6 +57,7 @@ class Resource:
 WHMCLUSTERS = Resource("ha.whm.io", "v1alpha1", "whmclusters")
 WHMNODES = Resource("ha.whm.io", "v1alpha1", "whmnodes")
 MYSQLREPLICATIONS = Resource("ha.whm.io", "v1alpha1", "mysqlreplications")
+MYSQLBACKUPS = Resource("ha.whm.io", "v1alpha1", "mysqlbackups")
 PODS = Resource("", "v1", "pods")
 SECRETS = Resource("", "v1", "secrets")
 SERVICES = Resource("", "v1", "services")

@@ -1,0 +1,232 @@
+"""MySQLBackup and MySQLReplication.spec.backup, end to end: a real operator process, three real ``mariadbd``, a real
+SeaweedFS, and the Kubernetes API of either tier.
+
+* A one-off backup is taken from the healthiest replica (never the primary's writers' server), reported in its
+  status, Events and metrics, listed in the store with the same checksum, and restores to the primary's rows.
+* With the store down, a backup with one try fails with a clear message and lists nothing; a backup with more
+  tries fails its first try, then completes once the store is back.
+* A schedule creates one backup per scheduled time; retention deletes the expired scheduled backups and their data,
+  never a one-off backup.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from datetime import datetime
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.fixtures.kube import KubeAPI
+from tests.fixtures.mariadb import StartServers
+from tests.fixtures.object_store import ACCESS_KEY, BUCKET, SECRET_KEY, ObjectStore
+from tests.fixtures.operator_process import OperatorProcess, StartOperator
+from tests.integration.test_operator_replication import SERVER_ARGS, Replication, member_host
+from tests.kube_helpers import GROUP, VERSION, wait_for
+from whm_ha.backup.dump import Member
+from whm_ha.backup.manifest import usable_backups
+from whm_ha.backup.policy import scheduled_name
+from whm_ha.backup.restore import restore_backup
+from whm_ha.backup.schedule import REPLICATION_LABEL, SCHEDULED_FOR, SCHEDULED_LABEL
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER
+from whm_ha.mysql.dialect import dialect_for
+from whm_ha.mysql.member import Credentials
+
+pytestmark = pytest.mark.mariadb
+
+PREFIX = "db/"
+
+
+class Backups:
+    """The MySQLBackups of the replication ``db``."""
+
+    def __init__(self, replication: Replication) -> None:
+        self.replication = replication
+        self.custom = replication.custom
+
+    def create(self, name: str, metadata: dict[str, Any] | None = None, **spec: Any) -> None:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "MySQLBackup",
+            "metadata": {"name": name, **(metadata or {})},
+            "spec": {"replication": "db", **spec},
+        }
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.replication.namespace, "mysqlbackups", body)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.replication.namespace, "mysqlbackups", name
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    def names(self) -> set[str]:
+        listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.replication.namespace, "mysqlbackups")
+        return {item["metadata"]["name"] for item in listed["items"]}
+
+    def finished(self, name: str, timeout: float = 90) -> dict[str, Any]:
+        seen: list[dict[str, Any]] = [{}]
+
+        def check() -> dict[str, Any] | None:
+            seen[0] = (self.get(name) or {}).get("status") or {}
+            return seen[0] if seen[0].get("phase") in ("Completed", "Failed") else None
+
+        try:
+            status: dict[str, Any] = wait_for(check, timeout, f"{name} finished")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the last status: {json.dumps(seen[0])}") from None
+        return status
+
+
+def metrics(operator: OperatorProcess) -> dict[str, float]:
+    """The operator's samples by name and labels, as exposed."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] not in "#"}
+
+
+def s3_storage(store: ObjectStore) -> dict[str, Any]:
+    return {"s3": {"endpoint": store.endpoint, "bucket": BUCKET, "prefix": PREFIX, "credentialsSecret": {"name": "s3"}}}
+
+
+@pytest.fixture
+def replication(
+    kube_api: KubeAPI,
+    kube_client: client.ApiClient,
+    kube_namespace: str,
+    mariadb_servers: StartServers,
+    object_store: ObjectStore,
+) -> Replication:
+    host = member_host(kube_api.tier)
+    bind = () if host == "127.0.0.1" else (f"--bind-address=127.0.0.1,{host}",)
+    replication = Replication(kube_client, kube_namespace, mariadb_servers(3, extra_args=SERVER_ARGS + bind), host)
+    replication.core.create_namespaced_secret(
+        kube_namespace,
+        {
+            "metadata": {"name": "s3"},
+            "data": {
+                "accessKeyId": base64.b64encode(ACCESS_KEY.encode()).decode(),
+                "secretAccessKey": base64.b64encode(SECRET_KEY.encode()).decode(),
+            },
+        },
+    )
+    return replication
+
+
+def start(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, **backup: Any
+) -> OperatorProcess:
+    replication.create(backup={"storage": s3_storage(backup.pop("store")), **backup})
+    operator = operator_process(kube_api.kubeconfig, replication.namespace)
+    replication.healthy()
+    return operator
+
+
+def test_a_one_off_backup_is_taken_from_a_replica_reported_and_restores(
+    replication: Replication,
+    kube_api: KubeAPI,
+    operator_process: StartOperator,
+    object_store: ObjectStore,
+    mariadb_servers: StartServers,
+) -> None:
+    operator = start(replication, kube_api, operator_process, store=object_store)
+    replication.create_app()
+    replication.sql("m0", "INSERT INTO app.t VALUES (1), (2), (3)")
+    wait_for(lambda: all(replication.ids(m) == {1, 2, 3} for m in ("m1", "m2")), 30, "rows on the replicas")
+    backups = Backups(replication)
+
+    backups.create("first")
+    status = backups.finished("first")
+
+    assert status["phase"] == "Completed", status
+    assert status["member"] in ("m1", "m2"), "taken from a replica, not the primary"
+    assert status["attempts"] == 1 and status["sizeBytes"] > 0 and status["gtid"]
+    assert status["location"] == f"{object_store.endpoint}/{BUCKET}/{PREFIX}first/"
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Ready": "True"}
+    listed = {m.name: m for m in usable_backups(object_store.store(PREFIX))}
+    assert listed["first"].sha256 == status["sha256"] and listed["first"].gtid == status["gtid"]
+    events = [e for e in replication.core.list_namespaced_event(replication.namespace).items if e.reason]
+    assert {"Started", "Completed"} <= {e.reason for e in events if e.involved_object.name == "first"}
+    labels = f'namespace="{replication.namespace}",replication="db"'
+    samples = metrics(operator)
+    assert samples[f'whm_ha_backups_total{{{labels},result="completed"}}'] == 1
+    wait_for(lambda: metrics(operator).get(f"whm_ha_backup_stale{{{labels}}}") == 0, 30, "the backup is recent")
+    assert metrics(operator)[f"whm_ha_backup_last_size_bytes{{{labels}}}"] == status["sizeBytes"]
+
+    empty = mariadb_servers(1)[0]
+    target = Member("empty", empty.host, empty.port, Credentials(ADMIN_USER, ADMIN_PASSWORD), dialect_for("mariadb"))
+    restore_backup(object_store.store(PREFIX), listed["first"], target)
+    with empty.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM app.t ORDER BY id")
+        assert [row[0] for row in cur.fetchall()] == [1, 2, 3]
+
+
+def test_a_store_that_is_down_fails_a_single_try_and_a_retried_backup_completes_when_it_is_back(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, object_store: ObjectStore
+) -> None:
+    start(replication, kube_api, operator_process, store=object_store)
+    replication.create_app()
+    backups = Backups(replication)
+    object_store.kill()
+
+    backups.create("once", attempts=1)
+    status = backups.finished("once")
+    assert status["phase"] == "Failed" and status["attempts"] == 1
+    assert (
+        status["message"].startswith("try 1 of 1 failed: ")
+        and object_store.endpoint.split("//")[1] in status["message"]
+    )
+
+    backups.create("retried", attempts=3)
+
+    def first_try_failed() -> bool:
+        return "try 1 of 3 failed" in ((backups.get("retried") or {}).get("status") or {}).get("message", "")
+
+    wait_for(first_try_failed, 60, "the first try failed")
+    object_store.start()
+    status = backups.finished("retried")
+    assert status["phase"] == "Completed" and status["attempts"] == 2, status
+    assert {m.name for m in usable_backups(object_store.store(PREFIX))} == {"retried"}, "the failed one lists nothing"
+
+
+def test_a_schedule_takes_one_backup_per_time_and_retention_deletes_expired_scheduled_backups_only(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, object_store: ObjectStore
+) -> None:
+    start(replication, kube_api, operator_process, store=object_store)
+    replication.create_app()
+    backups = Backups(replication)
+    # Three earlier scheduled backups, and a one-off one, all complete before retention is asked for.
+    earlier = [f"db-2026120{day}031500" for day in (1, 2, 3)]
+    for day, name in zip((1, 2, 3), earlier, strict=True):
+        labels = {REPLICATION_LABEL: "db", SCHEDULED_LABEL: "true"}
+        backups.create(name, {"labels": labels, "annotations": {SCHEDULED_FOR: f"2026-12-0{day}T03:15:00Z"}})
+    backups.create("manual")
+    for name in [*earlier, "manual"]:
+        assert backups.finished(name)["phase"] == "Completed"
+
+    schedule = {"schedule": "* * * * *", "retention": {"keep": 2}}
+    replication.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, replication.namespace, "mysqlreplications", "db", {"spec": {"backup": schedule}}
+    )
+
+    # The backup of this minute (the schedule was just set within it) or of the next, then retention down to the
+    # newest two scheduled backups, and the one-off backup.
+    def new_scheduled() -> set[str] | None:
+        return {n for n in backups.names() if n.startswith("db-") and n not in earlier} or None
+
+    (name,) = wait_for(new_scheduled, 75, "a scheduled backup")
+    obj = backups.get(name)
+    assert obj is not None
+    at = datetime.fromisoformat(obj["metadata"]["annotations"][SCHEDULED_FOR].replace("Z", "+00:00"))
+    assert at.second == 0 and name == scheduled_name("db", at)
+    assert backups.finished(name)["phase"] == "Completed"
+    kept = {name, earlier[-1], "manual"}
+    wait_for(lambda: backups.names() == kept or None, 30, "retention down to the newest two and the one-off")
+    assert {m.name for m in usable_backups(object_store.store(PREFIX))} == kept, "the expired backups' data is gone"
+    assert new_scheduled() == {name}, "one backup per scheduled time"

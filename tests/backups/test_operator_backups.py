@@ -24,6 +24,7 @@ from tests.fixtures.kube import KubeAPI
 from tests.fixtures.mariadb import StartServers
 from tests.fixtures.object_store import ACCESS_KEY, BUCKET, SECRET_KEY, ObjectStore
 from tests.fixtures.operator_process import OperatorProcess, StartOperator
+from tests.integration.test_kubectl_plugin import whm
 from tests.integration.test_operator_replication import SERVER_ARGS, Replication, member_host
 from tests.kube_helpers import GROUP, VERSION, wait_for
 from whm_ha.backup.dump import Member
@@ -158,6 +159,17 @@ def test_a_one_off_backup_is_taken_from_a_replica_reported_and_restores(
     assert samples[f'whm_ha_backups_total{{{labels},result="completed"}}'] == 1
     wait_for(lambda: metrics(operator).get(f"whm_ha_backup_stale{{{labels}}}") == 0, 30, "the backup is recent")
     assert metrics(operator)[f"whm_ha_backup_last_size_bytes{{{labels}}}"] == status["sizeBytes"]
+
+    # The same through kubectl whm: a backup of the primary, waited for, then the list.
+    taken = whm(kube_api.kubeconfig, "backup", "db", "--target", "Primary", namespace=replication.namespace)
+    assert taken.returncode == 0 and ": Completed: " in taken.stdout, (taken.stdout, taken.stderr)
+    listed_json = whm(kube_api.kubeconfig, "backups", "db", "-o", "json", namespace=replication.namespace)
+    rows = json.loads(listed_json.stdout)
+    assert [(r["phase"], r["member"]) for r in rows] == [("Completed", "m0"), ("Completed", status["member"])]
+    table = whm(kube_api.kubeconfig, "backups", namespace=replication.namespace).stdout.splitlines()
+    assert table[0].split()[:4] == ["NAME", "REPLICATION", "PHASE", "MEMBER"] and len(table) == 3
+    missing = whm(kube_api.kubeconfig, "backup", "nope", namespace=replication.namespace)
+    assert missing.returncode == 1 and missing.stderr.startswith("kubectl whm: mysqlreplications/nope:"), missing
 
     empty = mariadb_servers(1)[0]
     target = Member("empty", empty.host, empty.port, Credentials(ADMIN_USER, ADMIN_PASSWORD), dialect_for("mariadb"))

@@ -1,4 +1,4 @@
-"""``kubectl whm``: status, history and requests for WHMClusters and MySQLReplications, as a kubectl plugin
+"""``kubectl whm``: status, history, requests and backups for WHMClusters and MySQLReplications, as a kubectl plugin
 (kubectl runs ``kubectl-whm`` from PATH). Honours ``--kubeconfig``, ``--context`` and ``-n`` as kubectl does.
 
 Exit codes: 0 done; 1 the request was Refused or Failed, or the object is not as asked; 2 usage or API errors.
@@ -12,6 +12,7 @@ import json
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -21,7 +22,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from ..crd.annotations import FAILOVER_TO, FORCE, PROMOTE, REQUEST_ID
 from ..crd.common import GROUP
-from .view import history, render_history, render_status, status_report
+from .view import backups_report, history, render_backups, render_history, render_status, status_report
 
 VERSION = "v1alpha1"
 Obj = dict[str, Any]
@@ -79,6 +80,18 @@ class Api:
         )
         items: list[Obj] = listed["items"]
         return items
+
+    def create(self, plural: str, body: Obj) -> Obj:
+        created: Obj = self._call(
+            f"{plural}/{body['metadata']['name']}",
+            self.custom.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            self.namespace,
+            plural,
+            body,
+        )
+        return created
 
     def patch(self, plural: str, name: str, body: Obj) -> Obj:
         patched: Obj = self._call(
@@ -168,6 +181,41 @@ def _pause(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(api: Api, args: argparse.Namespace) -> int:
+    """Create a MySQLBackup of the replication; with --wait (the default), wait for it to finish."""
+    api.get("mysqlreplications", args.replication)  # a clear error now rather than a Failed backup later
+    name = args.name or f"{args.replication}-manual-{datetime.now(UTC):%Y%m%d%H%M%S}"
+    spec: Obj = {"replication": args.replication}
+    if args.member:
+        spec["member"] = args.member
+    elif args.target:
+        spec["target"] = args.target
+    api.create(
+        "mysqlbackups",
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MySQLBackup", "metadata": {"name": name}, "spec": spec},
+    )
+    print(f"mysqlbackup/{name} created")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        status = api.get("mysqlbackups", name).get("status") or {}
+        if status.get("phase") in ("Completed", "Failed"):
+            print(f"mysqlbackup/{name}: {status['phase']}: {status.get('message', '')}")
+            return 0 if status["phase"] == "Completed" else 1
+        time.sleep(1)
+    raise PluginError(f"mysqlbackup/{name} did not finish within {args.timeout:.0f}s (kubectl whm backups)", 1)
+
+
+def _backups(api: Api, args: argparse.Namespace) -> int:
+    listed = api.list("mysqlbackups")
+    if args.replication:
+        listed = [b for b in listed if (b.get("spec") or {}).get("replication") == args.replication]
+    rows = backups_report(listed)
+    _print(rows, args.output, render_backups(rows))
+    return 0
+
+
 def _maintenance(api: Api, args: argparse.Namespace) -> int:
     api.patch("whmnodes", args.node, {"spec": {"maintenance": args.state == "on"}})
     print(f"whmnode/{args.node}: maintenance {args.state}")
@@ -219,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_ in (("pause", "pause the cluster's automation"), ("resume", "resume the cluster's automation")):
         toggle = command(name, help_, _pause)
         toggle.add_argument("cluster", nargs="?", help="the WHMCluster (default: the only one in the namespace)")
+    backup = command("backup", "take a backup of REPLICATION now (a MySQLBackup); waits for it", _backup)
+    backup.add_argument("replication")
+    backup.add_argument("--name", help="the MySQLBackup's name (default: REPLICATION-manual-<UTC time>)")
+    backup.add_argument("--target", choices=["PreferReplica", "Primary"], help="default: the replication's")
+    backup.add_argument("--member", help="back up this member, whatever its role")
+    backup.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True, help="wait for the outcome")
+    backup.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)")
+    backups = command("backups", "the MySQLBackups, newest first", _backups)
+    backups.add_argument("replication", nargs="?", help="only this MySQLReplication's")
+    output(backups)
     maintenance = command("maintenance", "take a node out of rotation (on) or back (off)", _maintenance)
     maintenance.add_argument("node")
     maintenance.add_argument("state", choices=["on", "off"])

@@ -166,3 +166,56 @@ def render_history(events: list[Obj], now: datetime | None = None) -> str:
             ]
         )
     return "\n".join(_table(rows))
+
+
+def backups_report(backups: list[Obj]) -> list[Obj]:
+    """The MySQLBackups newest first, each with what a person asks of it."""
+    rows = []
+    for backup in backups:
+        meta, status = backup["metadata"], backup.get("status") or {}
+        rows.append(
+            {
+                "name": meta["name"],
+                "replication": (backup.get("spec") or {}).get("replication"),
+                "scheduled": (meta.get("labels") or {}).get("ha.whm.io/scheduled") == "true",
+                "phase": status.get("phase") or "Pending",
+                "member": status.get("member"),
+                "sizeBytes": status.get("sizeBytes"),
+                "completedAt": status.get("completedAt"),
+                "created": meta.get("creationTimestamp"),
+                "gtid": status.get("gtid"),
+                "message": status.get("message"),
+            }
+        )
+    return sorted(rows, key=lambda row: (row["created"] or "", row["name"]), reverse=True)
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "-"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def render_backups(rows: list[Obj], now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    table = [["NAME", "REPLICATION", "PHASE", "MEMBER", "SIZE", "COMPLETED", "AGE", "SCHEDULED", "MESSAGE"]]
+    for row in rows:
+        table.append(
+            [
+                row["name"],
+                _text(row["replication"]),
+                row["phase"],
+                _text(row["member"]),
+                _size(row["sizeBytes"]),
+                _ago(row["completedAt"], now),
+                _ago(row["created"], now),
+                "yes" if row["scheduled"] else "no",
+                _text(row["message"]),
+            ]
+        )
+    return "\n".join(_table(table))

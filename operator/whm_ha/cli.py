@@ -55,6 +55,12 @@ def _run_backup_task(_: argparse.Namespace) -> int:
     return main()
 
 
+def _run_restore_task(_: argparse.Namespace) -> int:
+    from .backup.recovery import main
+
+    return main()
+
+
 def _run_sandbox(args: argparse.Namespace) -> int:
     try:
         from .sandbox.main import run
@@ -381,6 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     backup_task.set_defaults(handler=_run_backup_task)
+
+    restore_task = sub.add_parser(
+        "restore-task",
+        help="load a backup into one empty member (the operator runs it; the task comes as JSON on standard input)",
+        description=(
+            "Load a backup into one member for spec.bootstrap.recovery: read the task the operator resolved (store, "
+            "backup, member) as JSON from standard input, empty a member holding part of this backup, load it, print "
+            "the backup's manifest as JSON; exit 3 when trying again would not help, 1 when it might."
+        ),
+    )
+    restore_task.set_defaults(handler=_run_restore_task)
     return parser
 
 

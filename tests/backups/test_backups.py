@@ -22,6 +22,7 @@ from tests.fixtures.object_store import ObjectStore
 from tests.kube_helpers import wait_for
 from whm_ha.backup.dump import BackupError, Member, take_backup
 from whm_ha.backup.manifest import BackupManifest, usable_backups
+from whm_ha.backup.recovery import NotRestorable, make_empty
 from whm_ha.backup.restore import restore_backup
 from whm_ha.backup.storage import FilesystemStore, StorageError
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
@@ -192,3 +193,30 @@ def test_filesystem_store_round_trip_and_a_failed_dump_leaves_nothing(
     with session(restored) as r:
         assert r.row(SQL("SELECT @@GLOBAL.gtid_slave_pos")) == (manifest.gtid,), "seeded at the backup's position"
     assert time.time() >= manifest.finished.timestamp() >= manifest.started.timestamp()
+
+
+def test_a_load_cut_short_is_emptied_and_loaded_again_and_a_member_with_data_of_its_own_is_refused(
+    database_servers: StartFlavourServers, tmp_path: Path
+) -> None:
+    source_server, target_server, other_server = database_servers(3)
+    source, target, other = member("m0", source_server), member("m1", target_server), member("m2", other_server)
+    fill(source, rows=20, row_bytes=64)
+    store = FilesystemStore(tmp_path / "store")
+    manifest = take_backup(store, "base", source)
+
+    restore_backup(store, manifest, target)
+    make_empty(target, manifest)  # what a restarted operator finds after a load cut short: only the backup's
+    with session(target) as t:
+        assert t.executed().count == 0 and not t.rows(SQL("SHOW DATABASES LIKE 'app'"))
+    make_empty(target, manifest)  # empty: nothing to do
+    restore_backup(store, manifest, target)
+    assert ids(target, "app.bulk") == ids(source, "app.bulk")
+    with session(target) as t:
+        assert t.executed() == source.dialect.parse_gtid(manifest.gtid)
+
+    with session(other) as o:
+        o.execute(SQL("CREATE DATABASE app"))  # binlogged: a transaction of its own, in a schema of the backup's
+    with pytest.raises(NotRestorable, match="m2 is not empty"):
+        make_empty(other, manifest)
+    with session(other) as o:
+        assert o.rows(SQL("SHOW DATABASES LIKE 'app'")), "a refused member is left as it was"

@@ -242,3 +242,60 @@ def test_a_schedule_takes_one_backup_per_time_and_retention_deletes_expired_sche
     wait_for(lambda: backups.names() == kept or None, 30, "retention down to the newest two and the one-off")
     assert {m.name for m in usable_backups(object_store.store(PREFIX))} == kept, "the expired backups' data is gone"
     assert new_scheduled() == {name}, "one backup per scheduled time"
+
+
+def test_a_new_replication_bootstraps_from_a_backup_and_replicates_leaving_the_source_untouched(
+    replication: Replication,
+    kube_api: KubeAPI,
+    operator_process: StartOperator,
+    object_store: ObjectStore,
+    mariadb_servers: StartServers,
+) -> None:
+    start(replication, kube_api, operator_process, store=object_store)
+    replication.create_app()
+    replication.sql("m0", "INSERT INTO app.t VALUES (1), (2), (3)")
+    backups = Backups(replication)
+    backups.create("base")
+    assert backups.finished("base")["phase"] == "Completed"
+    source_gtids = {m: replication.variable(m, "gtid_binlog_pos") for m in ("m0", "m1", "m2")}
+
+    host = replication.host
+    bind = () if host == "127.0.0.1" else (f"--bind-address=127.0.0.1,{host}",)
+    servers = mariadb_servers(3, extra_args=SERVER_ARGS + bind)
+    restored = Replication(replication.custom.api_client, replication.namespace, servers, host)
+    restored.name = "restored"
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MySQLReplication",
+        "metadata": {"name": "restored"},
+        "spec": {
+            "primary": "m0",
+            "members": restored.members(),
+            "credentialsSecret": {"name": "db-admin"},
+            "replicationSecret": {"name": "db-repl"},
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+            "bootstrap": {"recovery": {"backup": "latest", "storage": s3_storage(object_store)}},
+        },
+    }
+    restored.custom.create_namespaced_custom_object(GROUP, VERSION, replication.namespace, "mysqlreplications", body)
+
+    status = restored.healthy(timeout=90)
+    recovery = status["recovery"]
+    assert recovery["phase"] == "Completed" and recovery["backup"] == "base", recovery
+    assert recovery["restored"] == ["m0", "m1", "m2"] and status["currentPrimary"] == "m0"
+    assert all(restored.ids(m) == {1, 2, 3} for m in ("m0", "m1", "m2"))
+    # Every member's binary log goes on from the backup's GTIDs (what a promotion compares, and what the replicas
+    # of a primary ask it from), not from nothing.
+    dialect = dialect_for("mariadb")
+    backup_gtids = dialect.parse_gtid(recovery["gtid"])
+    assert backup_gtids.count > 0
+    assert all(
+        dialect.parse_gtid(restored.variable(m, "gtid_binlog_state")).contains(backup_gtids) for m in ("m0", "m1", "m2")
+    )
+    restored.sql("m0", "INSERT INTO app.t VALUES (4)")
+    wait_for(
+        lambda: all(restored.ids(m) == {1, 2, 3, 4} for m in ("m1", "m2")), 30, "the new primary's write replicated"
+    )
+    assert {m: replication.variable(m, "gtid_binlog_pos") for m in ("m0", "m1", "m2")} == source_gtids, "untouched"
+    assert replication.ids("m0") == {1, 2, 3}

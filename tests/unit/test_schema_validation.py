@@ -213,6 +213,21 @@ INVALID = [
         "does not match",
     ),
     ("MySQLReplication", "spec.backup.storage.s3.prefix", "../x/", "spec.backup.storage.s3.prefix", "does not match"),
+    (
+        "MySQLReplication",
+        "spec",
+        {k: v for k, v in _example("MySQLReplication")["spec"].items() if k != "backup"}
+        | {"bootstrap": {"recovery": {}}},
+        "spec.bootstrap.recovery.storage",
+        "bootstrap.recovery needs its storage, or spec.backup.storage",
+    ),
+    (
+        "MySQLReplication",
+        "spec.bootstrap",
+        {"recovery": {"backup": "Latest"}},
+        "spec.bootstrap.recovery.backup",
+        "does not match",
+    ),
     ("MySQLBackup", "spec.replication", DELETE, "spec.replication", "Required value"),
     ("MySQLBackup", "spec.replication", "Whm_DB", "spec.replication", "does not match"),
     ("MySQLBackup", "spec.target", "Any", "spec.target", "Unsupported value"),

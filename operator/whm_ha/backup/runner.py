@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
+from pydantic import BaseModel
+
 from ..crd.backup import BackupStorageSpec
 from ..crd.conditions import now_iso, set_condition
 from ..crd.mysqlbackup import MySQLBackupSpec
@@ -115,11 +117,11 @@ class BackupRunner:
                     message=f"try {tries} of {spec.attempts}: dumping {task.member.name}",
                 )
                 await self._event(obj, "Started", f"try {tries}: dumping {task.member.name} to {self._location(task)}")
-                manifest = await _run_task(task)
+                manifest = BackupManifest.model_validate_json(await run_task("backup-task", task))
             except Misconfigured as exc:
                 await self._fail(obj, spec.replication, tries, str(exc))
                 return
-            except (BackupFailed, NoMember, DatabaseUnavailable, ApiError, OSError) as exc:
+            except (TaskFailed, NoMember, DatabaseUnavailable, ApiError, OSError) as exc:
                 message = f"try {tries} of {spec.attempts} failed: {exc}"
                 log.warning("MySQLBackup %s/%s: %s", self.namespace, self.name, message)
                 if tries >= spec.attempts:
@@ -223,18 +225,23 @@ class BackupRunner:
             await self.kube.event(obj, "MySQLBackup", reason, message, warning=warning)
 
 
-class BackupFailed(RuntimeError):
-    """A try's process failed; the message is its last line."""
+class TaskFailed(RuntimeError):
+    """A task's process failed; the message is its last line, ``code`` its exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-async def _run_task(task: BackupTask) -> BackupManifest:
-    """Run one try as ``whm-ha backup-task`` in a process group of its own. Cancelled, it stops the group (the dump
-    tool too): SIGTERM, so that the upload in progress is aborted in the store, then SIGKILL after STOP_GRACE."""
+async def run_task(subcommand: str, task: BaseModel) -> str:
+    """Run ``whm-ha SUBCOMMAND`` with the task as JSON on its standard input, in a process group of its own; the
+    last line it printed. Cancelled, it stops the group (the tools it runs too): SIGTERM, so that an upload in
+    progress is aborted in the store, then SIGKILL after STOP_GRACE."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "whm_ha",
-        "backup-task",
+        subcommand,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -252,5 +259,6 @@ async def _run_task(task: BackupTask) -> BackupManifest:
         raise
     if process.returncode != 0:
         lines = err.decode(errors="replace").strip().splitlines()
-        raise BackupFailed(lines[-1] if lines else f"the backup process exited with {process.returncode}")
-    return BackupManifest.model_validate_json(out.decode().strip().splitlines()[-1])
+        code = process.returncode or 1
+        raise TaskFailed(lines[-1] if lines else f"whm-ha {subcommand} exited with {code}", code)
+    return out.decode().strip().splitlines()[-1]

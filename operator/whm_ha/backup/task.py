@@ -41,6 +41,11 @@ class TaskMember(BaseModel):
     password: str = Field(repr=False)
     flavor: Flavor
 
+    def member(self) -> Member:
+        return Member(
+            self.name, self.host, self.port, Credentials(self.username, self.password), dialect_for(self.flavor)
+        )
+
 
 class StoreAccess(BaseModel):
     """A store and what opens it."""
@@ -83,9 +88,7 @@ def run(task: BackupTask) -> BackupManifest:
     with task.store.opened() as store:
         if manifest_key(task.name) in store.list(f"{task.name}/"):
             return read_manifest(store, task.name)
-        m = task.member
-        member = Member(m.name, m.host, m.port, Credentials(m.username, m.password), dialect_for(m.flavor))
-        return take_backup(store, task.name, member)
+        return take_backup(store, task.name, task.member.member())
 
 
 def _stop(signum: int, _: object) -> None:

@@ -104,3 +104,19 @@ class ReplicationBackupSpec(CRDModel):
     """The alert "no successful backup" fires when the newest complete backup is older than this."""
     archive: BinlogArchiveSpec = Field(default_factory=BinlogArchiveSpec)
     """The continuous binary log archive."""
+
+
+class RecoverySpec(CRDModel):
+    """Where the data of a new replication comes from: a backup, loaded into every member (which must be empty)."""
+
+    backup: str = Field(default="latest", max_length=128, pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")
+    """The backup's name in the store, or ``latest``: the newest complete backup there."""
+    storage: BackupStorageSpec | None = None
+    """Where the backup is (only ever read); default: spec.backup.storage."""
+
+
+class BootstrapSpec(CRDModel):
+    """How a new replication gets its data; immutable."""
+
+    recovery: RecoverySpec | None = None
+    """Restore a backup into the members before the first primary is chosen."""

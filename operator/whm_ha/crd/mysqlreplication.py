@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .backup import ReplicationBackupSpec
+from .backup import BootstrapSpec, ReplicationBackupSpec
 from .common import (
     HISTORY_LIMIT,
     Condition,
@@ -127,6 +127,18 @@ class MySQLReplicationSpec(CRDModel):
                     ".tls.caFile",
                 ),
                 cel(
+                    "!has(self.bootstrap) || !has(self.bootstrap.recovery) || has(self.bootstrap.recovery.storage)"
+                    " || has(self.backup)",
+                    "bootstrap.recovery needs its storage, or spec.backup.storage",
+                    ".bootstrap.recovery.storage",
+                ),
+                cel(
+                    "has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == "
+                    "oldSelf.bootstrap)",
+                    "bootstrap is immutable",
+                    ".bootstrap",
+                ),
+                cel(
                     "!self.tls.requireSecureTransport || self.tls.enabled",
                     "tls.requireSecureTransport needs tls.enabled",
                     ".tls.requireSecureTransport",
@@ -167,6 +179,8 @@ class MySQLReplicationSpec(CRDModel):
     """Failed inspections of the primary in a row before it is considered down."""
     backup: ReplicationBackupSpec | None = None
     """Scheduled backups, their storage and retention, and the binary log archive; none: no backup is scheduled."""
+    bootstrap: BootstrapSpec | None = None
+    """Where a new replication's data comes from (a backup); none: the members' own data. Immutable."""
 
 
 class PromotionRecord(FailoverRecord):
@@ -229,6 +243,24 @@ class PromotionProgress(CRDModel):
     """When the primary was first seen failing, or the request first seen; durations count from here."""
 
 
+class RecoveryStatus(CRDModel):
+    """The restore of spec.bootstrap.recovery, member by member."""
+
+    phase: Literal["Restoring", "Completed", "Failed"]
+    """Restoring (retried each period until every member holds the backup), Completed, or Failed (a human must
+    act: the message says what)."""
+    backup: str | None = Field(default=None, max_length=128)
+    """The backup being restored (``latest`` resolved)."""
+    gtid: str | None = Field(default=None, max_length=65536)
+    """The backup's GTIDs: every member's executed set once restored."""
+    restored: list[Name] = Field(default_factory=list, max_length=MAX_MEMBERS)
+    """Members that hold the backup."""
+    message: str | None = Field(default=None, max_length=4096)
+    """The last step's outcome, or why it failed."""
+    completed_at: datetime | None = None
+    """When every member held the backup."""
+
+
 class MySQLReplicationStatus(CRDModel):
     """Observed state of the replication, written by the operator."""
 
@@ -260,3 +292,5 @@ class MySQLReplicationStatus(CRDModel):
     """When the last promotion finished."""
     promotion: PromotionProgress | None = None
     """The promotion in progress, if any."""
+    recovery: RecoveryStatus | None = None
+    """The restore of spec.bootstrap.recovery, if asked for."""

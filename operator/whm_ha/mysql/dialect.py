@@ -442,7 +442,11 @@ class Dialect(ABC):
     @abstractmethod
     def seed_position(self, gtid: str) -> list[SQL]:
         """What makes a member, loaded from a dump without binary logging, hold ``gtid`` as its executed GTIDs, so
-        that it replicates from the transaction after it."""
+        that it replicates from the transaction after it, and so that, made primary, its replicas do too."""
+
+    @abstractmethod
+    def forget_gtids(self) -> list[SQL]:
+        """What empties a member's binary log and executed GTIDs (before a restore is loaded again)."""
 
     # --- accounts -------------------------------------------------------------------------------------------
 
@@ -519,7 +523,16 @@ class MariaDBDialect(Dialect):
         return ["--skip-ssl"]
 
     def seed_position(self, gtid: str) -> list[SQL]:
-        return [SQL("SET GLOBAL gtid_slave_pos = %s", (gtid,))]
+        """The replica position, and the binary log's state (its GTID list), which a primary's replicas ask
+        from: a binary log without the position would answer them with error 1236."""
+        return [
+            SQL("RESET MASTER"),
+            SQL("SET GLOBAL gtid_binlog_state = %s", (gtid,)),
+            SQL("SET GLOBAL gtid_slave_pos = %s", (gtid,)),
+        ]
+
+    def forget_gtids(self) -> list[SQL]:
+        return [SQL("RESET MASTER"), SQL("SET GLOBAL gtid_slave_pos = ''")]
 
     def resume_position(self) -> SQL:
         return SQL("SELECT @@GLOBAL.gtid_binlog_pos, @@GLOBAL.gtid_slave_pos")
@@ -612,6 +625,9 @@ class MySQLDialect(Dialect):
         """Nothing: the dump's ``SET @@GLOBAL.GTID_PURGED`` did it (on a member whose ``gtid_executed`` was
         empty)."""
         return []
+
+    def forget_gtids(self) -> list[SQL]:
+        return [SQL("RESET BINARY LOGS AND GTIDS")]
 
     def configure_source(self, source: Source, resume: tuple[str, str] | None = None) -> list[SQL]:
         ca = source.ca_file

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from ..backup.recovery import recover
 from ..crd.annotations import FORCE, PROMOTE, REQUEST_ID, pending_request
 from ..crd.common import HISTORY_LIMIT
 from ..crd.conditions import now_iso, set_condition
@@ -220,8 +221,7 @@ class ReplicationController:
         self.quarantined = {name: why for name, why in self.quarantined.items() if name in members}
         primary = status.get("currentPrimary")
         if not primary:
-            if await self._bootstrap(obj, spec):
-                self.wake.set()  # go on from the new resourceVersion
+            await self._first_primary(obj, spec, access)
             return
         if primary not in members:
             pending = f"the current primary {primary} is no longer a member"
@@ -480,6 +480,25 @@ class ReplicationController:
         return Request(request_id, target, annotations.get(FORCE, "").lower() == "true", handled)
 
     # -- decisions that write ----------------------------------------------------------------------------------
+
+    async def _first_primary(self, obj: Obj, spec: MySQLReplicationSpec, access: Access) -> None:
+        """No primary yet: with spec.bootstrap.recovery, the next step of the restore (`backup.recovery`) until
+        every member holds the backup; then the first primary (`_bootstrap`), on what the members hold."""
+        recovered = (obj.get("status") or {}).get("recovery", {}).get("phase") == "Completed"
+        if spec.bootstrap is not None and spec.bootstrap.recovery is not None and not recovered:
+            waiting = await recover(
+                self.kube, obj, spec, admin=access.admin, patch_status=self._patch_status, event=self._event
+            )
+            if waiting is not None:
+                await self._write_summary(
+                    obj, summarize(spec, None, self.states, quarantined=self.quarantined, pending=waiting)
+                )
+                return
+            self.inspect_now = True  # the members changed: inspect them again before choosing
+            self.wake.set()
+            return
+        if await self._bootstrap(obj, spec):
+            self.wake.set()  # go on from the new resourceVersion
 
     async def _bootstrap(self, obj: Obj, spec: MySQLReplicationSpec) -> bool:
         """Record the first primary (``choose_bootstrap``); whether it was."""

@@ -1,0 +1,195 @@
+"""Bootstrapping a new MySQLReplication from a backup (``spec.bootstrap.recovery``): before the first primary is
+chosen, the backup is loaded into every member, one at a time, each load a ``whm-ha restore-task`` process of its
+own; ``status.recovery`` records the backup and each member that holds it, so that a restarted operator goes on
+where it stopped. Afterwards every member holds the backup's data and GTIDs, none writable: the first primary is
+``spec.primary`` and the others replicate from it, as for any new replication. The store is only read: the
+replication the backup came from is never touched.
+
+A member must be empty: no schema and no GTID of its own. One that holds only part of this backup (a load cut
+short) is emptied and loaded again; any other is refused (``Failed``: a human must empty or replace it).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pymysql
+from pydantic import BaseModel, ValidationError
+
+from ..crd.mysqlreplication import MySQLReplicationSpec, RecoveryStatus
+from ..kube.client import KubeClient
+from ..mysql.dialect import SQL
+from ..mysql.member import Credentials, connect
+from .dump import SYSTEM_SCHEMAS, Member
+from .manifest import BackupManifest, manifest_key, read_manifest, usable_backups
+from .restore import RestoreError, restore_backup
+from .runner import Misconfigured, TaskFailed, run_task, store_access
+from .storage import StorageError
+from .task import StoreAccess, TaskMember
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+NOT_RESTORABLE = 3
+"""Exit status of a restore task that trying again would not help."""
+
+
+class NotRestorable(RuntimeError):
+    """The backup cannot be loaded into this member as things are; the message says what a human must do."""
+
+
+class RestoreTask(BaseModel):
+    """One member's load, resolved by the operator."""
+
+    store: StoreAccess
+    backup: str
+    """A backup's name, or ``latest``."""
+    member: TaskMember
+
+
+def _manifest(task: RestoreTask, store: Any) -> BackupManifest:
+    if task.backup == "latest":
+        usable = usable_backups(store)
+        if not usable:
+            raise NotRestorable(f"no complete backup in {store.describe()}")
+        return usable[-1]
+    if manifest_key(task.backup) not in store.list(f"{task.backup}/"):
+        raise NotRestorable(f"no complete backup {task.backup} in {store.describe()}")
+    return read_manifest(store, task.backup)
+
+
+def make_empty(member: Member, manifest: BackupManifest) -> None:
+    """Leave ``member`` empty for the load: as it is when it holds nothing; emptied when it holds only part of this
+    backup (its schemas among the backup's, its GTIDs among the backup's); NotRestorable otherwise."""
+    dialect = member.dialect
+    with connect(member.name, member.host, member.port, member.credentials, dialect, timeout=10) as session:
+        schemas = sorted(str(n) for (n,) in session.rows(SQL("SHOW DATABASES")) if str(n) not in SYSTEM_SCHEMAS)
+        row = session.row(dialect.executed())
+        executed = dialect.parse_gtid(str(row[0]) if row and row[0] else "")
+        foreign = [name for name in schemas if name not in manifest.databases]
+        if foreign or not dialect.parse_gtid(manifest.gtid).contains(executed):
+            held = ", ".join(foreign) or f"GTIDs {executed} the backup lacks"
+            raise NotRestorable(f"{member.name} is not empty ({held}): empty it or give the replication a new member")
+        if not schemas and executed.count == 0:
+            return
+        log.info("%s holds part of %s: emptying it before loading it again", member.name, manifest.name)
+        for name in schemas:
+            session.execute(SQL(f"DROP DATABASE `{name}`"))
+        for statement in dialect.forget_gtids():
+            session.execute(statement)
+
+
+def run(task: RestoreTask) -> BackupManifest:
+    """Load the backup into the member (emptied first when a load was cut short); its manifest."""
+    with task.store.opened() as store:
+        manifest = _manifest(task, store)
+        member = task.member.member()
+        if member.dialect.flavor != manifest.flavor:
+            flavors = f"a {manifest.flavor} backup; the replication is {member.dialect.flavor}"
+            raise NotRestorable(f"{manifest.name} is {flavors}")
+        make_empty(member, manifest)
+        restore_backup(store, manifest, member)
+        return manifest
+
+
+def main() -> int:
+    """Read a RestoreTask from standard input, run it, print the backup's manifest; exit NOT_RESTORABLE when trying
+    again would not help, 1 when it might."""
+    try:
+        task = RestoreTask.model_validate_json(sys.stdin.read())
+    except ValidationError as exc:
+        print(f"the restore task is not valid: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    try:
+        manifest = run(task)
+    except NotRestorable as exc:
+        print(exc, file=sys.stderr)
+        return NOT_RESTORABLE
+    except (RestoreError, StorageError, OSError, pymysql.MySQLError) as exc:
+        print(" ".join(str(exc).split()) or type(exc).__name__, file=sys.stderr)
+        return 1
+    print(manifest.model_dump_json())
+    return 0
+
+
+PatchStatus = Callable[[Obj, Obj], Awaitable[Obj | None]]
+PostEvent = Callable[..., Awaitable[None]]
+
+
+async def recover(
+    kube: KubeClient,
+    obj: Obj,
+    spec: MySQLReplicationSpec,
+    *,
+    admin: Credentials,
+    patch_status: PatchStatus,
+    event: PostEvent,
+) -> str | None:
+    """One step of the recovery: load the backup into the next member that lacks it, recording each step in
+    status.recovery; None once every member holds it, else what the replication waits for."""
+    recovery = spec.bootstrap.recovery if spec.bootstrap is not None else None
+    assert recovery is not None
+    namespace = obj["metadata"]["namespace"]
+    current = (obj.get("status") or {}).get("recovery")
+    state = RecoveryStatus.model_validate(current) if current else RecoveryStatus(phase="Restoring")
+    if state.phase == "Completed":
+        return None
+    if state.phase == "Failed":
+        return f"the restore of {state.backup or recovery.backup} failed: {state.message}"
+    storage = recovery.storage or (spec.backup.storage if spec.backup is not None else None)
+    try:
+        if storage is None:
+            raise Misconfigured("bootstrap.recovery needs its storage, or spec.backup.storage")
+        access = await store_access(kube, namespace, storage)
+    except Misconfigured as exc:
+        await _record(obj, state.model_copy(update={"phase": "Failed", "message": str(exc)}), patch_status)
+        await event(obj, "RestoreFailed", str(exc), warning=True)
+        return f"the restore failed: {exc}"
+    for member in [m for m in spec.members if m.name not in state.restored]:
+        task = RestoreTask(
+            store=access,
+            backup=state.backup or recovery.backup,
+            member=TaskMember(
+                name=member.name,
+                host=member.host,
+                port=member.port,
+                username=admin.username,
+                password=admin.password,
+                flavor=spec.flavor,
+            ),
+        )
+        try:
+            manifest = BackupManifest.model_validate_json(await run_task("restore-task", task))
+        except TaskFailed as exc:
+            failed = exc.code == NOT_RESTORABLE
+            message = f"{member.name}: {exc}"
+            state = state.model_copy(update={"phase": "Failed" if failed else "Restoring", "message": message})
+            await _record(obj, state, patch_status)
+            await event(obj, "RestoreFailed" if failed else "RestoreRetrying", message, warning=True)
+            return f"restoring {task.backup}: {message}" + ("" if failed else "; trying again")
+        state = state.model_copy(
+            update={
+                "backup": manifest.name,
+                "gtid": manifest.gtid,
+                "restored": [*state.restored, member.name],
+                "message": f"{member.name} holds {manifest.name}",
+            }
+        )
+        written = await _record(obj, state, patch_status)
+        if written is None:
+            return "restoring: the replication changed meanwhile"
+        obj = written
+        await event(obj, "Restored", f"{member.name} holds backup {manifest.name} (GTIDs {manifest.gtid or 'none'})")
+    done = state.model_copy(
+        update={"phase": "Completed", "completed_at": datetime.now(UTC), "message": "every member holds the backup"}
+    )
+    await _record(obj, done, patch_status)
+    return None
+
+
+async def _record(obj: Obj, state: RecoveryStatus, patch_status: PatchStatus) -> Obj | None:
+    return await patch_status(obj, {"recovery": state.to_k8s()})

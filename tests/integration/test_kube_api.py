@@ -455,6 +455,27 @@ def test_tls_is_disabled_only_after_secure_transport_is_no_longer_required(
     patch({"enabled": False})
 
 
+def test_bootstrap_is_immutable(custom: client.CustomObjectsApi, kube_namespace: str) -> None:
+    """A transition rule on the whole spec: bootstrap can be neither changed, added nor removed."""
+    storage = {"filesystem": {"path": "/backups"}}
+    repl = replication("db-0", bootstrap={"recovery": {"backup": "base", "storage": storage}})
+    custom.create_namespaced_custom_object(GROUP, VERSION, kube_namespace, "mysqlreplications", repl)
+
+    def patch(change: Any) -> None:
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, kube_namespace, "mysqlreplications", "db", {"spec": {"bootstrap": change}}
+        )
+
+    for change in ({"recovery": {"backup": "other"}}, None):
+        with pytest.raises(ApiException) as refused:
+            patch(change)
+        assert "bootstrap is immutable" in error_of(refused.value)["message"]
+    patch({"recovery": {"backup": "base"}})  # the same: accepted
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, kube_namespace, "mysqlreplications", "db", {"spec": {"maxLagSeconds": 60}}
+    )
+
+
 def test_strict_field_validation_refuses_unknown_fields(kube_client: client.ApiClient, kube_namespace: str) -> None:
     body = node("n1")
     body["spec"]["colour"] = "red"

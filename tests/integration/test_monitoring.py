@@ -20,6 +20,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.backups.test_operator_backups import Backups
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.mariadb import StartServers
 from tests.fixtures.operator_process import StartOperator
@@ -170,13 +171,14 @@ def whole_system(
     operator_process: StartOperator,
     proxy_process: StartProxy,
     mariadb_servers: StartServers,
+    tmp_path: Path,
 ) -> tuple[Any, Any]:
-    """A WHMCluster of three nodes and a MySQLReplication of three MariaDB servers that has switched over once,
-    with the operator and the proxy that serve them."""
+    """A WHMCluster of three nodes and a MySQLReplication of three MariaDB servers, with backups asked for, that
+    has switched over once, with the operator and the proxy that serve them."""
     host = member_host(kube_api.tier)
     bind = () if host == "127.0.0.1" else (f"--bind-address=127.0.0.1,{host}",)
     replication = Replication(kube_client, kube_namespace, mariadb_servers(3, extra_args=SERVER_ARGS + bind), host)
-    replication.create()
+    replication.create(backup={"storage": {"filesystem": {"path": str(tmp_path / "backups")}}})
     cluster = Cluster(kube_client, kube_namespace)
     cluster.create()
     three_nodes(cluster, node_servers)
@@ -185,6 +187,8 @@ def whole_system(
     replication.healthy()
     replication.annotate({"ha.whm.io/promote": "m1", "ha.whm.io/request-id": "monitoring"})
     replication.wait(lambda s: s.get("currentPrimary") == "m1" and s.get("phase") == "Healthy", 30, "m1 primary")
+    Backups(replication).create("monitoring")
+    assert Backups(replication).finished("monitoring")["phase"] == "Completed"
     proxy = proxy_process(kube_api.kubeconfig, kube_namespace)
 
     def served() -> bool:

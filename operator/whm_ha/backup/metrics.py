@@ -33,7 +33,10 @@ def failed(namespace: str, replication: str) -> None:
 
 
 def newest(namespace: str, replication: str, finished: float | None, size: int | None, stale: bool) -> None:
-    """What the scheduler found: the newest complete backup (if any) and whether it is too old."""
+    """What the scheduler found: the newest complete backup (if any) and whether it is too old. The counters are
+    exported at 0 from the start, so that alerts see the first failure as an increase."""
+    for result in ("completed", "failed"):
+        BACKUPS.labels(namespace, replication, result)
     if finished is not None:
         LAST_SUCCESS.labels(namespace, replication).set(finished)
     if size is not None:

@@ -12,9 +12,12 @@ SeaweedFS, and the Kubernetes API of either tier.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import urllib.request
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,6 +93,34 @@ def metrics(operator: OperatorProcess) -> dict[str, float]:
     """The operator's samples by name and labels, as exposed."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] not in "#"}
+
+
+def fill(replication: Replication, rows: int = 320, row_bytes: int = 128 * 1024) -> None:
+    """``rows`` rows of random bytes in app.bulk on the primary m0 (by default 40 MiB: a dump that takes a while and
+    an upload of several parts), replicated to m1 and m2."""
+    conn = replication.servers[0].connect()
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE app.bulk (id INT PRIMARY KEY, payload LONGBLOB)")
+        for first in range(0, rows, 16):
+            batch = [(i, os.urandom(row_bytes)) for i in range(first, min(rows, first + 16))]
+            cur.executemany("INSERT INTO app.bulk VALUES (%s, %s)", batch)
+    conn.close()
+
+    def replicated() -> bool:
+        return all(len(replication.sql(m, "SELECT id FROM app.bulk")) == rows for m in ("m1", "m2"))
+
+    wait_for(replicated, 60, "the rows replicated")
+
+
+def task_processes(subcommand: str) -> list[int]:
+    """The pids of the running ``whm-ha SUBCOMMAND`` task processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if entry.name.isdigit() and b"whm_ha" in argv and subcommand.encode() in argv:
+                found.append(int(entry.name))
+    return found
 
 
 def s3_storage(store: ObjectStore) -> dict[str, Any]:
@@ -299,3 +330,33 @@ def test_a_new_replication_bootstraps_from_a_backup_and_replicates_leaving_the_s
     )
     assert {m: replication.variable(m, "gtid_binlog_pos") for m in ("m0", "m1", "m2")} == source_gtids, "untouched"
     assert replication.ids("m0") == {1, 2, 3}
+
+
+def test_a_backup_whose_operator_is_killed_stops_with_it_and_is_taken_by_the_next_one(
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, object_store: ObjectStore
+) -> None:
+    operator = start(replication, kube_api, operator_process, store=object_store)
+    replication.create_app()
+    fill(replication)
+    backups = Backups(replication)
+    s3 = object_store.client()
+    backups.create("interrupted")
+    wait_for(lambda: s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads"), 60, "the upload in progress")
+    assert task_processes("backup-task")
+
+    operator.kill()
+    wait_for(lambda: not task_processes("backup-task"), 3, "the task to stop with its operator")
+    assert ((backups.get("interrupted") or {}).get("status") or {}).get("phase") == "Running"
+    assert usable_backups(object_store.store(PREFIX)) == [], "nothing of the interrupted try is listed"
+
+    operator_process(kube_api.kubeconfig, replication.namespace)
+    status = backups.finished("interrupted")
+    assert status["phase"] == "Completed" and status["attempts"] == 2, status
+    reasons = [
+        e.reason
+        for e in replication.core.list_namespaced_event(replication.namespace).items
+        if e.involved_object.name == "interrupted"
+    ]
+    assert "TryInterrupted" in reasons
+    (listed,) = usable_backups(object_store.store(PREFIX))
+    assert listed.name == "interrupted" and listed.sha256 == status["sha256"]

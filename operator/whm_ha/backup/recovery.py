@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pymysql
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ..crd.mysqlreplication import MySQLReplicationSpec, RecoveryStatus
 from ..kube.client import KubeClient
@@ -26,8 +26,9 @@ from ..mysql.dialect import SQL
 from ..mysql.member import Credentials, connect
 from .dump import SYSTEM_SCHEMAS, Member
 from .manifest import BackupManifest, manifest_key, read_manifest, usable_backups
+from .process import INVALID_TASK, TaskFailed, read_task, run_task
 from .restore import RestoreError, restore_backup
-from .runner import Misconfigured, TaskFailed, run_task, store_access
+from .runner import Misconfigured, store_access
 from .storage import StorageError
 from .task import StoreAccess, TaskMember
 
@@ -97,13 +98,11 @@ def run(task: RestoreTask) -> BackupManifest:
 
 
 def main() -> int:
-    """Read a RestoreTask from standard input, run it, print the backup's manifest; exit NOT_RESTORABLE when trying
-    again would not help, 1 when it might."""
-    try:
-        task = RestoreTask.model_validate_json(sys.stdin.read())
-    except ValidationError as exc:
-        print(f"the restore task is not valid: {exc.errors()[0]['msg']}", file=sys.stderr)
-        return 2
+    """Run the RestoreTask on standard input (`process.read_task`), print the backup's manifest; exit NOT_RESTORABLE
+    when trying again would not help, 1 when it might."""
+    task = read_task(RestoreTask)
+    if task is None:
+        return INVALID_TASK
     try:
         manifest = run(task)
     except NotRestorable as exc:

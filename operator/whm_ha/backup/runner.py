@@ -1,5 +1,5 @@
 """Taking one MySQLBackup to Completed or Failed: resolve its replication, store and member, run each try as a
-``whm-ha backup-task`` process, record every step in its status and Events.
+``whm-ha backup-task`` process (`process`), record every step in its status and Events.
 
 A try that fails leaves nothing usable (the manifest is written last) and is retried after a growing pause, up to
 ``spec.attempts``; a configuration that cannot work (no storage, a missing Secret or replication) fails the backup
@@ -9,19 +9,13 @@ failed and the next one starts, which also adopts a backup the interrupted try h
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
-import os
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
-
-from pydantic import BaseModel
 
 from ..crd.backup import BackupStorageSpec
 from ..crd.conditions import now_iso, set_condition
@@ -32,6 +26,7 @@ from ..kube.client import MYSQLBACKUPS, MYSQLREPLICATIONS, SECRETS, ApiError, Ku
 from . import metrics
 from .manifest import BackupManifest
 from .policy import NoMember, choose_member
+from .process import TaskFailed, run_task
 from .task import BackupTask, StoreAccess, TaskMember
 
 log = logging.getLogger(__name__)
@@ -40,8 +35,6 @@ Obj = dict[str, Any]
 FIRST_RETRY_SECONDS = 5.0
 LAST_RETRY_SECONDS = 300.0
 FINISHED = ("Completed", "Failed")
-STOP_GRACE = 10.0
-"""Seconds a cancelled try has to abort its upload before it is killed."""
 
 
 class Misconfigured(ValueError):
@@ -102,7 +95,11 @@ class BackupRunner:
         spec = MySQLBackupSpec.model_validate(obj["spec"])
         tries = int(status.get("attempts") or 0)
         if status.get("phase") == "Running":
-            await self._event(obj, "TryInterrupted", f"try {tries} was interrupted (the operator stopped)", True)
+            message = f"try {tries} of {spec.attempts} was interrupted (the operator stopped)"
+            await self._event(obj, "TryInterrupted", message, True)
+            if tries >= spec.attempts:
+                await self._fail(obj, spec.replication, tries, message)
+                return
         while tries < spec.attempts and not stopped:
             tries += 1
             started = time.time()
@@ -112,7 +109,7 @@ class BackupRunner:
                     phase="Running",
                     attempts=tries,
                     member=task.member.name,
-                    location=f"{self._location(task)}",
+                    location=self._location(task),
                     startedAt=now_iso(),
                     message=f"try {tries} of {spec.attempts}: dumping {task.member.name}",
                 )
@@ -161,7 +158,9 @@ class BackupRunner:
             chosen = choose_member(
                 target, status.get("currentPrimary"), members, max_lag_seconds=replication.max_lag_seconds
             )
-        member = next(m for m in replication.members if m.name == chosen)
+        member = next((m for m in replication.members if m.name == chosen), None)
+        if member is None:
+            raise NoMember(f"{chosen} is no longer a member of {spec.replication}")
         username, password = await self._credentials(replication.credentials_secret.name)
         task = BackupTask(
             name=self.name,
@@ -223,42 +222,3 @@ class BackupRunner:
     async def _event(self, obj: Obj, reason: str, message: str, warning: bool = False) -> None:
         with contextlib.suppress(ApiError, OSError):
             await self.kube.event(obj, "MySQLBackup", reason, message, warning=warning)
-
-
-class TaskFailed(RuntimeError):
-    """A task's process failed; the message is its last line, ``code`` its exit status."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-async def run_task(subcommand: str, task: BaseModel) -> str:
-    """Run ``whm-ha SUBCOMMAND`` with the task as JSON on its standard input, in a process group of its own; the
-    last line it printed. Cancelled, it stops the group (the tools it runs too): SIGTERM, so that an upload in
-    progress is aborted in the store, then SIGKILL after STOP_GRACE."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "whm_ha",
-        subcommand,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = await process.communicate(task.model_dump_json().encode())
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(process.wait()), STOP_GRACE)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        raise
-    if process.returncode != 0:
-        lines = err.decode(errors="replace").strip().splitlines()
-        code = process.returncode or 1
-        raise TaskFailed(lines[-1] if lines else f"whm-ha {subcommand} exited with {code}", code)
-    return out.decode().strip().splitlines()[-1]

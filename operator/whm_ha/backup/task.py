@@ -12,7 +12,6 @@ before it recorded that): the try reports that manifest instead of dumping again
 
 from __future__ import annotations
 
-import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Annotated
 
 import pymysql
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from ..crd.backup import BackupStorageSpec
 from ..mysql.dialect import dialect_for
@@ -28,6 +27,7 @@ from ..mysql.gtid import Flavor
 from ..mysql.member import Credentials
 from .dump import BackupError, Member, take_backup
 from .manifest import BACKUP_NAME, BackupManifest, manifest_key, read_manifest
+from .process import INVALID_TASK, read_task
 from .storage import StorageError, Store, open_store
 
 
@@ -91,18 +91,11 @@ def run(task: BackupTask) -> BackupManifest:
         return take_backup(store, task.name, task.member.member())
 
 
-def _stop(signum: int, _: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
-    """Read a BackupTask from standard input, run it, print its manifest. SIGTERM stops it, aborting the upload."""
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        task = BackupTask.model_validate_json(sys.stdin.read())
-    except ValidationError as exc:
-        print(f"the backup task is not valid: {exc.errors()[0]['msg']}", file=sys.stderr)
-        return 2
+    """Run the BackupTask on standard input (`process.read_task`), print its manifest."""
+    task = read_task(BackupTask)
+    if task is None:
+        return INVALID_TASK
     try:
         manifest = run(task)
     except (BackupError, StorageError, OSError, pymysql.MySQLError) as exc:

@@ -22,7 +22,8 @@ class S3StorageSpec(CRDModel):
     bucket: str = Field(max_length=63, pattern=BUCKET_NAME)
     """The bucket, which must exist."""
     prefix: str = Field(default="", max_length=512, pattern=PREFIX)
-    """Keys of this replication's backups start with it, e.g. ``prod/db/``."""
+    """Keys of this replication's backups start with it, e.g. ``prod/db/``. Give each replication a prefix of its
+    own: backups are named by their MySQLBackup, and retention deletes by name under it."""
     region: str = Field(default="us-east-1", min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")
     """The region requests are signed for."""
     credentials_secret: LocalObjectReference
@@ -35,7 +36,7 @@ class FilesystemStorageSpec(CRDModel):
     """A directory, e.g. a PersistentVolumeClaim mounted into the pods that take and restore backups."""
 
     path: str = Field(min_length=2, max_length=4096, pattern=r"^/")
-    """Absolute path of the directory."""
+    """Absolute path of the directory; one of its own per replication, as for an S3 prefix."""
 
 
 class BackupStorageSpec(CRDModel):

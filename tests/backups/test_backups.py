@@ -20,7 +20,7 @@ import pytest
 from tests.fixtures.mariadb import StartFlavourServers, StartServers
 from tests.fixtures.object_store import ObjectStore
 from tests.kube_helpers import wait_for
-from whm_ha.backup.dump import BackupError, Member, take_backup
+from whm_ha.backup.dump import BackupError, Member, open_session, take_backup
 from whm_ha.backup.manifest import BackupManifest, usable_backups
 from whm_ha.backup.recovery import NotRestorable, make_empty
 from whm_ha.backup.restore import restore_backup
@@ -29,7 +29,7 @@ from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
 from whm_ha.demo.checkers import Direct, Writers, create_table
 from whm_ha.mysql import actions
 from whm_ha.mysql.dialect import SQL, Source, dialect_for
-from whm_ha.mysql.member import Credentials, Session, connect
+from whm_ha.mysql.member import Credentials
 
 pytestmark = pytest.mark.mariadb
 
@@ -52,18 +52,14 @@ def member(name: str, server: LocalServer) -> Member:
     )
 
 
-def session(m: Member) -> Session:
-    return connect(m.name, m.host, m.port, m.credentials, m.dialect, timeout=10)
-
-
 def ids(m: Member, table: str = TABLE) -> set[int]:
-    with session(m) as s:
+    with open_session(m) as s:
         return {int(row[0]) for row in s.rows(SQL(f"SELECT id FROM {table}"))}
 
 
 def fill(m: Member, rows: int, row_bytes: int, table: str = "app.bulk") -> None:
     """``rows`` rows of random (incompressible) bytes, so that a dump takes a while and compresses little."""
-    with session(m) as s:
+    with open_session(m) as s:
         s.execute(SQL("CREATE DATABASE IF NOT EXISTS app"))
         s.execute(SQL(f"CREATE TABLE IF NOT EXISTS {table} (id INT PRIMARY KEY, payload LONGBLOB)"))
         batch = max(1, (4 << 20) // row_bytes)
@@ -74,9 +70,9 @@ def fill(m: Member, rows: int, row_bytes: int, table: str = "app.bulk") -> None:
 
 
 def replicate_from(replica: Member, source: Member, source_server: LocalServer) -> None:
-    with session(source) as s:
+    with open_session(source) as s:
         actions.ensure_replication_user(s, REPL_USER, REPL_PASSWORD)
-    with session(replica) as r:
+    with open_session(replica) as r:
         actions.ensure_replica(r, Source(source_server.host, source_server.port, REPL_USER, REPL_PASSWORD))
 
 
@@ -91,7 +87,7 @@ def test_a_backup_taken_during_writes_restores_to_exactly_its_gtid_position(
     writers = Writers(writes, table=TABLE, count=4).start(warm_up=50)
     store = object_store.store(prefix="prod/")
     try:
-        with session(source) as s:
+        with open_session(source) as s:
             before = s.executed()
             # Conditions, not timing: a loaded machine may give the writers no turn in a short window.
             wait_for(lambda: not before.contains(s.executed()), 10, "a write after the position read before")
@@ -109,7 +105,7 @@ def test_a_backup_taken_during_writes_restores_to_exactly_its_gtid_position(
     finally:
         writers.stop()
     assert not writers.errors
-    with session(source) as s:
+    with open_session(source) as s:
         after = s.executed()
     position = source.dialect.parse_gtid(manifest.gtid)
     assert position.contains(before) and not before.contains(position), "the snapshot is taken after `before`"
@@ -126,7 +122,7 @@ def test_a_backup_taken_during_writes_restores_to_exactly_its_gtid_position(
     replicate_from(restored, source, source_server)
 
     def caught_up() -> bool:
-        with session(restored) as r:
+        with open_session(restored) as r:
             status = r.replica_status()
             assert status is not None
             assert status.last_sql_errno == 0, f"replication from the backup's position broke: {status.last_sql_error}"
@@ -171,7 +167,7 @@ def test_filesystem_store_round_trip_and_a_failed_dump_leaves_nothing(
     source, restored = member("m0", source_server), member("m1", empty_server)
     fill(source, rows=200, row_bytes=512)
     # An account of its own whose password has what an option file must escape: the tools get it from one.
-    with session(source) as s:
+    with open_session(source) as s:
         s.execute(s.dialect.create_user("backup", "%", BACKUP_PASSWORD))
         s.execute(
             SQL("GRANT SELECT, SHOW VIEW, TRIGGER, EVENT, RELOAD, REPLICATION CLIENT ON *.* TO %s@%s", ("backup", "%"))
@@ -190,7 +186,7 @@ def test_filesystem_store_round_trip_and_a_failed_dump_leaves_nothing(
     assert isinstance(manifest, BackupManifest)
     restore_backup(store, manifest, restored)
     assert ids(restored, "app.bulk") == set(range(200))
-    with session(restored) as r:
+    with open_session(restored) as r:
         assert r.row(SQL("SELECT @@GLOBAL.gtid_slave_pos")) == (manifest.gtid,), "seeded at the backup's position"
     assert time.time() >= manifest.finished.timestamp() >= manifest.started.timestamp()
 

@@ -21,10 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+import pymysql
 import zstandard
 
 from ..mysql.dialect import SQL, Dialect, DumpPosition
-from ..mysql.member import Credentials, connect
+from ..mysql.member import Credentials, Session, connect, describe_error, tls_context
 from .manifest import BackupManifest, data_key, publish
 from .storage import Progress, Store
 
@@ -63,27 +64,40 @@ class Member:
     restoring: every privilege on the schemas, and setting GTID positions)."""
     dialect: Dialect
     programs: Programs = field(default=on_path, compare=False)
+    tls_ca: str | None = None
+    """The CA bundle (PEM) the member's certificate is verified with: every connection to it is TLS (the
+    replication's ``spec.tls``); None: plaintext."""
+    verify_server_name: bool = True
+    """The certificate must also name ``host`` (as far as the flavour's tools check: `Dialect.client_options`)."""
 
 
 @contextmanager
 def client_command(member: Member, program: str) -> Iterator[list[str]]:
-    """The command line of ``program`` connecting to the member; the password is in an option file readable only
-    by this user (never on a command line), removed afterwards."""
+    """The command line of ``program`` connecting to the member (with TLS when it has ``tls_ca``); the password is
+    in an option file readable only by this user (never on a command line), the CA in a file beside it, both
+    removed afterwards."""
     fd, path = tempfile.mkstemp(prefix="whm-ha-client-", suffix=".cnf")
+    ca_file = None
     try:
         with os.fdopen(fd, "w") as options:
             user, password = _option_value(member.credentials.username), _option_value(member.credentials.password)
             options.write(f"[client]\nuser={user}\npassword={password}\n")
+        if member.tls_ca is not None:
+            ca_fd, ca_file = tempfile.mkstemp(prefix="whm-ha-client-ca-", suffix=".pem")
+            with os.fdopen(ca_fd, "w") as ca:
+                ca.write(member.tls_ca)
         yield [
             *member.programs(program),
             f"--defaults-extra-file={path}",
             f"--host={member.host}",
             f"--port={member.port}",
             "--protocol=TCP",
-            *member.dialect.client_options(),
+            *member.dialect.client_options(ca_file, member.verify_server_name),
         ]
     finally:
         Path(path).unlink(missing_ok=True)
+        if ca_file is not None:
+            Path(ca_file).unlink(missing_ok=True)
 
 
 def _option_value(value: str) -> str:
@@ -91,11 +105,22 @@ def _option_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def open_session(member: Member) -> Session:
+    """A session to the member; with ``tls_ca``, TLS verifying its certificate against that bundle (and its name
+    with ``verify_server_name``) as the operator's sessions do (`tls_context`)."""
+    tls = tls_context(member.tls_ca, check_hostname=member.verify_server_name) if member.tls_ca is not None else None
+    return connect(member.name, member.host, member.port, member.credentials, member.dialect, timeout=10, tls=tls)
+
+
 def _schemas(member: Member) -> tuple[str, list[str]]:
-    """The server's version and its schemas that are not the server's own."""
-    with connect(member.name, member.host, member.port, member.credentials, member.dialect, timeout=10) as session:
-        row = session.row(SQL("SELECT VERSION()"))
-        names = [str(name) for (name,) in session.rows(SQL("SHOW DATABASES"))]
+    """The server's version and its schemas that are not the server's own; BackupError naming the member when it
+    cannot be read (a certificate refused, a plaintext session refused)."""
+    try:
+        with open_session(member) as session:
+            row = session.row(SQL("SELECT VERSION()"))
+            names = [str(name) for (name,) in session.rows(SQL("SHOW DATABASES"))]
+    except pymysql.MySQLError as exc:
+        raise BackupError(f"{member.name}: {describe_error(exc, member.credentials.password)}") from exc
     return str(row[0] if row else ""), sorted(name for name in names if name not in SYSTEM_SCHEMAS)
 
 

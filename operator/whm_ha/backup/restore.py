@@ -10,8 +10,7 @@ import tempfile
 
 import zstandard
 
-from ..mysql.member import connect
-from .dump import Member, client_command
+from .dump import Member, client_command, open_session
 from .manifest import BackupManifest
 from .storage import Store
 
@@ -57,6 +56,6 @@ def restore_backup(store: Store, manifest: BackupManifest, member: Member) -> No
             raise RestoreError(f"{member.name}: {dialect.client_program} failed ({code}): {message}")
     if size != manifest.size or digest.hexdigest() != manifest.sha256:
         raise RestoreError(f"{manifest.name}: the data object does not match its manifest (size or sha256)")
-    with connect(member.name, member.host, member.port, member.credentials, dialect, timeout=10) as session:
+    with open_session(member) as session:
         for statement in dialect.seed_position(manifest.gtid):
             session.execute(statement)

@@ -23,6 +23,7 @@ from ..crd.mysqlbackup import MySQLBackupSpec
 from ..crd.mysqlreplication import MemberStatus, MySQLReplicationSpec
 from ..db.cluster_database import DatabaseUnavailable, secret_credentials
 from ..kube.client import MYSQLBACKUPS, MYSQLREPLICATIONS, SECRETS, ApiError, KubeClient
+from ..node_tls import ca_from_secret
 from . import metrics
 from .manifest import BackupManifest
 from .policy import NoMember, choose_member
@@ -172,9 +173,24 @@ class BackupRunner:
                 username=username,
                 password=password,
                 flavor=replication.flavor,
+                tls_ca=await self._tls_ca(replication),
+                verify_server_name=replication.tls.verify_server_name,
             ),
         )
         return task, spec.replication
+
+    async def _tls_ca(self, replication: MySQLReplicationSpec) -> str | None:
+        """The CA bundle the operator verifies the members with (``spec.tls.caSecret``), None when TLS is off;
+        Misconfigured when the Secret or its key is missing or holds no usable certificate."""
+        ref = replication.tls.ca_secret
+        if not replication.tls.enabled or ref is None:
+            return None
+        where = f"Secret {self.namespace}/{ref.name} (tls.caSecret)"
+        secret = await _secret(self.kube, self.namespace, ref.name, where)
+        try:
+            return ca_from_secret(secret, ref.key)
+        except ValueError as exc:  # binascii.Error too
+            raise Misconfigured(f"{where} {exc}") from exc
 
     async def _credentials(self, name: str) -> tuple[str, str]:
         try:

@@ -40,10 +40,19 @@ class TaskMember(BaseModel):
     username: str
     password: str = Field(repr=False)
     flavor: Flavor
+    tls_ca: str | None = None
+    """The CA bundle (PEM) of the replication's ``spec.tls`` the member is verified with; None: TLS is off."""
+    verify_server_name: bool = True
 
     def member(self) -> Member:
         return Member(
-            self.name, self.host, self.port, Credentials(self.username, self.password), dialect_for(self.flavor)
+            self.name,
+            self.host,
+            self.port,
+            Credentials(self.username, self.password),
+            dialect_for(self.flavor),
+            tls_ca=self.tls_ca,
+            verify_server_name=self.verify_server_name,
         )
 
 

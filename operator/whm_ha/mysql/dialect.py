@@ -33,7 +33,9 @@ Choices that differ per flavor:
   position of its consistent snapshot (``binlog_snapshot_file``/``_pos``, no global read lock) and writes it, and
   its GTID position, as comments; a restored member is seeded by setting ``gtid_slave_pos``. MySQL: ``mysqldump
   --single-transaction --source-data=2 --set-gtid-purged=ON``, which holds ``FLUSH TABLES WITH READ LOCK`` while
-  it opens the snapshot and reads ``gtid_executed``, and whose dump sets ``GTID_PURGED`` itself when loaded.
+  it opens the snapshot and reads ``gtid_executed``, and whose dump sets ``GTID_PURGED`` itself when loaded. The
+  dump tool and the client connect as the operator does: with TLS verifying the member's CA when the replication's
+  TLS is on (MariaDB ``--ssl --ssl-ca``, MySQL ``--ssl-mode=VERIFY_CA``; the name too as `client_options` says).
 """
 
 from __future__ import annotations
@@ -413,9 +415,10 @@ class Dialect(ABC):
     # --- logical backups ------------------------------------------------------------------------------------
 
     @abstractmethod
-    def client_options(self) -> list[str]:
-        """Options of the client and the dump tool for a connection without TLS (the members' TLS is not used
-        for backups yet)."""
+    def client_options(self, ca_file: str | None = None, verify_server_name: bool = True) -> list[str]:
+        """Options of the client and the dump tool: with ``ca_file`` (a PEM bundle) a TLS connection that refuses
+        a server whose certificate none of its CAs signed, and, with ``verify_server_name``, one not naming the
+        host connected to (see each flavour for what its tools check); without it a plaintext connection."""
 
     def dump_options(self) -> list[str]:
         """The dump tool's options for a consistent dump (one snapshot, no lock held for its duration) of routines,
@@ -519,8 +522,17 @@ class MariaDBDialect(Dialect):
     def _auto_position(self, value: object) -> bool:
         return str(value) == "Slave_Pos"
 
-    def client_options(self) -> list[str]:
-        return ["--skip-ssl"]
+    def client_options(self, ca_file: str | None = None, verify_server_name: bool = True) -> list[str]:
+        """``--ssl --ssl-ca``: mariadb and mariadb-dump verify the certificate's chain against the bundle whenever
+        it is given (10.11 and 11.8, with or without ``--ssl-verify-server-cert``), so the CA is checked on both.
+        The name: 10.11 checks it only with ``--ssl-verify-server-cert``; 11.8 checks a host name always (even
+        with ``--disable-ssl-verify-server-cert``, so verifyServerName false does not relax it there) and does not
+        check the certificate's name against a host given as an IP address (measured on 127.0.0.1), as for its
+        replicas."""
+        if ca_file is None:
+            return ["--skip-ssl"]
+        verify = "--ssl-verify-server-cert" if verify_server_name else "--disable-ssl-verify-server-cert"
+        return ["--ssl", f"--ssl-ca={ca_file}", verify]
 
     def seed_position(self, gtid: str) -> list[SQL]:
         """The replica position, and the binary log's state (its GTID list), which a primary's replicas ask
@@ -617,9 +629,13 @@ class MySQLDialect(Dialect):
     def _auto_position(self, value: object) -> bool:
         return str(value) == "1"
 
-    def client_options(self) -> list[str]:
-        """Without TLS, caching_sha2_password needs the server's RSA key to send the password."""
-        return ["--ssl-mode=DISABLED", "--get-server-public-key"]
+    def client_options(self, ca_file: str | None = None, verify_server_name: bool = True) -> list[str]:
+        """``--ssl-mode=VERIFY_CA`` (the chain against the bundle) or ``VERIFY_IDENTITY`` (the host name too, an IP
+        address included): mysql and mysqldump check exactly that. Without TLS, caching_sha2_password needs the
+        server's RSA key to send the password."""
+        if ca_file is None:
+            return ["--ssl-mode=DISABLED", "--get-server-public-key"]
+        return [f"--ssl-mode={'VERIFY_IDENTITY' if verify_server_name else 'VERIFY_CA'}", f"--ssl-ca={ca_file}"]
 
     def seed_position(self, gtid: str) -> list[SQL]:
         """Nothing: the dump's ``SET @@GLOBAL.GTID_PURGED`` did it (on a member whose ``gtid_executed`` was

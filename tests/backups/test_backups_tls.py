@@ -1,0 +1,98 @@
+"""Backups and restores over TLS, on every supported server (MariaDB 10.11, 11.8 and MySQL 9.7 with
+``--databases``): members started with certificates of a test CA and ``require_secure_transport=ON``.
+
+* A backup and a restore with the replication's CA succeed; the same member without it (plaintext) is refused, by
+  the session that lists the schemas and by the client that loads a dump: the CA is what makes them work.
+* A CA that did not sign the member's certificate: the backup fails naming the certificate and lists nothing; the
+  dump tool and the client refuse the member too.
+* The name: the tools refuse a certificate of the right CA naming another host when told to check the name, except
+  where the flavour does not check it (`NAME_UNCHECKED`), and accept it when told not to.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.backups.test_backups import fill, ids, member
+from tests.fixtures.database_tls import TestCA
+from tests.fixtures.mariadb import StartFlavourServers
+from whm_ha.backup.dump import BackupError, Member, client_command, take_backup
+from whm_ha.backup.manifest import usable_backups
+from whm_ha.backup.restore import RestoreError, restore_backup
+from whm_ha.backup.storage import FilesystemStore
+
+pytestmark = pytest.mark.mariadb
+
+NAME_UNCHECKED = {"mariadb-11.8"}
+"""Flavours whose tools check the CA but not the certificate's name when the member is reached by IP address
+(measured on 127.0.0.1, as for their replicas: tests/integration/test_replication_tls.py)."""
+
+
+def run_client(m: Member, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``program`` (the member's client or dump tool) connecting to the member, with ``args``."""
+    with client_command(m, program) as command:
+        return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_backup_and_a_restore_use_the_members_tls(database_servers: StartFlavourServers, tmp_path: Path) -> None:
+    ca = TestCA()
+    servers = database_servers(2, tls=ca.server_tls(), require_secure_transport=True)
+    source, target = (replace(member(f"m{i}", s), tls_ca=ca.pem) for i, s in enumerate(servers))
+    fill(source, rows=300, row_bytes=256)
+    store = FilesystemStore(tmp_path / "backups")
+
+    with pytest.raises(BackupError, match="m0: "):
+        take_backup(store, "plaintext", replace(source, tls_ca=None))
+    assert store.list() == []
+
+    manifest = take_backup(store, "over-tls", source)
+    assert usable_backups(store) == [manifest] and "app" in manifest.databases
+
+    with pytest.raises(RestoreError, match=f"{target.dialect.client_program} failed"):
+        restore_backup(store, manifest, replace(target, tls_ca=None))
+    restore_backup(store, manifest, target)
+    assert ids(target, "app.bulk") == set(range(300))
+    program = target.dialect.client_program
+    shown = run_client(target, program, "-N", "-e", "SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+    assert shown.returncode == 0 and shown.stdout.split()[1:], f"the client's session is not encrypted: {shown}"
+    print(f"{servers[0].flavour.name}: {program} cipher {shown.stdout.split()[1]}")
+
+
+def test_a_member_whose_certificate_the_ca_did_not_sign_is_refused(
+    database_servers: StartFlavourServers, tmp_path: Path
+) -> None:
+    (server,) = database_servers(1, tls=TestCA().server_tls(), require_secure_transport=True)
+    m = replace(member("m0", server), tls_ca=TestCA().pem)
+    store = FilesystemStore(tmp_path / "backups")
+    with pytest.raises(BackupError, match=r"m0: .*certificate verify failed") as refused:
+        take_backup(store, "other-ca", m)
+    print(f"{server.flavour.name}: {refused.value}")
+    assert usable_backups(store) == [] and store.list() == []
+    for program in (m.dialect.dump_program, m.dialect.client_program):
+        ran = run_client(
+            m, program, *(["--no-data", "mysql"] if program == m.dialect.dump_program else ["-e", "SELECT 1"])
+        )
+        assert ran.returncode != 0 and "2026" in ran.stderr, f"{program} accepted the certificate: {ran}"
+
+
+def test_the_tools_check_the_certificates_name_where_the_flavour_does(
+    database_servers: StartFlavourServers, tmp_path: Path
+) -> None:
+    """The backup checks it on every flavour all the same: its session listing the schemas (Python's ssl) does."""
+    ca = TestCA()
+    (server,) = database_servers(1, tls=ca.server_tls("db.elsewhere.example"), require_secure_transport=True)
+    m = replace(member("m0", server), tls_ca=ca.pem)
+    flavour = server.flavour.name
+    for program in (m.dialect.dump_program, m.dialect.client_program):
+        args = ["--no-data", "mysql"] if program == m.dialect.dump_program else ["-e", "SELECT 1"]
+        checked = run_client(m, program, *args)
+        print(f"{flavour}: {program} verifying the name: {checked.returncode} {checked.stderr.strip()[-120:]}")
+        assert (checked.returncode == 0) == (flavour in NAME_UNCHECKED), checked
+        unchecked = run_client(replace(m, verify_server_name=False), program, *args)
+        assert unchecked.returncode == 0, unchecked
+    with pytest.raises(BackupError, match=r"m0: .*certificate verify failed"):
+        take_backup(FilesystemStore(tmp_path / "backups"), "named-otherwise", m)

@@ -5,27 +5,38 @@
   the session that lists the schemas and by the client that loads a dump: the CA is what makes them work.
 * A CA that did not sign the member's certificate: the backup fails naming the certificate and lists nothing; the
   dump tool and the client refuse the member too.
+* The operator: a MySQLBackup of a replication with TLS on (its members refusing plaintext) completes, its try
+  handed the CA of ``spec.tls.caSecret``, and the backup restores over TLS.
 * The name: the tools refuse a certificate of the right CA naming another host when told to check the name, except
   where the flavour does not check it (`NAME_UNCHECKED`), and accept it when told not to.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.backups.test_backups import fill, ids, member
+from tests.backups.test_operator_backups import Backups
 from tests.fixtures.database_tls import TestCA
 from tests.fixtures.mariadb import StartFlavourServers
+from tests.integration import test_operator_flavours
+from tests.integration.test_operator_flavours import World
 from whm_ha.backup.dump import BackupError, Member, client_command, take_backup
-from whm_ha.backup.manifest import usable_backups
+from whm_ha.backup.manifest import read_manifest, usable_backups
 from whm_ha.backup.restore import RestoreError, restore_backup
 from whm_ha.backup.storage import FilesystemStore
+from whm_ha.mysql.dialect import dialect_for
 
 pytestmark = pytest.mark.mariadb
+
+world = test_operator_flavours.world  # the fixture: three members of the flavour, the operator running
 
 NAME_UNCHECKED = {"mariadb-11.8"}
 """Flavours whose tools check the CA but not the certificate's name when the member is reached by IP address
@@ -96,3 +107,35 @@ def test_the_tools_check_the_certificates_name_where_the_flavour_does(
         assert unchecked.returncode == 0, unchecked
     with pytest.raises(BackupError, match=r"m0: .*certificate verify failed"):
         take_backup(FilesystemStore(tmp_path / "backups"), "named-otherwise", m)
+
+
+def test_the_operator_backs_up_a_replication_with_tls_on(
+    world: Callable[..., World],
+    database_servers: StartFlavourServers,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator's backup tries run the dump tool found on PATH: the flavour's, put first there."""
+    flavour = database_servers.flavour
+    programs = tmp_path / "bin"
+    programs.mkdir()
+    dump_program = dialect_for(flavour.product).dump_program
+    wrapper = programs / dump_program
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(flavour.client_command(dump_program))} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{programs}:{os.environ['PATH']}")
+    ca = TestCA()
+    db = world(ca=ca)
+    db.sql("m0", "INSERT INTO app.t VALUES (1), (2), (3)")
+    backups = Backups(db)  # type: ignore[arg-type]  # a World has what it uses: custom, namespace
+    backups.create(
+        "over-tls", target="Primary", attempts=1, storage={"filesystem": {"path": str(tmp_path / "backups")}}
+    )
+    status = backups.finished("over-tls")
+    assert status["phase"] == "Completed", status["message"]
+    store = FilesystemStore(tmp_path / "backups")
+    manifest = read_manifest(store, "over-tls")
+    (server,) = database_servers(1, tls=ca.server_tls(), require_secure_transport=True)
+    target = replace(member("empty", server), tls_ca=ca.pem)
+    restore_backup(store, manifest, target)
+    assert ids(target, "app.t") == {1, 2, 3}

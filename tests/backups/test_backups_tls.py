@@ -41,6 +41,9 @@ world = test_operator_flavours.world  # the fixture: three members of the flavou
 NAME_UNCHECKED = {"mariadb-11.8"}
 """Flavours whose tools check the CA but not the certificate's name when the member is reached by IP address
 (measured on 127.0.0.1, as for their replicas: tests/integration/test_replication_tls.py)."""
+NAME_ALWAYS_CHECKED = {"mariadb-11.8"}
+"""Flavours whose tools, given a CA, check the certificate's name against a host name even when told not to
+(``--disable-ssl-verify-server-cert``)."""
 
 
 def run_client(m: Member, program: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -93,20 +96,25 @@ def test_a_member_whose_certificate_the_ca_did_not_sign_is_refused(
 def test_the_tools_check_the_certificates_name_where_the_flavour_does(
     database_servers: StartFlavourServers, tmp_path: Path
 ) -> None:
-    """The backup checks it on every flavour all the same: its session listing the schemas (Python's ssl) does."""
+    """A certificate of the right CA naming another host, the member reached by IP address and by host name: the
+    tools told to check the name refuse it, except `NAME_UNCHECKED` by IP address; told not to, they accept it,
+    except `NAME_ALWAYS_CHECKED` by host name. The backup refuses it on every flavour all the same: its session
+    listing the schemas (Python's ssl) checks the name."""
     ca = TestCA()
     (server,) = database_servers(1, tls=ca.server_tls("db.elsewhere.example"), require_secure_transport=True)
-    m = replace(member("m0", server), tls_ca=ca.pem)
     flavour = server.flavour.name
-    for program in (m.dialect.dump_program, m.dialect.client_program):
-        args = ["--no-data", "mysql"] if program == m.dialect.dump_program else ["-e", "SELECT 1"]
-        checked = run_client(m, program, *args)
-        print(f"{flavour}: {program} verifying the name: {checked.returncode} {checked.stderr.strip()[-120:]}")
-        assert (checked.returncode == 0) == (flavour in NAME_UNCHECKED), checked
-        unchecked = run_client(replace(m, verify_server_name=False), program, *args)
-        assert unchecked.returncode == 0, unchecked
-    with pytest.raises(BackupError, match=r"m0: .*certificate verify failed"):
-        take_backup(FilesystemStore(tmp_path / "backups"), "named-otherwise", m)
+    for host in ("127.0.0.1", "localhost"):
+        m = replace(member("m0", server), host=host, tls_ca=ca.pem)
+        for program in (m.dialect.dump_program, m.dialect.client_program):
+            args = ["--no-data", "mysql"] if program == m.dialect.dump_program else ["-e", "SELECT 1"]
+            checked = run_client(m, program, *args)
+            print(f"{flavour} {host}: {program} checking the name: {checked.returncode} {checked.stderr[-90:]!r}")
+            assert (checked.returncode == 0) == (host == "127.0.0.1" and flavour in NAME_UNCHECKED), checked
+            unchecked = run_client(replace(m, verify_server_name=False), program, *args)
+            print(f"{flavour} {host}: {program} not checking it: {unchecked.returncode} {unchecked.stderr[-90:]!r}")
+            assert (unchecked.returncode == 0) == (host != "localhost" or flavour not in NAME_ALWAYS_CHECKED)
+        with pytest.raises(BackupError, match=r"m0: .*certificate verify failed"):
+            take_backup(FilesystemStore(tmp_path / "backups"), "named-otherwise", m)
 
 
 def test_the_operator_backs_up_a_replication_with_tls_on(

@@ -6,13 +6,15 @@
 * A CA that did not sign the member's certificate: the backup fails naming the certificate and lists nothing; the
   dump tool and the client refuse the member too.
 * The operator: a MySQLBackup of a replication with TLS on (its members refusing plaintext) completes, its try
-  handed the CA of ``spec.tls.caSecret``, and the backup restores over TLS.
+  handed the CA of ``spec.tls.caSecret``, and the backup restores over TLS. The CA Secret is read for each try: a
+  missing or unusable one fails the backup at once.
 * The name: the tools refuse a certificate of the right CA naming another host when told to check the name, except
   where the flavour does not check it (`NAME_UNCHECKED`), and accept it when told not to.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import subprocess
@@ -21,17 +23,24 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 
 from tests.backups.test_backups import fill, ids, member
 from tests.backups.test_operator_backups import Backups
 from tests.fixtures.database_tls import TestCA
+from tests.fixtures.kube import KubeAPI
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.integration import test_operator_flavours
 from tests.integration.test_operator_flavours import World
+from tests.kube_helpers import GROUP, VERSION
 from whm_ha.backup.dump import BackupError, Member, client_command, take_backup
 from whm_ha.backup.manifest import read_manifest, usable_backups
 from whm_ha.backup.restore import RestoreError, restore_backup
+from whm_ha.backup.runner import BackupRunner, Misconfigured
 from whm_ha.backup.storage import FilesystemStore
+from whm_ha.backup.task import TaskMember
+from whm_ha.crd.mysqlbackup import MySQLBackupSpec
+from whm_ha.kube.client import KubeClient
 from whm_ha.mysql.dialect import dialect_for
 
 pytestmark = pytest.mark.mariadb
@@ -147,3 +156,48 @@ def test_the_operator_backs_up_a_replication_with_tls_on(
     target = replace(member("empty", server), tls_ca=ca.pem)
     restore_backup(store, manifest, target)
     assert ids(target, "app.t") == {1, 2, 3}
+
+
+def test_the_runner_hands_each_try_the_ca_of_the_replications_ca_secret(
+    kube_api: KubeAPI, kube_client: client.ApiClient, kube_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read for each try: a missing Secret, or one without a certificate, fails the backup at once (Misconfigured);
+    TLS off hands over none."""
+    core = client.CoreV1Api(kube_client)
+    core.create_namespaced_secret(
+        kube_namespace, {"metadata": {"name": "db-admin"}, "stringData": {"username": "root", "password": "pw"}}
+    )
+    tls = {"enabled": True, "caSecret": {"name": "db-ca"}, "caFile": "ca.pem", "verifyServerName": False}
+    spec = {
+        "flavor": "mariadb",
+        "primary": "m0",
+        "members": [{"name": "m0", "host": "127.0.0.1", "port": 3306}],
+        "credentialsSecret": {"name": "db-admin"},
+        "replicationSecret": {"name": "db-admin"},
+        "tls": tls,
+    }
+    custom = client.CustomObjectsApi(kube_client)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MySQLReplication", "metadata": {"name": "db"}, "spec": spec}
+    custom.create_namespaced_custom_object(GROUP, VERSION, kube_namespace, "mysqlreplications", body)
+    backup = MySQLBackupSpec.model_validate(
+        {"replication": "db", "member": "m0", "storage": {"filesystem": {"path": "/b"}}}
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kube_api.kubeconfig))
+
+    async def resolve() -> TaskMember:
+        async with KubeClient() as kube:
+            task, _ = await BackupRunner(kube, kube_namespace, "one")._resolve(backup)
+        return task.member
+
+    with pytest.raises(Misconfigured, match=rf"Secret {kube_namespace}/db-ca \(tls.caSecret\) not found"):
+        asyncio.run(resolve())
+    core.create_namespaced_secret(kube_namespace, {"metadata": {"name": "db-ca"}, "stringData": {"ca.crt": "none"}})
+    with pytest.raises(Misconfigured, match=r"\(tls.caSecret\) key ca.crt holds no PEM certificate"):
+        asyncio.run(resolve())
+    ca = TestCA()
+    core.patch_namespaced_secret("db-ca", kube_namespace, {"stringData": {"ca.crt": ca.pem}})
+    handed = asyncio.run(resolve())
+    assert (handed.tls_ca, handed.verify_server_name) == (ca.pem, False)
+    patch = {"spec": {"tls": {"enabled": False}}}
+    custom.patch_namespaced_custom_object(GROUP, VERSION, kube_namespace, "mysqlreplications", "db", patch)
+    assert asyncio.run(resolve()).tls_ca is None

@@ -384,3 +384,12 @@ def test_a_dump_without_its_position_gives_none() -> None:
     assert (
         dialect_for("mariadb").dump_position("CREATE TABLE t (id INT);\n-- SET GLOBAL gtid_slave_pos='0-1-3';") is None
     )
+
+
+def test_client_options_verify_the_ca_and_the_name_when_asked() -> None:
+    assert MARIADB.client_options() == ["--skip-ssl"]
+    assert MYSQL.client_options() == ["--ssl-mode=DISABLED", "--get-server-public-key"]
+    assert MARIADB.client_options("/t/ca.pem") == ["--ssl", "--ssl-ca=/t/ca.pem", "--ssl-verify-server-cert"]
+    assert MARIADB.client_options("/t/ca.pem", verify_server_name=False)[-1] == "--disable-ssl-verify-server-cert"
+    assert MYSQL.client_options("/t/ca.pem") == ["--ssl-mode=VERIFY_IDENTITY", "--ssl-ca=/t/ca.pem"]
+    assert MYSQL.client_options("/t/ca.pem", verify_server_name=False) == ["--ssl-mode=VERIFY_CA", "--ssl-ca=/t/ca.pem"]

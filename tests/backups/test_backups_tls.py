@@ -9,7 +9,8 @@
   handed the CA of ``spec.tls.caSecret``, and the backup restores over TLS. The CA Secret is read for each try: a
   missing or unusable one fails the backup at once.
 * The name: the tools refuse a certificate of the right CA naming another host when told to check the name, except
-  where the flavour does not check it (`NAME_UNCHECKED`), and accept it when told not to.
+  where the flavour does not check it (`NAME_UNCHECKED`), and accept it when told not to, except where the flavour
+  checks it all the same (`NAME_ALWAYS_CHECKED`).
 """
 
 from __future__ import annotations

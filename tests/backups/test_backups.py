@@ -202,17 +202,17 @@ def test_a_load_cut_short_is_emptied_and_loaded_again_and_a_member_with_data_of_
 
     restore_backup(store, manifest, target)
     make_empty(target, manifest)  # what a restarted operator finds after a load cut short: only the backup's
-    with session(target) as t:
+    with open_session(target) as t:
         assert t.executed().count == 0 and not t.rows(SQL("SHOW DATABASES LIKE 'app'"))
     make_empty(target, manifest)  # empty: nothing to do
     restore_backup(store, manifest, target)
     assert ids(target, "app.bulk") == ids(source, "app.bulk")
-    with session(target) as t:
+    with open_session(target) as t:
         assert t.executed() == source.dialect.parse_gtid(manifest.gtid)
 
-    with session(other) as o:
+    with open_session(other) as o:
         o.execute(SQL("CREATE DATABASE app"))  # binlogged: a transaction of its own, in a schema of the backup's
     with pytest.raises(NotRestorable, match="m2 is not empty"):
         make_empty(other, manifest)
-    with session(other) as o:
+    with open_session(other) as o:
         assert o.rows(SQL("SHOW DATABASES LIKE 'app'")), "a refused member is left as it was"

@@ -23,12 +23,12 @@ from pydantic import BaseModel
 from ..crd.mysqlreplication import MySQLReplicationSpec, RecoveryStatus
 from ..kube.client import KubeClient
 from ..mysql.dialect import SQL
-from ..mysql.member import Credentials, connect
-from .dump import SYSTEM_SCHEMAS, Member
+from ..mysql.member import Credentials
+from .dump import SYSTEM_SCHEMAS, Member, open_session
 from .manifest import BackupManifest, manifest_key, read_manifest, usable_backups
 from .process import INVALID_TASK, TaskFailed, read_task, run_task
 from .restore import RestoreError, restore_backup
-from .runner import Misconfigured, store_access
+from .runner import Misconfigured, members_ca, store_access
 from .storage import StorageError
 from .task import StoreAccess, TaskMember
 
@@ -67,7 +67,7 @@ def make_empty(member: Member, manifest: BackupManifest) -> None:
     """Leave ``member`` empty for the load: as it is when it holds nothing; emptied when it holds only part of this
     backup (its schemas among the backup's, its GTIDs among the backup's); NotRestorable otherwise."""
     dialect = member.dialect
-    with connect(member.name, member.host, member.port, member.credentials, dialect, timeout=10) as session:
+    with open_session(member) as session:
         schemas = sorted(str(n) for (n,) in session.rows(SQL("SHOW DATABASES")) if str(n) not in SYSTEM_SCHEMAS)
         row = session.row(dialect.executed())
         executed = dialect.parse_gtid(str(row[0]) if row and row[0] else "")
@@ -144,6 +144,7 @@ async def recover(
         if storage is None:
             raise Misconfigured("bootstrap.recovery needs its storage, or spec.backup.storage")
         access = await store_access(kube, namespace, storage)
+        ca = await members_ca(kube, namespace, spec)
     except Misconfigured as exc:
         await _record(obj, state.model_copy(update={"phase": "Failed", "message": str(exc)}), patch_status)
         await event(obj, "RestoreFailed", str(exc), warning=True)
@@ -159,6 +160,8 @@ async def recover(
                 username=admin.username,
                 password=admin.password,
                 flavor=spec.flavor,
+                tls_ca=ca,
+                verify_server_name=spec.tls.verify_server_name,
             ),
         )
         try:

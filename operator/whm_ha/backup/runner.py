@@ -71,6 +71,20 @@ async def store_access(kube: KubeClient, namespace: str, storage: BackupStorageS
     return access
 
 
+async def members_ca(kube: KubeClient, namespace: str, replication: MySQLReplicationSpec) -> str | None:
+    """The CA bundle the members are verified with (the replication's ``spec.tls.caSecret``), None when its TLS is
+    off; Misconfigured when the Secret or its key is missing or holds no usable certificate."""
+    ref = replication.tls.ca_secret
+    if not replication.tls.enabled or ref is None:
+        return None
+    where = f"Secret {namespace}/{ref.name} (tls.caSecret)"
+    secret = await _secret(kube, namespace, ref.name, where)
+    try:
+        return ca_from_secret(secret, ref.key)
+    except ValueError as exc:  # binascii.Error too
+        raise Misconfigured(f"{where} {exc}") from exc
+
+
 async def _secret(kube: KubeClient, namespace: str, name: str, where: str) -> Obj:
     try:
         return await kube.get(SECRETS, namespace, name)
@@ -173,24 +187,11 @@ class BackupRunner:
                 username=username,
                 password=password,
                 flavor=replication.flavor,
-                tls_ca=await self._tls_ca(replication),
+                tls_ca=await members_ca(self.kube, self.namespace, replication),
                 verify_server_name=replication.tls.verify_server_name,
             ),
         )
         return task, spec.replication
-
-    async def _tls_ca(self, replication: MySQLReplicationSpec) -> str | None:
-        """The CA bundle the operator verifies the members with (``spec.tls.caSecret``), None when TLS is off;
-        Misconfigured when the Secret or its key is missing or holds no usable certificate."""
-        ref = replication.tls.ca_secret
-        if not replication.tls.enabled or ref is None:
-            return None
-        where = f"Secret {self.namespace}/{ref.name} (tls.caSecret)"
-        secret = await _secret(self.kube, self.namespace, ref.name, where)
-        try:
-            return ca_from_secret(secret, ref.key)
-        except ValueError as exc:  # binascii.Error too
-            raise Misconfigured(f"{where} {exc}") from exc
 
     async def _credentials(self, name: str) -> tuple[str, str]:
         try:

@@ -39,6 +39,19 @@ benchmark's rows); at level 3 the compression, not the dump tool or the store, b
 AHEAD = 16
 """Compressed chunks read ahead of the upload: the dump tool and the compression go on while a part is sent."""
 SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+_SCHEMAS_WITH_OBJECTS = SQL(
+    "SELECT s.SCHEMA_NAME FROM information_schema.SCHEMATA s WHERE"
+    " EXISTS (SELECT 1 FROM information_schema.TABLES t WHERE t.TABLE_SCHEMA = s.SCHEMA_NAME)"
+    " OR EXISTS (SELECT 1 FROM information_schema.ROUTINES r WHERE r.ROUTINE_SCHEMA = s.SCHEMA_NAME)"
+    " OR EXISTS (SELECT 1 FROM information_schema.EVENTS e WHERE e.EVENT_SCHEMA = s.SCHEMA_NAME)"
+)
+"""Schemas holding a table, a view, a routine or an event. Empty ones are left out: MariaDB lists every directory
+in its data dir as a schema (e.g. ``tls/``, where a member may keep its certificates), which holds nothing."""
+
+
+def data_schemas(session: Session) -> list[str]:
+    """The schemas on the session's server that hold objects and are not the server's own, sorted."""
+    return sorted(str(name) for (name,) in session.rows(_SCHEMAS_WITH_OBJECTS) if str(name) not in SYSTEM_SCHEMAS)
 
 Programs = Callable[[str], list[str]]
 """The command line that runs a client program by name (default: the program on PATH)."""
@@ -113,15 +126,15 @@ def open_session(member: Member) -> Session:
 
 
 def _schemas(member: Member) -> tuple[str, list[str]]:
-    """The server's version and its schemas that are not the server's own; BackupError naming the member when it
-    cannot be read (a certificate refused, a plaintext session refused)."""
+    """The server's version and its schemas that hold objects and are not the server's own (`data_schemas`);
+    BackupError naming the member when it cannot be read (a certificate refused, a plaintext session refused)."""
     try:
         with open_session(member) as session:
             row = session.row(SQL("SELECT VERSION()"))
-            names = [str(name) for (name,) in session.rows(SQL("SHOW DATABASES"))]
+            names = data_schemas(session)
     except pymysql.MySQLError as exc:
         raise BackupError(f"{member.name}: {describe_error(exc, member.credentials.password)}") from exc
-    return str(row[0] if row else ""), sorted(name for name in names if name not in SYSTEM_SCHEMAS)
+    return str(row[0] if row else ""), names
 
 
 @dataclass

@@ -24,7 +24,7 @@ from ..crd.mysqlreplication import MySQLReplicationSpec, RecoveryStatus
 from ..kube.client import KubeClient
 from ..mysql.dialect import SQL
 from ..mysql.member import Credentials
-from .dump import SYSTEM_SCHEMAS, Member, open_session
+from .dump import Member, data_schemas, open_session
 from .manifest import BackupManifest, manifest_key, read_manifest, usable_backups
 from .process import INVALID_TASK, TaskFailed, read_task, run_task
 from .restore import RestoreError, restore_backup
@@ -68,7 +68,7 @@ def make_empty(member: Member, manifest: BackupManifest) -> None:
     backup (its schemas among the backup's, its GTIDs among the backup's); NotRestorable otherwise."""
     dialect = member.dialect
     with open_session(member) as session:
-        schemas = sorted(str(n) for (n,) in session.rows(SQL("SHOW DATABASES")) if str(n) not in SYSTEM_SCHEMAS)
+        schemas = data_schemas(session)  # not the empty ones: MariaDB lists its data dir's directories as schemas
         row = session.row(dialect.executed())
         executed = dialect.parse_gtid(str(row[0]) if row and row[0] else "")
         foreign = [name for name in schemas if name not in manifest.databases]

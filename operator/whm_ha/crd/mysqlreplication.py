@@ -41,7 +41,7 @@ class Member(CRDModel):
 
 
 class ReplicationTLS(CRDModel):
-    """TLS on the replication channels and on the operator's sessions to the members."""
+    """TLS on the replication channels, the operator's sessions to the members, and backups and restores."""
 
     model_config = {
         "json_schema_extra": {
@@ -58,8 +58,8 @@ class ReplicationTLS(CRDModel):
     }
 
     enabled: bool = False
-    """Replicas connect to the primary with TLS and verify its certificate; the operator connects to every member
-    with TLS and verifies its certificate."""
+    """Replicas connect to the primary with TLS and verify its certificate; the operator, its backups and its
+    restores connect to every member with TLS and verify its certificate."""
     ca_secret: SecretKeySelector | None = None
     """Secret key holding the CA bundle (PEM) the operator verifies the members' certificates with; during a CA
     change, the old and the new CA both. Read again within 30 s of a change."""
@@ -164,7 +164,7 @@ class MySQLReplicationSpec(CRDModel):
     application_account: ApplicationAccount = Field(default_factory=ApplicationAccount)
     """The account the operator, the shim and applications write application data with."""
     tls: ReplicationTLS = Field(default_factory=ReplicationTLS)
-    """TLS on the replication channels and on the operator's sessions."""
+    """TLS on the replication channels, the operator's sessions, backups and restores."""
     semi_sync: bool = False
     """Semi-synchronous replication: a commit waits for one replica, so no acknowledged write is lost."""
     max_lag_seconds: int = Field(default=30, ge=0, le=86400)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
 import subprocess
 from collections.abc import Callable
 from dataclasses import replace
@@ -146,12 +145,7 @@ def test_the_operator_backs_up_a_replication_with_tls_on(
 ) -> None:
     """The operator's backup tries run the dump tool found on PATH: the flavour's, put first there."""
     flavour = database_servers.flavour
-    programs = tmp_path / "bin"
-    programs.mkdir()
-    dump_program = dialect_for(flavour.product).dump_program
-    wrapper = programs / dump_program
-    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(flavour.client_command(dump_program))} "$@"\n')
-    wrapper.chmod(0o755)
+    programs = flavour.client_programs(tmp_path / "bin", [dialect_for(flavour.product).dump_program])
     monkeypatch.setenv("PATH", f"{programs}:{os.environ['PATH']}")
     ca = TestCA()
     db = world(ca=ca)

@@ -14,7 +14,7 @@ from tests.fixtures.mariadb import require_flavour
 from tests.scenarios.system import running_system
 from whm_ha.db.server_checks import source_port
 from whm_ha.demo.stack import DATABASES, Stack
-from whm_ha.demo.tour import database_failover
+from whm_ha.demo.tour import backup, database_failover
 from whm_ha.demo.view import Observer
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.databases]
@@ -27,7 +27,7 @@ def mysql_system(tmp_path: Path) -> Iterator[tuple[Stack, client.ApiClient, Obse
         yield started
 
 
-def test_the_demo_on_mysql_comes_up_healthy_and_loses_no_write_when_the_primary_dies(
+def test_the_demo_on_mysql_comes_up_healthy_loses_no_write_when_the_primary_dies_and_backs_up(
     mysql_system: tuple[Stack, client.ApiClient, Observer],
 ) -> None:
     stack, api, observer = mysql_system
@@ -47,3 +47,4 @@ def test_the_demo_on_mysql_comes_up_healthy_and_loses_no_write_when_the_primary_
     assert [source_port(s) for s in stack.databases[1:]] == [primary_port, primary_port]
 
     assert database_failover(stack, api, observer, print), "promotion, writer resumes, nothing lost"
+    assert backup(api, print), "a MySQLBackup with the root's mysqldump, put first on the operator's PATH"

@@ -18,7 +18,7 @@ from tests.kube_helpers import wait_for
 from tests.scenarios.system import running_system
 from whm_ha.db.local_server import free_port
 from whm_ha.demo.stack import ADMIN_TOKEN, Stack
-from whm_ha.demo.tour import Traffic, database_failover, node_failover
+from whm_ha.demo.tour import Traffic, backup, database_failover, node_failover
 from whm_ha.demo.view import Observer
 
 pytestmark = pytest.mark.mariadb
@@ -49,6 +49,11 @@ def test_no_acknowledged_write_is_lost_when_the_mysql_primary_dies(
 ) -> None:
     stack, api, observer = system
     assert database_failover(stack, api, observer, print), "promotion, writer resumes, nothing lost"
+
+
+def test_the_tour_takes_a_backup_of_the_replication(system: tuple[Stack, client.ApiClient, Observer]) -> None:
+    _, api, _ = system
+    assert backup(api, print), "a MySQLBackup of the demo's replication completes"
 
 
 def _operator(stack: Stack) -> subprocess.Popen[bytes]:

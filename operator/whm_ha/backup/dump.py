@@ -53,6 +53,7 @@ def data_schemas(session: Session) -> list[str]:
     """The schemas on the session's server that hold objects and are not the server's own, sorted."""
     return sorted(str(name) for (name,) in session.rows(_SCHEMAS_WITH_OBJECTS) if str(name) not in SYSTEM_SCHEMAS)
 
+
 Programs = Callable[[str], list[str]]
 """The command line that runs a client program by name (default: the program on PATH)."""
 

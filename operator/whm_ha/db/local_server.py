@@ -17,11 +17,13 @@ certificate and CA bundle it is given (``tls``), optionally refusing clients wit
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -99,6 +101,19 @@ class Flavour:
         libraries = [self.root / "usr/lib/x86_64-linux-gnu", self.root / "lib/x86_64-linux-gnu"]
         loader = self.root / "lib64/ld-linux-x86-64.so.2"
         return [str(loader), "--library-path", ":".join(map(str, libraries)), str(program)]
+
+    def client_programs(self, directory: Path, names: Iterable[str]) -> str:
+        """What to put first on PATH for a process that runs the flavour's client programs ``names`` by name (the
+        operator's backup and restore tasks): for a root's flavour, ``directory`` filled with a script per program
+        that runs it as `client_command` does; "" for the host's flavour, whose programs are on PATH already."""
+        if self.root is None:
+            return ""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            script = directory / name
+            script.write_text(f'#!/bin/sh\nexec {shlex.join(self.client_command(name))} "$@"\n')
+            script.chmod(0o755)
+        return str(directory)
 
     def missing(self) -> str | None:
         """Why this flavour cannot run here (one line naming the fix), None when it can."""

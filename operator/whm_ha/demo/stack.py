@@ -37,6 +37,7 @@ from ..db.local_server import (
 )
 from ..kube import config as kube_config
 from ..lifecycle import die_with_parent, pause
+from ..mysql.dialect import dialect_for
 
 if TYPE_CHECKING:
     from .certificates import DemoCertificates
@@ -125,9 +126,9 @@ class Stack:
         self.processes.append((name, process))
         return process
 
-    def _whm_ha(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        env = {"KUBECONFIG": str(self.kubeconfig)} if self.kubeconfig else {}
-        return self._spawn(name, [sys.executable, "-m", "whm_ha", *args], env)
+    def _whm_ha(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        kubeconfig = {"KUBECONFIG": str(self.kubeconfig)} if self.kubeconfig else {}
+        return self._spawn(name, [sys.executable, "-m", "whm_ha", *args], {**kubeconfig, **(env or {})})
 
     @staticmethod
     def _wait_http(
@@ -308,6 +309,8 @@ class Stack:
                     # The operator creates the whm-db-app Secret and its account: the legacy tables, the shim
                     # and the tour's writers use it; read-only members refuse it.
                     "applicationAccount": {"schemas": ["whm_ha", DEMO_SCHEMA]},
+                    # Backups to a directory of the demo's own (an S3-compatible store takes `s3:` instead).
+                    "backup": {"storage": {"filesystem": {"path": str(self.workdir / "backups")}}},
                 },
             },
             {
@@ -359,8 +362,15 @@ class Stack:
         if self.tls:
             proxy_tls = (f"--listen-tls=127.0.0.1:{self.proxy_tls_port}",)
             shim_tls = (f"--listen-tls=127.0.0.1:{self.shim_tls_port}", f"--tls-secret={SHIM_TLS_SECRET}")
+        # The backup and restore tasks run the flavour's dump tool and client by name (a root's, through scripts).
+        dialect = dialect_for(self.flavour.product)
+        programs = self.flavour.client_programs(self.workdir / "bin", [dialect.dump_program, dialect.client_program])
         operator = self._whm_ha(
-            "operator", "operator", f"--namespace={NAMESPACE}", f"--metrics=127.0.0.1:{self.metrics_port}"
+            "operator",
+            "operator",
+            f"--namespace={NAMESPACE}",
+            f"--metrics=127.0.0.1:{self.metrics_port}",
+            env={"PATH": f"{programs}:{os.environ['PATH']}"} if programs else {},
         )
         proxy = self._whm_ha(
             "proxy",

@@ -169,8 +169,39 @@ def database_failover(stack: Stack, api: client.ApiClient, observer: Observer, s
     return bool(after) and not lost and not overlapping
 
 
+def backup(api: client.ApiClient, say: Say) -> bool:
+    """A one-off MySQLBackup; True when it completed (from a replica while one is healthy)."""
+    say("3. Taking a backup (a MySQLBackup) of the replication: its healthiest replica, dumped to a directory.")
+    custom = client.CustomObjectsApi(api)
+    name = f"{REPLICATION}-tour-{int(time.time())}"
+    body = {"apiVersion": "ha.whm.io/v1alpha1", "kind": "MySQLBackup", "metadata": {"name": name}}
+    custom.create_namespaced_custom_object(
+        "ha.whm.io", "v1alpha1", NAMESPACE, "mysqlbackups", {**body, "spec": {"replication": REPLICATION}}
+    )
+    started = time.time()
+
+    def status() -> dict[str, Any]:
+        obj = cast(
+            dict[str, Any],
+            custom.get_namespaced_custom_object("ha.whm.io", "v1alpha1", NAMESPACE, "mysqlbackups", name),
+        )
+        return cast(dict[str, Any], obj.get("status") or {})
+
+    took = _wait(lambda: status().get("phase") in ("Completed", "Failed"), 120)
+    found = status()
+    if took is None or found.get("phase") != "Completed":
+        say(f"   {name}: {found.get('phase', 'no outcome')} after {time.time() - started:.0f}s: {found.get('message')}")
+        return False
+    say(
+        f"   {name}: {found['sizeBytes']} bytes from {found['member']} in {took:.1f}s, GTIDs {found['gtid']};"
+        f" kubectl whm backups -n {NAMESPACE} lists it."
+    )
+    return True
+
+
 def tour(stack: Stack, api: client.ApiClient, say: Say) -> bool:
-    """Run the tour; True when every promise held (no failed GET, no lost write, both failovers in time)."""
+    """Run the tour; True when every promise held (no failed GET, no lost write, both failovers in time, a
+    backup taken)."""
     observer = Observer(api, stack.admin_port)
     traffic = Traffic(f"http://127.0.0.1:{stack.proxy_port}/")
     thread = threading.Thread(target=traffic.run, daemon=True)
@@ -178,8 +209,9 @@ def tour(stack: Stack, api: client.ApiClient, say: Say) -> bool:
     try:
         nodes_ok = node_failover(stack, observer, traffic, say)
         database_ok = database_failover(stack, api, observer, say)
+        backup_ok = backup(api, say)
     finally:
         traffic.stop.set()
         thread.join(10)
     say(f"Traffic: {traffic.summary()}.")
-    return nodes_ok and database_ok
+    return nodes_ok and database_ok and backup_ok

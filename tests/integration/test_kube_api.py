@@ -41,8 +41,9 @@ def test_version_and_discovery(kube_client: client.ApiClient) -> None:
     ours = client.CustomObjectsApi(kube_client).get_api_resources(GROUP, VERSION)
     by_name = {r.name: r for r in ours.resources}
     assert set(by_name) == {
-        f"{p}{s}" for p in ("whmclusters", "whmnodes", "mysqlreplications") for s in ("", "/status")
+        f"{p}{s}" for p in ("whmclusters", "whmnodes", "mysqlreplications", "mysqlbackups") for s in ("", "/status")
     }
+    assert by_name["mysqlbackups"].short_names == ["mybk"]
     assert by_name["whmnodes"].short_names == ["whmn"]
     assert by_name["whmnodes"].namespaced is True
 

@@ -20,6 +20,7 @@ import logging
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 
 from .proxy_protocol import V2_HEAD, V2_MAX_PAYLOAD, ProxyHeader, ProxyProtocolError, read_preface
 from .server import Downstream, Server
@@ -36,10 +37,13 @@ MIN_HANDSHAKE = 0.1
 class TLSListener:
     """Serves ``server``'s HTTP over TLS on the listening socket ``sock`` until closed."""
 
-    def __init__(self, server: Server, sock: socket.socket, context: ssl.SSLContext, handshake_timeout: float) -> None:
+    def __init__(
+        self, server: Server, sock: socket.socket, context: Callable[[], ssl.SSLContext], handshake_timeout: float
+    ) -> None:
         self.server = server
         self.sock = sock
         self.context = context
+        """The context each new connection is handed to (asked per connection: certificates change)."""
         self.handshake_timeout = handshake_timeout
         self._handshakes: set[asyncio.Task[None]] = set()
         self._accepting = asyncio.get_running_loop().create_task(self._accept())
@@ -76,7 +80,7 @@ class TLSListener:
             await loop.connect_accepted_socket(
                 lambda: downstream,
                 connection,
-                ssl=self.context,
+                ssl=self.context(),
                 ssl_handshake_timeout=max(deadline - loop.time(), MIN_HANDSHAKE),
             )
         except OSError:  # a failed or timed-out handshake (SSLError, a reset...): the TLS layer closed it

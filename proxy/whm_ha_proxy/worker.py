@@ -83,7 +83,10 @@ async def serve(options: ProxyOptions, channel_fd: int) -> None:
             if options.listen_tls is not None:
                 listeners.append(
                     TLSListener(
-                        server, listen_socket(*options.listen_tls), certificates.context, options.tls_handshake_timeout
+                        server,
+                        listen_socket(*options.listen_tls),
+                        lambda: certificates.handshake_context,
+                        options.tls_handshake_timeout,
                     )
                 )
             if passthrough is not None and options.listen_passthrough is not None:

@@ -174,6 +174,16 @@ def test_a_wildcard_matches_exactly_one_more_label(name: str) -> None:
     assert matches(name.upper(), name)
 
 
+def test_the_handshake_context_is_the_only_certificates_own_else_the_choosing_one(ca: trustme.CA) -> None:
+    store = CertificateStore()
+    assert store.handshake_context is store.context  # none: the store's context refuses every handshake
+    only = load_certificate("only", *pem(ca.issue_cert("panel.example")))
+    store.replace([only])
+    assert store.handshake_context is only.context
+    store.replace([only, load_certificate("other", *pem(ca.issue_cert("other.example")))])
+    assert store.handshake_context is store.context
+
+
 async def test_the_store_serves_by_sni_and_refuses_handshakes_while_empty(
     ca: trustme.CA, listener: tuple[CertificateStore, int]
 ) -> None:

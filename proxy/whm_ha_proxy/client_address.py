@@ -11,12 +11,14 @@ trusted peer's PROXY header takes the peer's place (``proxy_protocol.read_prefac
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 IPNetwork = IPv4Network | IPv6Network
 FORWARDING = frozenset({b"x-forwarded-for", b"forwarded", b"x-forwarded-proto"})
 """The headers (lower-case) a trusted peer may pass on; ``Origin.lines`` decides what becomes of them."""
+ORIGINS_KEPT = 4096
+"""Origins an ``Addressing`` keeps for the next connections from the same address (then it starts afresh)."""
 
 
 def parse_ip(text: str) -> IPv4Address | IPv6Address | None:
@@ -116,6 +118,11 @@ class Addressing:
     """Trusted networks: peers whose forwarded headers (and PROXY headers) are believed."""
     proxy_protocol: bool = False
     """A PROXY header is required from trusted peers (and refused from others)."""
+    _origins: dict[tuple[str, bool], Origin] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+    """Origins made so far, for the next connections from the same clients (parsing an address and making its
+    header lines showed in profiles of new connections). Bounded, as addresses are the clients' to choose."""
 
     @classmethod
     def from_settings(cls, trusted_networks: Iterable[str], proxy_protocol: bool) -> Addressing:
@@ -123,6 +130,15 @@ class Addressing:
 
     def origin(self, address: str, *, https: bool) -> Origin:
         """The origin of a connection from ``address`` (its peer's, or a PROXY header's)."""
+        origins = self._origins
+        origin = origins.get((address, https))
+        if origin is None:
+            if len(origins) >= ORIGINS_KEPT:
+                origins.clear()
+            origin = origins[address, https] = self._make_origin(address, https=https)
+        return origin
+
+    def _make_origin(self, address: str, *, https: bool) -> Origin:
         parsed = parse_ip(address) if address else None
         if parsed is not None and parsed.version == 4 and ":" in address:  # IPv4-mapped: told as IPv4
             address = str(parsed)

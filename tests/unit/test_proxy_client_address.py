@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from whm_ha.crd.whmcluster import ClientAddress
-from whm_ha_proxy.client_address import Addressing, forwarded_node, real_client
+from whm_ha_proxy.client_address import ORIGINS_KEPT, Addressing, forwarded_node, real_client
 from whm_ha_proxy.proxy_protocol import (
     NO_HEADER,
     V1_MAX,
@@ -97,6 +97,18 @@ def test_a_trusted_peer_keeps_its_headers_and_is_appended_to() -> None:
     }
     bare = header_lines(origin.lines([]))  # a trusted peer that forwarded nothing is the client
     assert bare["X-Real-IP"] == "10.0.0.1" and bare["X-Forwarded-Proto"] == "http"
+
+
+def test_origins_are_kept_per_address_and_protocol_within_a_bound() -> None:
+    addressing = Addressing.from_settings(["10.0.0.0/8"], proxy_protocol=False)
+    client = addressing.origin("192.0.2.7", https=True)
+    assert addressing.origin("192.0.2.7", https=True) is client
+    assert addressing.origin("192.0.2.7", https=False).proto == b"http"
+    assert addressing.origin("10.1.2.3", https=True).trusted and not client.trusted
+    for n in range(2 * ORIGINS_KEPT):  # addresses are the clients' to choose: what is kept stays bounded
+        assert addressing.origin(str(ip_address(0x0A000000 + n)), https=True).trusted
+    assert len(addressing._origins) <= ORIGINS_KEPT
+    assert Addressing.from_settings(["10.0.0.0/8"], proxy_protocol=False) == addressing
 
 
 def test_cluster_setting_canonicalises_cidrs_and_refuses_addresses() -> None:

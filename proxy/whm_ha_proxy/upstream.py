@@ -416,7 +416,9 @@ class Connection(asyncio.Protocol):
                 elif lower == b"transfer-encoding":  # several lines make one list
                     codings = value if codings is None else codings + b"," + value
                 elif lower == b"connection":
-                    tokens = {token.strip() for token in value.lower().split(b",")}
+                    lowered = value.lower()
+                    # One token (keep-alive, close) is what nodes send: no set comprehension for it.
+                    tokens = {token.strip() for token in lowered.split(b",")} if b"," in lowered else {lowered.strip()}
                     close = b"close" in tokens or (close and b"keep-alive" not in tokens)
                     hop = tokens if hop is None else hop | tokens
                 elif lower == b"upgrade":

@@ -181,6 +181,48 @@ def test_replication_with_only_the_chart_rbac(
     assert "Forbidden" not in log, log[-3000:]
 
 
+def test_backups_with_only_the_chart_rbac(
+    real_control_plane: ControlPlane,
+    admin: client.ApiClient,
+    namespace: str,
+    mariadb_servers: StartServers,
+    operator_process: StartOperator,
+    tmp_path: Path,
+) -> None:
+    """A schedule of every minute with retention down to one: the operator creates a scheduled MySQLBackup, takes
+    it (its status), and deletes the older scheduled one (retention)."""
+    grant(real_control_plane, "operator", namespace)
+    host = member_host("real")
+    servers = mariadb_servers(2, extra_args=(*SERVER_ARGS, f"--bind-address=127.0.0.1,{host}"))
+    replication = Replication(admin, namespace, servers, host)
+    storage = {"filesystem": {"path": str(tmp_path / "backups")}}
+    replication.create(backup={"storage": storage, "schedule": "* * * * *", "retention": {"keep": 1}})
+    operator = operator_process(real_control_plane.kubeconfigs["chart-operator"], namespace)
+    replication.wait(lambda s: s.get("phase") == "Healthy", 60, "a Healthy replication")
+    replication.create_app()
+    custom = client.CustomObjectsApi(admin)
+    earlier = {
+        "apiVersion": "ha.whm.io/v1alpha1",
+        "kind": "MySQLBackup",
+        "metadata": {
+            "name": "db-20261201031500",
+            "labels": {"ha.whm.io/replication": "db", "ha.whm.io/scheduled": "true"},
+            "annotations": {"ha.whm.io/scheduled-for": "2026-12-01T03:15:00Z"},
+        },
+        "spec": {"replication": "db"},
+    }
+    custom.create_namespaced_custom_object("ha.whm.io", "v1alpha1", namespace, "mysqlbackups", earlier)
+
+    def names() -> set[str]:
+        listed = custom.list_namespaced_custom_object("ha.whm.io", "v1alpha1", namespace, "mysqlbackups")
+        return {item["metadata"]["name"] for item in listed["items"]}
+
+    scheduled = wait_for(lambda: names() - {"db-20261201031500"}, 75, "a scheduled backup")
+    wait_for(lambda: names() == scheduled, 60, "retention to delete the earlier scheduled backup")
+    log = operator.log_text()
+    assert "Forbidden" not in log, log[-3000:]
+
+
 def test_shim_with_only_the_chart_rbac(
     real_control_plane: ControlPlane,
     admin: client.ApiClient,

@@ -51,7 +51,8 @@ def test_an_expired_certificate_makes_a_node_unhealthy_until_it_is_renewed(
     assert status["message"] == f"https://127.0.0.1:{stale.port}/healthz: {reason}"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and reason in ready["message"]
-    assert cluster.status()["phase"] == "Degraded"
+    # The cluster's status is its own patch, after the node's: awaited, not read at once.
+    cluster.wait(lambda s: s.get("phase") == "Degraded", 10, "the cluster Degraded")
 
     stale.kill()
     stale.tls = node_ca.issue("127.0.0.1")  # renewed

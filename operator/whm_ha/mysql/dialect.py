@@ -36,6 +36,11 @@ Choices that differ per flavor:
   it opens the snapshot and reads ``gtid_executed``, and whose dump sets ``GTID_PURGED`` itself when loaded. The
   dump tool and the client connect as the operator does: with TLS verifying the member's CA when the replication's
   TLS is on (MariaDB ``--ssl --ssl-ca``, MySQL ``--ssl-mode=VERIFY_CA``; the name too as `client_options` says).
+* Binary log archive. ``mariadb-binlog --read-from-remote-server`` starts after a GTID position
+  (``--start-position=0-1-5``) and registers with ``--stop-never-slave-server-id``; ``mysqlbinlog
+  --read-from-remote-source=BINLOG-DUMP-GTIDS`` is told the GTIDs to leave out (``--exclude-gtids``) and registers
+  with ``--connection-server-id``. Both copy the primary's files as they are (``--raw``) and wait for more
+  (``--stop-never``). MariaDB has no server UUID.
 """
 
 from __future__ import annotations
@@ -225,6 +230,11 @@ class Dialect(ABC):
     would point the loading server at a source)."""
     _dump_gtid: ClassVar[re.Pattern[str]]
     _dump_binlog: ClassVar[re.Pattern[str]]
+    binlog_program: ClassVar[str]
+    """The flavour's binary log tool (which reads a server's binary logs over the network)."""
+    _binlog_remote: ClassVar[tuple[str, ...]]
+    _binlog_server_id: ClassVar[str]
+    _binlog_start: ClassVar[str]
 
     def parse_gtid(self, text: str | None) -> GtidSet:
         return parse_gtid_set(self.flavor, text)
@@ -451,6 +461,31 @@ class Dialect(ABC):
     def forget_gtids(self) -> list[SQL]:
         """What empties a member's binary log and executed GTIDs (before a restore is loaded again)."""
 
+    # --- binary log archive ---------------------------------------------------------------------------------
+
+    def binlog_stream_options(self, server_id: int, directory: str, first_file: str, start: str | None) -> list[str]:
+        """The binlog tool's options and arguments that copy the server's binary logs, as they are, into files
+        named after them in ``directory`` (a ``/``-terminated path), from ``first_file`` on, and keep waiting for
+        more, connected as replica ``server_id``; with ``start`` (`archive.start_option`), only the transactions
+        after it."""
+        return [
+            *self._binlog_remote,
+            "--raw",
+            "--stop-never",
+            f"{self._binlog_server_id}={server_id}",
+            f"--result-file={directory}",
+            *([f"{self._binlog_start}={start}"] if start is not None else []),
+            first_file,
+        ]
+
+    @abstractmethod
+    def server_identity(self) -> SQL:
+        """One row: server id, server UUID (NULL on MariaDB)."""
+
+    def binary_logs(self) -> SQL:
+        """Rows: the binary log files the server holds, oldest first (name first)."""
+        return SQL("SHOW BINARY LOGS")
+
     # --- accounts -------------------------------------------------------------------------------------------
 
     def user_exists(self, user: str, host: str) -> SQL:
@@ -518,6 +553,13 @@ class MariaDBDialect(Dialect):
     client_program = "mariadb"
     _dump_gtid = re.compile(r"^-- SET GLOBAL gtid_slave_pos='([^']*)';$", re.MULTILINE)
     _dump_binlog = re.compile(r"^-- CHANGE MASTER TO MASTER_LOG_FILE='([^']+)', MASTER_LOG_POS=(\d+);$", re.MULTILINE)
+    binlog_program = "mariadb-binlog"
+    _binlog_remote = ("--read-from-remote-server",)
+    _binlog_server_id = "--stop-never-slave-server-id"
+    _binlog_start = "--start-position"
+
+    def server_identity(self) -> SQL:
+        return SQL("SELECT @@GLOBAL.server_id, NULL")
 
     def _auto_position(self, value: object) -> bool:
         return str(value) == "Slave_Pos"
@@ -625,6 +667,13 @@ class MySQLDialect(Dialect):
     _dump_binlog = re.compile(
         r"^-- CHANGE REPLICATION SOURCE TO SOURCE_LOG_FILE='([^']+)', SOURCE_LOG_POS=(\d+);$", re.MULTILINE
     )
+    binlog_program = "mysqlbinlog"
+    _binlog_remote = ("--read-from-remote-source=BINLOG-DUMP-GTIDS",)
+    _binlog_server_id = "--connection-server-id"
+    _binlog_start = "--exclude-gtids"
+
+    def server_identity(self) -> SQL:
+        return SQL("SELECT @@GLOBAL.server_id, @@GLOBAL.server_uuid")
 
     def _auto_position(self, value: object) -> bool:
         return str(value) == "1"

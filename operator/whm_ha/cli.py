@@ -61,6 +61,12 @@ def _run_restore_task(_: argparse.Namespace) -> int:
     return main()
 
 
+def _run_binlog_archive(args: argparse.Namespace) -> int:
+    from .backup.archiver_service import run
+
+    return run(namespace=args.namespace, replication=args.replication, metrics_port=args.metrics_port, spool=args.spool)
+
+
 def _run_sandbox(args: argparse.Namespace) -> int:
     try:
         from .sandbox.main import run
@@ -398,6 +404,27 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     restore_task.set_defaults(handler=_run_restore_task)
+
+    archive = sub.add_parser(
+        "binlog-archive",
+        formatter_class=DefaultsShown,
+        help="stream a MySQLReplication's primary's binary logs to its backup storage (the archiver Deployment)",
+        description=(
+            "Archive the binary logs of the replication's current primary into spec.backup.storage (under binlogs/), "
+            "in segments every half second while writes flow, following promotions and switchovers without a gap; "
+            "report the lag as metrics and in status.archive."
+        ),
+    )
+    archive.add_argument("--namespace", "-n", required=True, help="the MySQLReplication's namespace")
+    archive.add_argument("--replication", required=True, help="the MySQLReplication's name")
+    archive.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve Prometheus metrics here")
+    archive.add_argument(
+        "--spool",
+        type=Path,
+        default=Path("/tmp/whm-ha-binlog-spool"),
+        help="a directory of its own for the binlog tool's copies until they are uploaded",
+    )
+    archive.set_defaults(handler=_run_binlog_archive)
     return parser
 
 

@@ -3,11 +3,12 @@ the schedule, its retention, the member backed up, and the binary log archive.""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
 
-from .common import CRDModel, LocalObjectReference, SecretKeySelector, cel
+from .common import Condition, CRDModel, LocalObjectReference, SecretKeySelector, cel, conditions_field
 
 BUCKET_NAME = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 PREFIX = r"^([A-Za-z0-9_-][A-Za-z0-9._-]*/)*$"
@@ -86,6 +87,37 @@ class BinlogArchiveSpec(CRDModel):
 
     enabled: bool = False
     """Run ``whm-ha binlog-archive`` for this replication (the chart's archiver Deployment)."""
+    max_lag_seconds: int = Field(default=30, ge=1, le=86400)
+    """Beyond this many seconds behind the primary, status.archive's Lagging condition is True (and the alert
+    "binlog archive lagging" fires)."""
+
+
+ArchiveState = Literal["Starting", "Streaming", "StorageUnavailable", "PrimaryUnavailable", "Disabled"]
+
+
+class BinlogArchiveStatus(CRDModel):
+    """What the binary log archiver reports (``MySQLReplication.status.archive``: only the archiver writes it)."""
+
+    state: ArchiveState
+    """Streaming: archiving the primary; StorageUnavailable / PrimaryUnavailable: retrying; Disabled: nothing to
+    do (spec.backup.archive.enabled is false)."""
+    member: str | None = Field(default=None, max_length=63)
+    """The primary being archived."""
+    lag_seconds: float | None = Field(default=None, ge=0)
+    """How far the archive is behind the primary: every transaction the primary had committed this many seconds
+    ago is in the store."""
+    archived_gtids: str | None = Field(default=None, max_length=65536)
+    """The GTIDs the archive holds."""
+    last_segment: int | None = Field(default=None, ge=0)
+    """The sequence number of the newest segment in the store."""
+    last_upload_time: datetime | None = None
+    """When the newest segment was stored."""
+    message: str | None = Field(default=None, max_length=4096)
+    """Why archiving is not streaming, in plain words."""
+    updated_at: datetime
+    """When the archiver wrote this (an old time: the archiver is not running)."""
+    conditions: list[Condition] = conditions_field()
+    """Lagging: True beyond spec.backup.archive.maxLagSeconds, or while the archive cannot advance."""
 
 
 class ReplicationBackupSpec(CRDModel):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from .backup import BootstrapSpec, ReplicationBackupSpec
+from .backup import BinlogArchiveStatus, BootstrapSpec, ReplicationBackupSpec
 from .common import (
     HISTORY_LIMIT,
     Condition,
@@ -294,3 +294,6 @@ class MySQLReplicationStatus(CRDModel):
     """The promotion in progress, if any."""
     recovery: RecoveryStatus | None = None
     """The restore of spec.bootstrap.recovery, if asked for."""
+
+    archive: BinlogArchiveStatus | None = None
+    """The binary log archive (written only by ``whm-ha binlog-archive``, never by the operator)."""

@@ -226,9 +226,9 @@ class BinlogArchiver:
                     self._upload_due(self.run, force=self.run.done)
                 if self.run.done:
                     run = self.run
+                    message = f"{run.member.name}: {run.member.dialect.binlog_program} exited: {run.error_text()}"
                     self._end_run()
-                    program = run.member.dialect.binlog_program
-                    raise ArchiverError(f"{run.member.name}: {program} exited: {run.error_text()}")
+                    raise ArchiverError(message)
             self._ok()
         except StorageError as exc:
             self._failed("StorageUnavailable", str(exc))
@@ -236,6 +236,12 @@ class BinlogArchiver:
             self._end_run()
             self._close_session()
             self._failed("PrimaryUnavailable", str(exc))
+        except Exception as exc:
+            # A bug must not end archiving for good: the run starts again from what the store holds.
+            log.exception("binlog archive: unexpected failure")
+            self._end_run()
+            self._close_session()
+            self._failed("PrimaryUnavailable", f"unexpected failure: {exc}")
         finally:
             self._publish()
 

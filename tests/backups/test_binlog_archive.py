@@ -38,6 +38,7 @@ from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
 from whm_ha.demo.checkers import Direct, Writers, create_table
 from whm_ha.mysql import actions
 from whm_ha.mysql.dialect import Source
+from whm_ha.mysql.gtid import GtidSet
 
 pytestmark = pytest.mark.mariadb
 
@@ -81,14 +82,15 @@ def segments(store: Store) -> list[Segment]:
     return [Segment.model_validate_json(store.get(key)) for key in store.list(INDEX)]
 
 
-def archive_holds(store: Store, m: Member) -> bool:
-    """The newest segment covers everything the member has executed."""
+def archive_holds(store: Store, m: Member, executed: GtidSet | None = None) -> bool:
+    """The newest segment covers ``executed`` (default: what the member has executed now)."""
     entries = store.list(INDEX)
     if not entries:
         return False
     newest = Segment.model_validate_json(store.get(entries[-1]))
-    with session(m) as s:
-        executed = s.executed()
+    if executed is None:
+        with session(m) as s:
+            executed = s.executed()
     return holds(lines_of(m.dialect.parse_gtid(newest.covered)), lines_of(executed))
 
 

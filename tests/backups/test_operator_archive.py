@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 
 from tests.backups import test_operator_backups
+from tests.backups.test_backups import session
 from tests.backups.test_binlog_archive import archive_holds, replay
 from tests.backups.test_operator_backups import PREFIX, start
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.mariadb import StartServers
 from tests.fixtures.object_store import ObjectStore
 from tests.fixtures.operator_process import StartOperator
-from tests.integration.test_operator_replication import Replication
+from tests.integration.test_operator_replication import APP_PASSWORD, APP_USER, Replication
 from tests.kube_helpers import wait_for
 from whm_ha.backup.dump import Member
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, free_port
@@ -107,10 +108,15 @@ def test_the_archiver_follows_the_operators_switchover_and_status_archive_surviv
 
     replication.wait(archive_is(state="Streaming", member="m0"), 60, "the archiver streaming m0")
     m0 = replication.servers[0]
-    writers = Writers(Direct(m0.host, m0.port, ADMIN_USER, ADMIN_PASSWORD), table="app.t", count=4, first=1)
+    # The application's account: fenced m0 refuses its writes (an administrator's would pass read_only).
+    writers = Writers(Direct(m0.host, m0.port, APP_USER, APP_PASSWORD), table="app.t", count=4, first=1)
     writers.start(warm_up=20)
     try:
-        wait_for(lambda: archive_holds(object_store.store(PREFIX), as_member(replication, "m0")), 30, "archived")
+        # Writes go on: the archive reaches what m0 had executed at a moment, soon after it.
+        m0_member = as_member(replication, "m0")
+        with session(m0_member) as s:
+            executed = s.executed()
+        wait_for(lambda: archive_holds(object_store.store(PREFIX), m0_member, executed), 10, "m0's writes archived")
         status = replication.wait(archive_is(state="Streaming", member="m0"), 30, "status.archive under writes")
         assert status["archive"]["lagSeconds"] <= 2 and status["archive"]["archivedGtids"]
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()

@@ -129,8 +129,9 @@ def test_the_archiver_follows_the_operators_switchover_and_status_archive_surviv
     finally:
         writers.stop()
     replication.wait(recorded(lambda s: s.get("phase") == "Healthy" and s.get("readyReplicas") == 2), 30, "Healthy")
-    replication.sql("m1", "INSERT INTO app.t VALUES (-1), (-2)")
     replication.wait(archive_is(state="Streaming", member="m1"), 60, "the archiver streaming m1")
+    # Inserted once the archiver streams m1 (before, m0, m1's replica by then, may carry them into the archive).
+    replication.sql("m1", "INSERT INTO app.t VALUES (-1), (-2)")
     new_primary = as_member(replication, "m1")
     wait_for(lambda: archive_holds(object_store.store(PREFIX), new_primary), 30, "m1's writes archived")
     assert process.poll() is None
@@ -143,6 +144,6 @@ def test_the_archiver_follows_the_operators_switchover_and_status_archive_surviv
     empty = mariadb_servers(1)[0]
     target = Member("empty", empty.host, empty.port, Credentials(ADMIN_USER, ADMIN_PASSWORD), dialect_for("mariadb"))
     chain = replay(object_store.store(PREFIX), target, tmp_path / "replay")
-    assert {s.member for s in chain} == {"m0", "m1"}
+    assert {s.member for s in chain} == {"m0", "m1"}, [(s.member, s.run, s.gtids, s.resumed_from) for s in chain]
     assert replication.ids("m1") == {r[0] for r in empty.query("SELECT id FROM app.t")}
     assert writers.acks.ids() <= replication.ids("m1")

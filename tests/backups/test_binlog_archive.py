@@ -37,7 +37,7 @@ from whm_ha.backup.storage import Store
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
 from whm_ha.demo.checkers import Direct, Writers, create_table
 from whm_ha.mysql import actions
-from whm_ha.mysql.dialect import Source
+from whm_ha.mysql.dialect import SQL, Source
 from whm_ha.mysql.gtid import GtidSet
 
 pytestmark = pytest.mark.mariadb
@@ -135,6 +135,10 @@ def test_archive_under_writers_covers_every_acknowledged_write_and_replays_to_th
         writers = writers_on(primary_server, first=1)
         started = time.monotonic()
         try:
+            wait_for(lambda: time.monotonic() - started > 4, 20, "four seconds of writes")
+            # A new binary log file mid-run: the file before ends its stream, the next one begins another.
+            with session(primary) as s:
+                s.execute(SQL("FLUSH BINARY LOGS"))
             wait_for(lambda: time.monotonic() - started > 8, 20, "eight seconds of writes")
         finally:
             writers.stop()
@@ -147,6 +151,7 @@ def test_archive_under_writers_covers_every_acknowledged_write_and_replays_to_th
     assert worst <= 2.5, f"the archive lagged {worst:.2f} s at {rate:.0f} writes/s"
     chain = replay(store, empty, tmp_path / "replay")
     assert len(chain) >= 8, "segments every second or so while writes flow"
+    assert len({s.run for s in chain}) == 1 and len({s.file for s in chain}) == 2, "one run, two files"
     assert ids(empty) == ids(primary)
     assert writers.acks.ids() <= ids(empty), "every acknowledged write is in the archive"
 

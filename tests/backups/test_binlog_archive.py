@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -105,7 +106,7 @@ def replay(store: Store, target: Member, folder: Path) -> list[Segment]:
     for segment in chain:
         path = files.setdefault(segment.stream, folder / f"{len(files):04d}-{segment.file}")
         data = store.get(segment.data)
-        assert len(data) == segment.size
+        assert len(data) == segment.size and hashlib.sha256(data).hexdigest() == segment.sha256, "whole segments"
         with path.open("ab") as out:
             assert out.tell() == segment.offset
             out.write(data)
@@ -250,6 +251,8 @@ def test_archive_resumes_without_gap_or_duplicate_after_kill_9_and_after_the_sto
         writers.stop()
     try:
         wait_for(lambda: archive_holds(store, primary), 60, "the archive to hold every write")
+        spooled = list((tmp_path / "spool").iterdir())
+        assert len(spooled) == 1 and spooled[0].is_dir(), "the killed processes' spool went, the live run's is left"
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()

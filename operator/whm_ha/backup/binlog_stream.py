@@ -280,7 +280,14 @@ class BinlogArchiver:
     # --- the store -----------------------------------------------------------------------------------------------
 
     def _load(self) -> None:
-        """What the store holds: the newest index entry carries the archive's GTIDs."""
+        """What the store holds: the newest index entry carries the archive's GTIDs. The spool's leftovers (of a
+        process that was killed) go: the first run fetches again whatever they held that the store does not."""
+        self.settings.spool.mkdir(parents=True, exist_ok=True)
+        for leftover in self.settings.spool.iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
         sequence = last_sequence(self.store.list(INDEX))
         if sequence is not None:
             newest = Segment.model_validate_json(self.store.get(index_key(sequence)))

@@ -33,7 +33,7 @@ from ..mysql.dialect import dialect_for
 from ..mysql.member import Credentials
 from .binlog_stream import ArchiveReport, ArchiverSettings, BinlogArchiver
 from .dump import Member
-from .runner import Misconfigured, store_access
+from .runner import Misconfigured, members_ca, store_access
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -102,7 +102,7 @@ class ArchiverService:
     name: str
     spool: Path
     shared: _Shared = field(default_factory=_Shared)
-    credentials: dict[str, tuple[float, tuple[str, str]]] = field(default_factory=dict)
+    secrets: tuple[float, tuple[str, str], tuple[str, str, str | None]] | None = None
     written: Obj | None = None
     written_at: float = 0.0
 
@@ -125,7 +125,7 @@ class ArchiverService:
                 enabled = spec.backup is not None and spec.backup.archive.enabled
                 self.shared.primary = await self._primary(spec, obj) if enabled else None
                 await self._record(obj, spec, enabled)
-            except (ApiError, DatabaseUnavailable, OSError) as exc:
+            except (ApiError, DatabaseUnavailable, Misconfigured, OSError) as exc:
                 log.warning("binlog archive: %s/%s: %s", self.namespace, self.name, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
@@ -135,15 +135,25 @@ class ArchiverService:
         member = next((m for m in spec.members if m.name == current), None)
         if member is None:
             return None
-        username, password = await self._credentials(spec.credentials_secret.name)
-        return Member(member.name, member.host, member.port, Credentials(username, password), dialect_for(spec.flavor))
+        username, password, ca = await self._secrets(spec)
+        return Member(
+            member.name,
+            member.host,
+            member.port,
+            Credentials(username, password),
+            dialect_for(spec.flavor),
+            tls_ca=ca,
+            verify_server_name=spec.tls.verify_server_name,
+        )
 
-    async def _credentials(self, secret: str) -> tuple[str, str]:
-        cached = self.credentials.get(secret)
-        if cached is not None and time.monotonic() - cached[0] < SECRET_SECONDS:
-            return cached[1]
-        value = await secret_credentials(self.kube, self.namespace, secret)
-        self.credentials[secret] = (time.monotonic(), value)
+    async def _secrets(self, spec: MySQLReplicationSpec) -> tuple[str, str, str | None]:
+        """The admin account and the members' CA (``spec.tls``), read again after SECRET_SECONDS."""
+        key = (spec.credentials_secret.name, spec.tls.model_dump_json())
+        if self.secrets is not None and self.secrets[1] == key and time.monotonic() - self.secrets[0] < SECRET_SECONDS:
+            return self.secrets[2]
+        username, password = await secret_credentials(self.kube, self.namespace, spec.credentials_secret.name)
+        value = (username, password, await members_ca(self.kube, self.namespace, spec))
+        self.secrets = (time.monotonic(), key, value)
         return value
 
     async def _record(self, obj: Obj, spec: MySQLReplicationSpec, enabled: bool) -> None:

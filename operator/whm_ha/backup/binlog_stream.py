@@ -34,7 +34,7 @@ import pymysql
 
 from ..lifecycle import die_with_parent
 from ..mysql.gtid import GtidSet, parse_gtid_set
-from ..mysql.member import Session, connect
+from ..mysql.member import Session
 from .archive import (
     INDEX,
     ArchiveGap,
@@ -55,7 +55,7 @@ from .archive import (
     start_option,
     transactions_set,
 )
-from .dump import Member, client_command
+from .dump import Member, client_command, open_session
 from .storage import StorageError, Store
 
 log = logging.getLogger(__name__)
@@ -373,7 +373,7 @@ class BinlogArchiver:
 
     def _session(self, member: Member) -> Session:
         if self.session is None:
-            self.session = connect(member.name, member.host, member.port, member.credentials, member.dialect, timeout=5)
+            self.session = open_session(member)
         return self.session
 
     def _close_session(self) -> None:

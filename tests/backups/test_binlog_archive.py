@@ -27,13 +27,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.backups.test_backups import REPL_PASSWORD, REPL_USER, ids, member, session
+from tests.backups.test_backups import REPL_PASSWORD, REPL_USER, ids, member
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.fixtures.object_store import ObjectStore
 from tests.kube_helpers import wait_for
 from whm_ha.backup.archive import INDEX, Segment, check_chain, holds, lines_of
 from whm_ha.backup.binlog_stream import ArchiveReport, ArchiverSettings, BinlogArchiver
-from whm_ha.backup.dump import Member, client_command
+from whm_ha.backup.dump import Member, client_command, open_session
 from whm_ha.backup.storage import Store
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
 from whm_ha.demo.checkers import Direct, Writers, create_table
@@ -90,7 +90,7 @@ def archive_holds(store: Store, m: Member, executed: GtidSet | None = None) -> b
         return False
     newest = Segment.model_validate_json(store.get(entries[-1]))
     if executed is None:
-        with session(m) as s:
+        with open_session(m) as s:
             executed = s.executed()
     return holds(lines_of(m.dialect.parse_gtid(newest.covered)), lines_of(executed))
 
@@ -138,7 +138,7 @@ def test_archive_under_writers_covers_every_acknowledged_write_and_replays_to_th
         try:
             wait_for(lambda: time.monotonic() - started > 4, 20, "four seconds of writes")
             # A new binary log file mid-run: the file before ends its stream, the next one begins another.
-            with session(primary) as s:
+            with open_session(primary) as s:
                 s.execute(SQL("FLUSH BINARY LOGS"))
             wait_for(lambda: time.monotonic() - started > 8, 20, "eight seconds of writes")
         finally:
@@ -163,7 +163,7 @@ def test_archive_follows_a_switchover_and_a_failover_without_a_gap(
     s0, s1, empty_server = database_servers(3)
     m0, m1, empty = member("m0", s0), member("m1", s1), member("m2", empty_server)
     create_table(Direct(s0.host, s0.port, ADMIN_USER, ADMIN_PASSWORD), TABLE)
-    with session(m0) as p, session(m1) as r:
+    with open_session(m0) as p, open_session(m1) as r:
         actions.ensure_replication_user(p, REPL_USER, REPL_PASSWORD)
         actions.ensure_replica(r, Source(s0.host, s0.port, REPL_USER, REPL_PASSWORD))
     store = object_store.store()
@@ -173,7 +173,7 @@ def test_archive_follows_a_switchover_and_a_failover_without_a_gap(
         writers = writers_on(s0, first=1)
         wait_for(lambda: len(store.list(INDEX)) >= 3, 30, "segments from the first primary")
         # Switchover: m0 fenced, m1 caught up and promoted, m0 its replica.
-        with session(m0) as old, session(m1) as new:
+        with open_session(m0) as old, open_session(m1) as new:
             fenced = actions.fence(old).gtid
             writers.stop()
             assert actions.wait_applied(new, fenced, 30)
@@ -187,10 +187,10 @@ def test_archive_follows_a_switchover_and_a_failover_without_a_gap(
         # Failover: m1 killed once m0 has every acknowledged write (what semi-sync guarantees), m0 promoted.
         writers.stop()
         acked |= writers.acks.ids()
-        with session(m1) as old, session(m0) as survivor:
+        with open_session(m1) as old, open_session(m0) as survivor:
             assert actions.wait_applied(survivor, old.executed(), 30), survivor.replica_status()
         s1.kill()
-        with session(m0) as survivor:
+        with open_session(m0) as survivor:
             actions.promote(survivor)
         primary[0] = m0
         writers = writers_on(s0, first=20_000_001)

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from tests.backups import test_operator_backups
-from tests.backups.test_backups import session
 from tests.backups.test_binlog_archive import archive_holds, replay
 from tests.backups.test_operator_backups import PREFIX, start
 from tests.fixtures.kube import KubeAPI
@@ -29,7 +28,7 @@ from tests.fixtures.object_store import ObjectStore
 from tests.fixtures.operator_process import StartOperator
 from tests.integration.test_operator_replication import APP_PASSWORD, APP_USER, Replication
 from tests.kube_helpers import wait_for
-from whm_ha.backup.dump import Member
+from whm_ha.backup.dump import Member, open_session
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, free_port
 from whm_ha.demo.checkers import Direct, Writers
 from whm_ha.mysql.dialect import dialect_for
@@ -114,7 +113,7 @@ def test_the_archiver_follows_the_operators_switchover_and_status_archive_surviv
     try:
         # Writes go on: the archive reaches what m0 had executed at a moment, soon after it.
         m0_member = as_member(replication, "m0")
-        with session(m0_member) as s:
+        with open_session(m0_member) as s:
             executed = s.executed()
         wait_for(lambda: archive_holds(object_store.store(PREFIX), m0_member, executed), 10, "m0's writes archived")
         status = replication.wait(archive_is(state="Streaming", member="m0"), 30, "status.archive under writes")

@@ -261,3 +261,48 @@ def test_archive_resumes_without_gap_or_duplicate_after_kill_9_and_after_the_sto
     assert len({s.run for s in chain}) >= 3, "three runs of the archiver"
     assert ids(empty) == ids(primary), "no duplicate (the replay would fail on one) and no missing row"
     assert writers.acks.ids() <= ids(empty)
+
+
+def test_transactions_a_new_primary_lacks_are_superseded_and_archiving_goes_on_after_what_it_has(
+    database_servers: StartFlavourServers, object_store: ObjectStore, tmp_path: Path
+) -> None:
+    """What an unacknowledged commit leaves: the old primary binlogged (and the archive took) transactions its
+    replica never received; that replica promoted, the archive goes on right after what it has, and records the
+    rest as superseded."""
+    s0, s1 = database_servers(2)
+    m0, m1 = member("m0", s0), member("m1", s1)
+    create_table(Direct(s0.host, s0.port, ADMIN_USER, ADMIN_PASSWORD), TABLE)
+    with open_session(m0) as p, open_session(m1) as r:
+        actions.ensure_replication_user(p, REPL_USER, REPL_PASSWORD)
+        actions.ensure_replica(r, Source(s0.host, s0.port, REPL_USER, REPL_PASSWORD))
+        p.execute(SQL(f"INSERT INTO {TABLE} VALUES (1), (2)"))
+        assert actions.wait_applied(r, p.executed(), 30)
+        r.execute(m1.dialect.stop_replica("io"))
+    store = object_store.store()
+    primary = [m0]
+    with archiving(store, primary, tmp_path / "spool"):
+        with open_session(m0) as p:
+            before = p.executed()
+            for row in range(3, 8):
+                p.execute(SQL(f"INSERT INTO {TABLE} VALUES (%s)", (row,)))
+            lost = p.executed().difference(before)
+        wait_for(lambda: archive_holds(store, m0), 30, "the old primary's last transactions archived")
+        with open_session(m1) as r:
+            actions.promote(r)
+        primary[0] = m1
+        with open_session(m1) as r:
+            r.execute(SQL(f"INSERT INTO {TABLE} VALUES (100), (101)"))
+        wait_for(lambda: segments(store)[-1].member == "m1" and archive_holds(store, m1), 30, "m1's writes archived")
+    chain = segments(store)
+    assert check_chain(m0.dialect.flavor, chain) == [], "no gap: the new run resumed after what m1 has"
+    first_on_m1 = next(s for s in chain if s.member == "m1")
+    superseded = m0.dialect.parse_gtid(first_on_m1.superseded)
+    assert superseded.contains(lost) and lost.contains(superseded), "exactly the transactions m1 never received"
+    resumed = lines_of(m1.dialect.parse_gtid(first_on_m1.resumed_from))
+    assert resumed == lines_of(before), "resumed right after what m1 had, which is what m0 had before"
+    assert lines_of(m1.dialect.parse_gtid(chain[-1].covered)) == lines_of(_executed(m1))
+
+
+def _executed(m: Member) -> GtidSet:
+    with open_session(m) as s:
+        return s.executed()

@@ -6,9 +6,11 @@ rules and the dashboard use, evaluates every rule without error, and fires nothi
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -172,13 +174,16 @@ def whole_system(
     proxy_process: StartProxy,
     mariadb_servers: StartServers,
     tmp_path: Path,
-) -> tuple[Any, Any]:
+    request: pytest.FixtureRequest,
+) -> tuple[Any, Any, int]:
     """A WHMCluster of three nodes and a MySQLReplication of three MariaDB servers, with backups asked for, that
-    has switched over once, with the operator and the proxy that serve them."""
+    has switched over once, with the operator and the proxy that serve them and the binlog archiver (its metrics
+    port)."""
     host = member_host(kube_api.tier)
     bind = () if host == "127.0.0.1" else (f"--bind-address=127.0.0.1,{host}",)
     replication = Replication(kube_client, kube_namespace, mariadb_servers(3, extra_args=SERVER_ARGS + bind), host)
-    replication.create(backup={"storage": {"filesystem": {"path": str(tmp_path / "backups")}}})
+    storage = {"filesystem": {"path": str(tmp_path / "backups")}}
+    replication.create(backup={"storage": storage, "archive": {"enabled": True}})
     cluster = Cluster(kube_client, kube_namespace)
     cluster.create()
     three_nodes(cluster, node_servers)
@@ -190,6 +195,33 @@ def whole_system(
     Backups(replication).create("monitoring")
     assert Backups(replication).finished("monitoring")["phase"] == "Completed"
     proxy = proxy_process(kube_api.kubeconfig, kube_namespace)
+    archiver_port = free_port()
+    with (tmp_path / "archiver.log").open("ab") as log:
+        archiver = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "whm_ha",
+                "binlog-archive",
+                f"--namespace={kube_namespace}",
+                "--replication=db",
+                f"--metrics-port={archiver_port}",
+                f"--spool={tmp_path / 'spool'}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(kube_api.kubeconfig)},
+        )
+    request.addfinalizer(lambda: (archiver.kill(), archiver.wait()))
+
+    def streaming() -> bool:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{archiver_port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return False
+        return bool(re.search(r"^whm_ha_binlog_archive_streaming\{[^}]*\} 1\.0$", text, re.MULTILINE))
+
+    wait_for(streaming, 30, "the archiver streaming (archiver.log in the test's directory says why not)")
 
     def served() -> bool:
         try:
@@ -198,15 +230,16 @@ def whole_system(
             return False
 
     wait_for(served, 15, "a GET through the proxy")
-    return operator, proxy
+    return operator, proxy, archiver_port
 
 
 @pytest.fixture
-def prometheus(whole_system: tuple[Any, Any], tmp_path: Path) -> Iterator[Prometheus]:
-    operator, proxy = whole_system
+def prometheus(whole_system: tuple[Any, Any, int], tmp_path: Path) -> Iterator[Prometheus]:
+    operator, proxy, archiver_port = whole_system
     targets = {
         OPERATOR_JOB: f"127.0.0.1:{operator.metrics_port}",
         "whm-ha-proxy-admin": f"127.0.0.1:{proxy.admin_port}",
+        "whm-ha-binlog-archive": f"127.0.0.1:{archiver_port}",
     }
     server = Prometheus(tmp_path, targets)
     yield server
@@ -227,7 +260,7 @@ def test_prometheus_finds_every_metric_the_rules_and_dashboard_use_and_nothing_f
     except AssertionError:
         raise AssertionError(f"used but not exported: {unexported()}") from None
     up = {r["metric"]["job"]: r["value"][1] for r in prometheus.api("query", query="up")["result"]}
-    assert up == {OPERATOR_JOB: "1", "whm-ha-proxy-admin": "1"}
+    assert up == {OPERATOR_JOB: "1", "whm-ha-proxy-admin": "1", "whm-ha-binlog-archive": "1"}
 
     def evaluated() -> list[dict[str, Any]] | None:
         rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]

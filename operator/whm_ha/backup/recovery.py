@@ -1,7 +1,9 @@
 """Bootstrapping a new MySQLReplication from a backup (``spec.bootstrap.recovery``): before the first primary is
-chosen, the backup is loaded into every member, one at a time, each load a ``whm-ha restore-task`` process of its
-own; ``status.recovery`` records the backup and each member that holds it, so that a restarted operator goes on
-where it stopped. Afterwards every member holds the backup's data and GTIDs, none writable: the first primary is
+chosen, the backup is loaded into every member, one at a time, ``spec.primary`` first, each load a ``whm-ha
+restore-task`` process of its own; ``status.recovery`` records the backup and each member that holds it, so that a
+restarted operator goes on where it stopped. With a target (``recovery.target``), ``spec.primary``'s task then
+replays the binary log archive up to it (`replay`), with binary logging on. Afterwards every member holds the
+backup's data and GTIDs, ``spec.primary`` the replayed transactions too, none writable: the first primary is
 ``spec.primary`` and the others replicate from it, as for any new replication. The store is only read: the
 replication the backup came from is never touched.
 
@@ -20,13 +22,16 @@ from typing import Any
 import pymysql
 from pydantic import BaseModel
 
+from ..crd.backup import RecoveryTarget
 from ..crd.mysqlreplication import MySQLReplicationSpec, RecoveryStatus
 from ..kube.client import KubeClient
 from ..mysql.dialect import SQL
+from ..mysql.gtid import GtidSet
 from ..mysql.member import Credentials
 from .dump import Member, data_schemas, open_session
 from .manifest import BackupManifest, manifest_key, read_manifest, usable_backups
 from .process import INVALID_TASK, TaskFailed, read_task, run_task
+from .replay import ReplayError, Unreachable, index, plan, replay
 from .restore import RestoreError, restore_backup
 from .runner import Misconfigured, members_ca, store_access
 from .storage import StorageError
@@ -50,6 +55,15 @@ class RestoreTask(BaseModel):
     backup: str
     """A backup's name, or ``latest``."""
     member: TaskMember
+    target: RecoveryTarget | None = None
+    """Replay the binary log archive after loading the backup, to this target."""
+
+
+class RestoreOutcome(BaseModel):
+    """What a restore task did: the backup loaded, and the GTIDs replayed after it (with a target)."""
+
+    manifest: BackupManifest
+    replayed: str | None = None
 
 
 def _manifest(task: RestoreTask, store: Any) -> BackupManifest:
@@ -63,16 +77,20 @@ def _manifest(task: RestoreTask, store: Any) -> BackupManifest:
     return read_manifest(store, task.backup)
 
 
-def make_empty(member: Member, manifest: BackupManifest) -> None:
+def make_empty(member: Member, manifest: BackupManifest, archived: GtidSet | None = None) -> None:
     """Leave ``member`` empty for the load: as it is when it holds nothing; emptied when it holds only part of this
-    backup (its schemas among the backup's, its GTIDs among the backup's); NotRestorable otherwise."""
+    backup (its schemas among the backup's, its GTIDs among the backup's or, when replaying, the ``archived``
+    ones: a replay cut short); NotRestorable otherwise."""
     dialect = member.dialect
     with open_session(member) as session:
         schemas = data_schemas(session)  # not the empty ones: MariaDB lists its data dir's directories as schemas
         row = session.row(dialect.executed())
         executed = dialect.parse_gtid(str(row[0]) if row and row[0] else "")
         foreign = [name for name in schemas if name not in manifest.databases]
-        if foreign or not dialect.parse_gtid(manifest.gtid).contains(executed):
+        ours = dialect.parse_gtid(manifest.gtid).contains(executed) or (
+            archived is not None and archived.contains(executed)
+        )
+        if foreign or not ours:
             held = ", ".join(foreign) or f"GTIDs {executed} the backup lacks"
             raise NotRestorable(f"{member.name} is not empty ({held}): empty it or give the replication a new member")
         if not schemas and executed.count == 0:
@@ -84,34 +102,49 @@ def make_empty(member: Member, manifest: BackupManifest) -> None:
             session.execute(statement)
 
 
-def run(task: RestoreTask) -> BackupManifest:
-    """Load the backup into the member (emptied first when a load was cut short); its manifest."""
+def run(task: RestoreTask) -> RestoreOutcome:
+    """Load the backup into the member (emptied first when a load was cut short) and, with a target, replay the
+    archive to it (planned before the member is touched: NotRestorable when the archive cannot reach it)."""
     with task.store.opened() as store:
         manifest = _manifest(task, store)
         member = task.member.member()
-        if member.dialect.flavor != manifest.flavor:
-            flavors = f"a {manifest.flavor} backup; the replication is {member.dialect.flavor}"
+        dialect = member.dialect
+        if dialect.flavor != manifest.flavor:
+            flavors = f"a {manifest.flavor} backup; the replication is {dialect.flavor}"
             raise NotRestorable(f"{manifest.name} is {flavors}")
-        make_empty(member, manifest)
+        if task.target is None or task.target.describe() is None:
+            make_empty(member, manifest)
+            restore_backup(store, manifest, member)
+            return RestoreOutcome(manifest=manifest)
+        segments = index(store)
+        try:
+            planned = plan(dialect.flavor, manifest.gtid, segments, task.target)
+        except Unreachable as exc:
+            raise NotRestorable(f"{manifest.name} to {task.target.describe()}: {exc}") from exc
+        archived = dialect.parse_gtid(max(segments, key=lambda s: s.sequence).covered)
+        make_empty(member, manifest, archived)
         restore_backup(store, manifest, member)
-        return manifest
+        replay(store, member, planned)
+        with open_session(member) as session:
+            replayed = session.executed().difference(planned.backup)
+        return RestoreOutcome(manifest=manifest, replayed=str(replayed))
 
 
 def main() -> int:
-    """Run the RestoreTask on standard input (`process.read_task`), print the backup's manifest; exit NOT_RESTORABLE
+    """Run the RestoreTask on standard input (`process.read_task`), print its RestoreOutcome; exit NOT_RESTORABLE
     when trying again would not help, 1 when it might."""
     task = read_task(RestoreTask)
     if task is None:
         return INVALID_TASK
     try:
-        manifest = run(task)
+        outcome = run(task)
     except NotRestorable as exc:
         print(exc, file=sys.stderr)
         return NOT_RESTORABLE
-    except (RestoreError, StorageError, OSError, pymysql.MySQLError) as exc:
+    except (RestoreError, ReplayError, StorageError, OSError, pymysql.MySQLError) as exc:
         print(" ".join(str(exc).split()) or type(exc).__name__, file=sys.stderr)
         return 1
-    print(manifest.model_dump_json())
+    print(outcome.model_dump_json())
     return 0
 
 
@@ -128,13 +161,15 @@ async def recover(
     patch_status: PatchStatus,
     event: PostEvent,
 ) -> str | None:
-    """One step of the recovery: load the backup into the next member that lacks it, recording each step in
-    status.recovery; None once every member holds it, else what the replication waits for."""
+    """One step of the recovery: load the backup into the next member that lacks it (spec.primary first, which
+    also replays the archive to the target), recording each step in status.recovery; None once every member holds
+    it, else what the replication waits for."""
     recovery = spec.bootstrap.recovery if spec.bootstrap is not None else None
     assert recovery is not None
     namespace = obj["metadata"]["namespace"]
     current = (obj.get("status") or {}).get("recovery")
-    state = RecoveryStatus.model_validate(current) if current else RecoveryStatus(phase="Restoring")
+    target = recovery.target.describe() if recovery.target is not None else None
+    state = RecoveryStatus.model_validate(current) if current else RecoveryStatus(phase="Restoring", target=target)
     if state.phase == "Completed":
         return None
     if state.phase == "Failed":
@@ -149,7 +184,9 @@ async def recover(
         await _record(obj, state.model_copy(update={"phase": "Failed", "message": str(exc)}), patch_status)
         await event(obj, "RestoreFailed", str(exc), warning=True)
         return f"the restore failed: {exc}"
-    for member in [m for m in spec.members if m.name not in state.restored]:
+    first = sorted(spec.members, key=lambda m: m.name != spec.primary)
+    for member in [m for m in first if m.name not in state.restored]:
+        replays = member.name == spec.primary and target is not None
         task = RestoreTask(
             store=access,
             backup=state.backup or recovery.backup,
@@ -163,9 +200,10 @@ async def recover(
                 tls_ca=ca,
                 verify_server_name=spec.tls.verify_server_name,
             ),
+            target=recovery.target if replays else None,
         )
         try:
-            manifest = BackupManifest.model_validate_json(await run_task("restore-task", task))
+            outcome = RestoreOutcome.model_validate_json(await run_task("restore-task", task))
         except TaskFailed as exc:
             failed = exc.code == NOT_RESTORABLE
             message = f"{member.name}: {exc}"
@@ -173,19 +211,24 @@ async def recover(
             await _record(obj, state, patch_status)
             await event(obj, "RestoreFailed" if failed else "RestoreRetrying", message, warning=True)
             return f"restoring {task.backup}: {message}" + ("" if failed else "; trying again")
+        manifest = outcome.manifest
+        replayed = f", replayed to {target}: {outcome.replayed or 'nothing'}" if replays else ""
         state = state.model_copy(
             update={
                 "backup": manifest.name,
                 "gtid": manifest.gtid,
                 "restored": [*state.restored, member.name],
-                "message": f"{member.name} holds {manifest.name}",
+                "message": f"{member.name} holds {manifest.name}{replayed}",
+                **({"replayed_gtids": outcome.replayed or ""} if replays else {}),
             }
         )
         written = await _record(obj, state, patch_status)
         if written is None:
             return "restoring: the replication changed meanwhile"
         obj = written
-        await event(obj, "Restored", f"{member.name} holds backup {manifest.name} (GTIDs {manifest.gtid or 'none'})")
+        await event(
+            obj, "Restored", f"{member.name} holds backup {manifest.name} (GTIDs {manifest.gtid or 'none'}){replayed}"
+        )
     done = state.model_copy(
         update={"phase": "Completed", "completed_at": datetime.now(UTC), "message": "every member holds the backup"}
     )

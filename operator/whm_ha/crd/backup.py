@@ -139,13 +139,56 @@ class ReplicationBackupSpec(CRDModel):
     """The continuous binary log archive."""
 
 
+TARGET_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
+"""A whole second in UTC (RFC 3339): binary log timestamps are whole seconds."""
+TARGET_GTID = r"^([0-9]{1,10}-[0-9]{1,10}-[0-9]{1,20}|[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}:[0-9]{1,19})$"
+"""One GTID: MariaDB ``domain-server-seq``, MySQL ``uuid:n``."""
+
+
+class RecoveryTarget(CRDModel):
+    """How far past the backup the restore goes, by replaying the binary log archive: at most one of time, gtid and
+    endOfArchive; none: the backup's own position."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "(has(self.time) ? 1 : 0) + (has(self.gtid) ? 1 : 0)"
+                    " + (has(self.endOfArchive) && self.endOfArchive ? 1 : 0) <= 1",
+                    "set at most one of time, gtid and endOfArchive",
+                ),
+            ]
+        }
+    }
+
+    time: str | None = Field(default=None, max_length=20, pattern=TARGET_TIME)
+    """``2026-12-07T19:30:00Z``: every transaction the archive holds whose binary log timestamp (the second its
+    statement started) is before this second, none from it on."""
+    gtid: str | None = Field(default=None, max_length=64, pattern=TARGET_GTID)
+    """Every transaction up to and including this one (which the archive must hold)."""
+    end_of_archive: bool = False
+    """Every transaction the archive holds."""
+
+    def describe(self) -> str | None:
+        """The target in words; None for the backup's own position."""
+        if self.time is not None:
+            return f"time {self.time}"
+        if self.gtid is not None:
+            return f"GTID {self.gtid}"
+        return "the end of the archive" if self.end_of_archive else None
+
+
 class RecoverySpec(CRDModel):
-    """Where the data of a new replication comes from: a backup, loaded into every member (which must be empty)."""
+    """Where the data of a new replication comes from: a backup, loaded into every member (which must be empty),
+    and replayed on spec.primary to a target."""
 
     backup: str = Field(default="latest", max_length=128, pattern=r"^[a-z0-9][a-z0-9._-]{0,127}$")
     """The backup's name in the store, or ``latest``: the newest complete backup there."""
     storage: BackupStorageSpec | None = None
-    """Where the backup is (only ever read); default: spec.backup.storage."""
+    """Where the backup and the binary log archive are (only ever read); default: spec.backup.storage."""
+    target: RecoveryTarget | None = None
+    """Replay the binary log archive on spec.primary after the backup, to this target; none: the backup's own
+    position."""
 
 
 class BootstrapSpec(CRDModel):

@@ -253,6 +253,10 @@ class RecoveryStatus(CRDModel):
     """The backup being restored (``latest`` resolved)."""
     gtid: str | None = Field(default=None, max_length=65536)
     """The backup's GTIDs: every member's executed set once restored."""
+    target: str | None = Field(default=None, max_length=128)
+    """The target spec.primary is replayed to (spec.bootstrap.recovery.target); none: the backup's position."""
+    replayed_gtids: str | None = Field(default=None, max_length=65536)
+    """The GTIDs replayed from the binary log archive onto spec.primary after the backup's."""
     restored: list[Name] = Field(default_factory=list, max_length=MAX_MEMBERS)
     """Members that hold the backup."""
     message: str | None = Field(default=None, max_length=4096)

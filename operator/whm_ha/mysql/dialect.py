@@ -47,8 +47,9 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
 from .gtid import Flavor, GtidSet, MariaDBGtidSet, parse_gtid_set, resume_position
@@ -479,6 +480,19 @@ class Dialect(ABC):
         ]
 
     @abstractmethod
+    def replay_options(
+        self, backup: GtidSet, excluded: GtidSet, stops: Sequence[str], stop_time: datetime | None
+    ) -> list[str]:
+        """The binlog tool's options that print, from a local binary log, the transactions after ``backup`` (a
+        member's executed GTIDs), without ``excluded`` (MySQL: it holds ``backup`` too) or only up to ``stops``
+        (MariaDB: the stream's last GTID to print in each line it is cut in, inclusive), and before ``stop_time``
+        (its first event of that second or later stops it: the tool must run with TZ=UTC)."""
+
+    @staticmethod
+    def _stop_time(stop_time: datetime | None) -> list[str]:
+        return [] if stop_time is None else [f"--stop-datetime={stop_time.astimezone(UTC):%Y-%m-%d %H:%M:%S}"]
+
+    @abstractmethod
     def server_identity(self) -> SQL:
         """One row: server id, server UUID (NULL on MariaDB)."""
 
@@ -560,6 +574,13 @@ class MariaDBDialect(Dialect):
 
     def server_identity(self) -> SQL:
         return SQL("SELECT @@GLOBAL.server_id, NULL")
+
+    def replay_options(
+        self, backup: GtidSet, excluded: GtidSet, stops: Sequence[str], stop_time: datetime | None
+    ) -> list[str]:
+        assert isinstance(backup, MariaDBGtidSet)
+        start = [f"--start-position={backup.position()}"] if backup.count else []
+        return [*start, *([f"--stop-position={','.join(stops)}"] if stops else []), *self._stop_time(stop_time)]
 
     def _auto_position(self, value: object) -> bool:
         return str(value) == "Slave_Pos"
@@ -674,6 +695,12 @@ class MySQLDialect(Dialect):
 
     def server_identity(self) -> SQL:
         return SQL("SELECT @@GLOBAL.server_id, @@GLOBAL.server_uuid")
+
+    def replay_options(
+        self, backup: GtidSet, excluded: GtidSet, stops: Sequence[str], stop_time: datetime | None
+    ) -> list[str]:
+        skipped = backup.union(excluded)
+        return [*([f"--exclude-gtids={skipped}"] if skipped.count else []), *self._stop_time(stop_time)]
 
     def _auto_position(self, value: object) -> bool:
         return str(value) == "1"

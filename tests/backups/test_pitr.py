@@ -1,0 +1,136 @@
+"""Point-in-time recovery on real servers: a backup and the continuous binary log archive (a real archiver, to a
+directory store), replayed into empty servers with the flavour's binlog tool and client.
+
+The correctness checker: writers record every acknowledged insert with the time it was sent and acknowledged; a
+"mistake" (a mass DELETE) is committed after a target ``T``, a whole second. Restored to ``T``, the member holds
+every insert acknowledged before ``T``, none sent at or after ``T`` (binary log timestamps are whole seconds of a
+transaction's start: one sent before ``T`` and acknowledged after it may be either way), and nothing that was not
+acknowledged. The checker is shown to catch a replay skipped (a member holding the backup only) and a replay run
+past the target (a member restored to the end of the archive, mistake included). Restored to the end of the
+archive, a member holds exactly the source's rows; a member holding the backup only replicates from the restored
+one to the same rows (the replayed transactions are in its binary log with their original GTIDs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.backups.test_backups import ids, member, replicate_from
+from tests.backups.test_binlog_archive import TABLE, archive_holds, archiving, segments, writers_on
+from tests.fixtures.mariadb import StartFlavourServers
+from tests.kube_helpers import wait_for
+from whm_ha.backup.dump import Member, open_session, take_backup
+from whm_ha.backup.manifest import BackupManifest
+from whm_ha.backup.replay import plan, replay
+from whm_ha.backup.restore import restore_backup
+from whm_ha.backup.storage import FilesystemStore, Store
+from whm_ha.crd.backup import RecoveryTarget
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER
+from whm_ha.demo.checkers import Acks, Direct, create_table
+from whm_ha.mysql import actions
+from whm_ha.mysql.dialect import SQL
+
+pytestmark = pytest.mark.mariadb
+
+
+@dataclass(frozen=True)
+class PointInTime:
+    """What the checker found of a member restored to ``target`` (Unix seconds, a whole second)."""
+
+    before: int
+    """Inserts acknowledged before the target."""
+    after: int
+    """Inserts sent at or after the target."""
+    restored: int
+    missing: list[int]
+    """Acknowledged before the target, absent."""
+    extra: list[int]
+    """Sent at or after the target, present."""
+    unknown: list[int]
+    """Present, never acknowledged."""
+
+    @property
+    def problems(self) -> list[str]:
+        found = [("missing", self.missing), ("past the target", self.extra), ("never acknowledged", self.unknown)]
+        return [f"{len(rows)} rows {what} (e.g. {sorted(rows)[:5]})" for what, rows in found if rows]
+
+
+def check_point_in_time(acks: Acks, target: float, restored: set[int]) -> PointInTime:
+    everything = acks.all()
+    before = {a.id for a in everything if a.acked < target}
+    after = {a.id for a in everything if a.sent >= target}
+    return PointInTime(
+        before=len(before),
+        after=len(after),
+        restored=len(restored),
+        missing=sorted(before - restored),
+        extra=sorted(after & restored),
+        unknown=sorted(restored - {a.id for a in everything}),
+    )
+
+
+def restore_to(store: Store, manifest: BackupManifest, m: Member, target: RecoveryTarget) -> None:
+    """What a restore task does with a target: plan (nothing touched when unreachable), load, replay."""
+    planned = plan(m.dialect.flavor, manifest.gtid, segments(store), target)
+    restore_backup(store, manifest, m)
+    replay(store, m, planned)
+
+
+def utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_restore_to_a_time_before_a_mistake_holds_every_write_acknowledged_before_it_and_none_after(
+    database_servers: StartFlavourServers, tmp_path: Path
+) -> None:
+    s0, s1, s2, s3 = database_servers(4)
+    source, pitr, follower, whole = (member(n, s) for n, s in (("m0", s0), ("m1", s1), ("m2", s2), ("m3", s3)))
+    create_table(Direct(s0.host, s0.port, ADMIN_USER, ADMIN_PASSWORD), TABLE)
+    store = FilesystemStore(tmp_path / "store")
+    with archiving(store, [source], tmp_path / "spool"):
+        writers = writers_on(s0, first=1, count=4)
+        try:
+            manifest = take_backup(store, "base", source)
+            # The target: a whole second with writes acknowledged on both sides of it, the mistake after it.
+            target = math.ceil(time.time()) + 2
+            wait_for(lambda: time.time() >= target + 1, 10, "writes on both sides of the target")
+            with open_session(source) as s:
+                s.execute(SQL(f"DELETE FROM {TABLE}"))
+            mistake = time.time()
+            wait_for(writers.acks.progressed(), 10, "writes after the mistake")
+        finally:
+            writers.stop()
+        assert not writers.errors
+        wait_for(lambda: archive_holds(store, source), 30, "the archive to hold every write")
+    assert manifest.finished.timestamp() < target < mistake
+
+    restore_to(store, manifest, pitr, RecoveryTarget(time=utc(target)))
+    found = check_point_in_time(writers.acks, target, ids(pitr))
+    print(f"\n{s0.flavour.name}: target {utc(target)}: {found}")
+    assert found.problems == []
+    assert found.before > 0 and found.after > 0, "writes acknowledged on both sides of the target"
+
+    # The checker catches a replay skipped: the backup alone lacks what was acknowledged after it.
+    restore_backup(store, manifest, follower)
+    assert check_point_in_time(writers.acks, target, ids(follower)).missing
+    # The replayed transactions are in the restored member's binary log: a replica of it from the backup's
+    # position gets them.
+    replicate_from(follower, pitr, s1)
+    with open_session(pitr) as p, open_session(follower) as f:
+        assert actions.wait_applied(f, p.executed(), 30), f.replica_status()
+    assert ids(follower) == ids(pitr)
+
+    # The end of the archive: the source's rows exactly (the mistake too); the checker catches a replay run past
+    # the target.
+    restore_to(store, manifest, whole, RecoveryTarget(end_of_archive=True))
+    assert ids(whole) == ids(source)
+    after_mistake = {a.id for a in writers.acks.all() if a.sent > mistake}
+    assert after_mistake and after_mistake <= ids(whole)
+    past = check_point_in_time(writers.acks, target, ids(whole))
+    assert past.missing and past.extra

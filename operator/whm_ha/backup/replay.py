@@ -121,10 +121,11 @@ def plan(flavor: Flavor, backup: str, segments: Sequence[Segment], target: Recov
         if stop_time is not None and segment.first_time >= stop_time:
             break
         kept: dict[str, Range] = {}
-        for line, (first, last) in ranges(parse_gtid_set(flavor, segment.gtids)).items():
+        gtids = parse_gtid_set(flavor, segment.gtids)
+        for line, (first, last) in ranges(gtids).items():
             low, high = max(first, floor.get(line, 0) + 1), min(last, cuts[index].get(line, last))
             if target_line is not None and line == target_line[0]:
-                if first <= target_line[1] <= last and target_line[1] <= high:
+                if first <= target_line[1] <= high and _wrote(gtids, target.gtid or ""):
                     reached = True
                 high = min(high, target_line[1])
             if low <= high:
@@ -148,16 +149,28 @@ def plan(flavor: Flavor, backup: str, segments: Sequence[Segment], target: Recov
     return Plan(_streams(flavor, held, needed), held, stop_time)
 
 
+def _wrote(gtids: GtidSet, target: str) -> bool:
+    """Whether the target's MariaDB server wrote transactions of the segment's ``gtids`` (MySQL: the source is the
+    line, always)."""
+    if not isinstance(gtids, MariaDBGtidSet):
+        return True
+    domain, server, _ = (int(part) for part in target.split("-"))
+    return any(d.domain == domain and server in dict(d.tops) for d in gtids.domains)
+
+
 def _superseded_cuts(flavor: Flavor, chain: Sequence[Segment]) -> list[dict[str, int]]:
     """Per segment, per line, the last seq it may replay: the superseded GTIDs of the runs after it (a tail of
     what came before them) are never replayed."""
     cuts: list[dict[str, int]] = []
     later: dict[str, int] = {}
+    run, pending = None, ""
     for segment in reversed(chain):
+        if segment.run != run:
+            if pending:
+                for line, (first, _) in ranges(parse_gtid_set(flavor, pending)).items():
+                    later[line] = min(later.get(line, first - 1), first - 1)
+            run, pending = segment.run, segment.superseded
         cuts.append(dict(later))
-        if segment.superseded:
-            for line, (first, _) in ranges(parse_gtid_set(flavor, segment.superseded)).items():
-                later[line] = min(later.get(line, first - 1), first - 1)
     cuts.reverse()
     return cuts
 

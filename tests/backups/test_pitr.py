@@ -25,6 +25,7 @@ from tests.backups.test_backups import ids, member, replicate_from
 from tests.backups.test_binlog_archive import TABLE, archive_holds, archiving, segments, writers_on
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.kube_helpers import wait_for
+from whm_ha.backup.archive import lines_of
 from whm_ha.backup.dump import Member, open_session, take_backup
 from whm_ha.backup.manifest import BackupManifest
 from whm_ha.backup.replay import plan, replay
@@ -134,3 +135,34 @@ def test_restore_to_a_time_before_a_mistake_holds_every_write_acknowledged_befor
     assert after_mistake and after_mistake <= ids(whole)
     past = check_point_in_time(writers.acks, target, ids(whole))
     assert past.missing and past.extra
+
+
+def test_restore_to_a_gtid_holds_exactly_the_transactions_up_to_it(
+    database_servers: StartFlavourServers, tmp_path: Path
+) -> None:
+    s0, s1 = database_servers(2)
+    source, restored = member("m0", s0), member("m1", s1)
+    create_table(Direct(s0.host, s0.port, ADMIN_USER, ADMIN_PASSWORD), TABLE)
+    store = FilesystemStore(tmp_path / "store")
+    with archiving(store, [source], tmp_path / "spool"):
+        writers = writers_on(s0, first=1, count=4)
+        try:
+            manifest = take_backup(store, "base", source)
+            wait_for(writers.acks.progressed(), 10, "writes after the backup")
+            with open_session(source) as s:
+                at = s.executed()
+            wait_for(writers.acks.progressed(), 10, "writes after the target")
+        finally:
+            writers.stop()
+        assert not writers.errors
+        wait_for(lambda: archive_holds(store, source), 30, "the archive to hold every write")
+    dialect = source.dialect
+    backup = dialect.parse_gtid(manifest.gtid)
+    ((line, seq),) = lines_of(at.difference(backup)).items()
+    target = f"{line}:{seq}" if dialect.flavor == "mysql" else at.position()  # type: ignore[attr-defined]
+    restore_to(store, manifest, restored, RecoveryTarget(gtid=target))
+    with open_session(restored) as r:
+        held = r.executed()
+    assert lines_of(held) == lines_of(at), f"restored to {target}: {held}, the source had {at}"
+    acked = {a.id for a in writers.acks.all()}
+    assert ids(restored) < ids(source) and ids(restored) <= acked

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +34,8 @@ from whm_ha.backup.replay import plan, replay
 from whm_ha.backup.restore import restore_backup
 from whm_ha.backup.storage import FilesystemStore, Store
 from whm_ha.crd.backup import RecoveryTarget
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER
-from whm_ha.demo.checkers import Acks, Direct, create_table
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
+from whm_ha.demo.checkers import Acks, Direct, Writers, create_table
 from whm_ha.mysql import actions
 from whm_ha.mysql.dialect import SQL
 
@@ -83,6 +85,23 @@ def restore_to(store: Store, manifest: BackupManifest, m: Member, target: Recove
     replay(store, m, planned)
 
 
+@contextmanager
+def backup_and_writes(
+    store: Store, source: Member, server: LocalServer, tmp_path: Path
+) -> Iterator[tuple[BackupManifest, Writers]]:
+    """The archiver on ``source``, writers, and a backup taken while they write; on exit, once the writers stopped
+    without an error, the archive holds every write."""
+    create_table(Direct(server.host, server.port, ADMIN_USER, ADMIN_PASSWORD), TABLE)
+    with archiving(store, [source], tmp_path / "spool"):
+        writers = writers_on(server, first=1, count=4)
+        try:
+            yield take_backup(store, "base", source), writers
+        finally:
+            writers.stop()
+        assert not writers.errors
+        wait_for(lambda: archive_holds(store, source), 30, "the archive to hold every write")
+
+
 def utc(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -92,23 +111,15 @@ def test_restore_to_a_time_before_a_mistake_holds_every_write_acknowledged_befor
 ) -> None:
     s0, s1, s2, s3 = database_servers(4)
     source, pitr, follower, whole = (member(n, s) for n, s in (("m0", s0), ("m1", s1), ("m2", s2), ("m3", s3)))
-    create_table(Direct(s0.host, s0.port, ADMIN_USER, ADMIN_PASSWORD), TABLE)
     store = FilesystemStore(tmp_path / "store")
-    with archiving(store, [source], tmp_path / "spool"):
-        writers = writers_on(s0, first=1, count=4)
-        try:
-            manifest = take_backup(store, "base", source)
-            # The target: a whole second with writes acknowledged on both sides of it, the mistake after it.
-            target = math.ceil(time.time()) + 2
-            wait_for(lambda: time.time() >= target + 1, 10, "writes on both sides of the target")
-            with open_session(source) as s:
-                s.execute(SQL(f"DELETE FROM {TABLE}"))
-            mistake = time.time()
-            wait_for(writers.acks.progressed(), 10, "writes after the mistake")
-        finally:
-            writers.stop()
-        assert not writers.errors
-        wait_for(lambda: archive_holds(store, source), 30, "the archive to hold every write")
+    with backup_and_writes(store, source, s0, tmp_path) as (manifest, writers):
+        # The target: a whole second with writes acknowledged on both sides of it, the mistake after it.
+        target = math.ceil(time.time()) + 2
+        wait_for(lambda: time.time() >= target + 1, 10, "writes on both sides of the target")
+        with open_session(source) as s:
+            s.execute(SQL(f"DELETE FROM {TABLE}"))
+        mistake = time.time()
+        wait_for(writers.acks.progressed(), 10, "writes after the mistake")
     assert manifest.finished.timestamp() < target < mistake
 
     restore_to(store, manifest, pitr, RecoveryTarget(time=utc(target)))
@@ -142,20 +153,12 @@ def test_restore_to_a_gtid_holds_exactly_the_transactions_up_to_it(
 ) -> None:
     s0, s1 = database_servers(2)
     source, restored = member("m0", s0), member("m1", s1)
-    create_table(Direct(s0.host, s0.port, ADMIN_USER, ADMIN_PASSWORD), TABLE)
     store = FilesystemStore(tmp_path / "store")
-    with archiving(store, [source], tmp_path / "spool"):
-        writers = writers_on(s0, first=1, count=4)
-        try:
-            manifest = take_backup(store, "base", source)
-            wait_for(writers.acks.progressed(), 10, "writes after the backup")
-            with open_session(source) as s:
-                at = s.executed()
-            wait_for(writers.acks.progressed(), 10, "writes after the target")
-        finally:
-            writers.stop()
-        assert not writers.errors
-        wait_for(lambda: archive_holds(store, source), 30, "the archive to hold every write")
+    with backup_and_writes(store, source, s0, tmp_path) as (manifest, writers):
+        wait_for(writers.acks.progressed(), 10, "writes after the backup")
+        with open_session(source) as s:
+            at = s.executed()
+        wait_for(writers.acks.progressed(), 10, "writes after the target")
     dialect = source.dialect
     backup = dialect.parse_gtid(manifest.gtid)
     ((line, seq),) = lines_of(at.difference(backup)).items()

@@ -5,13 +5,18 @@ The archiver follows status.currentPrimary through a switchover the operator mak
 reports in status.archive (Streaming, the member, the lag, Lagging False) and in its metrics, and the operator's own
 status patches, before, during and after the promotion, never remove status.archive. The archive has no gap and
 replays into an empty server to exactly the new primary's rows.
+
+A new replication bootstrapped from a backup with ``recovery.target.time`` a second before a mistake: its primary
+replays the archive to there (status.recovery says so), its replicas follow it, the source is untouched.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +27,7 @@ import pytest
 from tests.backups import test_operator_backups
 from tests.backups.test_binlog_archive import archive_holds, replay
 from tests.backups.test_operator_backups import PREFIX, start
+from tests.backups.test_pitr import utc
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.mariadb import StartServers
 from tests.fixtures.object_store import ObjectStore
@@ -146,3 +152,47 @@ def test_the_archiver_follows_the_operators_switchover_and_status_archive_surviv
     assert {s.member for s in chain} == {"m0", "m1"}, [(s.member, s.run, s.gtids, s.resumed_from) for s in chain]
     assert replication.ids("m1") == {r[0] for r in empty.query("SELECT id FROM app.t")}
     assert writers.acks.ids() <= replication.ids("m1")
+
+
+def test_a_new_replication_restored_to_a_time_before_a_mistake_replays_the_archive_on_its_primary(
+    replication: Replication,
+    kube_api: KubeAPI,
+    operator_process: StartOperator,
+    object_store: ObjectStore,
+    mariadb_servers: StartServers,
+    request: pytest.FixtureRequest,
+) -> None:
+    start(replication, kube_api, operator_process, store=object_store, archive={"enabled": True})
+    replication.create_app()
+    request.getfixturevalue("archiver")
+    replication.sql("m0", "INSERT INTO app.t VALUES (1), (2), (3)")
+    backups = test_operator_backups.Backups(replication)
+    backups.create("base")
+    assert backups.finished("base")["phase"] == "Completed"
+    replication.sql("m0", "INSERT INTO app.t VALUES (4), (5)")
+    target = math.ceil(time.time()) + 1  # a whole second after the inserts, before the mistake
+    wait_for(lambda: time.time() >= target, 5, "the target second")
+    replication.sql("m0", "DELETE FROM app.t")
+    replication.sql("m0", "INSERT INTO app.t VALUES (6)")
+    wait_for(
+        lambda: archive_holds(object_store.store(PREFIX), as_member(replication, "m0")), 30, "the mistake archived"
+    )
+
+    restored = test_operator_backups.new_replication(
+        replication,
+        mariadb_servers,
+        {
+            "backup": "latest",
+            "storage": test_operator_backups.s3_storage(object_store),
+            "target": {"time": utc(target)},
+        },
+    )
+    status = restored.healthy(timeout=90)
+    recovery = status["recovery"]
+    assert recovery["phase"] == "Completed" and recovery["target"] == f"time {utc(target)}", recovery
+    assert recovery["restored"][0] == "m0" and status["currentPrimary"] == "m0"
+    assert recovery["replayedGtids"], recovery
+    wait_for(lambda: all(restored.ids(m) == {1, 2, 3, 4, 5} for m in ("m0", "m1", "m2")), 30, "the replicas caught up")
+    restored.sql("m0", "INSERT INTO app.t VALUES (7)")
+    wait_for(lambda: all(7 in restored.ids(m) for m in ("m1", "m2")), 30, "the restored primary's write replicated")
+    assert replication.ids("m0") == {6}, "the source untouched"

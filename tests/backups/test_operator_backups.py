@@ -275,21 +275,8 @@ def test_a_schedule_takes_one_backup_per_time_and_retention_deletes_expired_sche
     assert new_scheduled() == {name}, "one backup per scheduled time"
 
 
-def test_a_new_replication_bootstraps_from_a_backup_and_replicates_leaving_the_source_untouched(
-    replication: Replication,
-    kube_api: KubeAPI,
-    operator_process: StartOperator,
-    object_store: ObjectStore,
-    mariadb_servers: StartServers,
-) -> None:
-    start(replication, kube_api, operator_process, store=object_store)
-    replication.create_app()
-    replication.sql("m0", "INSERT INTO app.t VALUES (1), (2), (3)")
-    backups = Backups(replication)
-    backups.create("base")
-    assert backups.finished("base")["phase"] == "Completed"
-    source_gtids = {m: replication.variable(m, "gtid_binlog_pos") for m in ("m0", "m1", "m2")}
-
+def new_replication(replication: Replication, mariadb_servers: StartServers, recovery: dict[str, Any]) -> Replication:
+    """MySQLReplication ``restored`` over three new servers, bootstrapped by ``recovery``."""
     host = replication.host
     bind = () if host == "127.0.0.1" else (f"--bind-address=127.0.0.1,{host}",)
     servers = mariadb_servers(3, extra_args=SERVER_ARGS + bind)
@@ -306,11 +293,29 @@ def test_a_new_replication_bootstraps_from_a_backup_and_replicates_leaving_the_s
             "replicationSecret": {"name": "db-repl"},
             "periodSeconds": 1,
             "failureThreshold": 2,
-            "bootstrap": {"recovery": {"backup": "latest", "storage": s3_storage(object_store)}},
+            "bootstrap": {"recovery": recovery},
         },
     }
     restored.custom.create_namespaced_custom_object(GROUP, VERSION, replication.namespace, "mysqlreplications", body)
+    return restored
 
+
+def test_a_new_replication_bootstraps_from_a_backup_and_replicates_leaving_the_source_untouched(
+    replication: Replication,
+    kube_api: KubeAPI,
+    operator_process: StartOperator,
+    object_store: ObjectStore,
+    mariadb_servers: StartServers,
+) -> None:
+    start(replication, kube_api, operator_process, store=object_store)
+    replication.create_app()
+    replication.sql("m0", "INSERT INTO app.t VALUES (1), (2), (3)")
+    backups = Backups(replication)
+    backups.create("base")
+    assert backups.finished("base")["phase"] == "Completed"
+    source_gtids = {m: replication.variable(m, "gtid_binlog_pos") for m in ("m0", "m1", "m2")}
+
+    restored = new_replication(replication, mariadb_servers, {"backup": "latest", "storage": s3_storage(object_store)})
     status = restored.healthy(timeout=90)
     recovery = status["recovery"]
     assert recovery["phase"] == "Completed" and recovery["backup"] == "base", recovery

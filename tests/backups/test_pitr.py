@@ -8,7 +8,9 @@ transaction's start: one sent before ``T`` and acknowledged after it may be eith
 acknowledged. The checker is shown to catch a replay skipped (a member holding the backup only) and a replay run
 past the target (a member restored to the end of the archive, mistake included). Restored to the end of the
 archive, a member holds exactly the source's rows; a member holding the backup only replicates from the restored
-one to the same rows (the replayed transactions are in its binary log with their original GTIDs).
+one to the same rows (the replayed transactions are in its binary log with their original GTIDs). Restored to a
+GTID, a member holds exactly the transactions up to it. A target the archive cannot reach fails the restore task
+before the member is touched.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from tests.kube_helpers import wait_for
 from whm_ha.backup.archive import lines_of
 from whm_ha.backup.dump import Member, open_session, take_backup
 from whm_ha.backup.manifest import BackupManifest
+from whm_ha.backup.recovery import NotRestorable, RestoreTask, run
 from whm_ha.backup.replay import plan, replay
 from whm_ha.backup.restore import restore_backup
 from whm_ha.backup.storage import FilesystemStore, Store
-from whm_ha.crd.backup import RecoveryTarget
+from whm_ha.backup.task import StoreAccess, TaskMember
+from whm_ha.crd.backup import BackupStorageSpec, FilesystemStorageSpec, RecoveryTarget
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
 from whm_ha.demo.checkers import Acks, Direct, Writers, create_table
 from whm_ha.mysql import actions
@@ -169,3 +173,32 @@ def test_restore_to_a_gtid_holds_exactly_the_transactions_up_to_it(
     assert lines_of(held) == lines_of(at), f"restored to {target}: {held}, the source had {at}"
     acked = {a.id for a in writers.acks.all()}
     assert ids(restored) < ids(source) and ids(restored) <= acked
+
+
+def test_a_target_the_archive_cannot_reach_fails_the_restore_task_before_the_member_is_touched(
+    database_servers: StartFlavourServers, tmp_path: Path
+) -> None:
+    s0, s1 = database_servers(2)
+    source, empty = member("m0", s0), member("m1", s1)
+    store = FilesystemStore(tmp_path / "store")
+    with backup_and_writes(store, source, s0, tmp_path) as (manifest, writers):
+        wait_for(writers.acks.progressed(), 10, "writes after the backup")
+    flavor = source.dialect.flavor
+    beyond = "0-1-999999999" if flavor == "mariadb" else f"{segments(store)[-1].server_uuid}:999999999"
+    task = RestoreTask(
+        store=StoreAccess(storage=BackupStorageSpec(filesystem=FilesystemStorageSpec(path=str(tmp_path / "store")))),
+        backup="latest",
+        member=TaskMember(
+            name="m1", host=s1.host, port=s1.port, username=ADMIN_USER, password=ADMIN_PASSWORD, flavor=flavor
+        ),
+    )
+    for target, message in [
+        (RecoveryTarget(time=utc(time.time() + 3600)), f"^{manifest.name} to time .*: the archive ends at"),
+        (RecoveryTarget(gtid=beyond), f"the archive does not hold {beyond}"),
+        # "latest" for a time is the newest backup finished by then: none here.
+        (RecoveryTarget(time=utc(manifest.started.timestamp() - 1)), "^no complete backup finished by"),
+    ]:
+        with pytest.raises(NotRestorable, match=message):
+            run(task.model_copy(update={"target": target}))
+    with open_session(empty) as e:
+        assert e.executed().count == 0, "nothing was loaded"

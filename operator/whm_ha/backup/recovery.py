@@ -67,14 +67,22 @@ class RestoreOutcome(BaseModel):
 
 
 def _manifest(task: RestoreTask, store: Any) -> BackupManifest:
+    """The backup named, or the newest complete one; with a time target, one finished by then (its snapshot holds
+    no transaction of the target's second or later)."""
+    target = task.target.time if task.target is not None else None
+    before = task.target.stop_time() if task.target is not None else None
     if task.backup == "latest":
-        usable = usable_backups(store)
+        usable = [m for m in usable_backups(store) if before is None or m.finished <= before]
         if not usable:
-            raise NotRestorable(f"no complete backup in {store.describe()}")
+            by = f" finished by {target}" if target is not None else ""
+            raise NotRestorable(f"no complete backup{by} in {store.describe()}")
         return usable[-1]
     if manifest_key(task.backup) not in store.list(f"{task.backup}/"):
         raise NotRestorable(f"no complete backup {task.backup} in {store.describe()}")
-    return read_manifest(store, task.backup)
+    manifest = read_manifest(store, task.backup)
+    if before is not None and manifest.finished > before:
+        raise NotRestorable(f"{task.backup} finished after the target {target}: restore an older backup")
+    return manifest
 
 
 def make_empty(member: Member, manifest: BackupManifest, archived: GtidSet | None = None) -> None:

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import IO
 
 from ..crd.backup import RecoveryTarget
@@ -101,7 +101,8 @@ def plan(flavor: Flavor, backup: str, segments: Sequence[Segment], target: Recov
     stop_time = None
     target_line: tuple[str, int] | None = None
     if target.time is not None:
-        stop_time = datetime.strptime(target.time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        stop_time = target.stop_time()
+        assert stop_time is not None
         ends = chain[-1].last_time
         if ends < stop_time:
             raise Unreachable(
@@ -216,6 +217,7 @@ def _streams(
                     if a <= b and isinstance(excluded, MySQLGtidSet):
                         excluded = excluded.union(MySQLGtidSet.from_intervals({(line, ""): [(a, b)]}))
                 if high < last and isinstance(gtids, MariaDBGtidSet):
+                    # mariadb-binlog compares a stop GTID's domain and seq only (checked: any server id stops it).
                     domain = next(d for d in gtids.domains if str(d.domain) == line)
                     stops[line] = f"{line}-{domain.tops[-1][0]}-{high}"
         streams.append(StreamPlan(stream, tuple(s for s, _ in parts), excluded, tuple(stops.values())))

@@ -3,7 +3,7 @@ the schedule, its retention, the member backed up, and the binary log archive.""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import Field
@@ -168,6 +168,10 @@ class RecoveryTarget(CRDModel):
     """Every transaction up to and including this one (which the archive must hold)."""
     end_of_archive: bool = False
     """Every transaction the archive holds."""
+
+    def stop_time(self) -> datetime | None:
+        """The time target as a datetime."""
+        return None if self.time is None else datetime.strptime(self.time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
     def describe(self) -> str | None:
         """The target in words; None for the backup's own position."""

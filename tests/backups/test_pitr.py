@@ -106,6 +106,14 @@ def backup_and_writes(
         wait_for(lambda: archive_holds(store, source), 30, "the archive to hold every write")
 
 
+def source_and_empty(
+    database_servers: StartFlavourServers, tmp_path: Path
+) -> tuple[LocalServer, Member, Member, FilesystemStore]:
+    """A source server and its member, an empty member, and a directory store."""
+    s0, s1 = database_servers(2)
+    return s0, member("m0", s0), member("m1", s1), FilesystemStore(tmp_path / "store")
+
+
 def utc(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -155,9 +163,7 @@ def test_restore_to_a_time_before_a_mistake_holds_every_write_acknowledged_befor
 def test_restore_to_a_gtid_holds_exactly_the_transactions_up_to_it(
     database_servers: StartFlavourServers, tmp_path: Path
 ) -> None:
-    s0, s1 = database_servers(2)
-    source, restored = member("m0", s0), member("m1", s1)
-    store = FilesystemStore(tmp_path / "store")
+    s0, source, restored, store = source_and_empty(database_servers, tmp_path)
     with backup_and_writes(store, source, s0, tmp_path) as (manifest, writers):
         wait_for(writers.acks.progressed(), 10, "writes after the backup")
         with open_session(source) as s:
@@ -178,9 +184,7 @@ def test_restore_to_a_gtid_holds_exactly_the_transactions_up_to_it(
 def test_a_target_the_archive_cannot_reach_fails_the_restore_task_before_the_member_is_touched(
     database_servers: StartFlavourServers, tmp_path: Path
 ) -> None:
-    s0, s1 = database_servers(2)
-    source, empty = member("m0", s0), member("m1", s1)
-    store = FilesystemStore(tmp_path / "store")
+    s0, source, empty, store = source_and_empty(database_servers, tmp_path)
     with backup_and_writes(store, source, s0, tmp_path) as (manifest, writers):
         wait_for(writers.acks.progressed(), 10, "writes after the backup")
     flavor = source.dialect.flavor
@@ -189,7 +193,7 @@ def test_a_target_the_archive_cannot_reach_fails_the_restore_task_before_the_mem
         store=StoreAccess(storage=BackupStorageSpec(filesystem=FilesystemStorageSpec(path=str(tmp_path / "store")))),
         backup="latest",
         member=TaskMember(
-            name="m1", host=s1.host, port=s1.port, username=ADMIN_USER, password=ADMIN_PASSWORD, flavor=flavor
+            name="m1", host=empty.host, port=empty.port, username=ADMIN_USER, password=ADMIN_PASSWORD, flavor=flavor
         ),
     )
     for target, message in [

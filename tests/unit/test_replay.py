@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from whm_ha.backup.archive import Segment, data_key
 from whm_ha.backup.replay import Unreachable, plan
@@ -140,3 +142,30 @@ def test_mysql_leaves_out_the_backup_the_superseded_and_what_follows_the_target_
     assert [([s.sequence for s in x.segments], x.stops) for x in p.streams] == [([0, 1], ()), ([2], ())]
     assert p.streams[0].excluded == MySQLGtidSet.parse(f"{UUID}:1-3:8-9")
     assert p.streams[1].excluded == MySQLGtidSet.parse(f"{UUID}:1-3,{new}:3-4")
+
+
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=8),
+    data=st.data(),
+)
+def test_the_plan_replays_exactly_the_transactions_after_the_backup_up_to_the_target(
+    sizes: list[int], data: st.DataObject
+) -> None:
+    """One run, segments of ``sizes`` transactions (MySQL: what the tool prints is what a stream holds minus
+    ``excluded``): a GTID target replays exactly ``backup+1 .. target``."""
+    chain, first = [], 1
+    for n, size in enumerate(sizes):
+        last = first + size - 1
+        chain.append(segment(n, f"{UUID}:{first}-{last}", f"{UUID}:1-{last}", offset=100 * n, flavor="mysql"))
+        first = last + 1
+    total = first - 1
+    backup = data.draw(st.integers(min_value=0, max_value=total - 1), label="backup")
+    target = data.draw(st.integers(min_value=backup + 1, max_value=total), label="target")
+    held = f"{UUID}:1-{backup}" if backup else ""
+    p = plan("mysql", held, chain, RecoveryTarget(gtid=f"{UUID}:{target}"))
+    replayed = MySQLGtidSet.parse("")
+    for stream in p.streams:
+        assert [s.offset for s in stream.segments] == [100 * i for i in range(len(stream.segments))], "from its start"
+        for s in stream.segments:
+            replayed = replayed.union(MySQLGtidSet.parse(s.gtids).difference(stream.excluded))
+    assert str(replayed) == (f"{UUID}:{backup + 1}-{target}" if target > backup + 1 else f"{UUID}:{target}")

@@ -206,3 +206,35 @@ def test_a_target_the_archive_cannot_reach_fails_the_restore_task_before_the_mem
             run(task.model_copy(update={"target": target}))
     with open_session(empty) as e:
         assert e.executed().count == 0, "nothing was loaded"
+
+
+def test_the_end_of_the_archive_leaves_out_what_a_failover_superseded(
+    database_servers: StartFlavourServers, tmp_path: Path
+) -> None:
+    """The old primary's last transactions, archived but never received by the replica promoted in its place
+    (superseded), are not replayed: the restore holds the new primary's rows."""
+    s0, s1, s2 = database_servers(3)
+    m0, m1, empty = member("m0", s0), member("m1", s1), member("m2", s2)
+    create_table(Direct(s0.host, s0.port, ADMIN_USER, ADMIN_PASSWORD), TABLE)
+    store = FilesystemStore(tmp_path / "store")
+    replicate_from(m1, m0, s0)
+    with open_session(m0) as p:
+        p.execute(SQL(f"INSERT INTO {TABLE} VALUES (1), (2)"))
+    manifest = take_backup(store, "base", m0)
+    primary = [m0]
+    with archiving(store, primary, tmp_path / "spool"):
+        with open_session(m0) as p, open_session(m1) as r:
+            p.execute(SQL(f"INSERT INTO {TABLE} VALUES (3)"))
+            assert actions.wait_applied(r, p.executed(), 30)
+            r.execute(m1.dialect.stop_replica("io"))
+            for row in range(4, 8):
+                p.execute(SQL(f"INSERT INTO {TABLE} VALUES (%s)", (row,)))
+        wait_for(lambda: archive_holds(store, m0), 30, "the old primary's last transactions archived")
+        with open_session(m1) as r:
+            actions.promote(r)
+            primary[0] = m1
+            r.execute(SQL(f"INSERT INTO {TABLE} VALUES (100), (101)"))
+        wait_for(lambda: segments(store)[-1].member == "m1" and archive_holds(store, m1), 30, "m1's writes archived")
+    assert any(s.superseded for s in segments(store))
+    restore_to(store, manifest, empty, RecoveryTarget(end_of_archive=True))
+    assert ids(empty) == ids(m1) == {1, 2, 3, 100, 101}

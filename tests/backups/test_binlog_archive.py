@@ -34,6 +34,7 @@ from tests.kube_helpers import wait_for
 from whm_ha.backup.archive import INDEX, Segment, check_chain, holds, lines_of
 from whm_ha.backup.binlog_stream import ArchiveReport, ArchiverSettings, BinlogArchiver
 from whm_ha.backup.dump import Member, client_command, open_session
+from whm_ha.backup.replay import index
 from whm_ha.backup.storage import Store
 from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
 from whm_ha.demo.checkers import Direct, Writers, create_table
@@ -79,8 +80,8 @@ def writers_on(server: LocalServer, first: int, count: int = 8) -> Writers:
     return Writers(source, table=TABLE, count=count, first=first, pause=0).start(warm_up=20)
 
 
-def segments(store: Store) -> list[Segment]:
-    return [Segment.model_validate_json(store.get(key)) for key in store.list(INDEX)]
+segments = index
+"""The archive's index entries."""
 
 
 def archive_holds(store: Store, m: Member, executed: GtidSet | None = None) -> bool:

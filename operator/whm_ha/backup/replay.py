@@ -118,13 +118,13 @@ def plan(flavor: Flavor, backup: str, segments: Sequence[Segment], target: Recov
     needed: list[tuple[Segment, dict[str, Range]]] = []
     reached = target_line is None
     start = None
-    for index, segment in enumerate(chain):
+    for at, segment in enumerate(chain):
         if stop_time is not None and segment.first_time >= stop_time:
             break
         kept: dict[str, Range] = {}
         gtids = parse_gtid_set(flavor, segment.gtids)
         for line, (first, last) in ranges(gtids).items():
-            low, high = max(first, floor.get(line, 0) + 1), min(last, cuts[index].get(line, last))
+            low, high = max(first, floor.get(line, 0) + 1), min(last, cuts[at].get(line, last))
             if target_line is not None and line == target_line[0]:
                 if first <= target_line[1] <= high and _wrote(gtids, target.gtid or ""):
                     reached = True
@@ -132,9 +132,9 @@ def plan(flavor: Flavor, backup: str, segments: Sequence[Segment], target: Recov
             if low <= high:
                 kept[line] = (low, high)
         if kept and start is None:
-            start = index
+            start = at
             # The stream's bytes before: its header events, and transactions the backup holds (the tool skips them).
-            needed = [(earlier, {}) for earlier in chain[:index] if earlier.stream == segment.stream]
+            needed = [(earlier, {}) for earlier in chain[:at] if earlier.stream == segment.stream]
         if start is not None:
             needed.append((segment, kept))
         if target_line is not None and reached:

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.backups.test_backups import REPL_PASSWORD, REPL_USER, ids, member
+from tests.faults.report import Recorder
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.fixtures.object_store import ObjectStore
 from tests.kube_helpers import wait_for
@@ -159,9 +160,10 @@ def test_archive_under_writers_covers_every_acknowledged_write_and_replays_to_th
 
 
 def test_archive_follows_a_switchover_and_a_failover_without_a_gap(
-    database_servers: StartFlavourServers, object_store: ObjectStore, tmp_path: Path
+    database_servers: StartFlavourServers, object_store: ObjectStore, tmp_path: Path, resilience: Recorder
 ) -> None:
     s0, s1, empty_server = database_servers(3)
+    row = resilience.scenario(f"binlog archive across a switchover and a failover ({s0.flavour.name})", "backups")
     m0, m1, empty = member("m0", s0), member("m1", s1), member("m2", empty_server)
     create_table(Direct(s0.host, s0.port, ADMIN_USER, ADMIN_PASSWORD), TABLE)
     with open_session(m0) as p, open_session(m1) as r:
@@ -203,6 +205,8 @@ def test_archive_follows_a_switchover_and_a_failover_without_a_gap(
     assert [s.member for s in chain if s.member != chain[0].member][:1] == ["m1"], "both primaries archived"
     assert len({s.run for s in chain}) >= 3, "a run per primary"
     assert all(not s.superseded for s in chain)
+    row.acked, row.lost = len(acked), len(acked - ids(empty))
+    row.outcome = f"{len({s.run for s in chain})} runs, {len(chain)} segments, no gap; the replay equals the primary"
     assert ids(empty) == ids(m0)
     assert acked <= ids(empty), "every acknowledged write is in the archive"
 

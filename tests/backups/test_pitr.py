@@ -27,6 +27,7 @@ import pytest
 
 from tests.backups.test_backups import ids, member, replicate_from
 from tests.backups.test_binlog_archive import TABLE, archive_holds, archiving, segments, writers_on
+from tests.faults.report import Recorder
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.kube_helpers import wait_for
 from whm_ha.backup.archive import lines_of
@@ -119,9 +120,10 @@ def utc(seconds: float) -> str:
 
 
 def test_restore_to_a_time_before_a_mistake_holds_every_write_acknowledged_before_it_and_none_after(
-    database_servers: StartFlavourServers, tmp_path: Path
+    database_servers: StartFlavourServers, tmp_path: Path, resilience: Recorder
 ) -> None:
     s0, s1, s2, s3 = database_servers(4)
+    row = resilience.scenario(f"point-in-time restore before a mass DELETE ({s0.flavour.name})", "backups")
     source, pitr, follower, whole = (member(n, s) for n, s in (("m0", s0), ("m1", s1), ("m2", s2), ("m3", s3)))
     store = FilesystemStore(tmp_path / "store")
     with backup_and_writes(store, source, s0, tmp_path) as (manifest, writers):
@@ -137,6 +139,11 @@ def test_restore_to_a_time_before_a_mistake_holds_every_write_acknowledged_befor
     restore_to(store, manifest, pitr, RecoveryTarget(time=utc(target)))
     found = check_point_in_time(writers.acks, target, ids(pitr))
     print(f"\n{s0.flavour.name}: target {utc(target)}: {found}")
+    row.acked, row.lost = len(writers.acks.all()), len(found.missing)
+    row.outcome = (
+        f"restored to a second before the mistake: {found.before} writes acknowledged before it present,"
+        f" {len(found.extra)} of {found.after} sent after it"
+    )
     assert found.problems == []
     assert found.before > 0 and found.after > 0, "writes acknowledged on both sides of the target"
 

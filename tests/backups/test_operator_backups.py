@@ -365,3 +365,32 @@ def test_a_backup_whose_operator_is_killed_stops_with_it_and_is_taken_by_the_nex
     assert "TryInterrupted" in reasons
     (listed,) = usable_backups(object_store.store(PREFIX))
     assert listed.name == "interrupted" and listed.sha256 == status["sha256"]
+
+
+def test_a_member_loaded_while_the_replication_changed_is_recorded_not_loaded_again(
+    replication: Replication,
+    kube_api: KubeAPI,
+    operator_process: StartOperator,
+    object_store: ObjectStore,
+    mariadb_servers: StartServers,
+) -> None:
+    """A label set on the restored replication while its first member loads the backup changes its
+    resourceVersion: the load is recorded all the same (status.recovery is the operator's alone), never emptied
+    and done again (which would show as a DROP DATABASE on that member)."""
+    start(replication, kube_api, operator_process, store=object_store)
+    replication.create_app()
+    fill(replication)
+    backups = Backups(replication)
+    backups.create("base")
+    assert backups.finished("base")["phase"] == "Completed"
+
+    restored = new_replication(replication, mariadb_servers, {"backup": "base", "storage": s3_storage(object_store)})
+    wait_for(lambda: task_processes("restore-task"), 60, "the first member's load")
+    restored.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, restored.namespace, "mysqlreplications", "restored", {"metadata": {"labels": {"team": "db"}}}
+    )
+    assert task_processes("restore-task"), "the label came while the load ran"
+    status = restored.healthy(timeout=120)
+    assert status["recovery"]["restored"] == ["m0", "m1", "m2"]
+    drops = restored.sql("m0", "SHOW GLOBAL STATUS LIKE 'Com_drop_db'")
+    assert int(drops[0][1]) == 0, "m0 was emptied and loaded again"

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from ..crd.backup import RecoveryTarget
 from ..crd.mysqlreplication import MySQLReplicationSpec, RecoveryStatus
-from ..kube.client import KubeClient
+from ..kube.client import MYSQLREPLICATIONS, KubeClient
 from ..mysql.dialect import SQL
 from ..mysql.gtid import GtidSet
 from ..mysql.member import Credentials
@@ -40,6 +40,7 @@ from .task import StoreAccess, TaskMember
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
+RECORD_TRIES = 3
 NOT_RESTORABLE = 3
 """Exit status of a restore task that trying again would not help."""
 
@@ -189,7 +190,7 @@ async def recover(
         access = await store_access(kube, namespace, storage)
         ca = await members_ca(kube, namespace, spec)
     except Misconfigured as exc:
-        await _record(obj, state.model_copy(update={"phase": "Failed", "message": str(exc)}), patch_status)
+        await _record(kube, obj, state.model_copy(update={"phase": "Failed", "message": str(exc)}), patch_status)
         await event(obj, "RestoreFailed", str(exc), warning=True)
         return f"the restore failed: {exc}"
     first = sorted(spec.members, key=lambda m: m.name != spec.primary)
@@ -216,7 +217,7 @@ async def recover(
             failed = exc.code == NOT_RESTORABLE
             message = f"{member.name}: {exc}"
             state = state.model_copy(update={"phase": "Failed" if failed else "Restoring", "message": message})
-            await _record(obj, state, patch_status)
+            await _record(kube, obj, state, patch_status)
             await event(obj, "RestoreFailed" if failed else "RestoreRetrying", message, warning=True)
             return f"restoring {task.backup}: {message}" + ("" if failed else "; trying again")
         manifest = outcome.manifest
@@ -230,7 +231,7 @@ async def recover(
                 **({"replayed_gtids": outcome.replayed or ""} if replays else {}),
             }
         )
-        written = await _record(obj, state, patch_status)
+        written = await _record(kube, obj, state, patch_status)
         if written is None:
             return "restoring: the replication changed meanwhile"
         obj = written
@@ -240,9 +241,17 @@ async def recover(
     done = state.model_copy(
         update={"phase": "Completed", "completed_at": datetime.now(UTC), "message": "every member holds the backup"}
     )
-    await _record(obj, done, patch_status)
+    await _record(kube, obj, done, patch_status)
     return None
 
 
-async def _record(obj: Obj, state: RecoveryStatus, patch_status: PatchStatus) -> Obj | None:
-    return await patch_status(obj, {"recovery": state.to_k8s()})
+async def _record(kube: KubeClient, obj: Obj, state: RecoveryStatus, patch_status: PatchStatus) -> Obj | None:
+    """status.recovery written; on a conflict (the object changed while a member was loaded: a label, an
+    annotation), again on the object read afresh, as this loop alone writes status.recovery: a member's load is
+    never thrown away for it."""
+    for _ in range(RECORD_TRIES):
+        written = await patch_status(obj, {"recovery": state.to_k8s()})
+        if written is not None:
+            return written
+        obj = await kube.get(MYSQLREPLICATIONS, obj["metadata"]["namespace"], obj["metadata"]["name"])
+    return None

@@ -35,7 +35,9 @@ test-faults: setup toxiproxy
 	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest tests/faults --faults
 
 # The database flavour matrix: the tests parametrized by flavour, on MariaDB 11.8 and MySQL 9.7 from the roots
-# hack/build-databases builds (root; cached; MariaDB 10.11 runs in `make test`). WHM_HA_REQUIRE_DATABASES=1
+# hack/build-databases builds (root; cached; MariaDB 10.11 runs in `make test`, but for the three flavour files,
+# test_operator_flavours, test_database_flavours and test_replication_tls, whose 10.11 cases run here too, to keep
+# `make test` within 15 minutes). WHM_HA_REQUIRE_DATABASES=1
 # fails instead of skipping when a root is missing.
 databases:
 	bash hack/build-databases

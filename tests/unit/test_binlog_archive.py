@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.unit.test_replay import segment
 from whm_ha.backup.archive import (
     MAGIC,
     MARIADB_GTID,
@@ -25,7 +26,6 @@ from whm_ha.backup.archive import (
     BinlogScanner,
     Gtid,
     Observation,
-    Segment,
     Transaction,
     advance,
     archive_lag,
@@ -177,34 +177,6 @@ def test_segment_keys_sort_by_sequence_and_read_back() -> None:
     assert sorted(keys) == keys and [sequence_of(k) for k in keys] == [0, 9, 10, 123456789]
     assert sequence_of(data_key(3)) is None and sequence_of("binlogs/index/x.json") is None
     assert last_sequence([*keys, data_key(999999999)]) == 123456789 and last_sequence([]) is None
-
-
-def segment(n: int, gtids: str, covered: str, *, run: str = "r1", offset: int = 0, resumed: str = "") -> Segment:
-    now = datetime(2026, 12, 7, tzinfo=UTC)
-    return Segment(
-        sequence=n,
-        data=data_key(n),
-        flavor="mariadb",
-        member="m0",
-        server_id=1,
-        run=run,
-        file="mysql-bin.000001",
-        stream=f"{run}/mysql-bin.000001",
-        offset=offset,
-        size=100,
-        sha256="0" * 64,
-        source_start=0,
-        source_end=100,
-        transactions=1,
-        first_gtid="0-1-1",
-        last_gtid="0-1-1",
-        gtids=gtids,
-        covered=covered,
-        resumed_from=resumed,
-        first_time=now,
-        last_time=now,
-        uploaded=now,
-    )
 
 
 def test_the_chain_check_finds_missing_segments_holes_repeats_and_broken_streams() -> None:

@@ -199,16 +199,7 @@ async def recover(
         task = RestoreTask(
             store=access,
             backup=state.backup or recovery.backup,
-            member=TaskMember(
-                name=member.name,
-                host=member.host,
-                port=member.port,
-                username=admin.username,
-                password=admin.password,
-                flavor=spec.flavor,
-                tls_ca=ca,
-                verify_server_name=spec.tls.verify_server_name,
-            ),
+            member=TaskMember.of(member, spec, admin, ca),
             target=recovery.target if replays else None,
         )
         try:

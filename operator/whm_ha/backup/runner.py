@@ -23,6 +23,7 @@ from ..crd.mysqlbackup import MySQLBackupSpec
 from ..crd.mysqlreplication import MemberStatus, MySQLReplicationSpec
 from ..db.cluster_database import DatabaseUnavailable, secret_credentials
 from ..kube.client import MYSQLBACKUPS, MYSQLREPLICATIONS, SECRETS, ApiError, KubeClient
+from ..mysql.member import Credentials
 from ..node_tls import ca_from_secret
 from . import metrics
 from .manifest import BackupManifest
@@ -180,15 +181,11 @@ class BackupRunner:
         task = BackupTask(
             name=self.name,
             store=await store_access(self.kube, self.namespace, storage),
-            member=TaskMember(
-                name=member.name,
-                host=member.host,
-                port=member.port,
-                username=username,
-                password=password,
-                flavor=replication.flavor,
-                tls_ca=await members_ca(self.kube, self.namespace, replication),
-                verify_server_name=replication.tls.verify_server_name,
+            member=TaskMember.of(
+                member,
+                replication,
+                Credentials(username, password),
+                await members_ca(self.kube, self.namespace, replication),
             ),
         )
         return task, spec.replication

@@ -22,6 +22,8 @@ import pymysql
 from pydantic import BaseModel, Field
 
 from ..crd.backup import BackupStorageSpec
+from ..crd.mysqlreplication import Member as ReplicationMember
+from ..crd.mysqlreplication import MySQLReplicationSpec
 from ..mysql.dialect import dialect_for
 from ..mysql.gtid import Flavor
 from ..mysql.member import Credentials
@@ -43,6 +45,22 @@ class TaskMember(BaseModel):
     tls_ca: str | None = None
     """The CA bundle (PEM) of the replication's ``spec.tls`` the member is verified with; None: TLS is off."""
     verify_server_name: bool = True
+
+    @classmethod
+    def of(
+        cls, member: ReplicationMember, spec: MySQLReplicationSpec, credentials: Credentials, tls_ca: str | None
+    ) -> TaskMember:
+        """A member of the replication ``spec``, reached with ``credentials`` and, with its TLS on, ``tls_ca``."""
+        return cls(
+            name=member.name,
+            host=member.host,
+            port=member.port,
+            username=credentials.username,
+            password=credentials.password,
+            flavor=spec.flavor,
+            tls_ca=tls_ca,
+            verify_server_name=spec.tls.verify_server_name,
+        )
 
     def member(self) -> Member:
         return Member(

@@ -118,6 +118,14 @@ def test_retention_keeps_the_newest_by_count_and_age_and_always_the_newest() -> 
     assert expired(old, 7, timedelta(days=30), T0) == ["older"], "the newest completed backup stays"
 
 
+def test_retention_ranks_by_the_time_scheduled_for_not_the_order_of_completion() -> None:
+    """Backups of three days that completed in another order (a slow upload): the two newest days stay."""
+    days = [T0 - timedelta(days=d) for d in (3, 2, 1)]
+    completed = [T0, T0 - timedelta(minutes=1), T0 - timedelta(minutes=2)]  # the oldest day completed last
+    backups = [ScheduledBackup(f"day{i}", done, due) for i, (due, done) in enumerate(zip(days, completed, strict=True))]
+    assert expired(backups, 2, None, T0) == ["day0"]
+
+
 def test_retention_keeps_a_few_failed_backups_for_their_messages() -> None:
     failed = [ScheduledBackup(f"f{i}", None, T0 - timedelta(hours=i)) for i in range(FAILED_KEPT + 2)]
     assert sorted(expired(failed, 7, None, T0)) == [f"f{i}" for i in range(FAILED_KEPT, FAILED_KEPT + 2)]
@@ -133,7 +141,7 @@ def test_retention_never_deletes_the_newest_and_keeps_at_most_keep(
 ) -> None:
     backups = [_completed(f"b{i}", age) for i, age in enumerate(ages)]
     gone = set(expired(backups, keep, None if days is None else timedelta(days=days), T0))
-    newest = max(backups, key=lambda b: (b.completed_at, b.name))  # equal times: the later name, as retention
+    newest = max(backups, key=lambda b: (b.due, b.completed_at, b.name))  # equal times: the later name, as retention
     assert newest.name not in gone
     kept = [b for b in backups if b.name not in gone]
     assert 1 <= len(kept) <= keep

@@ -97,18 +97,20 @@ class ScheduledBackup:
     name: str
     completed_at: datetime | None
     """When it became usable; None for a failed one."""
-    created_at: datetime
+    due: datetime
+    """The time it was scheduled for (its creation time if it does not say): what "newest" means, since
+    backups of different times may complete in any order."""
 
 
 def expired(backups: list[ScheduledBackup], keep: int, max_age: timedelta | None, now: datetime) -> list[str]:
-    """The scheduled backups retention deletes: completed ones beyond the newest ``keep`` or older than ``max_age``,
-    never the newest completed one; failed ones beyond the newest FAILED_KEPT. Backups neither completed nor failed
-    are never listed (the caller passes only finished ones)."""
-    completed = sorted(((b.completed_at, b.name) for b in backups if b.completed_at is not None), reverse=True)
-    failed = sorted(((b.created_at, b.name) for b in backups if b.completed_at is None), reverse=True)
+    """The scheduled backups retention deletes: completed ones beyond the newest ``keep`` (by the time they were
+    scheduled for) or older than ``max_age``, never the newest completed one; failed ones beyond the newest
+    FAILED_KEPT. Backups neither completed nor failed are never listed (the caller passes only finished ones)."""
+    completed = sorted(((b.due, b.completed_at, b.name) for b in backups if b.completed_at is not None), reverse=True)
+    failed = sorted(((b.due, b.name) for b in backups if b.completed_at is None), reverse=True)
     gone = [
         name
-        for rank, (completed_at, name) in enumerate(completed)
+        for rank, (_, completed_at, name) in enumerate(completed)
         if rank > 0 and (rank >= keep or (max_age is not None and now - completed_at > max_age))
     ]
     return gone + [name for _, name in failed[FAILED_KEPT:]]

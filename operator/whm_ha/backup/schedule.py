@@ -141,10 +141,11 @@ class BackupSchedule:
             if (b["metadata"].get("labels") or {}).get(SCHEDULED_LABEL) != "true":
                 continue
             name, created = b["metadata"]["name"], _time(b["metadata"].get("creationTimestamp")) or now
+            due = _time((b["metadata"].get("annotations") or {}).get(SCHEDULED_FOR)) or created
             if status.get("phase") == "Completed":
-                finished.append(ScheduledBackup(name, _time(status.get("completedAt")) or created, created))
+                finished.append(ScheduledBackup(name, _time(status.get("completedAt")) or created, due))
             elif status.get("phase") == "Failed":
-                finished.append(ScheduledBackup(name, None, created))
+                finished.append(ScheduledBackup(name, None, due))
         max_age = settings.retention.max_age
         gone = expired(
             finished, settings.retention.keep, timedelta(seconds=duration_seconds(max_age)) if max_age else None, now

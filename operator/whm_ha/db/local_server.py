@@ -155,6 +155,10 @@ def find_binary(name: str) -> str:
     raise LocalServerError(f"{name} not found: install MariaDB (apt-get install mariadb-server)")
 
 
+READY_LINE = "ready for connections"
+"""What every flavour logs once it listens (MariaDB's Note, MySQL's System line)."""
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket() as sock:
@@ -374,6 +378,11 @@ class LocalServer:
                     self.start(timeout, connect_as_socket)
                     return
                 raise LocalServerError(f"{self.flavour.name} on port {self.port} exited: {errors}")
+            if not self._logged_since(logged, READY_LINE):
+                # Until this server says it listens, a client on its port may reach another one: a server of another
+                # process given the same free port, while this one is still starting and has yet to fail its bind.
+                time.sleep(0.05)
+                continue
             try:
                 conn = self.connect_socket() if connect_as_socket else self.connect(connect_timeout=1)
                 conn.close()
@@ -384,6 +393,14 @@ class LocalServer:
                 time.sleep(0.05)
         self.kill()
         raise LocalServerError(f"{self.flavour.name} on port {self.port} not ready after {timeout}s: {last_error}")
+
+    def _logged_since(self, offset: int, text: str) -> bool:
+        try:
+            with self.error_log.open("rb") as log:
+                log.seek(offset)
+                return text.encode() in log.read()
+        except OSError:
+            return False
 
     def _errors_since(self, offset: int) -> str:
         """The last error lines the server logged after ``offset`` (the last alone is often just "Aborting")."""

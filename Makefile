@@ -2,6 +2,10 @@
 .PHONY: setup test test-real test-faults toxiproxy seaweedfs test-backups databases test-databases control-plane images test-cluster e2e lint unit crds demo e2e-kind clean
 
 VENV := .venv/bin
+# The tiers run their test files on both cores (pytest-xdist; each worker has its own sandbox, servers and ports).
+# Fault scenarios, whose detection and recovery times are figures, run alone.
+PYTEST_JOBS ?= 2
+XDIST := -n $(PYTEST_JOBS) --dist loadfile
 # A Python that dies of SIGABRT/SIGSEGV prints every thread's stack, also during interpreter shutdown (a CI run
 # once ended "Aborted" after pytest's summary, with nothing else to go on).
 export PYTHONFAULTHANDLER := 1
@@ -16,15 +20,18 @@ lint: setup
 
 # The fast tiers: unit, MariaDB and the sandbox API (under 15 minutes on 2 cores).
 test: lint
-	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest $(XDIST)
 
 # The backup tier (tests/backups) and its object store: SeaweedFS's `weed` (S3 on loopback), built once from its Go
 # module (cached); on every database flavour (the roots of `make databases`).
 seaweedfs:
 	bash hack/build-seaweedfs
 
+BACKUP_TIER := WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} WHM_HA_REQUIRE_SEAWEEDFS=1 $(VENV)/pytest --backups --databases
+
 test-backups: setup seaweedfs databases
-	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} WHM_HA_REQUIRE_SEAWEEDFS=1 $(VENV)/pytest --backups --databases tests/backups tests/unit/test_backup_storage.py tests/unit/test_backup_dump.py
+	$(BACKUP_TIER) $(XDIST) tests/backups tests/unit/test_backup_storage.py tests/unit/test_backup_dump.py --ignore=tests/backups/test_backup_faults.py
+	$(BACKUP_TIER) tests/backups/test_backup_faults.py
 
 # The fault tier: hosts in network namespaces (root; WHM_HA_REQUIRE_FAULTS=1 fails instead of skipping), slow
 # links through toxiproxy, built once from its Go module (cached).
@@ -36,14 +43,14 @@ test-faults: setup toxiproxy
 
 # The database flavour matrix: the tests parametrized by flavour, on MariaDB 11.8 and MySQL 9.7 from the roots
 # hack/build-databases builds (root; cached; MariaDB 10.11 runs in `make test`, but for the three flavour files,
-# test_operator_flavours, test_database_flavours and test_replication_tls, whose 10.11 cases run here too, to keep
-# `make test` within 15 minutes). WHM_HA_REQUIRE_DATABASES=1
-# fails instead of skipping when a root is missing.
+# test_operator_flavours, test_database_flavours and test_replication_tls, whose 10.11 cases run here too), then
+# the flavour fault scenarios alone. WHM_HA_REQUIRE_DATABASES=1 fails instead of skipping when a root is missing.
 databases:
 	bash hack/build-databases
 
 test-databases: setup databases
-	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest --databases --faults -m databases
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest $(XDIST) --databases -m databases --ignore=tests/faults
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} $(VENV)/pytest --databases --faults -m databases tests/faults
 
 control-plane:
 	bash hack/build-control-plane
@@ -59,10 +66,10 @@ test-cluster: setup images
 
 # The real kube-apiserver + etcd tier: the tests that take kube_api, on the real server only.
 test-real: setup control-plane
-	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} WHM_HA_REQUIRE_REAL_API=1 $(VENV)/pytest --real-api -m real_api
+	WHM_HA_REQUIRE_MARIADB=$${WHM_HA_REQUIRE_MARIADB:-1} WHM_HA_REQUIRE_REAL_API=1 $(VENV)/pytest $(XDIST) --real-api -m real_api
 
 unit: setup
-	$(VENV)/pytest tests/unit
+	$(VENV)/pytest $(XDIST) tests/unit
 
 crds: setup
 	$(VENV)/whm-ha crds --out crds

@@ -67,8 +67,11 @@ class Recorder:
         return self.rows[-1]
 
 
-FINISHED: list[Outcome] = []
+FINISHED: dict[str, Outcome] = {}
+"""The rows finished in this run, by scenario."""
 RECORDER = pytest.StashKey["Recorder"]()
+ROW_PROPERTY = "resilience"
+"""A finished row travels in its teardown report's user properties, which pytest-xdist carries to the controller."""
 
 
 @pytest.fixture
@@ -94,13 +97,22 @@ def pytest_runtest_makereport(
             row.result = "skipped"
         if report.when == "teardown" and row.result != "skipped":
             row.result = row.result or "pass"
-            print(
-                f"\n{row.scenario}: {row.result}; {row.outcome}; detect {_seconds(row.detect)}, recover "
-                f"{_seconds(row.recover)}, acked {_count(row.acked)} ({_count(row.during)} during the fault, "
-                f"{_count(row.after)} after), lost {_count(row.lost)}"
-            )
-            FINISHED.append(row)
+            report.user_properties.append((ROW_PROPERTY, asdict(row)))
     return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A finished row, from this process or (under pytest-xdist) from a worker's report: printed and kept for
+    the report (once, though the hook may be registered by more than one conftest)."""
+    for key, value in report.user_properties:
+        if key != ROW_PROPERTY or FINISHED.get(value["scenario"]) == Outcome(**value):
+            continue
+        row = FINISHED[value["scenario"]] = Outcome(**value)
+        print(
+            f"\n{row.scenario}: {row.result}; {row.outcome}; detect {_seconds(row.detect)}, recover "
+            f"{_seconds(row.recover)}, acked {_count(row.acked)} ({_count(row.during)} during the fault, "
+            f"{_count(row.after)} after), lost {_count(row.lost)}"
+        )
 
 
 def _failure(report: pytest.TestReport) -> str:
@@ -199,8 +211,9 @@ def measured_commit() -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if FINISHED:
+    """Write the report, once per run: by the controller, not by pytest-xdist's workers."""
+    if FINISHED and not hasattr(session.config, "workerinput"):
         commit = measured_commit()
-        for row in FINISHED:
+        for row in FINISHED.values():
             row.commit = commit
-        write_report(FINISHED)
+        write_report(list(FINISHED.values()))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = """
 def test_passing(resilience):
@@ -26,7 +28,8 @@ def test_failing_before_measuring(resilience):
 """
 
 
-def test_each_row_carries_the_tests_outcome_and_the_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "pytest-xdist workers"])
+def test_each_row_carries_the_tests_outcome_and_the_commit(tmp_path: Path, workers: list[str]) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
     previous: dict[str, object] = {"scenario": "failing", "component": "database", "outcome": "fine"}
@@ -35,7 +38,7 @@ def test_each_row_carries_the_tests_outcome_and_the_commit(tmp_path: Path) -> No
     (docs / "resilience.json").write_text(json.dumps([previous]))
     (tmp_path / "test_scenarios.py").write_text(SCENARIOS)
     env = {**os.environ, "WHM_HA_RESILIENCE_DOCS": str(docs), "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "pytest", "-p", "tests.faults.report", "-p", "no:cacheprovider", "-q"]
+    argv = [sys.executable, "-m", "pytest", "-p", "tests.faults.report", "-p", "no:cacheprovider", "-q", *workers]
     run = subprocess.run(
         [*argv, "test_scenarios.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -56,3 +59,4 @@ def test_each_row_carries_the_tests_outcome_and_the_commit(tmp_path: Path) -> No
     table = (docs / "resilience.md").read_text()
     assert "| during | after |" in table and "| result | limit | commit |" in table
     assert "| broken early | nodes |" in table and "| fail |" in table
+    assert "passing: pass; ; detect -, recover -, acked 30 (10 during the fault, 5 after), lost 0" in run.stdout

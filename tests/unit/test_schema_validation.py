@@ -257,7 +257,9 @@ INVALID = [
 
 
 @pytest.mark.parametrize(
-    ("kind", "path", "value", "field", "text"), INVALID, ids=[f"{c[0]}:{c[1]}={c[2]!r}" for c in INVALID]
+    ("kind", "path", "value", "field", "text"),
+    INVALID,
+    ids=[f"{c[0]}:{c[1]}={'<deleted>' if c[2] is DELETE else repr(c[2])}" for c in INVALID],
 )
 def test_invalid_object_is_rejected_with_field_path(kind: str, path: str, value: Any, field: str, text: str) -> None:
     obj = _set(_example(kind), path, value)

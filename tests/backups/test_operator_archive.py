@@ -6,8 +6,9 @@ reports in status.archive (Streaming, the member, the lag, Lagging False) and in
 status patches, before, during and after the promotion, never remove status.archive. The archive has no gap and
 replays into an empty server to exactly the new primary's rows.
 
-A new replication bootstrapped from a backup with ``recovery.target.time`` a second before a mistake: its primary
-replays the archive to there (status.recovery says so), its replicas follow it, the source is untouched.
+A new replication bootstrapped from a backup with ``recovery.target.time`` a second before a mistake, on every
+flavour, its members fenced as the product asks: its primary replays the archive to there (status.recovery says
+so), its replicas follow it, the source is untouched.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from tests.backups.test_binlog_archive import archive_holds, replay
 from tests.backups.test_operator_backups import PREFIX, start
 from tests.backups.test_pitr import utc
 from tests.fixtures.kube import KubeAPI
-from tests.fixtures.mariadb import StartServers
+from tests.fixtures.mariadb import StartFlavourServers, StartServers
 from tests.fixtures.object_store import ObjectStore
 from tests.fixtures.operator_process import StartOperator
 from tests.integration.test_operator_replication import APP_PASSWORD, APP_USER, Replication
 from tests.kube_helpers import wait_for
 from whm_ha.backup.dump import Member, open_session
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, free_port
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, Flavour, free_port
 from whm_ha.demo.checkers import Direct, Writers
 from whm_ha.mysql.dialect import dialect_for
 from whm_ha.mysql.member import Credentials
@@ -43,19 +44,32 @@ from whm_ha.mysql.member import Credentials
 pytestmark = pytest.mark.mariadb
 replication = test_operator_backups.replication
 """The fixture: MySQLReplication ``db`` over three servers, a Secret with the store's credentials."""
+flavour_replication = test_operator_backups.flavour_replication
 
 
 def as_member(replication: Replication, name: str) -> Member:
     server = replication.servers[replication.index(name)]
-    return Member(name, server.host, server.port, Credentials(ADMIN_USER, ADMIN_PASSWORD), dialect_for("mariadb"))
+    credentials = Credentials(ADMIN_USER, ADMIN_PASSWORD)
+    return Member(name, server.host, server.port, credentials, dialect_for(replication.flavor))
+
+
+def programs(flavour: Flavour, tmp_path: Path) -> str:
+    """The PATH entry of the flavour's dump, client and binlog programs (the archiver's and the operator's)."""
+    dialect = dialect_for(flavour.product)
+    names = [dialect.dump_program, dialect.client_program, dialect.binlog_program]
+    return flavour.client_programs(tmp_path / "bin", names)
 
 
 @pytest.fixture
 def archiver(
-    kube_api: KubeAPI, replication: Replication, tmp_path: Path
+    kube_api: KubeAPI, kube_namespace: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``whm-ha binlog-archive`` for the replication ``db``, and its metrics port."""
+    """``whm-ha binlog-archive`` for the replication ``db``, and its metrics port; in a test of a flavour
+    (``database_servers``), with that flavour's binlog program."""
     port = free_port()
+    env = {**os.environ, "KUBECONFIG": str(kube_api.kubeconfig)}
+    if "database_servers" in request.fixturenames:
+        env["PATH"] = f"{programs(request.getfixturevalue('database_servers').flavour, tmp_path)}:{env['PATH']}"
     log = (tmp_path / "archiver.log").open("ab")
     process = subprocess.Popen(
         [
@@ -63,14 +77,14 @@ def archiver(
             "-m",
             "whm_ha",
             "binlog-archive",
-            f"--namespace={replication.namespace}",
+            f"--namespace={kube_namespace}",
             "--replication=db",
             f"--metrics-port={port}",
             f"--spool={tmp_path / 'spool'}",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "KUBECONFIG": str(kube_api.kubeconfig)},
+        env=env,
     )
     try:
         yield process, port
@@ -155,14 +169,19 @@ def test_the_archiver_follows_the_operators_switchover_and_status_archive_surviv
 
 
 def test_a_new_replication_restored_to_a_time_before_a_mistake_replays_the_archive_on_its_primary(
-    replication: Replication,
+    flavour_replication: Replication,
     kube_api: KubeAPI,
     operator_process: StartOperator,
     object_store: ObjectStore,
-    mariadb_servers: StartServers,
+    database_servers: StartFlavourServers,
     request: pytest.FixtureRequest,
+    tmp_path: Path,
 ) -> None:
-    start(replication, kube_api, operator_process, store=object_store, archive={"enabled": True})
+    """On each flavour: the dump loaded into the new primary, the archive replayed on it to the target, the others
+    made its replicas."""
+    replication = flavour_replication
+    path = programs(database_servers.flavour, tmp_path)
+    start(replication, kube_api, operator_process, path, store=object_store, archive={"enabled": True})
     replication.create_app()
     request.getfixturevalue("archiver")
     replication.sql("m0", "INSERT INTO app.t VALUES (1), (2), (3)")
@@ -180,7 +199,7 @@ def test_a_new_replication_restored_to_a_time_before_a_mistake_replays_the_archi
 
     restored = test_operator_backups.new_replication(
         replication,
-        mariadb_servers,
+        database_servers,
         {
             "backup": "latest",
             "storage": test_operator_backups.s3_storage(object_store),

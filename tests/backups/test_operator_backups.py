@@ -24,7 +24,7 @@ import pytest
 from kubernetes import client
 
 from tests.fixtures.kube import KubeAPI
-from tests.fixtures.mariadb import StartServers
+from tests.fixtures.mariadb import StartFlavourServers, StartServers
 from tests.fixtures.object_store import ACCESS_KEY, BUCKET, SECRET_KEY, ObjectStore
 from tests.fixtures.operator_process import OperatorProcess, StartOperator
 from tests.integration.test_kubectl_plugin import whm
@@ -138,8 +138,14 @@ def replication(
     host = member_host(kube_api.tier)
     bind = () if host == "127.0.0.1" else (f"--bind-address=127.0.0.1,{host}",)
     replication = Replication(kube_client, kube_namespace, mariadb_servers(3, extra_args=SERVER_ARGS + bind), host)
+    store_secret(replication)
+    return replication
+
+
+def store_secret(replication: Replication) -> None:
+    """The Secret ``s3``: the store's credentials."""
     replication.core.create_namespaced_secret(
-        kube_namespace,
+        replication.namespace,
         {
             "metadata": {"name": "s3"},
             "data": {
@@ -148,14 +154,38 @@ def replication(
             },
         },
     )
+
+
+def fenced_args(product: str) -> tuple[str, ...]:
+    """Options that start a server fenced, as the product's members are: read-only, on MySQL super_read_only."""
+    return SERVER_ARGS if product == "mariadb" else ("--super-read-only=ON",)
+
+
+@pytest.fixture
+def flavour_replication(
+    kube_api: KubeAPI,
+    kube_client: client.ApiClient,
+    kube_namespace: str,
+    database_servers: StartFlavourServers,
+    object_store: ObjectStore,
+) -> Replication:
+    """Like ``replication``, on three servers of the test's flavour (one test per flavour)."""
+    product = database_servers.flavour.product
+    host = member_host(kube_api.tier)
+    bind = () if host == "127.0.0.1" else (f"--bind-address=127.0.0.1,{host}",)
+    servers = database_servers(3, fenced_args(product) + bind)
+    replication = Replication(kube_client, kube_namespace, servers, host, product)
+    store_secret(replication)
     return replication
 
 
 def start(
-    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, **backup: Any
+    replication: Replication, kube_api: KubeAPI, operator_process: StartOperator, path: str = "", **backup: Any
 ) -> OperatorProcess:
+    """The replication created with ``backup`` (``store``: its storage), its operator (``path``: first on its
+    PATH) started, Healthy."""
     replication.create(backup={"storage": s3_storage(backup.pop("store")), **backup})
-    operator = operator_process(kube_api.kubeconfig, replication.namespace)
+    operator = operator_process(kube_api.kubeconfig, replication.namespace, path=path)
     replication.healthy()
     return operator
 
@@ -275,18 +305,21 @@ def test_a_schedule_takes_one_backup_per_time_and_retention_deletes_expired_sche
     assert new_scheduled() == {name}, "one backup per scheduled time"
 
 
-def new_replication(replication: Replication, mariadb_servers: StartServers, recovery: dict[str, Any]) -> Replication:
-    """MySQLReplication ``restored`` over three new servers, bootstrapped by ``recovery``."""
+def new_replication(
+    replication: Replication, start_servers: StartServers | StartFlavourServers, recovery: dict[str, Any]
+) -> Replication:
+    """MySQLReplication ``restored`` over three new servers of the same flavour, bootstrapped by ``recovery``."""
     host = replication.host
     bind = () if host == "127.0.0.1" else (f"--bind-address=127.0.0.1,{host}",)
-    servers = mariadb_servers(3, extra_args=SERVER_ARGS + bind)
-    restored = Replication(replication.custom.api_client, replication.namespace, servers, host)
+    servers = start_servers(3, extra_args=fenced_args(replication.flavor) + bind)
+    restored = Replication(replication.custom.api_client, replication.namespace, servers, host, replication.flavor)
     restored.name = "restored"
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "MySQLReplication",
         "metadata": {"name": "restored"},
         "spec": {
+            "flavor": replication.flavor,
             "primary": "m0",
             "members": restored.members(),
             "credentialsSecret": {"name": "db-admin"},

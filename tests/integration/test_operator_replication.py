@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pymysql
@@ -28,7 +28,7 @@ from tests.fixtures.mariadb import StartServers
 from tests.fixtures.netns import freeze, thaw
 from tests.fixtures.operator_process import OperatorProcess, StartOperator
 from tests.kube_helpers import GROUP, VERSION, wait_for
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB, LocalServer
 from whm_ha.demo.checkers import Direct, Writers, missing
 from whm_ha.kube.client import KubeClient
 from whm_ha.replication.controller import ReplicationController
@@ -52,7 +52,9 @@ def condition_is(status: dict[str, Any], kind: str, value: str) -> bool:
 class Replication:
     """One MySQLReplication ``db`` over three servers m0..m2 (m0 the bootstrap primary), and helpers."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, servers: list[LocalMariaDB], host: str) -> None:
+    def __init__(
+        self, api: client.ApiClient, namespace: str, servers: Sequence[LocalServer], host: str, flavor: str = "mariadb"
+    ) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.discovery = client.DiscoveryV1Api(api)
@@ -61,6 +63,8 @@ class Replication:
         self.host = host
         """The address of every member for the operator, the replicas and the Services."""
         self.name = "db"
+        self.flavor = flavor
+        """spec.flavor: the servers' product."""
 
     # -- the custom resource ----------------------------------------------------------------------------
 
@@ -82,6 +86,7 @@ class Replication:
             "kind": "MySQLReplication",
             "metadata": {"name": self.name},
             "spec": {
+                "flavor": self.flavor,
                 "primary": "m0",
                 "members": self.members(),
                 "credentialsSecret": {"name": "db-admin"},

@@ -13,9 +13,10 @@ short) is emptied and loaded again; any other is refused (``Failed``: a human mu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -122,8 +123,9 @@ def run(task: RestoreTask) -> RestoreOutcome:
             flavors = f"a {manifest.flavor} backup; the replication is {dialect.flavor}"
             raise NotRestorable(f"{manifest.name} is {flavors}")
         if task.target is None or task.target.describe() is None:
-            make_empty(member, manifest)
-            restore_backup(store, manifest, member)
+            with admin_writes(member):
+                make_empty(member, manifest)
+                restore_backup(store, manifest, member)
             return RestoreOutcome(manifest=manifest)
         segments = index(store)
         try:
@@ -131,12 +133,31 @@ def run(task: RestoreTask) -> RestoreOutcome:
         except Unreachable as exc:
             raise NotRestorable(f"{manifest.name} to {task.target.describe()}: {exc}") from exc
         archived = dialect.parse_gtid(max(segments, key=lambda s: s.sequence).covered)
-        make_empty(member, manifest, archived)
-        restore_backup(store, manifest, member)
-        replay(store, member, planned)
+        with admin_writes(member):
+            make_empty(member, manifest, archived)
+            restore_backup(store, manifest, member)
+            replay(store, member, planned)
         with open_session(member) as session:
             replayed = session.executed().difference(planned.backup)
         return RestoreOutcome(manifest=manifest, replayed=str(replayed))
+
+
+@contextlib.contextmanager
+def admin_writes(member: Member) -> Iterator[None]:
+    """The member open to the administrative account alone while it is emptied and loaded (a fenced MySQL member's
+    super_read_only stops that account too), and fenced again afterwards, loaded or not."""
+    with open_session(member) as session:
+        for statement in member.dialect.admin_writes():
+            session.execute(statement)
+    try:
+        yield
+    finally:
+        try:
+            with open_session(member) as session:
+                for statement in member.dialect.set_read_only(True):
+                    session.execute(statement)
+        except pymysql.MySQLError as exc:  # the load's own error, if any, says more
+            log.warning("%s: could not fence it again after the load: %s", member.name, exc)
 
 
 def main() -> int:

@@ -8,6 +8,7 @@
 * The operator: a MySQLBackup of a replication with TLS on (its members refusing plaintext) completes, its try
   handed the CA of ``spec.tls.caSecret``, and the backup restores over TLS. The CA Secret is read for each try: a
   missing or unusable one fails the backup at once.
+* The binlog archive streams over TLS with the CA; with another CA or none it stores nothing and says why.
 * The name: the tools refuse a certificate of the right CA naming another host when told to check the name, except
   where the flavour does not check it (`NAME_UNCHECKED`), and accept it when told not to, except where the flavour
   checks it all the same (`NAME_ALWAYS_CHECKED`).
@@ -26,13 +27,16 @@ import pytest
 from kubernetes import client
 
 from tests.backups.test_backups import fill, ids, member
+from tests.backups.test_binlog_archive import archive_holds, archiving
 from tests.backups.test_operator_backups import Backups
 from tests.fixtures.database_tls import TestCA
 from tests.fixtures.kube import KubeAPI
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.integration import test_operator_flavours
 from tests.integration.test_operator_flavours import World
-from tests.kube_helpers import GROUP, VERSION
+from tests.kube_helpers import GROUP, VERSION, wait_for
+from whm_ha.backup.archive import INDEX
+from whm_ha.backup.binlog_stream import ArchiveReport
 from whm_ha.backup.dump import BackupError, Member, client_command, open_session, take_backup
 from whm_ha.backup.manifest import read_manifest, usable_backups
 from whm_ha.backup.recovery import make_empty
@@ -94,6 +98,39 @@ def test_a_backup_and_a_restore_use_the_members_tls(database_servers: StartFlavo
     shown = run_client(target, program, "-N", "-e", "SHOW SESSION STATUS LIKE 'Ssl_cipher'")
     assert shown.returncode == 0 and shown.stdout.split()[1:], f"the client's session is not encrypted: {shown}"
     print(f"{servers[0].flavour.name}: {program} cipher {shown.stdout.split()[1]}")
+
+
+def test_the_archive_streams_over_tls_and_stores_nothing_from_a_member_it_cannot_verify(
+    database_servers: StartFlavourServers, tmp_path: Path
+) -> None:
+    """The binlog tool reads the primary's binary logs over TLS with the replication's CA (the member refusing
+    plaintext): the archive holds every write. With a CA that did not sign the member's certificate, or with none,
+    the archiver stores nothing and reports the primary unavailable, saying why."""
+    ca = TestCA()
+    (server,) = database_servers(1, tls=ca.server_tls(), require_secure_transport=True)
+    primary = replace(member("m0", server), tls_ca=ca.pem)
+    fill(primary, rows=50, row_bytes=256)
+    for name, refused in (
+        ("another CA", replace(primary, tls_ca=TestCA().pem)),
+        ("plaintext", replace(primary, tls_ca=None)),
+    ):
+        store = FilesystemStore(tmp_path / name)
+        reports: list[ArchiveReport] = []
+        with archiving(store, [refused], tmp_path / f"spool-{name}", reports.append):
+            wait_for(lambda seen=reports: refusal(seen), 30, f"the archiver to refuse {name}")
+        assert store.list(INDEX) == [], f"nothing archived with {name}"
+        print(f"{server.flavour.name}, {name}: {refusal(reports)}")
+    store = FilesystemStore(tmp_path / "archive")
+    with archiving(store, [primary], tmp_path / "spool"):
+        wait_for(lambda: archive_holds(store, primary), 30, "the archive over TLS to hold every write")
+        with open_session(primary) as session:
+            session.execute(SQL("INSERT INTO app.bulk VALUES (1000, 'after')"))
+        wait_for(lambda: archive_holds(store, primary), 30, "the archive over TLS to hold the next write")
+
+
+def refusal(reports: list[ArchiveReport]) -> str | None:
+    """The message of the first report of the primary as unavailable."""
+    return next((r.message for r in reports if r.state == "PrimaryUnavailable"), None)
 
 
 def test_a_member_whose_certificate_the_ca_did_not_sign_is_refused(

@@ -11,17 +11,33 @@ import hashlib
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .config import ConfigWatcher, ProxyConfig
+from .options import ProxyOptions
 from .stats import CLASSES, StatsCollector
 
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
+
+class Supervisor(Protocol):
+    """What the admin endpoints read of the proxy's supervisor (`supervisor.Supervisor`, which builds this app: the
+    admin module does not import it)."""
+
+    options: ProxyOptions
+    watcher: ConfigWatcher
+
+    @property
+    def config(self) -> ProxyConfig | None: ...
+
+    def readiness(self) -> tuple[bool, str]: ...
+
+    async def stats(self) -> dict[str, Any]: ...
+
+    async def reload(self) -> ProxyConfig | None: ...
 
 
 def _totals(nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:

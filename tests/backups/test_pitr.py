@@ -15,11 +15,13 @@ before the member is touched.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,16 +32,17 @@ from tests.backups.test_binlog_archive import TABLE, archive_holds, archiving, s
 from tests.faults.report import Recorder
 from tests.fixtures.mariadb import StartFlavourServers
 from tests.kube_helpers import wait_for
-from whm_ha.backup.archive import lines_of
+from tests.unit.test_replay import segment
+from whm_ha.backup.archive import data_key, lines_of
 from whm_ha.backup.dump import Member, open_session, take_backup
 from whm_ha.backup.manifest import BackupManifest
 from whm_ha.backup.recovery import NotRestorable, RestoreTask, run
-from whm_ha.backup.replay import plan, replay
+from whm_ha.backup.replay import Plan, StreamPlan, plan, replay
 from whm_ha.backup.restore import restore_backup
 from whm_ha.backup.storage import FilesystemStore, Store
 from whm_ha.backup.task import StoreAccess, TaskMember
 from whm_ha.crd.backup import BackupStorageSpec, FilesystemStorageSpec, RecoveryTarget
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalServer
+from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, LocalMariaDB, LocalServer
 from whm_ha.demo.checkers import Acks, Direct, Writers, create_table
 from whm_ha.mysql import actions
 from whm_ha.mysql.dialect import SQL
@@ -245,3 +248,43 @@ def test_the_end_of_the_archive_leaves_out_what_a_failover_superseded(
     assert any(s.superseded for s in segments(store))
     restore_to(store, manifest, empty, RecoveryTarget(end_of_archive=True))
     assert ids(empty) == ids(m1) == {1, 2, 3, 100, 101}
+
+
+class ClosedBeforeSecond(FilesystemStore):
+    """A store whose second segment is read only once the tool has closed its input (the tool touches
+    ``closed`` then): the first segment's bytes are still in the writer's buffer when the pipe breaks."""
+
+    def __init__(self, folder: Path, closed: Path, second: str) -> None:
+        super().__init__(folder)
+        self.closed, self.second = closed, second
+
+    def get(self, key: str) -> bytes:
+        if key == self.second:
+            wait_for(self.closed.exists, 10, "the tool to close its input")
+        return super().get(key)
+
+
+def test_a_binlog_tool_that_stops_reading_early_leaves_the_outcome_to_the_exit_statuses(
+    mariadb: LocalMariaDB, tmp_path: Path
+) -> None:
+    """A binlog tool may stop reading its input before the end (MySQL's, past the target time): the bytes left
+    unwritten are no error, the tool's and the client's exit statuses decide (a replay once failed on the pipe)."""
+    closed = tmp_path / "closed"
+    store = ClosedBeforeSecond(tmp_path / "store", closed, data_key(1))
+    entries = []
+    for n, data in enumerate((os.urandom(100), os.urandom(1 << 20))):
+        offset = sum(e.size for e in entries)
+        entry = segment(n, f"0-1-{n + 1}", f"0-1-{n + 1}", offset=offset).model_copy(
+            update={"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        )
+        store.put(entry.data, data)
+        entries.append(entry)
+    target = member("m0", mariadb)
+    binlog_program = target.dialect.binlog_program
+    tool = f"exec 0<&-; touch {closed}; sleep 0.2"  # its input closed, it exits 0 a moment later
+
+    def programs(name: str) -> list[str]:
+        return ["sh", "-c", tool] if name == binlog_program else [name]
+
+    stream = StreamPlan(entries[0].stream, tuple(entries), target.dialect.parse_gtid(""), ())
+    replay(store, replace(target, programs=programs), Plan((stream,), target.dialect.parse_gtid(""), None))

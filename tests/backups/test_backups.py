@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def test_a_backup_whose_store_dies_mid_upload_is_never_listed(
 
     with pytest.raises(StorageError):
         take_backup(store, "interrupted", source, progress=kill_after_the_first_part)
-    assert parts == [part], "one part was stored before the store died"
+    assert parts[0] == part, "a part was stored before the store died"
     object_store.start()
     assert usable_backups(store) == []
     assert store.list() == [], "no data object either: the multipart upload never completed"
@@ -158,6 +159,28 @@ def test_a_backup_whose_store_dies_mid_upload_is_never_listed(
     manifest = take_backup(store, "after", source, progress=lambda _: None)
     assert [b.name for b in usable_backups(store)] == ["after"]
     assert manifest.size > part
+
+
+def test_parts_sent_at_once_make_the_object_in_order_and_a_failure_among_them_leaves_nothing(
+    object_store: ObjectStore,
+) -> None:
+    part = 5 * 1024 * 1024
+    store = object_store.store(part_size=part)
+    assert store.parts_in_flight > 1
+    data = os.urandom(7 * part + 123)
+    reported: list[int] = []
+    chunks = [data[i : i + 777_777] for i in range(0, len(data), 777_777)]
+    assert store.upload("b/data", chunks, reported.append) == len(data)
+    assert store.get("b/data") == data, "eight parts, sent several at once, in their order"
+    assert reported == sorted(reported) and reported[-1] == len(data)
+
+    def failing() -> Iterator[bytes]:
+        yield from chunks[:40]
+        raise RuntimeError("the dump failed")
+
+    with pytest.raises(RuntimeError, match="the dump failed"):
+        store.upload("c/data", failing())
+    assert store.list() == ["b/data"], "parts were in flight; none of them made an object"
 
 
 def test_filesystem_store_round_trip_and_a_failed_dump_leaves_nothing(

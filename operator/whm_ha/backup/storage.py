@@ -3,8 +3,8 @@
 Both keep one guarantee the catalogue (`manifest`) builds on: an object is visible (listed, readable) only once it
 is complete. S3 gets it from multipart uploads, which create the object only on CompleteMultipartUpload (an
 aborted or abandoned upload never shows as an object); a directory from writing a hidden temporary file, syncing
-it and renaming it into place. Uploads stream: at most one part (`PART_SIZE`) is held in memory, nothing is
-written to local disk.
+it and renaming it into place. Uploads stream: at most `PARTS_IN_FLIGHT` + 1 parts (`PART_SIZE`) are held in
+memory, nothing is written to local disk.
 
 Keys are relative to the store's prefix, ``/``-separated, without empty, ``.`` or ``..`` segments.
 """
@@ -16,6 +16,7 @@ import os
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,8 +33,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PART_SIZE = 8 * 1024 * 1024
-"""Bytes of one multipart part (S3 asks for at least 5 MiB but for the last), also what an upload buffers."""
+PART_SIZE = 16 * 1024 * 1024
+"""Bytes of one multipart part (S3 asks for at least 5 MiB but for the last; 10,000 parts at most: 160 GiB)."""
+PARTS_IN_FLIGHT = 4
+"""Parts sent at once: one part at a time left the upload waiting on each request's round trip and the store's
+write while the dump and the compression stood still (0.34 of the dump tool's rate, against 0.5 for a directory)."""
 READ_CHUNK = 1024 * 1024
 S3_ERRORS = (BotoCoreError, ClientError)
 Progress = Callable[[int], None]
@@ -120,9 +124,12 @@ class S3Settings:
 class S3Store(Store):
     """Objects in a bucket of an S3-compatible store, under a prefix."""
 
-    def __init__(self, settings: S3Settings, part_size: int = PART_SIZE) -> None:
+    def __init__(
+        self, settings: S3Settings, part_size: int = PART_SIZE, parts_in_flight: int = PARTS_IN_FLIGHT
+    ) -> None:
         self.settings = settings
         self.part_size = part_size
+        self.parts_in_flight = parts_in_flight
         self._prefix = settings.prefix.strip("/") + "/" if settings.prefix.strip("/") else ""
         self.client: S3Client = boto3.client(
             "s3",
@@ -159,27 +166,47 @@ class S3Store(Store):
             raise StorageError(f"{self.describe()}: cannot start the upload of {key}: {exc}") from exc
         parts: list[CompletedPartTypeDef] = []
         stored = 0
-        try:
-            for number, part in enumerate(_parts(chunks, self.part_size), start=1):
-                if not part and parts:
-                    break
-                answer = self.client.upload_part(
-                    Bucket=bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=part
-                )
-                parts.append({"ETag": answer["ETag"], "PartNumber": number})
-                stored += len(part)
+        sending: dict[Future[CompletedPartTypeDef], int] = {}
+
+        def send(number: int, part: bytes) -> CompletedPartTypeDef:
+            answer = self.client.upload_part(Bucket=bucket, Key=name, UploadId=upload_id, PartNumber=number, Body=part)
+            return {"ETag": answer["ETag"], "PartNumber": number}
+
+        def collect(when: str) -> None:
+            nonlocal stored
+            done, _ = wait(sending, return_when=when)
+            for future in done:
+                parts.append(future.result())
+                stored += sending.pop(future)
                 if progress is not None:
                     progress(stored)
+
+        pool = ThreadPoolExecutor(self.parts_in_flight, thread_name_prefix="s3-upload")
+        try:
+            for number, part in enumerate(_parts(chunks, self.part_size), start=1):
+                if not part and number > 1:
+                    break
+                if len(sending) >= self.parts_in_flight:
+                    collect(FIRST_COMPLETED)
+                sending[pool.submit(send, number, part)] = len(part)
+            collect(ALL_COMPLETED)
+            parts.sort(key=lambda p: p["PartNumber"])
             self.client.complete_multipart_upload(
                 Bucket=bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except S3_ERRORS as exc:
-            self._abort(name, upload_id)
+            self._abandon(pool, name, upload_id)
             raise StorageError(f"{self.describe()}: upload of {key} failed: {exc}") from exc
         except BaseException:
-            self._abort(name, upload_id)
+            self._abandon(pool, name, upload_id)
             raise
+        pool.shutdown()
         return stored
+
+    def _abandon(self, pool: ThreadPoolExecutor, name: str, upload_id: str) -> None:
+        """Abort the upload once no part is being sent any more (a part sent after the abort would linger)."""
+        pool.shutdown(cancel_futures=True)
+        self._abort(name, upload_id)
 
     def _abort(self, name: str, upload_id: str) -> None:
         """Free the parts of an abandoned upload; when the store is unreachable they stay (invisible) until its

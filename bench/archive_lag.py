@@ -4,7 +4,7 @@ the same primary in the same run.
     PYTHONPATH=. .venv/bin/python -m bench.archive_lag [--rate 1000] [--seconds 60] [--database mariadb|...] [--write]
 
 A primary, a replica of it (GTID replication) and a SeaweedFS on loopback. The archiver (`BinlogArchiver` with the
-settings the ``whm-ha archiver`` uses) runs in a process of its own and prints each report's lag. Writers send
+settings ``whm-ha binlog-archive`` uses) runs in a process of its own and prints each report's lag. Writers send
 single-row INSERTs at ``--rate`` per second on a fixed schedule (open loop: a write that falls behind does not
 delay the ones after it; the rate achieved is reported). The replica's lag is measured the way the archiver
 measures its own (`archive_lag`: the age of the oldest reading of the primary's executed GTIDs that the replica

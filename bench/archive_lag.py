@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pymysql
+from tests.backups.test_backups import REPL_PASSWORD, REPL_USER, member
 from tests.fixtures.object_store import ACCESS_KEY, BUCKET, SECRET_KEY, ObjectStore
 
 from bench.report import publish
@@ -44,18 +45,6 @@ DATABASES = {"mariadb": "mariadb-10.11", "mariadb-11.8": "mariadb-11.8", "mysql"
 GOAL = 2.0
 """The archive's p99 lag at 1,000 writes/s, seconds (issue #30)."""
 WRITERS = 16
-REPL_USER, REPL_PASSWORD = "repl", "repl-secret"
-
-
-def member(name: str, server: LocalServer) -> Member:
-    return Member(
-        name,
-        server.host,
-        server.port,
-        Credentials(ADMIN_USER, ADMIN_PASSWORD),
-        dialect_for(server.flavour.product),
-        programs=server.flavour.client_command,
-    )
 
 
 def archiver_main(config: str) -> None:

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.backups.test_backups import member
 from tests.fixtures.object_store import ObjectStore
 
 from bench.operator_failover import cpu_seconds
@@ -37,9 +38,7 @@ from whm_ha.backup.manifest import BackupManifest
 from whm_ha.backup.recovery import make_empty
 from whm_ha.backup.restore import restore_backup
 from whm_ha.backup.storage import FilesystemStore
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, FLAVOURS, LocalServer, init_template
-from whm_ha.mysql.dialect import dialect_for
-from whm_ha.mysql.member import Credentials
+from whm_ha.db.local_server import FLAVOURS, LocalServer, init_template
 
 DATABASES = {"mariadb": "mariadb-10.11", "mariadb-11.8": "mariadb-11.8", "mysql": "mysql-9.7"}
 ROW_BYTES = 4096
@@ -193,17 +192,7 @@ def main() -> None:
         try:
             for server in servers:
                 server.start()
-            source, target = (
-                Member(
-                    f"m{i}",
-                    s.host,
-                    s.port,
-                    Credentials(ADMIN_USER, ADMIN_PASSWORD),
-                    dialect_for(flavour.product),
-                    programs=flavour.client_command,
-                )
-                for i, s in enumerate(servers)
-            )
+            source, target = member("m0", servers[0]), member("m1", servers[1])
             rows = fill(servers[0], args.size_mb)
             assert servers[0].process is not None and servers[1].process is not None
             pids = {"source server": servers[0].process.pid, "target server": servers[1].process.pid}

@@ -28,18 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pymysql
+from tests.backups.archiver_process import primary_of, store_of
 from tests.backups.test_backups import REPL_PASSWORD, REPL_USER, member
-from tests.fixtures.object_store import ACCESS_KEY, BUCKET, SECRET_KEY, ObjectStore
+from tests.fixtures.object_store import ObjectStore
 
 from bench.report import publish
 from whm_ha.backup.archive import Observation, archive_lag, lines_of
 from whm_ha.backup.binlog_stream import ArchiveReport, ArchiverSettings, BinlogArchiver
 from whm_ha.backup.dump import Member, open_session
-from whm_ha.backup.storage import S3Settings, S3Store
-from whm_ha.db.local_server import ADMIN_PASSWORD, ADMIN_USER, FLAVOURS, Flavour, LocalServer, init_template
+from whm_ha.db.local_server import FLAVOURS, Flavour, LocalServer, init_template
 from whm_ha.mysql import actions
-from whm_ha.mysql.dialect import Source, dialect_for
-from whm_ha.mysql.member import Credentials
+from whm_ha.mysql.dialect import Source
 
 DATABASES = {"mariadb": "mariadb-10.11", "mariadb-11.8": "mariadb-11.8", "mysql": "mysql-9.7"}
 GOAL = 2.0
@@ -51,18 +50,7 @@ def archiver_main(config: str) -> None:
     """The archiver of ``config`` (JSON: flavour, host, port, endpoint, spool), one JSON line per report on
     stdout: wall time, lag, state."""
     settings = json.loads(config)
-    flavour = FLAVOURS[settings["flavour"]]
-    primary = Member(
-        "primary",
-        settings["host"],
-        settings["port"],
-        Credentials(ADMIN_USER, ADMIN_PASSWORD),
-        dialect_for(flavour.product),
-        programs=flavour.client_command,
-    )
-    store = S3Store(
-        S3Settings(endpoint=settings["endpoint"], bucket=BUCKET, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
-    )
+    primary, store = primary_of(settings), store_of(settings)
 
     def report(r: ArchiveReport) -> None:
         print(json.dumps({"t": time.time(), "lag": r.lag_seconds, "state": r.state}), flush=True)

@@ -8,6 +8,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from tests.fixtures.object_store import ACCESS_KEY, BUCKET, SECRET_KEY
 from whm_ha.backup.binlog_stream import ArchiverSettings, BinlogArchiver
@@ -18,10 +19,10 @@ from whm_ha.mysql.dialect import dialect_for
 from whm_ha.mysql.member import Credentials
 
 
-def main() -> None:
-    settings = json.loads(sys.argv[1])
+def primary_of(settings: dict[str, Any]) -> Member:
+    """The member the settings name (flavour, host, port), as the admin account."""
     flavour = FLAVOURS[settings["flavour"]]
-    primary = Member(
+    return Member(
         "m0",
         settings["host"],
         settings["port"],
@@ -29,17 +30,25 @@ def main() -> None:
         dialect_for(flavour.product),
         programs=flavour.client_command,
     )
-    store = S3Store(
+
+
+def store_of(settings: dict[str, Any], **options: Any) -> S3Store:
+    """The test object store at the settings' endpoint; ``options``: more S3Settings."""
+    return S3Store(
         S3Settings(
             endpoint=settings["endpoint"],
             bucket=BUCKET,
             access_key_id=ACCESS_KEY,
             secret_access_key=SECRET_KEY,
-            connect_timeout=2,
-            read_timeout=10,
-            attempts=1,
+            **options,
         )
     )
+
+
+def main() -> None:
+    settings = json.loads(sys.argv[1])
+    primary = primary_of(settings)
+    store = store_of(settings, connect_timeout=2, read_timeout=10, attempts=1)
     archiver = BinlogArchiver(store, lambda: primary, ArchiverSettings(spool=Path(settings["spool"]), poll=0.05))
     archiver.serve(threading.Event())
 

@@ -49,10 +49,10 @@ def _run_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_backup_task(_: argparse.Namespace) -> int:
+def _run_backup_task(args: argparse.Namespace) -> int:
     from .backup.task import main
 
-    return main()
+    return main(args.task_file)
 
 
 def _run_restore_task(_: argparse.Namespace) -> int:
@@ -84,9 +84,20 @@ def _run_sandbox(args: argparse.Namespace) -> int:
 
 
 def _run_operator(args: argparse.Namespace) -> int:
+    from .backup.launch import RunnerSettings
     from .operator_runtime import run
 
+    if args.backup_runner == "job" and not args.backup_image:
+        print("whm-ha operator: --backup-runner=job needs --backup-image", file=sys.stderr)
+        return 2
     return run(
+        backups=RunnerSettings(
+            runner=args.backup_runner,
+            image=args.backup_image,
+            image_pull_policy=args.backup_image_pull_policy,
+            archiver_service_account=args.archiver_service_account,
+            archiver_metrics_port=args.archiver_metrics_port,
+        ),
         namespace=args.namespace,
         metrics=args.metrics or None,
         health=args.health or None,
@@ -319,6 +330,28 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument(
         "--standalone", action="store_true", help="no peering: act even if other replicas run (tests only)"
     )
+    operator.add_argument(
+        "--backup-runner",
+        choices=["process", "job"],
+        default="process",
+        help="run each backup try as a process of the operator, or as a Kubernetes Job (and the binlog archiver as a "
+        "Deployment the operator manages); process needs no kubelet (the sandbox, the demo, the tests)",
+    )
+    operator.add_argument(
+        "--backup-image", default="", metavar="IMAGE", help="the image of the backup Jobs and the archiver (job)"
+    )
+    operator.add_argument(
+        "--backup-image-pull-policy", default="IfNotPresent", choices=["Always", "IfNotPresent", "Never"]
+    )
+    operator.add_argument(
+        "--archiver-service-account",
+        default="",
+        metavar="NAME",
+        help="the ServiceAccount of the archiver Deployments (job; in each replication's namespace)",
+    )
+    operator.add_argument(
+        "--archiver-metrics-port", type=int, default=9090, metavar="PORT", help="the archiver pods' metrics port"
+    )
     operator.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     operator.set_defaults(handler=_run_operator)
 
@@ -391,6 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
             "input, stream the dump to the store, print the manifest as JSON; exit 1 with one line on standard error "
             "when it failed (nothing of it is then listed as usable)."
         ),
+    )
+    backup_task.add_argument(
+        "--task-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="read the task from this file instead (a backup Job's mounted Secret); the try then outlives the operator",
     )
     backup_task.set_defaults(handler=_run_backup_task)
 

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from .backup.launch import RunnerSettings
 from .kube.client import CLUSTER_KOPF_PEERINGS, KOPF_PEERINGS, ApiError, KubeClient
 from .kube.config import KubeConfigError, endpoint
 
@@ -64,7 +65,14 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
 
 
 async def _main(
-    *, namespace: str | None, metrics: str | None, health: str | None, peering: str, priority: int, standalone: bool
+    *,
+    namespace: str | None,
+    metrics: str | None,
+    health: str | None,
+    peering: str,
+    priority: int,
+    standalone: bool,
+    backups: RunnerSettings,
 ) -> int:
     from .backup import handlers as _backups  # noqa: F401 - registers the handlers with kopf
     from .nodes import handlers  # likewise; its NodeStore runs beside them
@@ -95,6 +103,7 @@ async def _main(
         _configure(settings, peering=peering, priority=priority, standalone=standalone, namespace=namespace)
         memo["kube"] = kube
         memo["nodes"] = nodes
+        memo["backups"] = backups
 
     try:
         await kopf.operator(
@@ -122,6 +131,7 @@ def run(
     priority: int | None,
     standalone: bool,
     verbose: bool,
+    backups: RunnerSettings | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT."""
     if priority is None:
@@ -145,5 +155,6 @@ def run(
             peering=peering,
             priority=priority,
             standalone=standalone,
+            backups=backups or RunnerSettings(),
         )
     )

@@ -57,3 +57,11 @@ name, else the one the chart's cert-manager Certificate writes; the shim needs o
 
 {{/* Whether the shim serves plain HTTP beyond its pod's loopback. */}}
 {{- define "whm-ha.shimHttp" -}}{{ if or (not .Values.shim.tls.enabled) .Values.shim.tls.keepHttp }}true{{ end }}{{- end -}}
+
+{{/* "true" when the component (operator, proxy, shim, or binlog-archive: the operator's archiver Deployments with
+backups.runner=job) is deployed, "" otherwise. */}}
+{{- define "whm-ha.componentEnabled" -}}
+{{- if eq .component "binlog-archive" -}}
+{{- if and .root.Values.operator.enabled (eq .root.Values.backups.runner "job") }}true{{ end -}}
+{{- else if (index .root.Values .component).enabled }}true{{ end -}}
+{{- end -}}

@@ -7,6 +7,8 @@ from typing import Any
 import kopf
 
 from ..kube.client import KubeClient
+from .archiver_deployment import ArchiverDeployments
+from .launch import RunnerSettings, launcher
 from .runner import FINISHED, BackupRunner
 from .schedule import BackupSchedule
 
@@ -23,7 +25,8 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
 async def backup(*, namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Any, **_: Any) -> None:
     """Take one MySQLBackup to Completed or Failed."""
     kube: KubeClient = memo["kube"]
-    await BackupRunner(kube, namespace or "", name).run(stopped)
+    settings: RunnerSettings = memo.get("backups") or RunnerSettings()
+    await BackupRunner(kube, namespace or "", name, launcher(kube, settings)).run(stopped)
 
 
 @kopf.daemon(*REPLICATIONS, cancellation_timeout=5.0)
@@ -32,7 +35,9 @@ async def backup_schedule(
 ) -> None:
     """Scheduled backups, retention and backup metrics of one MySQLReplication."""
     kube: KubeClient = memo["kube"]
-    schedule = SCHEDULES[(namespace or "", name)] = BackupSchedule(kube, namespace or "", name)
+    settings: RunnerSettings = memo.get("backups") or RunnerSettings()
+    archiver = ArchiverDeployments(kube, settings) if settings.runner == "job" else None
+    schedule = SCHEDULES[(namespace or "", name)] = BackupSchedule(kube, namespace or "", name, archiver=archiver)
     try:
         await schedule.run(stopped)
     finally:

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -96,15 +97,20 @@ def _stop_when_the_operator_is_gone() -> None:
     os.killpg(os.getpgrp(), signal.SIGTERM)
 
 
-def read_task(model: type[Task]) -> Task | None:
-    """In the task process: the task from the first line of standard input (None, said on standard error, when it
-    is not valid); from then on SIGTERM, or the operator going away, stops this process and its group."""
+def read_task(model: type[Task], path: Path | None = None) -> Task | None:
+    """In the task process: the task from the first line of standard input, or from the file ``path`` (a Job's
+    mounted Secret), None (said on standard error) when it is not valid; from then on SIGTERM stops this process
+    and its group, and so does the operator going away when the task came on standard input."""
     signal.signal(signal.SIGTERM, _stop)
-    line = _first_line()
     try:
-        task = model.model_validate_json(line)
+        text = _first_line() if path is None else path.read_bytes()
+        task = model.model_validate_json(text)
+    except OSError as exc:
+        print(f"cannot read the task: {exc}", file=sys.stderr)
+        return None
     except ValidationError as exc:
         print(f"the task is not valid: {exc.errors()[0]['msg']}", file=sys.stderr)
         return None
-    threading.Thread(target=_stop_when_the_operator_is_gone, name="operator-watch", daemon=True).start()
+    if path is None:
+        threading.Thread(target=_stop_when_the_operator_is_gone, name="operator-watch", daemon=True).start()
     return task

@@ -1,10 +1,12 @@
-"""Taking one MySQLBackup to Completed or Failed: resolve its replication, store and member, run each try as a
-``whm-ha backup-task`` process (`process`), record every step in its status and Events.
+"""Taking one MySQLBackup to Completed or Failed: resolve its replication, store and member, run each try with the
+operator's launcher (a ``whm-ha backup-task`` process, or a Job in a cluster: `launch`), record every step in its
+status and Events.
 
 A try that fails leaves nothing usable (the manifest is written last) and is retried after a growing pause, up to
 ``spec.attempts``; a configuration that cannot work (no storage, a missing Secret or replication) fails the backup
 at once. A backup found Running when its daemon starts was interrupted (the operator stopped): that try counts as
-failed and the next one starts, which also adopts a backup the interrupted try had completed.
+failed and the next one starts, which also adopts a backup the interrupted try had completed; with Jobs, whose
+tries outlive the operator, the interrupted try's Job is waited for instead (started, if it never was).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import base64
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
@@ -26,9 +28,10 @@ from ..kube.client import MYSQLBACKUPS, MYSQLREPLICATIONS, SECRETS, ApiError, Ku
 from ..mysql.member import Credentials
 from ..node_tls import ca_from_secret
 from . import metrics
+from .launch import Launcher, ProcessLauncher
 from .manifest import BackupManifest
 from .policy import NoMember, choose_member
-from .process import TaskFailed, run_task
+from .process import TaskFailed
 from .task import BackupTask, StoreAccess, TaskMember
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,7 @@ class BackupRunner:
     kube: KubeClient
     namespace: str
     name: str
+    launcher: Launcher = field(default_factory=ProcessLauncher)
 
     async def run(self, stopped: Any) -> None:
         obj = await self.kube.get(MYSQLBACKUPS, self.namespace, self.name)
@@ -110,7 +114,9 @@ class BackupRunner:
             return
         spec = MySQLBackupSpec.model_validate(obj["spec"])
         tries = int(status.get("attempts") or 0)
-        if status.get("phase") == "Running":
+        if status.get("phase") == "Running" and self.launcher.adopts:
+            tries = max(0, tries - 1)  # the interrupted try again, under its number: its Job if it has one
+        elif status.get("phase") == "Running":
             message = f"try {tries} of {spec.attempts} was interrupted (the operator stopped)"
             await self._event(obj, "TryInterrupted", message, True)
             if tries >= spec.attempts:
@@ -130,7 +136,7 @@ class BackupRunner:
                     message=f"try {tries} of {spec.attempts}: dumping {task.member.name}",
                 )
                 await self._event(obj, "Started", f"try {tries}: dumping {task.member.name} to {self._location(task)}")
-                manifest = BackupManifest.model_validate_json(await run_task("backup-task", task))
+                manifest = await self.launcher.run(obj, tries, task)
             except Misconfigured as exc:
                 await self._fail(obj, spec.replication, tries, str(exc))
                 return

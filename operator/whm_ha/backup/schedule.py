@@ -1,7 +1,8 @@
 """A replication's scheduled backups and their retention: at each time of ``spec.backup.schedule`` the operator
 creates a MySQLBackup (named after the time, so that it is created once whoever creates it), owned by the
 replication; retention deletes the expired scheduled backups, their stored data first. The backup metrics (the
-newest complete backup, whether it is older than ``spec.backup.maxAge``) are set here, from the MySQLBackups."""
+newest complete backup, whether it is older than ``spec.backup.maxAge``) are set here, from the MySQLBackups. With
+Jobs (``--backup-runner=job``) the replication's archiver Deployment is kept here too (`archiver_deployment`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..crd.common import API_VERSION
 from ..crd.mysqlreplication import MySQLReplicationSpec
 from ..kube.client import MYSQLBACKUPS, MYSQLREPLICATIONS, ApiError, KubeClient
 from . import metrics
+from .archiver_deployment import ArchiverDeployments
 from .manifest import delete_backup
 from .policy import ScheduledBackup, due_time, expired, next_time, scheduled_name, stale
 from .runner import Misconfigured, store_access
@@ -49,6 +51,8 @@ class BackupSchedule:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     generation: int | None = None
     """The replication's generation last noticed."""
+    archiver: ArchiverDeployments | None = None
+    """Set with ``--backup-runner=job``: the archiver Deployment follows ``spec.backup.archive.enabled``."""
 
     def notice(self) -> None:
         """The replication or one of its backups changed: step now rather than at the next scheduled check."""
@@ -71,7 +75,12 @@ class BackupSchedule:
     async def step(self, now: datetime) -> float:
         """Create the backup due now, apply retention, set the metrics; the seconds until the next step."""
         obj = await self.kube.get(MYSQLREPLICATIONS, self.namespace, self.name)
-        settings = MySQLReplicationSpec.model_validate(obj["spec"]).backup
+        spec = MySQLReplicationSpec.model_validate(obj["spec"])
+        if self.archiver is not None:
+            done = await self.archiver.reconcile(obj, spec)
+            if done is not None:
+                await self._report(obj, "BinlogArchiver", done, warning=False)
+        settings = spec.backup
         if settings is None:
             metrics.forget(self.namespace, self.name)
             return CHECK_SECONDS

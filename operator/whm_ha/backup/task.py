@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import pymysql
@@ -118,9 +119,9 @@ def run(task: BackupTask) -> BackupManifest:
         return take_backup(store, task.name, task.member.member())
 
 
-def main() -> int:
-    """Run the BackupTask on standard input (`process.read_task`), print its manifest."""
-    task = read_task(BackupTask)
+def main(task_file: Path | None = None) -> int:
+    """Run the BackupTask on standard input, or in ``task_file`` (`process.read_task`), print its manifest."""
+    task = read_task(BackupTask, task_file)
     if task is None:
         return INVALID_TASK
     try:

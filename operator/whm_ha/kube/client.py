@@ -63,6 +63,8 @@ SECRETS = Resource("", "v1", "secrets")
 SERVICES = Resource("", "v1", "services")
 ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices")
 EVENTS = Resource("", "v1", "events")
+JOBS = Resource("batch", "v1", "jobs")
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
 KOPF_PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
 CLUSTER_KOPF_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
 

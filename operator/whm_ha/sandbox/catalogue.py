@@ -25,6 +25,7 @@ WITH_STATUS = {
     ("", "services"),
     ("", "namespaces"),
     ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("batch", "jobs"),
 }
 REVIEWS = {("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")}
 

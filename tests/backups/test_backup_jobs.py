@@ -10,11 +10,7 @@ the mounted Secret's task: a real dump of real ``mariadbd`` to a real SeaweedFS)
 
 from __future__ import annotations
 
-import base64
 import json
-import subprocess
-import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,7 @@ from kubernetes import client
 from tests.backups import test_operator_backups
 from tests.backups.test_operator_backups import PREFIX, Backups, s3_storage
 from tests.fixtures.kube import KubeAPI
+from tests.fixtures.kubelet import IMAGE, Kubelet
 from tests.fixtures.object_store import ObjectStore
 from tests.fixtures.operator_process import StartOperator
 from tests.integration.test_operator_replication import Replication
@@ -33,93 +30,6 @@ from whm_ha.db.local_server import ADMIN_PASSWORD
 
 pytestmark = pytest.mark.mariadb
 replication = test_operator_backups.replication
-IMAGE = "localhost/whm-ha:dev"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class Kubelet:
-    """What a kubelet and the Job controller would do with the operator's Jobs."""
-
-    def __init__(self, replication: Replication) -> None:
-        self.namespace = replication.namespace
-        self.batch = client.BatchV1Api(replication.core.api_client)
-        self.core = replication.core
-
-    def jobs(self) -> dict[str, dict[str, Any]]:
-        listed = self.batch.list_namespaced_job(self.namespace)
-        return {job.metadata.name: self.batch.api_client.sanitize_for_serialization(job) for job in listed.items}
-
-    def job(self, name: str, timeout: float = 60) -> dict[str, Any]:
-        job: dict[str, Any] = wait_for(lambda: self.jobs().get(name), timeout, f"Job {name}")
-        return job
-
-    def task_file(self, name: str, directory: Path) -> Path:
-        secret = self.core.read_namespaced_secret(name, self.namespace)
-        path = directory / f"{name}.json"
-        path.write_bytes(base64.b64decode(secret.data["task.json"]))
-        return path
-
-    def run(self, job: dict[str, Any], directory: Path) -> subprocess.CompletedProcess[str]:
-        """The Job's container command, here: its arguments, the task file where the pod mounts it."""
-        (container,) = job["spec"]["template"]["spec"]["containers"]
-        args = [a for a in container["args"] if not a.startswith("--task-file=")]
-        task = self.task_file(job["metadata"]["name"], directory)
-        command = [sys.executable, "-m", "whm_ha", *args, f"--task-file={task}"]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-
-    def fail(self, name: str, message: str) -> None:
-        self.core.create_namespaced_pod(
-            self.namespace,
-            {
-                "metadata": {"name": f"{name}-pod", "labels": {"job-name": name}},
-                "spec": {"containers": [{"name": "backup", "image": IMAGE}]},
-            },
-        )
-        terminated = {"exitCode": 1, "reason": "Error", "message": message}
-        status = {"phase": "Failed", "containerStatuses": [self._container(terminated)]}
-        self.core.patch_namespaced_pod_status(f"{name}-pod", self.namespace, {"status": status})
-        conditions = [
-            self._condition("FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
-            self._condition("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"),
-        ]
-        self._status(name, {"startTime": _now(), "failed": 1, "conditions": conditions})
-
-    def succeed(self, name: str) -> None:
-        conditions = [
-            self._condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
-            self._condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods"),
-        ]
-        status = {"startTime": _now(), "completionTime": _now(), "succeeded": 1, "conditions": conditions}
-        self._status(name, status)
-
-    def _status(self, name: str, status: dict[str, Any]) -> None:
-        self.batch.patch_namespaced_job_status(name, self.namespace, {"status": status})
-
-    @staticmethod
-    def _condition(kind: str, reason: str, message: str) -> dict[str, str]:
-        now = _now()
-        return {
-            "type": kind,
-            "status": "True",
-            "reason": reason,
-            "message": message,
-            "lastProbeTime": now,
-            "lastTransitionTime": now,
-        }
-
-    @staticmethod
-    def _container(terminated: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "name": "backup",
-            "image": IMAGE,
-            "imageID": "",
-            "ready": False,
-            "restartCount": 0,
-            "state": {"terminated": terminated},
-        }
 
 
 def test_each_try_is_a_job_a_failed_job_is_retried_and_a_restarted_operator_waits_for_the_running_one(
@@ -136,7 +46,7 @@ def test_each_try_is_a_job_a_failed_job_is_retried_and_a_restarted_operator_wait
     replication.create_app()
     replication.sql("m0", "INSERT INTO app.t VALUES (1), (2), (3)")
     backups = Backups(replication)
-    kubelet = Kubelet(replication)
+    kubelet = Kubelet(replication.core.api_client, replication.namespace)
 
     backups.create("jobbed", attempts=2)
     first = kubelet.job("jobbed-try-1")

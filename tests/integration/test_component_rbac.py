@@ -18,6 +18,7 @@ import yaml
 from kubernetes import client
 
 from tests.fixtures.control_plane import IDENTITIES, ControlPlane
+from tests.fixtures.kubelet import IMAGE, Kubelet
 from tests.fixtures.mariadb import StartServers
 from tests.fixtures.node_certs import NodeCA
 from tests.fixtures.operator_process import StartOperator
@@ -223,6 +224,54 @@ def test_backups_with_only_the_chart_rbac(
     assert "Forbidden" not in log, log[-3000:]
 
 
+def test_backup_jobs_and_the_archiver_deployment_with_only_the_chart_rbac(
+    real_control_plane: ControlPlane,
+    admin: client.ApiClient,
+    namespace: str,
+    mariadb_servers: StartServers,
+    operator_process: StartOperator,
+    tmp_path: Path,
+) -> None:
+    """With --backup-runner=job: the archiver Deployment made, a try's Job and task Secret made, its failure read
+    from its pod, its Secret deleted, the backup Failed; the archive disabled, the Deployment deleted."""
+    grant(real_control_plane, "operator", namespace)
+    host = member_host("real")
+    servers = mariadb_servers(2, extra_args=(*SERVER_ARGS, f"--bind-address=127.0.0.1,{host}"))
+    replication = Replication(admin, namespace, servers, host)
+    storage = {"filesystem": {"path": str(tmp_path / "backups")}}
+    replication.create(backup={"storage": storage, "archive": {"enabled": True}})
+    args = ("--backup-runner=job", f"--backup-image={IMAGE}", "--archiver-service-account=whm-ha-binlog-archive")
+    operator = operator_process(real_control_plane.kubeconfigs["chart-operator"], namespace, args=args)
+    replication.wait(lambda s: s.get("phase") == "Healthy", 60, "a Healthy replication")
+    apps = client.AppsV1Api(admin)
+
+    def archivers() -> set[str]:
+        return {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items}
+
+    wait_for(lambda: archivers() == {"db-binlog-archive"}, 30, "the archiver Deployment")
+    custom = client.CustomObjectsApi(admin)
+    backup = {"apiVersion": "ha.whm.io/v1alpha1", "kind": "MySQLBackup", "metadata": {"name": "once"}}
+    backup["spec"] = {"replication": "db", "attempts": 1}
+    custom.create_namespaced_custom_object("ha.whm.io", "v1alpha1", namespace, "mysqlbackups", backup)
+    kubelet = Kubelet(admin, namespace)
+    kubelet.job("once-try-1")
+    kubelet.fail("once-try-1", "m1: mariadb-dump failed (2): refused")
+
+    def failed() -> bool:
+        obj = custom.get_namespaced_custom_object("ha.whm.io", "v1alpha1", namespace, "mysqlbackups", "once")
+        return bool((obj.get("status") or {}).get("phase") == "Failed")
+
+    wait_for(failed, 30, "the backup Failed")
+    core = client.CoreV1Api(admin)
+    assert "once-try-1" not in {s.metadata.name for s in core.list_namespaced_secret(namespace).items}
+    replication.custom.patch_namespaced_custom_object(
+        "ha.whm.io", "v1alpha1", namespace, "mysqlreplications", "db", {"spec": {"backup": {"archive": None}}}
+    )
+    wait_for(lambda: not archivers(), 30, "the archiver Deployment deleted")
+    log = operator.log_text()
+    assert "Forbidden" not in log, log[-3000:]
+
+
 def test_shim_with_only_the_chart_rbac(
     real_control_plane: ControlPlane,
     admin: client.ApiClient,
@@ -317,6 +366,8 @@ NOT_EXERCISED = {
         ("discovery.k8s.io", "endpointslices", "delete"): "stale EndpointSlices are removed after a change",
         ("", "services", "patch"): "a Service is updated when someone has changed it",
         ("discovery.k8s.io", "endpointslices", "patch"): "a slice is updated in place when its port stays the same",
+        ("", "secrets", "patch"): "a try's task Secret left by an operator that stopped before creating its Job",
+        ("apps", "deployments", "patch"): "an archiver Deployment is replaced when its spec changes (a new image)",
     },
     "shim": {},
     "proxy": {},

@@ -71,7 +71,7 @@ def test_the_job_runs_once_from_the_mounted_task_and_holds_no_credential() -> No
     assert container["image"] == "whm-ha:1"
     assert container["args"] == ["backup-task", "--task-file=/etc/whm-ha/task/task.json"]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert {"name": "task", "secret": {"secretName": "nightly-try-2", "defaultMode": 0o400}} in pod["volumes"]
+    assert {"name": "task", "secret": {"secretName": "nightly-try-2", "defaultMode": 0o440}} in pod["volumes"]
 
 
 def test_the_task_secret_holds_the_task_and_goes_with_the_backup() -> None:

@@ -139,6 +139,7 @@ def task_job(backup: Obj, attempt: int, settings: RunnerSettings) -> Obj:
                         "runAsNonRoot": True,
                         "runAsUser": 10001,
                         "runAsGroup": 10001,
+                        "fsGroup": 10001,  # the task's files are the group's: readable by the task, nobody else
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [
@@ -160,7 +161,7 @@ def task_job(backup: Obj, attempt: int, settings: RunnerSettings) -> Obj:
                         }
                     ],
                     "volumes": [
-                        {"name": "task", "secret": {"secretName": name, "defaultMode": 0o400}},
+                        {"name": "task", "secret": {"secretName": name, "defaultMode": 0o440}},
                         {"name": "tmp", "emptyDir": {}},
                     ],
                 },

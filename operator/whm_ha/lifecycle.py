@@ -13,12 +13,26 @@ from types import FrameType
 PR_SET_PDEATHSIG = 1
 
 
+_forking_pid = 0
+"""The pid of the process that forked last, set in it just before the fork, so the child knows its parent's pid."""
+
+
+def _before_fork() -> None:
+    global _forking_pid  # noqa: PLW0603 (read by the child, which inherits it)
+    _forking_pid = os.getpid()
+
+
+os.register_at_fork(before=_before_fork)  # Popen runs it too when given a preexec_fn
+
+
 def die_with_parent() -> None:
     """For ``subprocess.Popen(preexec_fn=...)``: the kernel sends the child SIGKILL when its parent dies. (It is
     the parent *thread* that counts: spawn from the main thread.)"""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before the prctl
+    # The parent died before the prctl: the child has another parent now. (Not "the parent is 1": a container's
+    # main process is PID 1.)
+    if os.getppid() != _forking_pid:
         os._exit(1)
 
 

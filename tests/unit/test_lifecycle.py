@@ -3,9 +3,13 @@ where Python prints it and goes on (how a demo once ignored SIGHUP in CI)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 SCRIPT = textwrap.dedent(
     """
@@ -35,3 +39,26 @@ def test_a_signal_lost_in_a_finaliser_still_stops_the_waiting_loop() -> None:
     done = subprocess.run([sys.executable, "-c", SCRIPT], check=True, capture_output=True, text=True, timeout=30)
     assert "Exception ignored" in done.stderr, done.stderr  # the interrupt was lost where it was raised
     assert done.stdout.strip() == "stopped by SIGHUP", (done.stdout, done.stderr)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_a_child_of_a_process_that_is_pid_1_runs() -> None:
+    """A process that is PID 1 (the main process of a container: the archiver's pod) starts children that run:
+    their parent's pid being 1 is no sign that the parent died."""
+    script = textwrap.dedent(
+        """
+        import os, subprocess
+        from whm_ha.lifecycle import die_with_parent
+        assert os.getpid() == 1
+        child = subprocess.run(["echo", "alive"], preexec_fn=die_with_parent, capture_output=True, text=True)
+        print(child.returncode, child.stdout.strip())
+        """
+    )
+    ran = subprocess.run(
+        ["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.stdout.split() == ["0", "alive"], (ran.stdout, ran.stderr)

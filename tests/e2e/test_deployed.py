@@ -21,15 +21,29 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import boto3
+import botocore.config
+import botocore.exceptions
 import pytest
 import trustme
+import yaml
 
 from tests.fixtures.e2e import ROOT, Provider
 from tests.fixtures.local_cluster import wait_until
 from tests.fixtures.reports import failed
 from whm_ha.demo.checkers import Acks
-from whm_ha.demo.deployed import NAMESPACE, install_args, judge_writes, member_pod, render, writer_acks
+from whm_ha.demo.deployed import (
+    NAMESPACE,
+    install_args,
+    judge_writes,
+    member_pod,
+    render,
+    stored_ids,
+    writer_acks,
+)
+from whm_ha.mysql.gtid import parse_gtid_set
 
 INSTALL_TIMEOUT = 300.0
 NODE_FAILOVER_BOUND = 1 * 2 + 1  # periodSeconds x failureThreshold + one period of the resources.yaml cluster
@@ -540,6 +554,214 @@ def test_the_pods_have_the_charts_service_accounts_and_nothing_else(release: Rel
             assert annotations.get("meta.helm.sh/release-name") == "whm-ha", binding["metadata"]["name"]
             checked += 1
     assert checked >= 3, "each component's bindings come from the chart"
+
+
+SEAWEEDFS = """
+apiVersion: v1
+kind: Secret
+metadata: {name: seaweedfs-s3}
+stringData:
+  s3.json: '{"identities": [{"name": "whm-ha", "credentials": [{"accessKey": "e2e-key", "secretKey": "e2e-secret"}],
+    "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}'
+  accessKeyId: e2e-key
+  secretAccessKey: e2e-secret
+---
+apiVersion: v1
+kind: Service
+metadata: {name: seaweedfs}
+spec:
+  selector: {app: seaweedfs}
+  ports: [{name: s3, port: 8333}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: seaweedfs}
+spec:
+  replicas: 1
+  strategy: {type: Recreate}
+  selector: {matchLabels: {app: seaweedfs}}
+  template:
+    metadata: {labels: {app: seaweedfs}}
+    spec:
+      containers:
+        - name: weed
+          image: ${SEAWEEDFS_IMAGE}
+          imagePullPolicy: IfNotPresent
+          args: [server, -dir=/data, -ip=127.0.0.1, -ip.bind=0.0.0.0, -master.telemetry=false,
+                 -master.volumeSizeLimitMB=64, -volume.max=16, -filer, -s3, -s3.port=8333, -s3.port.iceberg=0,
+                 -s3.port.lance=0, -s3.config=/etc/seaweedfs/s3.json]
+          ports: [{name: s3, containerPort: 8333}]
+          readinessProbe:
+            tcpSocket: {port: 8333}
+            periodSeconds: 2
+          volumeMounts:
+            - {name: data, mountPath: /data}
+            - {name: tmp, mountPath: /tmp}
+            - {name: config, mountPath: /etc/seaweedfs, readOnly: true}
+      volumes:
+        - {name: data, emptyDir: {}}
+        - {name: tmp, emptyDir: {}}
+        - {name: config, secret: {secretName: seaweedfs-s3, items: [{key: s3.json, path: s3.json}]}}
+"""
+BACKUP_STORAGE = {
+    "s3": {
+        "endpoint": f"http://seaweedfs.{NAMESPACE}.svc.cluster.local:8333",
+        "bucket": "backups",
+        "prefix": "whm-db/",
+        "credentialsSecret": {"name": "seaweedfs-s3"},
+    }
+}
+
+
+def _restored_servers(provider: Provider) -> str:
+    """Two new, empty MariaDB pods for the restored replication: workloads.yaml's StatefulSet and headless Service
+    as mysql-restored, their data in emptyDirs, their server ids apart from the source's."""
+    docs = list(yaml.safe_load_all(_manifest("workloads.yaml", provider)))
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "mysql")
+    servers = next(d for d in docs if d["kind"] == "StatefulSet")
+    service["metadata"]["name"] = "mysql-restored"
+    service["spec"]["selector"] = {"app": "mysql-restored"}
+    servers["metadata"]["name"] = servers["spec"]["serviceName"] = "mysql-restored"
+    servers["spec"]["replicas"] = 2
+    servers["spec"]["selector"]["matchLabels"] = servers["spec"]["template"]["metadata"]["labels"] = {
+        "app": "mysql-restored"
+    }
+    pod = servers["spec"]["template"]["spec"]
+    pod["volumes"] = [{"name": "data", "emptyDir": {}}]
+    (container,) = pod["containers"]
+    container["args"] = [container["args"][0].replace("${POD_NAME##*-} + 1 ))", "${POD_NAME##*-} + 11 ))")]
+    return yaml.safe_dump_all([service, servers])
+
+
+def _object_store(provider: Provider) -> str:
+    """SeaweedFS as a pod behind Service seaweedfs, with the bucket "backups"; its manifest (to delete it)."""
+    assert provider.seaweedfs_image is not None
+    store = SEAWEEDFS.replace("${SEAWEEDFS_IMAGE}", provider.seaweedfs_image)
+    provider.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=store)
+    provider.kubectl("rollout", "status", "-n", NAMESPACE, "deploy/seaweedfs", "--timeout=120s")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=provider.service_url(NAMESPACE, "seaweedfs", 8333),
+        region_name="us-east-1",
+        aws_access_key_id="e2e-key",
+        aws_secret_access_key="e2e-secret",
+        config=botocore.config.Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+    def bucket() -> bool:
+        try:
+            s3.create_bucket(Bucket="backups")
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            return True
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            return False
+        return True
+
+    wait_until("the bucket created", bucket, timeout=60)
+    return store
+
+
+RESTORED = {
+    "apiVersion": "ha.whm.io/v1alpha1",
+    "kind": "MySQLReplication",
+    "metadata": {"name": "whm-restored"},
+    "spec": {
+        "flavor": "mariadb",
+        "primary": "r-0",
+        "members": [
+            {"name": f"r-{i}", "host": f"mysql-restored-{i}.mysql-restored.{NAMESPACE}.svc.cluster.local"}
+            for i in range(2)
+        ],
+        "credentialsSecret": {"name": "whm-db-admin"},
+        "replicationSecret": {"name": "whm-db-replication"},
+        "periodSeconds": 1,
+        "failureThreshold": 2,
+        "bootstrap": {"recovery": {"backup": "latest", "storage": BACKUP_STORAGE, "target": {"endOfArchive": True}}},
+    },
+}
+"""The new replication: every member loaded from the latest backup, its primary replayed to the end of the archive."""
+
+
+def _covers(archived: str | None, gtid: str) -> bool:
+    return parse_gtid_set("mariadb", archived).contains(parse_gtid_set("mariadb", gtid))
+
+
+@pytest.mark.timeout(900)  # a scheduled time (up to a minute), the backup, the archive, a restore into new pods
+def test_a_scheduled_backup_runs_as_a_job_and_restores_with_the_archive_into_new_pods(release: Release) -> None:
+    """spec.backup on the MariaDB pods' replication (a schedule every minute, the archive on) to a SeaweedFS pod: a
+    scheduled backup Completed by its Job, the archiver Deployment streaming; then a new replication of new pods
+    bootstrapped from the latest backup to the end of the archive holds every row written before a marker row, and
+    the marker, written after the backup."""
+    provider = release.provider
+    if provider.seaweedfs_image is None:
+        pytest.skip("no SeaweedFS image: run hack/build-seaweedfs, then hack/build-images")
+    kubectl = provider.kubectl
+    store = _object_store(provider)
+    primary = member_pod(str(release.status("mysqlreplication", "whm-db")["currentPrimary"]))
+    release.sql(
+        primary, "CREATE TABLE whm_ha.e2e_backup (id INT PRIMARY KEY); INSERT INTO whm_ha.e2e_backup VALUES (1)"
+    )
+    earlier = set(kubectl("get", "-n", NAMESPACE, "mysqlbackups", "-o", "name").split())  # of an earlier run
+    backup = {"storage": BACKUP_STORAGE, "schedule": "* * * * *", "archive": {"enabled": True}}
+    patch = json.dumps({"spec": {"backup": backup}})
+    kubectl("patch", "-n", NAMESPACE, "mysqlreplication", "whm-db", "--type=merge", "-p", patch)
+    restored = False
+    try:
+        done: list[dict[str, Any]] = []
+
+        def completed() -> bool:
+            listed = json.loads(kubectl("get", "-n", NAMESPACE, "mysqlbackups", "-o", "json"))["items"]
+            done[:] = [
+                b
+                for b in listed
+                if (b.get("status") or {}).get("phase") == "Completed"
+                and f"mysqlbackup.ha.whm.io/{b['metadata']['name']}" not in earlier
+            ]
+            return bool(done)
+
+        wait_until("a scheduled backup Completed", completed, timeout=180, interval=2.0)
+        name = done[0]["metadata"]["name"]
+        job = json.loads(kubectl("get", "-n", NAMESPACE, "job", f"{name}-try-1", "-o", "json"))
+        assert job["status"].get("succeeded") == 1, job["status"]
+        assert job["metadata"]["ownerReferences"][0]["name"] == name
+
+        def streaming() -> bool:
+            archive = release.status("mysqlreplication", "whm-db").get("archive") or {}
+            return archive.get("state") == "Streaming"  # type: ignore[union-attr]
+
+        wait_until("the archiver streaming", streaming, timeout=120, interval=1.0)
+        before = stored_ids(kubectl, primary)
+        marker = release.sql(primary, "INSERT INTO whm_ha.e2e_backup VALUES (2); SELECT @@last_gtid").strip()
+
+        def archived() -> bool:
+            archive = release.status("mysqlreplication", "whm-db").get("archive") or {}
+            return _covers(archive.get("archivedGtids"), marker)  # type: ignore[union-attr]
+
+        wait_until(f"the archive holding {marker}", archived, timeout=60, interval=1.0)
+
+        restored = True
+        kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=_restored_servers(provider))
+        kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(RESTORED))
+
+        def healthy() -> bool:
+            return release.status("mysqlreplication", "whm-restored").get("phase") == "Healthy"
+
+        def explain() -> str:
+            return kubectl("get", "-n", NAMESPACE, "mysqlreplication", "whm-restored", "-o", "jsonpath={.status}")
+
+        wait_until("the restored replication Healthy", healthy, timeout=300, interval=2.0, explain=explain)
+        assert before <= stored_ids(kubectl, "mysql-restored-0"), "every row written before the marker"
+        rows = release.sql("mysql-restored-0", "SELECT id FROM whm_ha.e2e_backup ORDER BY id").split()
+        assert rows == ["1", "2"], rows
+    finally:
+        kubectl(
+            "patch", "-n", NAMESPACE, "mysqlreplication", "whm-db", "--type=merge", "-p", '{"spec": {"backup": null}}'
+        )
+        if restored:
+            kubectl("delete", "-n", NAMESPACE, "mysqlreplication", "whm-restored", "--ignore-not-found", check=False)
+            kubectl("delete", "-n", NAMESPACE, "statefulset,service", "mysql-restored", "--ignore-not-found")
+        kubectl("delete", "-n", NAMESPACE, "-f", "-", "--ignore-not-found", stdin=store, check=False)
+        release.sql(primary, "DROP TABLE IF EXISTS whm_ha.e2e_backup")
 
 
 def test_helm_upgrade_and_rollback_roll_the_proxy_without_a_failed_get(release: Release) -> None:

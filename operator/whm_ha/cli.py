@@ -341,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--backup-image", default="", metavar="IMAGE", help="the image of the backup Jobs and the archiver (job)"
     )
     operator.add_argument(
-        "--backup-image-pull-policy", default="IfNotPresent", choices=["Always", "IfNotPresent", "Never"]
+        "--backup-image-pull-policy",
+        default="IfNotPresent",
+        choices=["Always", "IfNotPresent", "Never"],
+        help="the imagePullPolicy of the backup Jobs and the archiver (job)",
     )
     operator.add_argument(
         "--archiver-service-account",

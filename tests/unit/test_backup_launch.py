@@ -64,7 +64,7 @@ def test_the_job_runs_once_from_the_mounted_task_and_holds_no_credential() -> No
     assert "db-password" not in text and "s3-secret-key" not in text
     assert job["metadata"]["name"] == "nightly-try-2"
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
-    assert job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 24 * 3600
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]

@@ -28,6 +28,9 @@ Obj = dict[str, Any]
 RunnerKind = Literal["process", "job"]
 JOB_POLL_SECONDS = 2.0
 """How often a running Job is read."""
+JOB_DEADLINE_SECONDS = 24 * 3600
+"""A try's Job still running after this long fails (a pod that never starts, an image never pulled): the try is
+then retried, never waited for forever."""
 TASK_KEY = "task.json"
 TASK_DIR = "/etc/whm-ha/task"
 BACKUP_LABEL = "ha.whm.io/backup"
@@ -129,6 +132,7 @@ def task_job(backup: Obj, attempt: int, settings: RunnerSettings) -> Obj:
         "metadata": {"name": name, "labels": labels, "ownerReferences": [_owner(backup)]},
         "spec": {
             "backoffLimit": 0,
+            "activeDeadlineSeconds": JOB_DEADLINE_SECONDS,
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {

@@ -27,6 +27,7 @@ from ..crd.common import HISTORY_LIMIT
 from ..crd.conditions import now_iso, set_condition
 from ..crd.whmcluster import WHMClusterSpec
 from ..kube.client import MYSQLREPLICATIONS, PODS, SECRETS, WHMCLUSTERS, WHMNODES, ApiError, KubeClient
+from ..kube.requests import clear_request
 from ..node_tls import ClientTLS, ca_from_secret, settings
 from . import metrics
 from .discovery import sync_discovered_nodes
@@ -178,7 +179,7 @@ class ClusterController:
 
         request = self._pending_request(cluster, status)
         if request is not None and request["handled"]:
-            await self._clear_request(cluster)  # settled before a restart: never replayed
+            await self._clear_request(cluster, request["id"])  # settled before a restart: never replayed
             request = None
         decision = self._decide(spec, status, nodes, request)
         primary = status.get("primaryNode")
@@ -413,7 +414,7 @@ class ClusterController:
                 return None
             raise
         if request is not None:
-            await self._clear_request(cluster)
+            await self._clear_request(written, request["id"])
         if record is not None:
             await self._record_failover(cluster, record, kind)
         log.info(
@@ -471,7 +472,7 @@ class ClusterController:
     async def _settle_request(self, cluster: Obj, request: Obj, decision: Decision) -> None:
         """A request that changes nothing: already primary (Succeeded) or not eligible (Refused)."""
         result = "Succeeded" if decision.kind == "keep" else "Refused"
-        await self.kube.patch(
+        written = await self.kube.patch(
             WHMCLUSTERS,
             self.namespace,
             self.name,
@@ -480,11 +481,12 @@ class ClusterController:
         )
         if result == "Refused":
             await self._event(cluster, "FailoverRefused", decision.reason, warning=True)
-        await self._clear_request(cluster)
+        await self._clear_request(written, request["id"])
 
-    async def _clear_request(self, cluster: Obj) -> None:
-        await self.kube.patch(
-            WHMCLUSTERS, self.namespace, self.name, {"metadata": {"annotations": {FAILOVER_TO: None, REQUEST_ID: None}}}
+    async def _clear_request(self, cluster: Obj, request_id: str) -> None:
+        keys = (FAILOVER_TO, REQUEST_ID)
+        await clear_request(
+            self.kube, WHMCLUSTERS, cluster, request_id, annotation=FAILOVER_TO, kind="failover", keys=keys
         )
 
     async def _ensure_finalizers(self, nodes: list[Obj]) -> None:

@@ -32,6 +32,7 @@ from ..db.cluster_database import DatabaseUnavailable, application_secret, secre
 from ..db.dsn import DSN
 from ..db.migrate import MigrationError
 from ..kube.client import MYSQLREPLICATIONS, SECRETS, ApiError, KubeClient
+from ..kube.requests import clear_request
 from ..mysql.actions import PromotionError
 from ..mysql.dialect import dialect_for
 from ..mysql.lag import PrimaryHistory, record, truthful_lag
@@ -520,7 +521,7 @@ class ReplicationController:
     ) -> None:
         """A promote annotation: settled once per id, then removed; never replayed."""
         if request.handled:
-            await self._clear_request()
+            await self._clear_request(obj, request.id)
             self.wake.set()
             return
         decision = decide_request(
@@ -534,7 +535,7 @@ class ReplicationController:
         )
         if decision.action != "promote":
             result = "Succeeded" if decision.action == "keep" else "Refused"
-            await self.kube.patch(
+            written = await self.kube.patch(
                 MYSQLREPLICATIONS,
                 self.namespace,
                 self.name,
@@ -543,7 +544,7 @@ class ReplicationController:
             )
             if result == "Refused":
                 await self._event(obj, "PromotionRefused", f"promote {request.target}: {decision.reason}", warning=True)
-            await self._clear_request()
+            await self._clear_request(written, request.id)
             self.wake.set()
             return
         record = PromotionProgress(
@@ -842,12 +843,10 @@ class ReplicationController:
         if not _same_summary(status, new):
             await self._patch_status(obj, new)
 
-    async def _clear_request(self) -> None:
-        await self.kube.patch(
-            MYSQLREPLICATIONS,
-            self.namespace,
-            self.name,
-            {"metadata": {"annotations": {PROMOTE: None, FORCE: None, REQUEST_ID: None}}},
+    async def _clear_request(self, obj: Obj, request_id: str) -> None:
+        keys = (PROMOTE, FORCE, REQUEST_ID)
+        await clear_request(
+            self.kube, MYSQLREPLICATIONS, obj, request_id, annotation=PROMOTE, kind="promote", keys=keys
         )
 
     async def _event(self, obj: Obj, reason: str, message: str, *, warning: bool = False) -> None:

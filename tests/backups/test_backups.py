@@ -151,7 +151,8 @@ def test_a_backup_whose_store_dies_mid_upload_is_never_listed(
 
     with pytest.raises(StorageError):
         take_backup(store, "interrupted", source, progress=kill_after_the_first_part)
-    assert parts[0] == part, "a part was stored before the store died"
+    # Parts go several at once: the first stored may be the last, short one.
+    assert 0 < parts[0] <= part, "a part was stored before the store died"
     object_store.start()
     assert usable_backups(store) == []
     assert store.list() == [], "no data object either: the multipart upload never completed"

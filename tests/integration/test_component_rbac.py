@@ -182,6 +182,24 @@ def test_replication_with_only_the_chart_rbac(
     assert "Forbidden" not in log, log[-3000:]
 
 
+def backed_up_replication(
+    real_control_plane: ControlPlane,
+    admin: client.ApiClient,
+    namespace: str,
+    mariadb_servers: StartServers,
+    tmp_path: Path,
+    **backup: Any,
+) -> Replication:
+    """The chart's operator grants in ``namespace``, and a replication of two servers backing up to a directory
+    with ``backup``'s settings."""
+    grant(real_control_plane, "operator", namespace)
+    host = member_host("real")
+    servers = mariadb_servers(2, extra_args=(*SERVER_ARGS, f"--bind-address=127.0.0.1,{host}"))
+    replication = Replication(admin, namespace, servers, host)
+    replication.create(backup={"storage": {"filesystem": {"path": str(tmp_path / "backups")}}, **backup})
+    return replication
+
+
 def test_backups_with_only_the_chart_rbac(
     real_control_plane: ControlPlane,
     admin: client.ApiClient,
@@ -192,12 +210,9 @@ def test_backups_with_only_the_chart_rbac(
 ) -> None:
     """A schedule of every minute with retention down to one: the operator creates a scheduled MySQLBackup, takes
     it (its status), and deletes the older scheduled one (retention)."""
-    grant(real_control_plane, "operator", namespace)
-    host = member_host("real")
-    servers = mariadb_servers(2, extra_args=(*SERVER_ARGS, f"--bind-address=127.0.0.1,{host}"))
-    replication = Replication(admin, namespace, servers, host)
-    storage = {"filesystem": {"path": str(tmp_path / "backups")}}
-    replication.create(backup={"storage": storage, "schedule": "* * * * *", "retention": {"keep": 1}})
+    replication = backed_up_replication(
+        real_control_plane, admin, namespace, mariadb_servers, tmp_path, schedule="* * * * *", retention={"keep": 1}
+    )
     operator = operator_process(real_control_plane.kubeconfigs["chart-operator"], namespace)
     replication.wait(lambda s: s.get("phase") == "Healthy", 60, "a Healthy replication")
     replication.create_app()
@@ -234,12 +249,9 @@ def test_backup_jobs_and_the_archiver_deployment_with_only_the_chart_rbac(
 ) -> None:
     """With --backup-runner=job: the archiver Deployment made, a try's Job and task Secret made, its failure read
     from its pod, its Secret deleted, the backup Failed; the archive disabled, the Deployment deleted."""
-    grant(real_control_plane, "operator", namespace)
-    host = member_host("real")
-    servers = mariadb_servers(2, extra_args=(*SERVER_ARGS, f"--bind-address=127.0.0.1,{host}"))
-    replication = Replication(admin, namespace, servers, host)
-    storage = {"filesystem": {"path": str(tmp_path / "backups")}}
-    replication.create(backup={"storage": storage, "archive": {"enabled": True}})
+    replication = backed_up_replication(
+        real_control_plane, admin, namespace, mariadb_servers, tmp_path, archive={"enabled": True}
+    )
     args = ("--backup-runner=job", f"--backup-image={IMAGE}", "--archiver-service-account=whm-ha-binlog-archive")
     operator = operator_process(real_control_plane.kubeconfigs["chart-operator"], namespace, args=args)
     replication.wait(lambda s: s.get("phase") == "Healthy", 60, "a Healthy replication")
